@@ -1,0 +1,150 @@
+// SPDX-License-Identifier: MIT
+//
+// The few system calls Node cannot make by itself. Everything here is a thin,
+// typed wrapper; the TypeScript side (src/native/native.ts) is the only caller.
+//
+//   fallocate(fd, mode, offset, length, callback(errno))  async, on the libuv pool
+//   blockDeviceSize(fd) -> bigint                         BLKGETSIZE64, sync
+//   dup2(oldfd, newfd)                                    sync
+//   pageSize                                              sysconf(_SC_PAGESIZE)
+
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <node_api.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#define CHECK(call)                                                            \
+    do {                                                                       \
+        if ((call) != napi_ok) {                                               \
+            napi_throw_error(env, NULL, "bdus_native: " #call " failed");      \
+            return NULL;                                                       \
+        }                                                                      \
+    } while (0)
+
+static napi_value throw_errno(napi_env env, int err, const char *syscall)
+{
+    char code[32];
+    snprintf(code, sizeof(code), "E%d", err);
+    napi_value error, message, errno_value, syscall_value;
+    napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &message);
+    napi_create_error(env, NULL, message, &error);
+    napi_create_int32(env, -err, &errno_value);
+    napi_set_named_property(env, error, "errno", errno_value);
+    napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &syscall_value);
+    napi_set_named_property(env, error, "syscall", syscall_value);
+    napi_throw(env, error);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------- */
+
+struct fallocate_work {
+    napi_async_work work;
+    napi_ref callback;
+    int fd;
+    int mode;
+    int64_t offset;
+    int64_t length;
+    int err;
+};
+
+static void fallocate_execute(napi_env env, void *data)
+{
+    (void)env;
+    struct fallocate_work *w = data;
+    w->err = fallocate(w->fd, w->mode, w->offset, w->length) == 0 ? 0 : errno;
+}
+
+static void fallocate_complete(napi_env env, napi_status status, void *data)
+{
+    struct fallocate_work *w = data;
+    napi_value callback, global, arg;
+    napi_get_reference_value(env, w->callback, &callback);
+    napi_get_global(env, &global);
+    napi_create_int32(env, status == napi_ok ? w->err : ECANCELED, &arg);
+    napi_call_function(env, global, callback, 1, &arg, NULL);
+    napi_delete_reference(env, w->callback);
+    napi_delete_async_work(env, w->work);
+    free(w);
+}
+
+static napi_value js_fallocate(napi_env env, napi_callback_info info)
+{
+    size_t argc = 5;
+    napi_value argv[5], name;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    if (argc != 5) {
+        napi_throw_type_error(env, NULL, "fallocate(fd, mode, offset, length, callback)");
+        return NULL;
+    }
+    struct fallocate_work *w = calloc(1, sizeof(*w));
+    if (!w)
+        return throw_errno(env, ENOMEM, "fallocate");
+    CHECK(napi_get_value_int32(env, argv[0], &w->fd));
+    CHECK(napi_get_value_int32(env, argv[1], &w->mode));
+    CHECK(napi_get_value_int64(env, argv[2], &w->offset));
+    CHECK(napi_get_value_int64(env, argv[3], &w->length));
+    CHECK(napi_create_reference(env, argv[4], 1, &w->callback));
+    CHECK(napi_create_string_utf8(env, "bdus:fallocate", NAPI_AUTO_LENGTH, &name));
+    CHECK(napi_create_async_work(env, NULL, name, fallocate_execute,
+                                 fallocate_complete, w, &w->work));
+    CHECK(napi_queue_async_work(env, w->work));
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------- */
+
+static napi_value js_block_device_size(napi_env env, napi_callback_info info)
+{
+    size_t argc = 1;
+    napi_value argv[1], result;
+    int fd;
+    uint64_t size;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    CHECK(napi_get_value_int32(env, argv[0], &fd));
+    if (ioctl(fd, BLKGETSIZE64, &size) != 0)
+        return throw_errno(env, errno, "ioctl(BLKGETSIZE64)");
+    CHECK(napi_create_bigint_uint64(env, size, &result));
+    return result;
+}
+
+/* ------------------------------------------------------------------------- */
+
+// Daemonizing needs dup2: after the device is available the driver stops holding its caller's
+// stdout, or `dev=$(bdus run ...)` would wait forever.
+static napi_value js_dup2(napi_env env, napi_callback_info info)
+{
+    size_t argc = 2;
+    napi_value argv[2];
+    int oldfd, newfd;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    CHECK(napi_get_value_int32(env, argv[0], &oldfd));
+    CHECK(napi_get_value_int32(env, argv[1], &newfd));
+    if (dup2(oldfd, newfd) < 0)
+        return throw_errno(env, errno, "dup2");
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------- */
+
+static napi_value init(napi_env env, napi_value exports)
+{
+    napi_value page_size;
+    CHECK(napi_create_int32(env, (int32_t)sysconf(_SC_PAGESIZE), &page_size));
+    CHECK(napi_set_named_property(env, exports, "pageSize", page_size));
+    napi_property_descriptor props[] = {
+        {"fallocate", NULL, js_fallocate, NULL, NULL, NULL, napi_default, NULL},
+        {"blockDeviceSize", NULL, js_block_device_size, NULL, NULL, NULL, napi_default, NULL},
+        {"dup2", NULL, js_dup2, NULL, NULL, NULL, napi_default, NULL},
+    };
+    CHECK(napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props));
+    return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -1,0 +1,75 @@
+/**
+ * `bdus run`: create a device served by a driver module. Without --foreground the driver keeps
+ * running in the background once the device is available, as BDUS drivers daemonize: the command
+ * prints the device's path and exits, so `dev=$(bdus run ram)` works.
+ *
+ * Background mode re-runs this command with --foreground in a detached child that shares our
+ * stdout and stderr until the device is available; it then points them away (stdout to
+ * /dev/null, stderr to RUN_DIR/log/bdus-N.log) and says "ready" on a pipe.
+ */
+import { spawn } from 'node:child_process';
+import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { serve, start, type Device } from '../device/device.js';
+import { native } from '../native.js';
+import { RUN_DIR } from '../util/paths.js';
+import { loadDriver } from './load-driver.js';
+import { attributeOptions, attributesFromFlags } from './options.js';
+
+const READY_FD_ENV = 'BDUS_READY_FD';
+
+export async function runCommand(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { ...attributeOptions(), foreground: { type: 'boolean' } },
+    allowPositionals: true,
+  });
+  const [specifier, ...driverArgs] = positionals;
+  if (!specifier) throw new UsageError('bdus run: missing the driver (a module path or an example: ram, zero, loop)');
+  const attributes = attributesFromFlags(values);
+  if (!values.foreground) return runInBackground(argv);
+
+  const driver = await loadDriver(specifier, driverArgs);
+  const device = await start(driver, { attributes });
+  if (process.env[READY_FD_ENV]) detachFromCaller(device, Number(process.env[READY_FD_ENV]));
+  await serve(device);
+  return 0;
+}
+
+export class UsageError extends Error {}
+
+function detachFromCaller(device: Device<any>, readyFd: number): void {
+  delete process.env[READY_FD_ENV];
+  mkdirSync(`${RUN_DIR}/log`, { recursive: true, mode: 0o700 });
+  const devNull = openSync('/dev/null', 'r+');
+  const log = openSync(`${RUN_DIR}/log/bdus-${device.ctx.index}.log`, 'w', 0o600);
+  native.dup2(devNull, 1);
+  native.dup2(log, 2);
+  closeSync(devNull);
+  closeSync(log);
+  writeSync(readyFd, 'ready\n');
+  closeSync(readyFd);
+}
+
+function runInBackground(argv: string[]): Promise<number> {
+  const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, 'run', ...argv, '--foreground'], {
+    detached: true,
+    stdio: ['ignore', 'inherit', 'inherit', 'pipe'],
+    env: { ...process.env, [READY_FD_ENV]: '3' },
+  });
+  return new Promise((resolve) => {
+    let ready = false;
+    const status = child.stdio[3] as NodeJS.ReadableStream;
+    status.setEncoding('utf8');
+    status.on('data', (text: string) => {
+      if (!text.includes('ready')) return;
+      ready = true;
+      child.unref();
+      (status as unknown as { destroy(): void }).destroy();
+      resolve(0);
+    });
+    child.on('exit', (code, signal) => {
+      if (!ready) resolve(code ?? (signal ? 128 : 1));
+    });
+  });
+}

@@ -1,0 +1,240 @@
+/**
+ * Where a device's life is decided: creation, availability, destruction, abort.
+ *
+ * States (seed 003): INITIALIZED -> AVAILABLE -> TERMINATED, or INITIALIZED -> TERMINATED when
+ * creation fails. A driver instance runs in the process that called start(); the kernel endpoint
+ * (here the FUSE connection) is held by that process, so the device lives as long as the driver:
+ *
+ * - destroy(): stop taking requests, let those in progress finish, terminate callback, remove
+ *   the kernel device (at once, or when the last client holding it open closes it);
+ * - an abort (DriverAbort from a callback, an uncaught exception, the frontend ending on its own):
+ *   waiting and later requests fail with EIO at once, no terminate callback, same removal.
+ */
+import { existsSync, promises as fsp, rmSync, symlinkSync } from 'node:fs';
+import { adjustAttributes, describeAdjustments, type Attributes, type EffectiveAttributes } from '../driver/attributes.js';
+import { isReadOnly, type Context, type Driver } from '../driver/driver.js';
+import { BdusError } from '../driver/errors.js';
+import type { Frontend } from '../frontend/frontend.js';
+import { FuseLoopFrontend } from '../frontend/fuse/fuse-loop.js';
+import { RequestLayer } from '../request/request-layer.js';
+import { allocateId, allocateIndex, processStart, removeRecord, updateRecord, type DeviceRecord } from './registry.js';
+import { reclaimStaleDevices } from './reclaim.js';
+
+/** Most devices at once (indexes 0..MAX_DEVICES-1). */
+export const MAX_DEVICES = 256;
+
+export interface RunOptions<State = unknown> {
+  /** Attributes; they override the driver's own `attributes`. */
+  attributes?: Attributes;
+  /** Initial value of `ctx.state`. */
+  state?: State;
+  /** Where the device's log lines go (default: stderr, prefixed with the device path). */
+  log?: (line: string) => void;
+}
+
+/** Checks that this process can create devices at all; a clear error if not. */
+export function checkEnvironment(): void {
+  if (process.geteuid?.() !== 0) {
+    throw new BdusError('EPERM', 'bdus must run as root: creating block devices needs CAP_SYS_ADMIN (try sudo)');
+  }
+  if (!existsSync('/dev/fuse')) {
+    throw new BdusError('ENODEV', 'no /dev/fuse: load the fuse module (modprobe fuse) or pass /dev/fuse into the container');
+  }
+  if (!existsSync('/dev/loop-control')) {
+    throw new BdusError('ENODEV', 'no /dev/loop-control: load the loop module (modprobe loop)');
+  }
+}
+
+/** A running device and its driver instance, as seen by the process that runs the driver. */
+export class Device<State = unknown> {
+  /** Settles when the device is gone: resolves after destroy(), rejects with the reason of an abort. */
+  readonly closed: Promise<void>;
+  private resolveClosed!: () => void;
+  private rejectClosed!: (error: Error) => void;
+  private ending: Promise<void> | undefined;
+
+  /** @internal use start() */
+  constructor(
+    readonly ctx: Context<State>,
+    private readonly driver: Driver<State>,
+    private readonly record: DeviceRecord,
+    private readonly requests: RequestLayer,
+    private readonly frontend: Frontend,
+    private readonly log: (line: string) => void,
+  ) {
+    this.closed = new Promise((resolve, reject) => {
+      this.resolveClosed = resolve;
+      this.rejectClosed = reject;
+    });
+    this.closed.catch(() => undefined); // observed by whoever awaits it; never unhandled here
+  }
+
+  get id(): bigint {
+    return this.ctx.id;
+  }
+  get path(): string {
+    return this.ctx.path;
+  }
+  get attributes(): EffectiveAttributes {
+    return this.ctx.attributes;
+  }
+
+  /**
+   * Destroys the device normally: optionally flushes it (the OS cache, then a flush request),
+   * lets requests in progress finish, runs terminate, and removes the device.
+   */
+  destroy(options: { flush?: boolean } = {}): Promise<void> {
+    this.ending ??= this.end(async () => {
+      if (options.flush) await flushDevice(this.ctx.kernelPath);
+      await this.requests.drain();
+      await this.driver.terminate?.(this.ctx);
+    });
+    return this.closed;
+  }
+
+  /** Ends the driver abnormally: pending and later requests fail with EIO at once. */
+  abort(reason: Error): Promise<void> {
+    this.ending ??= this.end(async () => {
+      this.requests.abortAll();
+      throw reason;
+    });
+    return this.closed;
+  }
+
+  private async end(stopDriver: () => Promise<void>): Promise<void> {
+    let failure: Error | undefined;
+    try {
+      await stopDriver();
+    } catch (error) {
+      failure = error as Error;
+    }
+    // On an abort the kernel side goes first, so that waiting clients get EIO without delay.
+    await this.frontend.stop();
+    rmSync(this.ctx.path, { force: true });
+    this.record.state = 'terminated';
+    removeRecord(this.record);
+    if (failure) {
+      if (failure.name !== 'DriverAbort') this.log(`driver ended with an error: ${failure.message}`);
+      this.rejectClosed(failure);
+    } else {
+      this.resolveClosed();
+    }
+  }
+}
+
+/** Flushes the OS cache for the device and makes it send a flush request (fsync on the node). */
+export async function flushDevice(path: string): Promise<void> {
+  const handle = await fsp.open(path, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Creates a device served by `driver` in this process and resolves once it is available (after
+ * onDeviceAvailable). Rejects, leaving nothing behind, if the attributes are invalid, the
+ * environment cannot host devices, initialize fails, or the kernel device cannot be created.
+ */
+export async function start<State>(driver: Driver<State>, options: RunOptions<State> = {}): Promise<Device<State>> {
+  checkEnvironment();
+  const given: Attributes = { ...driver.attributes, ...options.attributes };
+  const attributes = adjustAttributes(given, driver as Driver<never>);
+  const readOnly = isReadOnly(driver as Driver<never>);
+
+  await reclaimStaleDevices();
+  const id = allocateId();
+  const record = allocateIndex(
+    {
+      id: id.toString(),
+      kernelPath: '',
+      major: 0,
+      minor: 0,
+      frontend: 'fuse',
+      state: 'initialized',
+      pid: process.pid,
+      pidStart: processStart(process.pid) ?? '',
+      readOnly,
+      attributes: { ...attributes },
+    },
+    MAX_DEVICES,
+  );
+  const log = options.log ?? ((line: string) => process.stderr.write(`${record.path}: ${line}\n`));
+  if (attributes.log) for (const line of describeAdjustments(given, attributes)) log(line);
+
+  // The context is the driver's view; bdus fills in the kernel fields once the device exists.
+  const ctx = {
+    id,
+    index: record.index,
+    path: record.path,
+    kernelPath: '',
+    major: 0,
+    minor: 0,
+    attributes,
+    isRerun: false,
+    readOnly,
+    state: options.state as State,
+  };
+
+  let device: Device<State> | undefined;
+  const requests = new RequestLayer(driver, ctx, {
+    abort: (error) => void device?.abort(error),
+    log,
+  });
+  const frontend = new FuseLoopFrontend({ index: record.index, attributes, readOnly, requests, log });
+
+  let initialized = false;
+  try {
+    await driver.initialize?.(ctx);
+    initialized = true;
+    const kernel = await frontend.start();
+    Object.assign(ctx, { kernelPath: kernel.path, major: kernel.major, minor: kernel.minor });
+    rmSync(ctx.path, { force: true });
+    symlinkSync(kernel.path, ctx.path);
+    Object.assign(record, { kernelPath: kernel.path, major: kernel.major, minor: kernel.minor, state: 'available' });
+    updateRecord(record);
+    device = new Device(ctx, driver, record, requests, frontend, log);
+    void frontend.ended.then((error) => void device?.abort(error ?? new Error('the kernel device ended')));
+  } catch (error) {
+    requests.abortAll();
+    await frontend.stop();
+    rmSync(ctx.path, { force: true });
+    if (initialized) await Promise.resolve(driver.terminate?.(ctx)).catch(() => undefined);
+    removeRecord(record);
+    throw error;
+  }
+
+  try {
+    if (driver.onDeviceAvailable) await driver.onDeviceAvailable(ctx);
+    else process.stdout.write(`${ctx.path}\n`);
+  } catch (error) {
+    await device.destroy().catch(() => undefined);
+    throw error;
+  }
+  return device;
+}
+
+/**
+ * Runs `driver` for a new device in this process until the device is destroyed (by `bdus
+ * destroy`, SIGTERM or SIGINT) or the driver aborts. Resolves after a normal destruction;
+ * rejects with the reason otherwise.
+ */
+export async function run<State>(driver: Driver<State>, options: RunOptions<State> = {}): Promise<void> {
+  return serve(await start(driver, options));
+}
+
+/**
+ * Serves `device` until it is closed, destroying it on SIGTERM or SIGINT and aborting it on an
+ * uncaught exception.
+ */
+export async function serve(device: Device<any>): Promise<void> {
+  const stop = () => void device.destroy();
+  const crash = (error: Error) => void device.abort(error);
+  process.on('SIGTERM', stop).on('SIGINT', stop).on('uncaughtException', crash);
+  try {
+    await device.closed;
+  } finally {
+    process.off('SIGTERM', stop).off('SIGINT', stop).off('uncaughtException', crash);
+  }
+}

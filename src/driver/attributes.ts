@@ -1,0 +1,161 @@
+/**
+ * Device and driver attributes: their rules, defaults and adjustment (BDUS's semantics), defined
+ * once in ATTRIBUTES. The CLI's flags and docs/attributes.md come from the same table.
+ *
+ * Adjustment rules, as in BDUS: 0 (or omitted) means "choose the default"; bdus may lower a value
+ * but never raises it; a max size whose callbacks are all absent becomes 0. Callbacks see the
+ * adjusted values in `ctx.attributes`.
+ */
+import { AttributeError } from './errors.js';
+import type { Driver } from './driver.js';
+import { native } from '../native.js';
+
+export interface Attributes {
+  /** Device size in bytes: a positive multiple of the physical block size. Required. */
+  size?: number;
+  /** Smallest addressable unit: a power of two from 512 to the page size. Default 512. */
+  logicalBlockSize?: number;
+  /** Smallest unit written without read-modify-write: 0 (= logical) or a power of two from the logical block size to the page size. */
+  physicalBlockSize?: number;
+  /** Most callbacks in progress at once. 0 means 1. Lowered to at most 256. */
+  maxConcurrentCallbacks?: number;
+  /** Largest read, write or FUA write a callback receives: 0 (default, 1 MiB) or at least the page size. */
+  maxReadWriteSize?: number;
+  /** Largest write-same a callback receives: 0 (default) or at least the logical block size. */
+  maxWriteSameSize?: number;
+  /** Largest write-zeroes a callback receives: 0 (default) or at least the logical block size. */
+  maxWriteZerosSize?: number;
+  /** Largest discard or secure erase a callback receives: 0 (default) or at least the logical block size. */
+  maxDiscardEraseSize?: number;
+  /** Never look for a partition table on the device. */
+  disablePartitionScanning?: boolean;
+  /** Keep the device when its driver dies abnormally, so another driver can attach (stored; recovery comes with the control plane). */
+  recoverable?: boolean;
+  /** Print attribute adjustments and every callback invocation to stderr. */
+  log?: boolean;
+}
+
+export type EffectiveAttributes = { readonly [K in keyof Attributes]-?: NonNullable<Attributes[K]> };
+
+export type AttributeName = keyof Attributes;
+
+interface AttributeSpec {
+  readonly kind: 'bytes' | 'count' | 'flag';
+  readonly doc: string;
+}
+
+/** The attribute table. Order is the order of docs and `--help`. */
+export const ATTRIBUTES: { readonly [K in AttributeName]-?: AttributeSpec } = {
+  size: { kind: 'bytes', doc: 'device size in bytes (suffixes K, M, G, T: powers of 1024)' },
+  logicalBlockSize: { kind: 'bytes', doc: 'logical block size: power of two, 512..page size (default 512)' },
+  physicalBlockSize: { kind: 'bytes', doc: 'physical block size: 0 (= logical) or power of two, logical..page size' },
+  maxConcurrentCallbacks: { kind: 'count', doc: 'most callbacks in progress at once (0 means 1; at most 256)' },
+  maxReadWriteSize: { kind: 'bytes', doc: 'largest read/write/FUA write per callback: 0 (default 1 MiB) or >= page size' },
+  maxWriteSameSize: { kind: 'bytes', doc: 'largest write-same per callback: 0 (default 1 GiB) or >= logical block size' },
+  maxWriteZerosSize: { kind: 'bytes', doc: 'largest write-zeroes per callback: 0 (default 1 GiB) or >= logical block size' },
+  maxDiscardEraseSize: { kind: 'bytes', doc: 'largest discard/secure erase per callback: 0 (default 1 GiB) or >= logical block size' },
+  disablePartitionScanning: { kind: 'flag', doc: 'never scan the device for partitions' },
+  recoverable: { kind: 'flag', doc: 'keep the device if the driver dies abnormally' },
+  log: { kind: 'flag', doc: 'log attribute adjustments and callback invocations to stderr' },
+};
+
+export const ATTRIBUTE_NAMES = Object.keys(ATTRIBUTES) as AttributeName[];
+
+export const PAGE_SIZE: number = native.pageSize;
+export const MAX_CONCURRENT_CALLBACKS = 256;
+export const DEFAULT_MAX_READ_WRITE_SIZE = 1 << 20;
+/** Reads and writes are never handed to a callback larger than this, whatever the attribute says. */
+export const MAX_READ_WRITE_SIZE = 32 << 20;
+export const DEFAULT_MAX_RANGE_SIZE = 1 << 30;
+
+function refuse(name: string, value: unknown, rule: string): never {
+  throw new AttributeError(`invalid attribute ${name}=${String(value)}: ${rule}`);
+}
+
+function isPowerOfTwo(n: number): boolean {
+  return n > 0 && (n & (n - 1)) === 0;
+}
+
+function integer(attrs: Attributes, name: AttributeName): number {
+  const value = attrs[name] ?? 0;
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
+    refuse(name, value, 'must be a non-negative integer');
+  }
+  return value;
+}
+
+function flag(attrs: Attributes, name: AttributeName): boolean {
+  const value = attrs[name] ?? false;
+  if (typeof value !== 'boolean') refuse(name, value, 'must be true or false');
+  return value;
+}
+
+/**
+ * A per-operation max size: 0 when none of its callbacks exist; the default for 0; otherwise the
+ * value lowered to `cap` and to a multiple of the logical block size (never raised).
+ */
+function maxSize(value: number, present: boolean, fallback: number, cap: number, lbs: number): number {
+  if (!present) return 0;
+  const v = value === 0 ? fallback : Math.min(value, cap);
+  return v - (v % lbs);
+}
+
+/**
+ * Validates `attrs` for a new device run by `driver` and returns the adjusted attributes.
+ * Throws an AttributeError naming the attribute, the value and the rule.
+ */
+export function adjustAttributes(attrs: Attributes, driver: Driver<never>): EffectiveAttributes {
+  for (const name of Object.keys(attrs)) {
+    if (!(name in ATTRIBUTES)) {
+      throw new AttributeError(`unknown attribute '${name}' (known: ${ATTRIBUTE_NAMES.join(', ')})`);
+    }
+  }
+  const has = (n: keyof Driver<never>) => typeof driver[n] === 'function';
+
+  const lbs = integer(attrs, 'logicalBlockSize') || 512;
+  if (!isPowerOfTwo(lbs) || lbs < 512 || lbs > PAGE_SIZE) {
+    refuse('logicalBlockSize', lbs, `must be a power of two from 512 to the page size (${PAGE_SIZE})`);
+  }
+  const pbs = integer(attrs, 'physicalBlockSize') || lbs;
+  if (!isPowerOfTwo(pbs) || pbs < lbs || pbs > PAGE_SIZE) {
+    refuse('physicalBlockSize', pbs, `must be 0 or a power of two from logicalBlockSize (${lbs}) to the page size (${PAGE_SIZE})`);
+  }
+  const size = integer(attrs, 'size');
+  if (size === 0 || size % pbs !== 0) {
+    refuse('size', attrs.size ?? 0, `must be a positive multiple of the physical block size (${pbs})`);
+  }
+  const concurrency = integer(attrs, 'maxConcurrentCallbacks');
+
+  const rw = integer(attrs, 'maxReadWriteSize');
+  if (rw !== 0 && rw < PAGE_SIZE) refuse('maxReadWriteSize', rw, `must be 0 or at least the page size (${PAGE_SIZE})`);
+  const ranges = (['maxWriteSameSize', 'maxWriteZerosSize', 'maxDiscardEraseSize'] as const).map((name) => {
+    const v = integer(attrs, name);
+    if (v !== 0 && v < lbs) refuse(name, v, `must be 0 or at least logicalBlockSize (${lbs})`);
+    return v;
+  }) as [number, number, number];
+
+  if (has('fuaWrite') && !has('flush')) {
+    throw new AttributeError('invalid driver: a driver with a fuaWrite callback must also have a flush callback');
+  }
+
+  return Object.freeze({
+    size,
+    logicalBlockSize: lbs,
+    physicalBlockSize: pbs,
+    maxConcurrentCallbacks: Math.min(concurrency || 1, MAX_CONCURRENT_CALLBACKS),
+    maxReadWriteSize: maxSize(rw, has('read') || has('write') || has('fuaWrite'), DEFAULT_MAX_READ_WRITE_SIZE, MAX_READ_WRITE_SIZE, lbs),
+    maxWriteSameSize: maxSize(ranges[0], has('writeSame'), DEFAULT_MAX_RANGE_SIZE, DEFAULT_MAX_RANGE_SIZE, lbs),
+    maxWriteZerosSize: maxSize(ranges[1], has('writeZeros'), DEFAULT_MAX_RANGE_SIZE, DEFAULT_MAX_RANGE_SIZE, lbs),
+    maxDiscardEraseSize: maxSize(ranges[2], has('discard') || has('secureErase'), DEFAULT_MAX_RANGE_SIZE, DEFAULT_MAX_RANGE_SIZE, lbs),
+    disablePartitionScanning: flag(attrs, 'disablePartitionScanning'),
+    recoverable: flag(attrs, 'recoverable'),
+    log: flag(attrs, 'log'),
+  });
+}
+
+/** Lines describing what adjustment changed, for the `log` attribute. */
+export function describeAdjustments(given: Attributes, adjusted: EffectiveAttributes): string[] {
+  return ATTRIBUTE_NAMES.filter((n) => given[n] !== undefined && given[n] !== adjusted[n]).map(
+    (n) => `attribute ${n}: ${String(given[n])} -> ${String(adjusted[n])}`,
+  );
+}

@@ -1,0 +1,126 @@
+/**
+ * The driver API: what a driver writer implements and what bdus guarantees to it.
+ *
+ * A driver is an object of optional async callbacks plus default attributes. Every request
+ * callback below can rely on these guarantees, checked once by the request layer before the
+ * callback runs (drivers never need to re-check them):
+ *
+ * - `offset` and the size are multiples of `ctx.attributes.logicalBlockSize`;
+ * - the size is positive and `offset + size <= ctx.attributes.size`;
+ * - the size is at most the operation's max size attribute (larger client requests are split);
+ * - a data buffer has exactly the request's size.
+ *
+ * Concurrency: at most `ctx.attributes.maxConcurrentCallbacks` callbacks are in progress at once
+ * (a callback is in progress from its call until its promise settles). With 1, callbacks never
+ * overlap. `initialize`, `onDeviceAvailable` and `terminate` never overlap any other callback.
+ *
+ * Errors: a request callback fails its request by throwing (or rejecting). ENOLINK, ENOSPC and
+ * ETIMEDOUT (as `error.code`, e.g. a {@link DriverError} or a Node system error) reach the client
+ * as themselves; anything else becomes EIO and is logged. Throwing {@link DriverAbort} (or calling
+ * `abort()`) ends the driver instead; the device is then destroyed.
+ */
+import type { Attributes, EffectiveAttributes } from './attributes.js';
+
+/** Information about the device and driver instance, handed to every callback. */
+export interface Context<State = unknown> {
+  /** The device's id: unique for as long as the machine runs, never reused. */
+  readonly id: bigint;
+  /** The device's index: the N in its stable path /dev/bdus-N. Reused after the device is gone. */
+  readonly index: number;
+  /** The device's stable path, /dev/bdus-N. It exists once `onDeviceAvailable` runs. */
+  readonly path: string;
+  /** The kernel block device node behind the stable path (e.g. /dev/loop3 on FUSE+loop). */
+  readonly kernelPath: string;
+  /** The device's major and minor numbers; valid once `onDeviceAvailable` runs. */
+  readonly major: number;
+  readonly minor: number;
+  /** The attributes as adjusted by bdus (see docs/attributes.md). */
+  readonly attributes: EffectiveAttributes;
+  /** Whether this driver instance replaced another on an existing device. */
+  readonly isRerun: boolean;
+  /** Whether the device refuses writes (the driver has no write-type callback). */
+  readonly readOnly: boolean;
+  /** Free for the driver's own use; bdus never reads or changes it. */
+  state: State;
+}
+
+/** A driver: optional callbacks and default attributes. See the module comment for guarantees. */
+export interface Driver<State = unknown> {
+  /** Default attributes; options given to `run()` or the CLI's flags override them. */
+  readonly attributes?: Attributes;
+
+  /**
+   * Runs once, before any other callback and before the device exists. If it fails, the device
+   * is never created, `terminate` is not called, and `run()` rejects with the error.
+   */
+  initialize?(ctx: Context<State>): Promise<void> | void;
+
+  /**
+   * Runs once the device is available to clients (its path exists). Default: print the path and
+   * a newline to stdout. On a rerun it runs even though the device was already available. If it
+   * fails, `terminate` runs and the device is destroyed.
+   */
+  onDeviceAvailable?(ctx: Context<State>): Promise<void> | void;
+
+  /**
+   * Runs once, after the driver stopped serving requests, when the device is destroyed normally.
+   * Not called if `initialize` failed, after an abort, or if the process is killed.
+   */
+  terminate?(ctx: Context<State>): Promise<void> | void;
+
+  /** Fill `buffer` (exactly the request's size) with the data at `offset`. */
+  read?(buffer: Buffer, offset: number, ctx: Context<State>): Promise<void> | void;
+
+  /** Store `data` (exactly the request's size) at `offset`. Do not keep `data` after returning: its memory is reused. */
+  write?(data: Buffer, offset: number, ctx: Context<State>): Promise<void> | void;
+
+  /**
+   * Write the one logical block in `block` to every block of [offset, offset + size). Without it,
+   * write-same requests become writes. No kernel frontend sends write-same any more (Linux removed
+   * REQ_OP_WRITE_SAME in 5.18); it is kept for BDUS parity.
+   */
+  writeSame?(block: Buffer, offset: number, size: number, ctx: Context<State>): Promise<void> | void;
+
+  /**
+   * Make [offset, offset + size) read back as zeros. When `mayUnmap` is false, later writes to
+   * the range must not fail for lack of space (allocate it). Without it, write-zeroes requests
+   * become writes of zeros.
+   */
+  writeZeros?(offset: number, size: number, mayUnmap: boolean, ctx: Context<State>): Promise<void> | void;
+
+  /**
+   * A write that is durable when it returns (Force Unit Access). Requires `flush`. Without it,
+   * FUA writes become a write followed by a flush.
+   */
+  fuaWrite?(data: Buffer, offset: number, ctx: Context<State>): Promise<void> | void;
+
+  /**
+   * Make every write completed so far durable. Without it the device reports no write-back cache
+   * need: flush requests succeed at once.
+   */
+  flush?(ctx: Context<State>): Promise<void> | void;
+
+  /** The range's contents are no longer needed. Reads of it may return anything afterwards. */
+  discard?(offset: number, size: number, ctx: Context<State>): Promise<void> | void;
+
+  /** Erase the range so that its previous contents cannot be recovered. */
+  secureErase?(offset: number, size: number, ctx: Context<State>): Promise<void> | void;
+
+  /**
+   * A device-specific ioctl. `argument` is the client's argument buffer (null for _IOC_NONE);
+   * changes to it reach the client only if the callback succeeds. Unknown commands should throw
+   * a DriverError('ENOTTY'). Must be idempotent, like every request.
+   */
+  ioctl?(command: number, argument: Buffer | null, ctx: Context<State>): Promise<void> | void;
+}
+
+/** Request callbacks whose presence makes a device writable. */
+export const WRITE_CALLBACKS = ['write', 'writeSame', 'writeZeros', 'fuaWrite', 'discard', 'secureErase'] as const;
+
+/** Every request callback, in a stable order (used for logs and for rerun compatibility checks). */
+export const REQUEST_CALLBACKS = ['read', ...WRITE_CALLBACKS, 'flush', 'ioctl'] as const;
+export type RequestCallback = (typeof REQUEST_CALLBACKS)[number];
+
+export function isReadOnly(driver: Driver<never>): boolean {
+  return !WRITE_CALLBACKS.some((name) => typeof driver[name] === 'function');
+}

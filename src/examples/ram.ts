@@ -1,0 +1,60 @@
+/**
+ * ram: a device backed by this process's memory. Memory is committed only as it is written.
+ *
+ *   bdus run ram [--size 1G]
+ *
+ * Not recoverable: its contents die with the process.
+ */
+import type { Context, Driver } from '../driver/driver.js';
+
+/** Memory is kept in chunks: one Buffer cannot exceed 4 GiB. */
+const CHUNK = 1 << 30;
+
+type Ram = Buffer[];
+
+function forEachPiece(offset: number, size: number, fn: (chunk: Buffer, at: number, done: number, length: number) => void, ctx: Context<Ram>): void {
+  let done = 0;
+  while (done < size) {
+    const position = offset + done;
+    const at = position % CHUNK;
+    const length = Math.min(size - done, CHUNK - at);
+    fn(ctx.state[Math.floor(position / CHUNK)]!, at, done, length);
+    done += length;
+  }
+}
+
+const ram: Driver<Ram> = {
+  attributes: { size: 1 << 30, maxConcurrentCallbacks: 64 },
+
+  initialize(ctx) {
+    const { size } = ctx.attributes;
+    ctx.state = [];
+    for (let at = 0; at < size; at += CHUNK) ctx.state.push(Buffer.alloc(Math.min(CHUNK, size - at)));
+  },
+
+  read(buffer, offset, ctx) {
+    if (offset % CHUNK + buffer.length <= CHUNK) {
+      ctx.state[Math.floor(offset / CHUNK)]!.copy(buffer, 0, offset % CHUNK, offset % CHUNK + buffer.length);
+      return;
+    }
+    forEachPiece(offset, buffer.length, (chunk, at, done, length) => chunk.copy(buffer, done, at, at + length), ctx);
+  },
+
+  write(data, offset, ctx) {
+    if (offset % CHUNK + data.length <= CHUNK) {
+      data.copy(ctx.state[Math.floor(offset / CHUNK)]!, offset % CHUNK);
+      return;
+    }
+    forEachPiece(offset, data.length, (chunk, at, done, length) => data.copy(chunk, at, done, done + length), ctx);
+  },
+
+  writeZeros(offset, size, _mayUnmap, ctx) {
+    forEachPiece(offset, size, (chunk, at, _done, length) => chunk.fill(0, at, at + length), ctx);
+  },
+
+  discard(offset, size, ctx) {
+    forEachPiece(offset, size, (chunk, at, _done, length) => chunk.fill(0, at, at + length), ctx);
+  },
+};
+
+export default ram;

@@ -1,0 +1,42 @@
+/**
+ * The contract every kernel frontend implements: turn the kernel's block requests for one device
+ * into calls on the request layer, and encode the outcomes back. Frontends decode and encode
+ * only; checking, splitting, emulation and error mapping live in the request layer.
+ */
+import type { EffectiveAttributes } from '../driver/attributes.js';
+import type { RequestLayer } from '../request/request-layer.js';
+
+/** What a started frontend gives the device: its kernel block device node. */
+export interface KernelDevice {
+  /** The kernel's own node for the device, e.g. /dev/loop3. */
+  readonly path: string;
+  readonly major: number;
+  readonly minor: number;
+}
+
+export interface FrontendOptions {
+  /** The device's index (names the frontend's own resources). */
+  readonly index: number;
+  readonly attributes: EffectiveAttributes;
+  readonly readOnly: boolean;
+  readonly requests: RequestLayer;
+  readonly log: (message: string) => void;
+}
+
+export interface Frontend {
+  /** Short name, as given to `--frontend`. */
+  readonly name: string;
+  /**
+   * Creates the kernel device. Requests may reach the request layer before this resolves (the
+   * kernel reads the partition table while the device is created).
+   */
+  start(): Promise<KernelDevice>;
+  /**
+   * Removes the kernel device: it disappears at once, or when the last client holding it open
+   * closes it; until then every request fails with EIO. Safe to call more than once, and after
+   * a failed start.
+   */
+  stop(): Promise<void>;
+  /** Resolves if the kernel side ends on its own (say, someone unmounted it), with the reason. */
+  readonly ended: Promise<Error | undefined>;
+}

@@ -1,0 +1,36 @@
+/**
+ * The typed face of the native addon (native/bdus_native.c): only the system calls Node cannot
+ * make. Built by `npm install` (node-gyp, against the local Node headers).
+ */
+import { createRequire } from 'node:module';
+import { constants } from 'node:os';
+
+interface NativeAddon {
+  /** The system's page size in bytes. */
+  readonly pageSize: number;
+  /** fallocate(2) on the libuv pool; the callback gets 0 or a positive errno. */
+  fallocate(fd: number, mode: number, offset: number, length: number, callback: (errno: number) => void): void;
+  /** ioctl(BLKGETSIZE64): a block device's size in bytes. */
+  blockDeviceSize(fd: number): bigint;
+  /** dup2(2). */
+  dup2(oldFd: number, newFd: number): void;
+}
+
+const require = createRequire(import.meta.url);
+export const native: NativeAddon = require('../../build/Release/bdus_native.node') as NativeAddon;
+
+/** fallocate(2) as a promise; rejects with a Node-style error carrying `code`. */
+export function fallocate(fd: number, mode: number, offset: number, length: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    native.fallocate(fd, mode, offset, length, (errno) => {
+      if (errno === 0) return resolve();
+      const code = errnoName(errno);
+      reject(Object.assign(new Error(`fallocate: ${code}`), { code, errno: -errno, syscall: 'fallocate' }));
+    });
+  });
+}
+
+const errnoNames = new Map(Object.entries(constants.errno).map(([name, n]) => [n, name]));
+export function errnoName(errno: number): string {
+  return errnoNames.get(Math.abs(errno)) ?? `E${Math.abs(errno)}`;
+}

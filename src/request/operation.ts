@@ -1,0 +1,16 @@
+/** Request operations as the request layer counts and logs them. */
+export const Operation = {
+  READ: 0,
+  WRITE: 1,
+  WRITE_SAME: 2,
+  WRITE_ZEROS: 3,
+  FUA_WRITE: 4,
+  FLUSH: 5,
+  DISCARD: 6,
+  SECURE_ERASE: 7,
+  IOCTL: 8,
+} as const;
+export type Operation = (typeof Operation)[keyof typeof Operation];
+
+/** Callback names indexed by Operation (for logs and counters). */
+export const OPERATION_NAMES = ['read', 'write', 'writeSame', 'writeZeros', 'fuaWrite', 'flush', 'discard', 'secureErase', 'ioctl'] as const;

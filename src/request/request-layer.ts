@@ -1,0 +1,316 @@
+/**
+ * The request layer, shared by every frontend: where a request is checked, split, emulated,
+ * dispatched to a callback and where the callback's outcome becomes an errno.
+ *
+ * A frontend decodes a kernel message and calls one of the public methods below; each resolves
+ * to 0 or a positive errno for the frontend to encode into its reply. Nothing here knows about
+ * FUSE or NBD.
+ *
+ * - Checks: offset and size are multiples of the logical block size, size > 0, within the device
+ *   (EINVAL otherwise, logged: a correct kernel never sends such a request).
+ * - Splitting: a request larger than its operation's max size attribute becomes several
+ *   callbacks, in order; the first failure fails the request.
+ * - Emulation: write-zeroes and write-same through write, FUA write through write + flush, flush
+ *   without a flush callback succeeds (no write-back cache).
+ * - Concurrency: at most maxConcurrentCallbacks callbacks in progress; the rest wait in FIFO order.
+ *   Waiting never blocks the frontend from reading further requests.
+ * - Errors: see clientErrno(); a DriverAbort ends the driver through `hooks.abort`.
+ */
+import { constants } from 'node:os';
+import type { Context, Driver } from '../driver/driver.js';
+import type { EffectiveAttributes } from '../driver/attributes.js';
+import { clientErrno, DriverAbort } from '../driver/errors.js';
+import { Operation, OPERATION_NAMES } from './operation.js';
+
+const { EIO, EINVAL, EOPNOTSUPP, ENOTTY } = constants.errno;
+const RESOLVED = [0, EIO, EINVAL, EOPNOTSUPP, ENOTTY].reduce(
+  (m, e) => m.set(e, Promise.resolve(e)),
+  new Map<number, Promise<number>>(),
+);
+const resolved = (errno: number) => RESOLVED.get(errno) as Promise<number>;
+
+/** Largest zero buffer kept for write-zeroes emulation; longer ranges reuse it in pieces. */
+const ZERO_BUFFER_SIZE = 1 << 20;
+
+export interface RequestLayerHooks {
+  /** The driver threw DriverAbort: end it. Called once. */
+  abort(error: Error): void;
+  /** A line for the device's log (stderr). */
+  log(message: string): void;
+}
+
+type AnyDriver = Driver<any>;
+
+export class RequestLayer {
+  /** Completed callback invocations, indexed by Operation. */
+  readonly completed = new Float64Array(OPERATION_NAMES.length);
+  /** Failed callback invocations, indexed by Operation. */
+  readonly failed = new Float64Array(OPERATION_NAMES.length);
+
+  private readonly attrs: EffectiveAttributes;
+  private readonly limit: number;
+  private active = 0;
+  private readonly waiting: Array<() => void> = [];
+  private accepting = true;
+  private aborted = false;
+  private onIdle: (() => void) | undefined;
+  private zeros: Buffer | undefined;
+
+  constructor(
+    private readonly driver: AnyDriver,
+    private readonly ctx: Context<any>,
+    private readonly hooks: RequestLayerHooks,
+  ) {
+    this.attrs = ctx.attributes;
+    this.limit = this.attrs.maxConcurrentCallbacks;
+  }
+
+  /** Callbacks in progress right now. */
+  get inProgress(): number {
+    return this.active;
+  }
+
+  // ---- Entry points for frontends -------------------------------------------------------------
+
+  read(buffer: Buffer, offset: number): Promise<number> {
+    if (!this.accepting) return resolved(EIO);
+    if (!this.driver.read) return resolved(EOPNOTSUPP);
+    return this.bufferOp(Operation.READ, buffer, offset, this.attrs.maxReadWriteSize);
+  }
+
+  write(data: Buffer, offset: number): Promise<number> {
+    if (!this.accepting) return resolved(EIO);
+    if (!this.driver.write) return resolved(EOPNOTSUPP);
+    return this.bufferOp(Operation.WRITE, data, offset, this.attrs.maxReadWriteSize);
+  }
+
+  async fuaWrite(data: Buffer, offset: number): Promise<number> {
+    if (!this.accepting) return EIO;
+    if (this.driver.fuaWrite) return this.bufferOp(Operation.FUA_WRITE, data, offset, this.attrs.maxReadWriteSize);
+    const errno = await this.write(data, offset);
+    return errno !== 0 ? errno : this.flush();
+  }
+
+  flush(): Promise<number> {
+    if (!this.accepting) return resolved(EIO);
+    if (!this.driver.flush) return resolved(0);
+    return this.invoke(Operation.FLUSH, undefined, 0, 0);
+  }
+
+  writeZeros(offset: number, size: number, mayUnmap: boolean): Promise<number> {
+    if (!this.accepting) return resolved(EIO);
+    if (this.driver.writeZeros) return this.rangeOp(Operation.WRITE_ZEROS, offset, size, this.attrs.maxWriteZerosSize, mayUnmap);
+    if (this.driver.write) return this.checked(offset, size, Operation.WRITE_ZEROS) ?? this.writeZeroBuffers(offset, size);
+    return resolved(EOPNOTSUPP);
+  }
+
+  discard(offset: number, size: number): Promise<number> {
+    if (!this.accepting) return resolved(EIO);
+    if (!this.driver.discard) return resolved(EOPNOTSUPP);
+    return this.rangeOp(Operation.DISCARD, offset, size, this.attrs.maxDiscardEraseSize, undefined);
+  }
+
+  /**
+   * A discard after which the range must read back as zeros. FUSE+loop sends this for both a
+   * kernel discard and a write-zeroes that may unmap (loop turns both into PUNCH_HOLE, and a
+   * punched hole reads as zeros; ext4 and XFS rely on that). Served by writeZeros(mayUnmap=true)
+   * when the driver has it, else by discard followed by writes of zeros.
+   */
+  async zeroingDiscard(offset: number, size: number): Promise<number> {
+    if (!this.accepting) return EIO;
+    if (this.driver.writeZeros) return this.writeZeros(offset, size, true);
+    if (this.driver.discard) {
+      const errno = await this.discard(offset, size);
+      if (errno !== 0 || !this.driver.write) return errno;
+    }
+    return this.writeZeros(offset, size, true);
+  }
+
+  secureErase(offset: number, size: number): Promise<number> {
+    if (!this.accepting) return resolved(EIO);
+    if (!this.driver.secureErase) return resolved(EOPNOTSUPP);
+    return this.rangeOp(Operation.SECURE_ERASE, offset, size, this.attrs.maxDiscardEraseSize, undefined);
+  }
+
+  writeSame(block: Buffer, offset: number, size: number): Promise<number> {
+    if (!this.accepting) return resolved(EIO);
+    if (block.length !== this.attrs.logicalBlockSize) return this.invalid(Operation.WRITE_SAME, offset, size);
+    if (this.driver.writeSame) return this.rangeOp(Operation.WRITE_SAME, offset, size, this.attrs.maxWriteSameSize, block);
+    if (!this.driver.write) return resolved(EOPNOTSUPP);
+    const bad = this.checked(offset, size, Operation.WRITE_SAME);
+    if (bad) return bad;
+    const data = Buffer.allocUnsafe(Math.min(size, this.attrs.maxReadWriteSize));
+    for (let i = 0; i < data.length; i += block.length) block.copy(data, i);
+    return this.repeatWrite(data, offset, size);
+  }
+
+  ioctl(command: number, argument: Buffer | null): Promise<number> {
+    if (!this.accepting) return resolved(EIO);
+    if (!this.driver.ioctl) return resolved(ENOTTY);
+    return this.invoke(Operation.IOCTL, argument, command, 0);
+  }
+
+  // ---- Life cycle -----------------------------------------------------------------------------
+
+  /** Stops taking requests (later ones fail with EIO) and resolves once none is in progress. */
+  drain(): Promise<void> {
+    this.accepting = false;
+    if (this.active === 0) return Promise.resolve();
+    return new Promise((resolve) => (this.onIdle = resolve));
+  }
+
+  /** Stops at once: waiting requests fail with EIO; callbacks in progress are no longer awaited. */
+  abortAll(): void {
+    this.accepting = false;
+    this.aborted = true;
+    for (const wake of this.waiting.splice(0)) wake();
+  }
+
+  // ---- Internals ------------------------------------------------------------------------------
+
+  private checked(offset: number, size: number, op: Operation): Promise<number> | undefined {
+    const lbs = this.attrs.logicalBlockSize;
+    if (size > 0 && offset % lbs === 0 && size % lbs === 0 && offset + size <= this.attrs.size) return undefined;
+    return this.invalid(op, offset, size);
+  }
+
+  private invalid(op: Operation, offset: number, size: number): Promise<number> {
+    this.hooks.log(`refused ${OPERATION_NAMES[op]}(offset=${offset}, size=${size}): not aligned to the logical block size or outside the device`);
+    return resolved(EINVAL);
+  }
+
+  private bufferOp(op: Operation, buffer: Buffer, offset: number, max: number): Promise<number> {
+    const bad = this.checked(offset, buffer.length, op);
+    if (bad) return bad;
+    if (buffer.length <= max) return this.invoke(op, buffer, offset, 0);
+    return this.splitBuffer(op, buffer, offset, max);
+  }
+
+  private async splitBuffer(op: Operation, buffer: Buffer, offset: number, max: number): Promise<number> {
+    for (let done = 0; done < buffer.length; done += max) {
+      const errno = await this.invoke(op, buffer.subarray(done, done + max), offset + done, 0);
+      if (errno !== 0) return errno;
+    }
+    return 0;
+  }
+
+  private async rangeOp(op: Operation, offset: number, size: number, max: number, extra: unknown): Promise<number> {
+    const bad = this.checked(offset, size, op);
+    if (bad) return bad;
+    for (let done = 0; done < size; done += max) {
+      const errno = await this.invoke(op, extra, offset + done, Math.min(max, size - done));
+      if (errno !== 0) return errno;
+    }
+    return 0;
+  }
+
+  private writeZeroBuffers(offset: number, size: number): Promise<number> {
+    const length = Math.min(ZERO_BUFFER_SIZE, this.attrs.maxReadWriteSize);
+    if (!this.zeros || this.zeros.length < length) this.zeros = Buffer.alloc(length);
+    return this.repeatWrite(this.zeros.subarray(0, length), offset, size);
+  }
+
+  /** Writes `data` (or a prefix of it, at the end) over [offset, offset + size). */
+  private async repeatWrite(data: Buffer, offset: number, size: number): Promise<number> {
+    for (let done = 0; done < size; done += data.length) {
+      const piece = size - done < data.length ? data.subarray(0, size - done) : data;
+      const errno = await this.invoke(Operation.WRITE, piece, offset + done, 0);
+      if (errno !== 0) return errno;
+    }
+    return 0;
+  }
+
+  /** Runs one callback within the concurrency limit. `a`, `b`, `c` are its arguments by operation. */
+  private async invoke(op: Operation, a: unknown, b: number, c: number): Promise<number> {
+    if (this.active < this.limit) {
+      this.active++;
+    } else {
+      await new Promise<void>((resolve) => this.waiting.push(resolve));
+      if (this.aborted) return EIO;
+    }
+    const { driver, ctx } = this;
+    try {
+      if (this.attrs.log) this.logCall(op, b, c, a);
+      switch (op) {
+        case Operation.READ:
+          await driver.read!(a as Buffer, b, ctx);
+          break;
+        case Operation.WRITE:
+          await driver.write!(a as Buffer, b, ctx);
+          break;
+        case Operation.FUA_WRITE:
+          await driver.fuaWrite!(a as Buffer, b, ctx);
+          break;
+        case Operation.FLUSH:
+          await driver.flush!(ctx);
+          break;
+        case Operation.WRITE_ZEROS:
+          await driver.writeZeros!(b, c, a as boolean, ctx);
+          break;
+        case Operation.DISCARD:
+          await driver.discard!(b, c, ctx);
+          break;
+        case Operation.SECURE_ERASE:
+          await driver.secureErase!(b, c, ctx);
+          break;
+        case Operation.WRITE_SAME:
+          await driver.writeSame!(a as Buffer, b, c, ctx);
+          break;
+        case Operation.IOCTL:
+          await driver.ioctl!(b, a as Buffer | null, ctx);
+          break;
+      }
+      this.completed[op]!++;
+      return 0;
+    } catch (error) {
+      return this.failure(op, b, c, a, error);
+    } finally {
+      this.release();
+    }
+  }
+
+  private release(): void {
+    const next = this.waiting.shift();
+    if (next) return next(); // the slot passes to the next waiter
+    this.active--;
+    if (this.active === 0 && this.onIdle) {
+      this.onIdle();
+      this.onIdle = undefined;
+    }
+  }
+
+  private failure(op: Operation, b: number, c: number, a: unknown, error: unknown): number {
+    this.failed[op]!++;
+    if (error instanceof DriverAbort || (error as Error | null)?.name === 'DriverAbort') {
+      this.hooks.log(`${describe(op, b, c, a)} aborted the driver: ${(error as Error).message}`);
+      this.hooks.abort(error as Error);
+      return EIO;
+    }
+    const errno = clientErrno(error);
+    const message = error instanceof Error ? error.message : String(error);
+    this.hooks.log(`${describe(op, b, c, a)} failed: ${message} (client sees ${errno === EIO ? 'EIO' : (error as { code: string }).code})`);
+    return errno;
+  }
+
+  private logCall(op: Operation, b: number, c: number, a: unknown): void {
+    this.hooks.log(describe(op, b, c, a));
+  }
+}
+
+function describe(op: Operation, b: number, c: number, a: unknown): string {
+  const name = OPERATION_NAMES[op];
+  switch (op) {
+    case Operation.READ:
+    case Operation.WRITE:
+    case Operation.FUA_WRITE:
+      return `${name}(offset=${b}, size=${(a as Buffer).length})`;
+    case Operation.FLUSH:
+      return `${name}()`;
+    case Operation.WRITE_ZEROS:
+      return `${name}(offset=${b}, size=${c}, mayUnmap=${String(a)})`;
+    case Operation.IOCTL:
+      return `${name}(command=0x${b.toString(16)})`;
+    default:
+      return `${name}(offset=${b}, size=${c})`;
+  }
+}
