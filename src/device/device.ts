@@ -15,7 +15,7 @@ import { adjustAttributes, describeAdjustments, type Attributes, type EffectiveA
 import { isReadOnly, type Context, type Driver } from '../driver/driver.js';
 import { BdusError } from '../driver/errors.js';
 import type { Frontend } from '../frontend/frontend.js';
-import { FuseLoopFrontend } from '../frontend/fuse/fuse-loop.js';
+import { FuseLoopFrontend, fuseLoopAttributes } from '../frontend/fuse/fuse-loop.js';
 import { RequestLayer } from '../request/request-layer.js';
 import { allocateId, allocateIndex, processStart, removeRecord, updateRecord, type DeviceRecord } from './registry.js';
 import { reclaimStaleDevices } from './reclaim.js';
@@ -140,7 +140,7 @@ export async function flushDevice(path: string): Promise<void> {
 export async function start<State>(driver: Driver<State>, options: RunOptions<State> = {}): Promise<Device<State>> {
   checkEnvironment();
   const given: Attributes = { ...driver.attributes, ...options.attributes };
-  const attributes = adjustAttributes(given, driver as Driver<never>);
+  const attributes = fuseLoopAttributes(adjustAttributes(given, driver as Driver<never>));
   const readOnly = isReadOnly(driver as Driver<never>);
 
   await reclaimStaleDevices();

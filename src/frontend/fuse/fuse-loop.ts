@@ -17,6 +17,7 @@
  */
 import { closeSync, constants as fsConstants, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { constants } from 'node:os';
+import type { EffectiveAttributes } from '../../driver/attributes.js';
 import type { Frontend, FrontendOptions, KernelDevice } from '../frontend.js';
 import type { RequestLayer } from '../../request/request-layer.js';
 import { execute } from '../../util/exec.js';
@@ -329,6 +330,16 @@ export class FuseLoopFrontend implements Frontend {
     this.channel!.reply(buf, out + StatfsOut.SIZE);
     this.channel!.release(slot);
   }
+}
+
+/**
+ * What this frontend can show the kernel. Loop sets the physical block size to the logical one
+ * (LOOP_CONFIGURE has one block size), so a larger physical block size is lowered to it: a hint
+ * lost, never a guarantee broken (requests stay aligned to the logical block size).
+ */
+export function fuseLoopAttributes(attributes: EffectiveAttributes): EffectiveAttributes {
+  if (attributes.physicalBlockSize === attributes.logicalBlockSize) return attributes;
+  return Object.freeze({ ...attributes, physicalBlockSize: attributes.logicalBlockSize });
 }
 
 function mountpointOf(index: number): string {

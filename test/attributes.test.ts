@@ -1,0 +1,95 @@
+// This test ensures that every attribute rule of BDUS holds: defaults for 0, values lowered but
+// never raised, 0 when the callbacks are absent, and a clear refusal naming attribute, value, rule.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { adjustAttributes, PAGE_SIZE, type Attributes } from '../src/driver/attributes.js';
+import { AttributeError, type Driver } from '../src/index.js';
+
+const noop = () => undefined;
+const full: Driver<never> = { read: noop, write: noop, writeSame: noop, writeZeros: noop, fuaWrite: noop, flush: noop, discard: noop, secureErase: noop };
+const MiB = 1 << 20;
+
+function refused(attrs: Attributes, pattern: RegExp, driver: Driver<never> = full): void {
+  assert.throws(() => adjustAttributes(attrs, driver), (e: unknown) => e instanceof AttributeError && pattern.test(e.message) && e.code === 'EINVAL');
+}
+
+test('defaults fill in zero and omitted values', () => {
+  const a = adjustAttributes({ size: MiB }, full);
+  assert.equal(a.logicalBlockSize, 512);
+  assert.equal(a.physicalBlockSize, 512);
+  assert.equal(a.maxConcurrentCallbacks, 1);
+  assert.equal(a.maxReadWriteSize, MiB);
+  assert.equal(a.maxWriteSameSize, 1 << 30);
+  assert.equal(a.maxWriteZerosSize, 1 << 30);
+  assert.equal(a.maxDiscardEraseSize, 1 << 30);
+  assert.equal(a.disablePartitionScanning, false);
+  assert.equal(a.recoverable, false);
+  assert.equal(a.log, false);
+  assert.deepEqual(adjustAttributes({ size: MiB, logicalBlockSize: 0, physicalBlockSize: 0, maxConcurrentCallbacks: 0 }, full), a);
+});
+
+test('physicalBlockSize 0 means the logical block size', () => {
+  assert.equal(adjustAttributes({ size: MiB, logicalBlockSize: 4096 }, full).physicalBlockSize, 4096);
+});
+
+test('logicalBlockSize must be a power of two from 512 to the page size', () => {
+  for (const v of [256, 1000, 2 * PAGE_SIZE, -512, 1.5]) refused({ size: MiB, logicalBlockSize: v }, /logicalBlockSize/);
+  for (const v of [512, 1024, 2048, 4096]) assert.equal(adjustAttributes({ size: MiB, logicalBlockSize: v }, full).logicalBlockSize, v);
+});
+
+test('physicalBlockSize must be a power of two from the logical block size to the page size', () => {
+  refused({ size: MiB, logicalBlockSize: 1024, physicalBlockSize: 512 }, /physicalBlockSize=512: must be 0 or a power of two from logicalBlockSize \(1024\)/);
+  refused({ size: MiB, physicalBlockSize: 3072 }, /physicalBlockSize=3072/);
+  refused({ size: MiB, physicalBlockSize: 2 * PAGE_SIZE }, /physicalBlockSize/);
+  assert.equal(adjustAttributes({ size: MiB, physicalBlockSize: 4096 }, full).physicalBlockSize, 4096);
+});
+
+test('size must be a positive multiple of the physical block size', () => {
+  refused({}, /invalid attribute size=0: must be a positive multiple of the physical block size \(512\)/);
+  refused({ size: 1000 }, /size=1000/);
+  refused({ size: MiB + 512, physicalBlockSize: 4096 }, /size=1049088: .*\(4096\)/);
+  refused({ size: -4096 }, /size=-4096: must be a non-negative integer/);
+  refused({ size: 2 ** 60 }, /size=/);
+});
+
+test('maxConcurrentCallbacks: 0 means 1, lowered to at most 256, never raised', () => {
+  assert.equal(adjustAttributes({ size: MiB, maxConcurrentCallbacks: 7 }, full).maxConcurrentCallbacks, 7);
+  assert.equal(adjustAttributes({ size: MiB, maxConcurrentCallbacks: 100000 }, full).maxConcurrentCallbacks, 256);
+  refused({ size: MiB, maxConcurrentCallbacks: -1 }, /maxConcurrentCallbacks=-1/);
+});
+
+test('maxReadWriteSize: 0 or at least the page size; lowered, never raised; 0 without read/write/fuaWrite', () => {
+  refused({ size: MiB, maxReadWriteSize: PAGE_SIZE - 512 }, /maxReadWriteSize=3584: must be 0 or at least the page size \(4096\)/);
+  assert.equal(adjustAttributes({ size: MiB, maxReadWriteSize: 65536 }, full).maxReadWriteSize, 65536);
+  assert.equal(adjustAttributes({ size: MiB, maxReadWriteSize: 65536 + 100 * 512 + 100 }, full).maxReadWriteSize % 512, 0);
+  assert.ok(adjustAttributes({ size: MiB, maxReadWriteSize: 2 ** 40 }, full).maxReadWriteSize < 2 ** 40);
+  assert.equal(adjustAttributes({ size: MiB, maxReadWriteSize: 65536 }, { discard: noop }).maxReadWriteSize, 0);
+});
+
+test('range max sizes: 0 or at least the logical block size; 0 without their callbacks', () => {
+  for (const name of ['maxWriteSameSize', 'maxWriteZerosSize', 'maxDiscardEraseSize'] as const) {
+    refused({ size: MiB, logicalBlockSize: 4096, [name]: 512 }, new RegExp(`${name}=512: must be 0 or at least logicalBlockSize \\(4096\\)`));
+    assert.equal(adjustAttributes({ size: MiB, [name]: 8192 }, full)[name], 8192);
+    assert.equal(adjustAttributes({ size: MiB, [name]: 8192 }, { read: noop })[name], 0);
+  }
+  assert.equal(adjustAttributes({ size: MiB }, { secureErase: noop }).maxDiscardEraseSize, 1 << 30);
+});
+
+test('flags must be booleans', () => {
+  for (const name of ['disablePartitionScanning', 'recoverable', 'log'] as const) {
+    refused({ size: MiB, [name]: 'yes' } as unknown as Attributes, new RegExp(`${name}=yes: must be true or false`));
+    assert.equal(adjustAttributes({ size: MiB, [name]: true }, full)[name], true);
+  }
+});
+
+test('unknown attributes are refused by name', () => {
+  refused({ size: MiB, sise: 5 } as unknown as Attributes, /unknown attribute 'sise'/);
+});
+
+test('a fuaWrite callback needs a flush callback', () => {
+  refused({ size: MiB }, /fuaWrite callback must also have a flush callback/, { write: noop, fuaWrite: noop });
+});
+
+test('the adjusted attributes are frozen', () => {
+  assert.ok(Object.isFrozen(adjustAttributes({ size: MiB }, full)));
+});

@@ -1,0 +1,28 @@
+/**
+ * A RAM driver whose callbacks misbehave at chosen offsets (MiB):
+ *   write at 1 MiB: fails with ENOSPC;   read at 2 MiB: throws a plain Error (EIO);
+ *   read at 3 MiB: never answers;        write at 4 MiB: aborts the driver.
+ * Every other request behaves.
+ */
+import { abort, DriverError, type Driver } from '../../src/index.js';
+
+const MiB = 1 << 20;
+
+const faulty: Driver<Buffer> = {
+  attributes: { size: 16 * MiB, maxConcurrentCallbacks: 8, disablePartitionScanning: true },
+  initialize(ctx) {
+    ctx.state = Buffer.alloc(ctx.attributes.size);
+  },
+  async read(buffer, offset, ctx) {
+    if (offset === 2 * MiB) throw new Error('a bug in the driver');
+    if (offset === 3 * MiB) return new Promise<void>(() => undefined);
+    ctx.state.copy(buffer, 0, offset, offset + buffer.length);
+  },
+  write(data, offset, ctx) {
+    if (offset === 1 * MiB) throw new DriverError('ENOSPC');
+    if (offset === 4 * MiB) abort('asked to abort');
+    data.copy(ctx.state, offset);
+  },
+};
+
+export default faulty;

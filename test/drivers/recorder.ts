@@ -1,0 +1,42 @@
+/**
+ * A RAM driver that appends one JSON line per callback to the file named by its first argument,
+ * so tests can see exactly which callbacks the kernel's requests became. With a second argument
+ * "no-zeros" it has no writeZeros (discards then reach discard).
+ */
+import { appendFileSync } from 'node:fs';
+import type { Driver } from '../../src/index.js';
+
+export default function recorder(args: readonly string[]): Driver<Buffer> {
+  const file = args[0]!;
+  const record = (entry: object) => appendFileSync(file, `${JSON.stringify(entry)}\n`);
+  const driver: Driver<Buffer> = {
+    attributes: { size: 64 << 20, maxConcurrentCallbacks: 8 },
+    initialize(ctx) {
+      ctx.state = Buffer.alloc(ctx.attributes.size);
+      record({ op: 'initialize', attributes: ctx.attributes });
+    },
+    read(buffer, offset, ctx) {
+      record({ op: 'read', offset, size: buffer.length });
+      ctx.state.copy(buffer, 0, offset, offset + buffer.length);
+    },
+    write(data, offset, ctx) {
+      record({ op: 'write', offset, size: data.length });
+      data.copy(ctx.state, offset);
+    },
+    flush() {
+      record({ op: 'flush' });
+    },
+    discard(offset, size) {
+      record({ op: 'discard', offset, size });
+    },
+    writeZeros(offset, size, mayUnmap, ctx) {
+      record({ op: 'writeZeros', offset, size, mayUnmap });
+      ctx.state.fill(0, offset, offset + size);
+    },
+    terminate() {
+      record({ op: 'terminate' });
+    },
+  };
+  if (args.includes('no-zeros')) delete driver.writeZeros;
+  return driver;
+}

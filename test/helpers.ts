@@ -1,0 +1,92 @@
+/**
+ * Test helpers: run the real CLI, create devices that are destroyed after the test (also when it
+ * fails), and run real clients as child processes (never synchronous I/O from this process: it
+ * may be the one serving the device).
+ */
+import { execFile, spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import type { TestContext } from 'node:test';
+
+export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+export const BIN = `${ROOT}dist/src/cli/bin.js`;
+export const DRIVERS = `${ROOT}dist/test/drivers`;
+
+export interface Result {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a command to completion; never rejects on a non-zero exit. */
+export function sh(file: string, args: readonly string[], options: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Result> {
+  return new Promise((resolve) => {
+    execFile(file, args, { timeout: options.timeoutMs ?? 120_000, env: options.env ?? process.env, maxBuffer: 64 << 20 }, (error, stdout, stderr) => {
+      const code = error ? (typeof error.code === 'number' ? error.code : 1) : 0;
+      resolve({ code, stdout: String(stdout), stderr: String(stderr) });
+    });
+  });
+}
+
+/** Runs a command and throws (with its output) unless it exits 0. */
+export async function must(file: string, args: readonly string[], options: { timeoutMs?: number } = {}): Promise<string> {
+  const r = await sh(file, args, options);
+  if (r.code !== 0) throw new Error(`${file} ${args.join(' ')} exited ${r.code}\n${r.stdout}\n${r.stderr}`);
+  return r.stdout;
+}
+
+export function bdus(args: readonly string[], options: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Result> {
+  return sh(process.execPath, [BIN, ...args], options);
+}
+
+/**
+ * Creates a device with `bdus run ARGS` (in the background, as users do) and registers its
+ * destruction with the test. Resolves with the device's path.
+ */
+export async function device(t: TestContext, args: readonly string[]): Promise<string> {
+  const r = await bdus(['run', ...args], { timeoutMs: 30_000 });
+  if (r.code !== 0) throw new Error(`bdus run ${args.join(' ')} failed (${r.code}): ${r.stderr}`);
+  const path = r.stdout.trim();
+  t.after(async () => {
+    if (existsSync(path)) await bdus(['destroy', '--no-flush', path], { timeoutMs: 30_000 });
+  });
+  return path;
+}
+
+/** The loop node behind /dev/bdus-N, e.g. "loop3". */
+export async function kernelName(path: string): Promise<string> {
+  return (await must('readlink', ['-f', path])).trim().replace('/dev/', '');
+}
+
+export function sysfs(name: string, file: string): string {
+  return readFileSync(`/sys/block/${name}/${file}`, 'utf8').trim();
+}
+
+/** Reads the JSON-lines record a test driver writes. */
+export function records(file: string): Array<Record<string, unknown>> {
+  if (!existsSync(file)) return [];
+  return readFileSync(file, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+/** Spawns a long-running client; resolves with its exit code and stderr and the time it took. */
+export function background(file: string, args: readonly string[]): { done: Promise<Result & { ms: number }> } {
+  const started = Date.now();
+  const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d) => (stdout += d));
+  child.stderr.on('data', (d) => (stderr += d));
+  return {
+    done: new Promise((resolve) => child.on('close', (code) => resolve({ code: code ?? 1, stdout, stderr, ms: Date.now() - started }))),
+  };
+}
+
+export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A unique scratch path under /tmp. */
+export function scratch(name: string): string {
+  return `/tmp/bdus-test-${process.pid}-${Date.now()}-${name}`;
+}
