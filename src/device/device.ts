@@ -195,7 +195,7 @@ export async function start<State>(driver: Driver<State>, options: RunOptions<St
     Object.assign(record, { kernelPath: kernel.path, major: kernel.major, minor: kernel.minor, state: 'available' });
     updateRecord(record);
     device = new Device(ctx, driver, record, requests, frontend, log);
-    void frontend.ended.then((error) => void device?.abort(error ?? new Error('the kernel device ended')));
+    void frontend.ended.then((error) => error && void device?.abort(error));
   } catch (error) {
     requests.abortAll();
     await frontend.stop();

@@ -37,6 +37,9 @@ export interface Frontend {
    * a failed start.
    */
   stop(): Promise<void>;
-  /** Resolves if the kernel side ends on its own (say, someone unmounted it), with the reason. */
+  /**
+   * Resolves when the kernel side has ended: with undefined after stop(), with the reason if it
+   * ended on its own (say, someone unmounted it).
+   */
   readonly ended: Promise<Error | undefined>;
 }

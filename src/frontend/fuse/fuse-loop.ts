@@ -95,20 +95,23 @@ class Slot {
     return this.writeView;
   }
 
+  /** Replies success with the `length` bytes built in the buffer (header included). */
+  ok(length: number): void {
+    this.buffer.writeInt32LE(0, OutHeader.error);
+    this.channel.reply(this.buffer, length);
+    this.channel.release(this);
+  }
+
   readonly readDone = (errno: number): void => {
     if (errno !== 0) return this.done(errno);
-    this.buffer.writeInt32LE(0, OutHeader.error);
-    this.channel.reply(this.buffer, OutHeader.SIZE + this.size);
-    this.channel.release(this);
+    this.ok(OutHeader.SIZE + this.size);
   };
 
   readonly writeDone = (errno: number): void => {
     if (errno !== 0) return this.done(errno);
-    this.buffer.writeInt32LE(0, OutHeader.error);
     this.buffer.writeUInt32LE(this.size, OutHeader.SIZE + WriteOut.size);
     this.buffer.writeUInt32LE(0, OutHeader.SIZE + 4);
-    this.channel.reply(this.buffer, OutHeader.SIZE + WriteOut.SIZE);
-    this.channel.release(this);
+    this.ok(OutHeader.SIZE + WriteOut.SIZE);
   };
 
   readonly done = (errno: number): void => {
@@ -279,9 +282,7 @@ export class FuseLoopFrontend implements Frontend {
     buf.writeUInt32LE(MAX_WRITE, out + InitOut.maxWrite);
     buf.writeUInt32LE(1, out + InitOut.timeGran);
     buf.writeUInt16LE(MAX_PAGES, out + InitOut.maxPages);
-    buf.writeInt32LE(0, OutHeader.error);
-    this.channel!.reply(buf, out + InitOut.SIZE);
-    this.channel!.release(slot);
+    slot.ok(out + InitOut.SIZE);
     this.initialized();
   }
 
@@ -298,9 +299,7 @@ export class FuseLoopFrontend implements Frontend {
     buf.writeUInt32LE(S_IFREG | (this.options.readOnly ? 0o444 : 0o644), attr + Attr.mode);
     buf.writeUInt32LE(1, attr + Attr.nlink);
     buf.writeUInt32LE(physicalBlockSize, attr + Attr.blksize);
-    buf.writeInt32LE(0, OutHeader.error);
-    this.channel!.reply(buf, out + AttrOut.SIZE);
-    this.channel!.release(slot);
+    slot.ok(out + AttrOut.SIZE);
   }
 
   private open(slot: Slot): void {
@@ -310,9 +309,7 @@ export class FuseLoopFrontend implements Frontend {
     const out = OutHeader.SIZE;
     buf.fill(0, out, out + OpenOut.SIZE);
     buf.writeUInt32LE(OpenFlag.KEEP_CACHE | OpenFlag.NOFLUSH | OpenFlag.PARALLEL_DIRECT_WRITES, out + OpenOut.openFlags);
-    buf.writeInt32LE(0, OutHeader.error);
-    this.channel!.reply(buf, out + OpenOut.SIZE);
-    this.channel!.release(slot);
+    slot.ok(out + OpenOut.SIZE);
   }
 
   private statfs(slot: Slot): void {
@@ -326,9 +323,7 @@ export class FuseLoopFrontend implements Frontend {
     buf.writeUInt32LE(physicalBlockSize, out + StatfsOut.bsize);
     buf.writeUInt32LE(255, out + StatfsOut.namelen);
     buf.writeUInt32LE(physicalBlockSize, out + StatfsOut.frsize);
-    buf.writeInt32LE(0, OutHeader.error);
-    this.channel!.reply(buf, out + StatfsOut.SIZE);
-    this.channel!.release(slot);
+    slot.ok(out + StatfsOut.SIZE);
   }
 }
 
