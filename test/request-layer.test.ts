@@ -1,0 +1,101 @@
+// This test ensures that the request layer emulates what a driver lacks (FUA write as write +
+// flush, write-same and write-zeroes through write), maps errors as BDUS does, and turns an
+// abort into one call of the abort hook. These paths cannot be reached through FUSE+loop (the
+// kernel never sends FUA or write-same there), so they are exercised on the layer directly.
+import assert from 'node:assert/strict';
+import { constants } from 'node:os';
+import { test } from 'node:test';
+import { adjustAttributes } from '../src/driver/attributes.js';
+import { abort, DriverError, type Context, type Driver } from '../src/index.js';
+import { RequestLayer } from '../src/request/request-layer.js';
+
+const { EIO, ENOSPC, ENOLINK, ETIMEDOUT, EINVAL, EOPNOTSUPP } = constants.errno;
+
+function layer(driver: Driver<any>, attrs = {}) {
+  const calls: string[] = [];
+  const aborts: Error[] = [];
+  const attributes = adjustAttributes({ size: 1 << 20, maxConcurrentCallbacks: 4, ...attrs }, driver as Driver<never>);
+  const ctx = { id: 1n, index: 0, path: '/dev/bdus-0', kernelPath: '', major: 0, minor: 0, attributes, isRerun: false, readOnly: false, state: calls } as Context<string[]>;
+  const requests = new RequestLayer(driver, ctx, { abort: (e) => aborts.push(e), log: () => undefined });
+  return { requests, calls, aborts };
+}
+
+const recordingWriter: Driver<string[]> = {
+  write(data, offset, ctx) {
+    ctx.state.push(`write ${offset} ${data.length} ${data.every((b) => b === data[0]) ? data[0] : 'mixed'}`);
+  },
+  flush(ctx) {
+    ctx.state.push('flush');
+  },
+};
+
+test('FUA write without fuaWrite becomes write then flush', async () => {
+  const { requests, calls } = layer(recordingWriter);
+  assert.equal(await requests.fuaWrite(Buffer.alloc(4096, 7), 8192), 0);
+  assert.deepEqual(calls, ['write 8192 4096 7', 'flush']);
+});
+
+test('write-zeroes without writeZeros becomes writes of zeros, split to maxReadWriteSize', async () => {
+  const { requests, calls } = layer(recordingWriter, { maxReadWriteSize: 65536 });
+  assert.equal(await requests.writeZeros(0, 131072 + 4096, false), 0);
+  assert.deepEqual(calls, ['write 0 65536 0', 'write 65536 65536 0', 'write 131072 4096 0']);
+});
+
+test('write-same without writeSame becomes writes of the repeated block', async () => {
+  const { requests, calls } = layer(recordingWriter);
+  assert.equal(await requests.writeSame(Buffer.alloc(512, 9), 1024, 2048), 0);
+  assert.deepEqual(calls, ['write 1024 2048 9']);
+  assert.equal(await requests.writeSame(Buffer.alloc(100), 0, 512), EINVAL, 'the block must be one logical block');
+});
+
+test('requests are checked before any callback runs', async () => {
+  const { requests, calls } = layer(recordingWriter);
+  assert.equal(await requests.write(Buffer.alloc(4096), 100), EINVAL);
+  assert.equal(await requests.write(Buffer.alloc(4096), (1 << 20) - 512), EINVAL);
+  assert.equal(await requests.writeZeros(0, 0, true), EINVAL);
+  assert.equal(await requests.discard(0, 4096), EOPNOTSUPP);
+  assert.deepEqual(calls, []);
+});
+
+test('errors map to ENOLINK, ENOSPC, ETIMEDOUT or EIO', async () => {
+  const codes: Array<[unknown, number]> = [
+    [new DriverError('ENOLINK'), ENOLINK],
+    [new DriverError('ENOSPC'), ENOSPC],
+    [Object.assign(new Error('x'), { code: 'ETIMEDOUT' }), ETIMEDOUT],
+    [new DriverError('EPERM'), EIO],
+    [new Error('bug'), EIO],
+    ['a string', EIO],
+    [undefined, EIO],
+  ];
+  for (const [thrown, errno] of codes) {
+    const { requests } = layer({ read: () => Promise.reject(thrown) });
+    assert.equal(await requests.read(Buffer.alloc(512), 0), errno, String(thrown));
+  }
+});
+
+test('an abort fails the request with EIO and calls the abort hook once; later requests fail', async () => {
+  const { requests, aborts } = layer({ read: () => abort('broken'), write: () => undefined });
+  assert.equal(await requests.read(Buffer.alloc(512), 0), EIO);
+  assert.equal(aborts.length, 1);
+  assert.equal(aborts[0]!.message, 'broken');
+  requests.abortAll();
+  assert.equal(await requests.write(Buffer.alloc(512), 0), EIO);
+});
+
+test('at most maxConcurrentCallbacks callbacks run at once; drain waits for them', async () => {
+  let active = 0;
+  let most = 0;
+  const { requests } = layer({
+    async read() {
+      most = Math.max(most, ++active);
+      await new Promise((r) => setTimeout(r, 5));
+      active--;
+    },
+  });
+  const all = Array.from({ length: 20 }, (_, i) => requests.read(Buffer.alloc(512), i * 512));
+  const drained = requests.drain();
+  assert.deepEqual(await Promise.all(all), Array(20).fill(0));
+  await drained;
+  assert.equal(most, 4);
+  assert.equal(requests.inProgress, 0);
+});
