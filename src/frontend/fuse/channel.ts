@@ -69,14 +69,6 @@ export class FuseChannel<S extends ChannelSlot> {
     this.reply(buffer, OutHeader.SIZE);
   }
 
-  /** Writes a notification (unique 0, error = code). */
-  notify(code: number, payload: Buffer = Buffer.alloc(0)): void {
-    const message = Buffer.alloc(OutHeader.SIZE + payload.length);
-    message.writeInt32LE(code, OutHeader.error);
-    payload.copy(message, OutHeader.SIZE);
-    this.reply(message, message.length);
-  }
-
   /** Stops re-arming reads; outstanding reads end when the connection ends. */
   stop(): void {
     this.stopped = true;
