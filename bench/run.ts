@@ -15,6 +15,7 @@ import { mkdirSync, rmSync, existsSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
+import { execute as sh } from '../src/util/exec.js';
 
 const BIN = fileURLToPath(new URL('../src/cli/bin.js', import.meta.url));
 const SIZE = '1G';
@@ -38,17 +39,6 @@ interface System {
   name: string;
   device: string;
   teardown: () => Promise<void>;
-}
-
-function sh(file: string, args: string[], options: { detached?: boolean } = {}): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: options.detached });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (err += d));
-    child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`${file} ${args.join(' ')}: exit ${code}: ${err}`))));
-  });
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

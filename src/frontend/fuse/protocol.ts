@@ -115,11 +115,5 @@ export const StatfsOut = { blocks: 0, bfree: 8, bavail: 16, files: 24, ffree: 32
 /** fallocate(2) mode bits, as FUSE forwards them. */
 export const FallocateMode = { KEEP_SIZE: 0x01, PUNCH_HOLE: 0x02, ZERO_RANGE: 0x10 } as const;
 
-/** Notification codes, sent in out_header.error with unique 0. */
-export const NotifyCode = { RESEND: 7 } as const;
-
-/** Bit 63 of `unique` marks a request the kernel re-sent after FUSE_NOTIFY_RESEND. */
-export const UNIQUE_RESEND_BIT = 1n << 63n;
-
 /** File mode bits for the image file. */
 export const S_IFREG = 0o100000;
