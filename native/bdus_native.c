@@ -6,6 +6,7 @@
 //   fallocate(fd, mode, offset, length, callback(errno))  async, on the libuv pool
 //   blockDeviceSize(fd) -> bigint                         BLKGETSIZE64, sync
 //   dup2(oldfd, newfd)                                    sync
+//   tryLock(fd) -> boolean                                flock(LOCK_EX | LOCK_NB), sync
 //   pageSize                                              sysconf(_SC_PAGESIZE)
 
 #define _GNU_SOURCE
@@ -16,6 +17,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -133,6 +135,24 @@ static napi_value js_dup2(napi_env env, napi_callback_info info)
 
 /* ------------------------------------------------------------------------- */
 
+// One daemon per machine: it holds an flock on its lock file for as long as it lives. The kernel
+// drops the lock when the process dies however it dies, so there is never a stale lock to judge.
+static napi_value js_try_lock(napi_env env, napi_callback_info info)
+{
+    size_t argc = 1;
+    napi_value argv[1], result;
+    int fd;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    CHECK(napi_get_value_int32(env, argv[0], &fd));
+    int ok = flock(fd, LOCK_EX | LOCK_NB) == 0;
+    if (!ok && errno != EWOULDBLOCK)
+        return throw_errno(env, errno, "flock");
+    CHECK(napi_get_boolean(env, ok, &result));
+    return result;
+}
+
+/* ------------------------------------------------------------------------- */
+
 static napi_value init(napi_env env, napi_value exports)
 {
     napi_value page_size;
@@ -142,6 +162,7 @@ static napi_value init(napi_env env, napi_value exports)
         {"fallocate", NULL, js_fallocate, NULL, NULL, NULL, napi_default, NULL},
         {"blockDeviceSize", NULL, js_block_device_size, NULL, NULL, NULL, napi_default, NULL},
         {"dup2", NULL, js_dup2, NULL, NULL, NULL, napi_default, NULL},
+        {"tryLock", NULL, js_try_lock, NULL, NULL, NULL, napi_default, NULL},
     };
     CHECK(napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props));
     return exports;

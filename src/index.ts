@@ -2,6 +2,20 @@
 export type { Context, Driver } from './driver/driver.js';
 export { ATTRIBUTES, type Attributes, type EffectiveAttributes } from './driver/attributes.js';
 export { abort, AttributeError, BdusError, DriverAbort, DriverError } from './driver/errors.js';
-export { Device, run, start, flushDevice, type RunOptions } from './device/device.js';
-export { destroyDevice, findDevice, getDevIdFromPath, listDevices, type DestroyOptions } from './device/manage.js';
-export type { DeviceRecord, DeviceState } from './device/registry.js';
+export { Device, run, serve, start, type RunOptions } from './device/device.js';
+export {
+  daemonVersion,
+  destroyDevice,
+  deviceInfo,
+  flushDevice,
+  getDevIdFromPath,
+  listDevices,
+  stopDaemon,
+  waitUntilDestroyed,
+  type DestroyOptions,
+  type DeviceInfo,
+  type DeviceName,
+} from './control/manage.js';
+export { Daemon, type DaemonOptions } from './control/daemon.js';
+export type { DeviceState } from './control/protocol.js';
+export { packageVersion as version } from './version.js';

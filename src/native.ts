@@ -14,6 +14,8 @@ interface NativeAddon {
   blockDeviceSize(fd: number): bigint;
   /** dup2(2). */
   dup2(oldFd: number, newFd: number): void;
+  /** flock(LOCK_EX | LOCK_NB): true if this process now holds the lock, false if another does. */
+  tryLock(fd: number): boolean;
 }
 
 const require = createRequire(import.meta.url);

@@ -79,13 +79,20 @@ test('destroy refuses what is not a bdus device', async () => {
   oneErrorLine(notBlock.stderr, /\/etc\/passwd is not a block device/);
   const noId = await bdus(['destroy', '987654321']);
   assert.equal(noId.code, 1);
-  oneErrorLine(noId.stderr, /no bdus device has id 987654321/);
+  oneErrorLine(noId.stderr, /no device has id 987654321/);
 });
 
 test('help and version', async () => {
   const help = await bdus(['--help']);
   assert.equal(help.code, 0);
-  assert.match(help.stdout, /--max-concurrent-callbacks N/);
+  for (const command of ['run', 'list', 'info', 'flush', 'destroy', 'daemon', 'version']) {
+    assert.match(help.stdout, new RegExp(`^  ${command} `, 'm'));
+    const own = await bdus([command, '--help']);
+    assert.equal(own.code, 0, command);
+    assert.match(own.stdout, new RegExp(`^usage: bdus ${command}`), command);
+  }
+  assert.match((await bdus(['run', '--help'])).stdout, /--max-concurrent-callbacks N/);
+  assert.match((await bdus(['run', '--help'])).stdout, /--request-timeout TIME/);
   const version = await bdus(['version']);
-  assert.match(version.stdout, /^bdus \d+\.\d+\.\d+/);
+  assert.match(version.stdout, /^bdus CLI \d+\.\d+\.\d+\nbdus library \d+\.\d+\.\d+\nbdus daemon /);
 });

@@ -5,7 +5,8 @@
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { test } from 'node:test';
-import { background, bdus, device, DRIVERS, must, records, scratch, sh, sleep } from './helpers.js';
+import { waitUntilDestroyed } from '../src/index.js';
+import { background, bdus, BIN, device, DRIVERS, must, records, scratch, sh, sleep } from './helpers.js';
 
 const MiB = 1 << 20;
 
@@ -80,6 +81,7 @@ test('a throwing callback fails only its request; the device keeps working', asy
 test('abort destroys the device; pending I/O fails with EIO within a second', async (t) => {
   const dev = await device(t, [`${DRIVERS}/faulty.js`]);
   const loop = (await must('readlink', ['-f', dev])).trim();
+  const id = BigInt((await must(process.execPath, [BIN, 'info', dev, '--id'])).trim());
   // A read the driver never answers is pending when the driver aborts.
   const pending = background('dd', [`if=${dev}`, 'of=/dev/null', 'bs=4k', 'count=1', `skip=${(3 * MiB) / 4096}`, 'iflag=direct', 'status=none']);
   await sleep(300);
@@ -90,7 +92,7 @@ test('abort destroys the device; pending I/O fails with EIO within a second', as
   assert.notEqual(result.code, 0);
   assert.match(result.stderr, /Input\/output error/);
   assert.ok(Date.now() - abortedAt < 1000, `pending I/O failed after ${Date.now() - abortedAt} ms`);
-  for (let i = 0; i < 50 && existsSync(dev); i++) await sleep(20);
+  await waitUntilDestroyed(id);
   assert.equal(existsSync(dev), false, 'the stable path is gone');
   assert.equal(existsSync(`/sys/block/${loop.replace('/dev/', '')}/loop`), false, 'the loop device is detached');
   assert.deepEqual(JSON.parse((await bdus(['list', '--json'])).stdout), []);

@@ -1,92 +1,77 @@
 /** The `bdus` command: dispatch to subcommands and turn errors into one clear line. */
-import { readFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
-import { destroyDevice, listDevices } from '../device/manage.js';
+import { daemonVersion } from '../control/manage.js';
+import { packageVersion } from '../version.js';
+import { DAEMON_HELP, daemonCommand } from './daemon.js';
+import { DESTROY_HELP, destroyCommand, FLUSH_HELP, flushCommand, INFO_HELP, infoCommand, LIST_HELP, listCommand } from './manage.js';
 import { attributeHelp } from './options.js';
-import { runCommand, UsageError } from './run.js';
+import { runCommand } from './run.js';
+import { UsageError } from './usage.js';
 
-const USAGE = `usage: bdus <command> [options]
+const RUN_HELP = `usage: bdus run <driver> [ARGS...] [--size SIZE] [--<attribute> VALUE ...] [--foreground]
 
-commands:
-  run <driver> [ARGS...] [--size SIZE] [--<attribute> VALUE ...] [--foreground]
-      Create a device served by <driver>: a module path, or an example (ram, zero, loop).
-      Prints the device's path once it is available; without --foreground the driver then
-      keeps running in the background. ARGS go to the driver module.
-  destroy [--no-flush] [--quiet] <path or id>...
-      Flush each device, ask its driver to terminate, and wait until the device is gone.
-  list [--json]
-      The devices on this machine.
-  version
-      The version of bdus.
+Creates a device served by <driver>: a module path, or an example (ram, zero, loop). Prints the
+device's path once it is available; without --foreground the driver then keeps running in the
+background (its log: /run/bdus/log/bdus-N.log). ARGS go to the driver module.
 
-attributes (for run):
+attributes:
 ${attributeHelp()}
 `;
 
-function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return pkg.version;
-}
+const VERSION_HELP = `usage: bdus version
 
-async function destroyCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    options: { 'no-flush': { type: 'boolean' }, quiet: { type: 'boolean' } },
-    allowPositionals: true,
-  });
-  if (positionals.length === 0) throw new UsageError('bdus destroy: missing the device (a path or an id)');
-  for (const target of positionals) {
-    await destroyDevice(target, {
-      flush: !values['no-flush'],
-      onSlowFlush: values.quiet
-        ? undefined
-        : () => process.stderr.write(`bdus: still flushing ${target}; the driver may be stuck (use --no-flush to skip the flush)\n`),
-    });
-  }
+The versions of this command, of the library it uses and of the running daemon.
+`;
+
+const USAGE = `usage: bdus <command> [options]     (bdus <command> --help for more)
+
+commands:
+  run <driver> [ARGS...] [--<attribute> VALUE ...]   create a device served by a driver
+  list [--json]                                      the devices on this machine
+  info <path or id> [--<field> ...]                  everything about one device
+  flush <path or id>...                              flush devices
+  destroy [--no-flush] [--quiet] <path or id>...     destroy devices
+  daemon <run | start | stop | status>               the control daemon
+  version                                            versions of the CLI, library and daemon
+`;
+
+async function versionCommand(): Promise<number> {
+  const daemon = await daemonVersion();
+  process.stdout.write(`bdus CLI ${packageVersion()}\nbdus library ${packageVersion()}\n`);
+  process.stdout.write(daemon ? `bdus daemon ${daemon.version} (pid ${daemon.pid}, control protocol ${daemon.protocol})\n` : 'bdus daemon not running\n');
   return 0;
 }
 
-function listCommand(argv: string[]): number {
-  const { values } = parseArgs({ args: argv, options: { json: { type: 'boolean' } } });
-  const devices = listDevices();
-  if (values.json) {
-    process.stdout.write(`${JSON.stringify(devices, null, 2)}\n`);
-    return 0;
-  }
-  for (const d of devices) {
-    process.stdout.write(`${d.id}\t${d.path}\t${d.kernelPath}\t${d.state}\tpid ${d.pid}\t${d.attributes.size} bytes${d.readOnly ? '\tread-only' : ''}\n`);
-  }
-  return 0;
-}
+const COMMANDS: Record<string, { help: string; run: (argv: string[]) => Promise<number> }> = {
+  run: { help: RUN_HELP, run: runCommand },
+  list: { help: LIST_HELP, run: listCommand },
+  info: { help: INFO_HELP, run: infoCommand },
+  flush: { help: FLUSH_HELP, run: flushCommand },
+  destroy: { help: DESTROY_HELP, run: destroyCommand },
+  daemon: { help: DAEMON_HELP, run: daemonCommand },
+  version: { help: VERSION_HELP, run: versionCommand },
+};
 
 export async function main(argv: string[]): Promise<number> {
-  const [command, ...rest] = argv;
+  const [name, ...rest] = argv;
   try {
-    switch (command) {
-      case 'run':
-        return await runCommand(rest);
-      case 'destroy':
-        return await destroyCommand(rest);
-      case 'list':
-        return listCommand(rest);
-      case 'version':
-      case '--version':
-        process.stdout.write(`bdus ${version()}\n`);
-        return 0;
-      case undefined:
-      case 'help':
-      case '--help':
-      case '-h':
-        process.stdout.write(USAGE);
-        return command === undefined ? 2 : 0;
-      default:
-        throw new UsageError(`unknown command '${command}'`);
+    if (name === undefined || name === 'help' || name === '--help' || name === '-h') {
+      const topic = name === 'help' ? COMMANDS[rest[0] ?? ''] : undefined;
+      process.stdout.write(topic?.help ?? USAGE);
+      return name === undefined ? 2 : 0;
     }
+    if (name === '--version') return await versionCommand();
+    const command = COMMANDS[name];
+    if (!command) throw new UsageError(`unknown command '${name}'`);
+    if (rest.includes('--help') || rest.includes('-h')) {
+      process.stdout.write(command.help);
+      return 0;
+    }
+    return await command.run(rest);
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
     process.stderr.write(`bdus: error: ${message}\n`);
     if (error instanceof UsageError || (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      process.stderr.write(`(see bdus --help)\n`);
+      process.stderr.write(`(see bdus ${name && COMMANDS[name] ? `${name} ` : ''}--help)\n`);
       return 2;
     }
     return 1;

@@ -35,9 +35,20 @@ export function attributesFromFlags(values: Record<string, string | boolean | un
     if (value === undefined) continue;
     if (typeof value === 'boolean') attributes[name] = value;
     else if (ATTRIBUTES[name].kind === 'count') attributes[name] = parseCount(value, flagName(name));
+    else if (ATTRIBUTES[name].kind === 'duration') attributes[name] = parseDuration(value, `--${flagName(name)}`);
     else attributes[name] = parseSize(value, `--${flagName(name)}`);
   }
   return attributes as Attributes;
+}
+
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** "1500ms", "30s", "2m", "1h"; a bare number is milliseconds. */
+export function parseDuration(text: string, what: string): number {
+  const match = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$/.exec(text.trim());
+  const value = match ? Math.round(Number(match[1]) * DURATION_UNITS[match[2] ?? 'ms']!) : NaN;
+  if (!Number.isSafeInteger(value)) throw new BdusError('EINVAL', `invalid ${what} '${text}': expected a duration such as 1500ms, 30s, 2m or 1h`);
+  return value;
 }
 
 function parseCount(text: string, flag: string): number {
@@ -48,7 +59,7 @@ function parseCount(text: string, flag: string): number {
 export function attributeHelp(): string {
   return ATTRIBUTE_NAMES.map((name) => {
     const spec = ATTRIBUTES[name];
-    const flag = `--${flagName(name)}${spec.kind === 'flag' ? '' : spec.kind === 'count' ? ' N' : ' SIZE'}`;
+    const flag = `--${flagName(name)}${spec.kind === 'flag' ? '' : spec.kind === 'count' ? ' N' : spec.kind === 'duration' ? ' TIME' : ' SIZE'}`;
     return `  ${flag.padEnd(34)} ${spec.doc}`;
   }).join('\n');
 }

@@ -15,6 +15,7 @@ import { native } from '../native.js';
 import { RUN_DIR } from '../util/paths.js';
 import { loadDriver } from './load-driver.js';
 import { attributeOptions, attributesFromFlags } from './options.js';
+import { UsageError } from './usage.js';
 
 const READY_FD_ENV = 'BDUS_READY_FD';
 
@@ -35,8 +36,6 @@ export async function runCommand(argv: string[]): Promise<number> {
   await serve(device);
   return 0;
 }
-
-export class UsageError extends Error {}
 
 function detachFromCaller(device: Device<any>, readyFd: number): void {
   delete process.env[READY_FD_ENV];

@@ -1,27 +1,29 @@
 /**
- * Where a device's life is decided: creation, availability, destruction, abort.
+ * Where a driver instance meets its device: creation, availability, destruction, abort, as seen
+ * from the process that runs the driver. The control daemon (src/control) keeps the registry and
+ * decides what happens when this process ends; this file does the driver's part.
  *
  * States (seed 003): INITIALIZED -> AVAILABLE -> TERMINATED, or INITIALIZED -> TERMINATED when
- * creation fails. A driver instance runs in the process that called start(); the kernel endpoint
- * (here the FUSE connection) is held by that process, so the device lives as long as the driver:
+ * creation fails. The kernel endpoint (the FUSE connection) is held by this process, so the
+ * device lives as long as its driver does:
  *
- * - destroy(): stop taking requests, let those in progress finish, terminate callback, remove
- *   the kernel device (at once, or when the last client holding it open closes it);
+ * - destroy() (asked by `bdus destroy` through the daemon, by SIGTERM or by the API): stop taking
+ *   requests, let those in progress finish, terminate callback, remove the kernel device (at
+ *   once, or when the last client holding it open closes it);
  * - an abort (DriverAbort from a callback, an uncaught exception, the frontend ending on its own):
- *   waiting and later requests fail with EIO at once, no terminate callback, same removal.
+ *   waiting and later requests fail with EIO at once, no terminate callback, same removal;
+ * - if the process dies instead (SIGKILL), the kernel aborts the FUSE connection (clients get EIO
+ *   at once) and the daemon, seeing the control connection end, removes the rest.
  */
-import { existsSync, promises as fsp, rmSync, symlinkSync } from 'node:fs';
+import { existsSync, promises as fsp } from 'node:fs';
 import { adjustAttributes, describeAdjustments, type Attributes, type EffectiveAttributes } from '../driver/attributes.js';
 import { isReadOnly, type Context, type Driver } from '../driver/driver.js';
 import { BdusError } from '../driver/errors.js';
+import { ControlConnection } from '../control/client.js';
 import type { Frontend } from '../frontend/frontend.js';
 import { FuseLoopFrontend, fuseLoopAttributes } from '../frontend/fuse/fuse-loop.js';
 import { RequestLayer } from '../request/request-layer.js';
-import { allocateId, allocateIndex, processStart, removeRecord, updateRecord, type DeviceRecord } from './registry.js';
-import { reclaimStaleDevices } from './reclaim.js';
-
-/** Most devices at once (indexes 0..MAX_DEVICES-1). */
-export const MAX_DEVICES = 256;
+import { sleep } from '../util/process.js';
 
 export interface RunOptions<State = unknown> {
   /** Attributes; they override the driver's own `attributes`. */
@@ -45,6 +47,9 @@ export function checkEnvironment(): void {
   }
 }
 
+/** Longest pause between attempts to re-attach to a restarted daemon. */
+const REATTACH_MAX_WAIT_MS = 1000;
+
 /** A running device and its driver instance, as seen by the process that runs the driver. */
 export class Device<State = unknown> {
   /** Settles when the device is gone: resolves after destroy(), rejects with the reason of an abort. */
@@ -57,7 +62,7 @@ export class Device<State = unknown> {
   constructor(
     readonly ctx: Context<State>,
     private readonly driver: Driver<State>,
-    private readonly record: DeviceRecord,
+    private control: ControlConnection,
     private readonly requests: RequestLayer,
     private readonly frontend: Frontend,
     private readonly log: (line: string) => void,
@@ -67,6 +72,7 @@ export class Device<State = unknown> {
       this.rejectClosed = reject;
     });
     this.closed.catch(() => undefined); // observed by whoever awaits it; never unhandled here
+    this.listen(control);
   }
 
   get id(): bigint {
@@ -85,7 +91,8 @@ export class Device<State = unknown> {
    */
   destroy(options: { flush?: boolean } = {}): Promise<void> {
     this.ending ??= this.end(async () => {
-      if (options.flush) await flushDevice(this.ctx.kernelPath);
+      await this.control.request('terminating', { id: this.ctx.id.toString() }).catch(() => undefined);
+      if (options.flush) await flushNode(this.ctx.kernelPath);
       await this.requests.drain();
       await this.driver.terminate?.(this.ctx);
     });
@@ -96,6 +103,7 @@ export class Device<State = unknown> {
   abort(reason: Error): Promise<void> {
     this.ending ??= this.end(async () => {
       this.requests.abortAll();
+      void this.control.request('terminating', { id: this.ctx.id.toString() }).catch(() => undefined);
       throw reason;
     });
     return this.closed;
@@ -110,9 +118,7 @@ export class Device<State = unknown> {
     }
     // On an abort the kernel side goes first, so that waiting clients get EIO without delay.
     await this.frontend.stop();
-    rmSync(this.ctx.path, { force: true });
-    this.record.state = 'terminated';
-    removeRecord(this.record);
+    await leave(this.control, this.ctx.id, this.log);
     if (failure) {
       if (failure.name !== 'DriverAbort') this.log(`driver ended with an error: ${failure.message}`);
       this.rejectClosed(failure);
@@ -120,10 +126,68 @@ export class Device<State = unknown> {
       this.resolveClosed();
     }
   }
+
+  private listen(control: ControlConnection): void {
+    control.onEvent = (event) => {
+      if (event.event === 'destroy') void this.destroy();
+    };
+    void control.closed.then(() => {
+      if (!this.ending) void this.reattach();
+    });
+  }
+
+  /** The daemon went away (it is being restarted): keep serving, and re-attach when it is back. */
+  private async reattach(): Promise<void> {
+    this.log('lost the control daemon; I/O goes on, re-attaching when it is back');
+    for (let wait = 50; !this.ending; wait = Math.min(wait * 2, REATTACH_MAX_WAIT_MS)) {
+      await sleep(wait);
+      try {
+        const control = await ControlConnection.open({ start: false });
+        try {
+          await control.request('attach', { id: this.ctx.id.toString(), pid: process.pid });
+        } catch (error) {
+          control.close();
+          throw error;
+        }
+        this.control = control;
+        this.listen(control);
+        this.log('re-attached to the control daemon');
+        return;
+      } catch {
+        // not back yet
+      }
+    }
+  }
 }
 
-/** Flushes the OS cache for the device and makes it send a flush request (fsync on the node). */
-export async function flushDevice(path: string): Promise<void> {
+/**
+ * Tells the daemon the device is gone (its kernel device is removed) and closes the connection.
+ * If the daemon was restarted meanwhile, says so to the new one; failing that, the daemon finds
+ * out on its own once this process exits.
+ */
+async function leave(control: ControlConnection, id: bigint, log: (line: string) => void): Promise<void> {
+  try {
+    await control.request('gone', { id: id.toString() });
+    control.close();
+    return;
+  } catch {
+    control.close();
+  }
+  try {
+    const fresh = await ControlConnection.open();
+    try {
+      await fresh.request('attach', { id: id.toString(), pid: process.pid });
+      await fresh.request('gone', { id: id.toString() });
+    } finally {
+      fresh.close();
+    }
+  } catch (error) {
+    log(`could not tell the control daemon that the device is gone: ${(error as Error).message}`);
+  }
+}
+
+/** fsync on a device node: the OS cache for the device, then a flush request. */
+async function flushNode(path: string): Promise<void> {
   const handle = await fsp.open(path, 'r');
   try {
     await handle.sync();
@@ -135,7 +199,8 @@ export async function flushDevice(path: string): Promise<void> {
 /**
  * Creates a device served by `driver` in this process and resolves once it is available (after
  * onDeviceAvailable). Rejects, leaving nothing behind, if the attributes are invalid, the
- * environment cannot host devices, initialize fails, or the kernel device cannot be created.
+ * environment cannot host devices, the daemon refuses (say, too many devices), initialize fails,
+ * or the kernel device cannot be created.
  */
 export async function start<State>(driver: Driver<State>, options: RunOptions<State> = {}): Promise<Device<State>> {
   checkEnvironment();
@@ -143,23 +208,15 @@ export async function start<State>(driver: Driver<State>, options: RunOptions<St
   const attributes = fuseLoopAttributes(adjustAttributes(given, driver as Driver<never>));
   const readOnly = isReadOnly(driver as Driver<never>);
 
-  await reclaimStaleDevices();
-  const id = allocateId();
-  const record = allocateIndex(
-    {
-      id: id.toString(),
-      kernelPath: '',
-      major: 0,
-      minor: 0,
-      frontend: 'fuse',
-      state: 'initialized',
-      pid: process.pid,
-      pidStart: processStart(process.pid) ?? '',
-      readOnly,
-      attributes: { ...attributes },
-    },
-    MAX_DEVICES,
-  );
+  const control = await ControlConnection.open();
+  let record;
+  try {
+    record = await control.request('create', { pid: process.pid, frontend: 'fuse', readOnly, attributes: { ...attributes } });
+  } catch (error) {
+    control.close();
+    throw error;
+  }
+  const id = BigInt(record.id);
   const log = options.log ?? ((line: string) => process.stderr.write(`${record.path}: ${line}\n`));
   if (attributes.log) for (const line of describeAdjustments(given, attributes)) log(line);
 
@@ -178,6 +235,8 @@ export async function start<State>(driver: Driver<State>, options: RunOptions<St
   };
 
   let device: Device<State> | undefined;
+  let destroyAsked = false;
+  control.onEvent = (event) => void (event.event === 'destroy' && (destroyAsked = true));
   const requests = new RequestLayer(driver, ctx, {
     abort: (error) => void device?.abort(error),
     log,
@@ -190,18 +249,14 @@ export async function start<State>(driver: Driver<State>, options: RunOptions<St
     initialized = true;
     const kernel = await frontend.start();
     Object.assign(ctx, { kernelPath: kernel.path, major: kernel.major, minor: kernel.minor });
-    rmSync(ctx.path, { force: true });
-    symlinkSync(kernel.path, ctx.path);
-    Object.assign(record, { kernelPath: kernel.path, major: kernel.major, minor: kernel.minor, state: 'available' });
-    updateRecord(record);
-    device = new Device(ctx, driver, record, requests, frontend, log);
+    await control.request('available', { id: record.id, kernelPath: kernel.path, major: kernel.major, minor: kernel.minor });
+    device = new Device(ctx, driver, control, requests, frontend, log);
     void frontend.ended.then((error) => error && void device?.abort(error));
   } catch (error) {
     requests.abortAll();
     await frontend.stop();
-    rmSync(ctx.path, { force: true });
     if (initialized) await Promise.resolve(driver.terminate?.(ctx)).catch(() => undefined);
-    removeRecord(record);
+    await leave(control, id, log);
     throw error;
   }
 
@@ -212,6 +267,7 @@ export async function start<State>(driver: Driver<State>, options: RunOptions<St
     await device.destroy().catch(() => undefined);
     throw error;
   }
+  if (destroyAsked) void device.destroy();
   return device;
 }
 

@@ -27,6 +27,11 @@ export interface Attributes {
   maxWriteZerosSize?: number;
   /** Largest discard or secure erase a callback receives: 0 (default) or at least the logical block size. */
   maxDiscardEraseSize?: number;
+  /**
+   * Milliseconds a request may wait for its callback before its client gets ETIMEDOUT: 0
+   * (default, 30 s) or up to 7 days. The device goes on serving later requests.
+   */
+  requestTimeout?: number;
   /** Never look for a partition table on the device. */
   disablePartitionScanning?: boolean;
   /** Keep the device when its driver dies abnormally, so another driver can attach (stored; recovery comes with the control plane). */
@@ -40,7 +45,7 @@ export type EffectiveAttributes = { readonly [K in keyof Attributes]-?: NonNulla
 export type AttributeName = keyof Attributes;
 
 interface AttributeSpec {
-  readonly kind: 'bytes' | 'count' | 'flag';
+  readonly kind: 'bytes' | 'count' | 'duration' | 'flag';
   readonly doc: string;
 }
 
@@ -54,6 +59,7 @@ export const ATTRIBUTES: { readonly [K in AttributeName]-?: AttributeSpec } = {
   maxWriteSameSize: { kind: 'bytes', doc: 'largest write-same per callback: 0 (default 1 GiB) or >= logical block size' },
   maxWriteZerosSize: { kind: 'bytes', doc: 'largest write-zeroes per callback: 0 (default 1 GiB) or >= logical block size' },
   maxDiscardEraseSize: { kind: 'bytes', doc: 'largest discard/secure erase per callback: 0 (default 1 GiB) or >= logical block size' },
+  requestTimeout: { kind: 'duration', doc: 'time a request may take before it fails with ETIMEDOUT: 0 (default 30s) or up to 7 days (ms, s, m, h)' },
   disablePartitionScanning: { kind: 'flag', doc: 'never scan the device for partitions' },
   recoverable: { kind: 'flag', doc: 'keep the device if the driver dies abnormally' },
   log: { kind: 'flag', doc: 'log attribute adjustments and callback invocations to stderr' },
@@ -67,6 +73,8 @@ export const DEFAULT_MAX_READ_WRITE_SIZE = 1 << 20;
 /** Reads and writes are never handed to a callback larger than this, whatever the attribute says. */
 export const MAX_READ_WRITE_SIZE = 32 << 20;
 export const DEFAULT_MAX_RANGE_SIZE = 1 << 30;
+export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
+export const MAX_REQUEST_TIMEOUT_MS = 7 * 24 * 3600_000;
 
 function refuse(name: string, value: unknown, rule: string): never {
   throw new AttributeError(`invalid attribute ${name}=${String(value)}: ${rule}`);
@@ -134,6 +142,9 @@ export function adjustAttributes(attrs: Attributes, driver: Driver<never>): Effe
     return v;
   }) as [number, number, number];
 
+  const timeout = integer(attrs, 'requestTimeout');
+  if (timeout > MAX_REQUEST_TIMEOUT_MS) refuse('requestTimeout', timeout, `must be 0 or at most 7 days (${MAX_REQUEST_TIMEOUT_MS} ms)`);
+
   if (has('fuaWrite') && !has('flush')) {
     throw new AttributeError('invalid driver: a driver with a fuaWrite callback must also have a flush callback');
   }
@@ -147,6 +158,7 @@ export function adjustAttributes(attrs: Attributes, driver: Driver<never>): Effe
     maxWriteSameSize: maxSize(ranges[0], has('writeSame'), DEFAULT_MAX_RANGE_SIZE, DEFAULT_MAX_RANGE_SIZE, lbs),
     maxWriteZerosSize: maxSize(ranges[1], has('writeZeros'), DEFAULT_MAX_RANGE_SIZE, DEFAULT_MAX_RANGE_SIZE, lbs),
     maxDiscardEraseSize: maxSize(ranges[2], has('discard') || has('secureErase'), DEFAULT_MAX_RANGE_SIZE, DEFAULT_MAX_RANGE_SIZE, lbs),
+    requestTimeout: timeout || DEFAULT_REQUEST_TIMEOUT_MS,
     disablePartitionScanning: flag(attrs, 'disablePartitionScanning'),
     recoverable: flag(attrs, 'recoverable'),
     log: flag(attrs, 'log'),

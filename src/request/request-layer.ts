@@ -15,12 +15,15 @@
  * - Concurrency: at most maxConcurrentCallbacks callbacks in progress; the rest wait in FIFO order.
  *   Waiting never blocks the frontend from reading further requests.
  * - Errors: see clientErrno(); a DriverAbort ends the driver through `hooks.abort`.
+ * - Timeouts: `timer` (see RequestTimer) fails requests not answered within requestTimeout with
+ *   ETIMEDOUT; frontends stamp their requests with it.
  */
 import { constants } from 'node:os';
 import type { Context, Driver } from '../driver/driver.js';
 import type { EffectiveAttributes } from '../driver/attributes.js';
 import { clientErrno, DriverAbort } from '../driver/errors.js';
 import { Operation, OPERATION_NAMES } from './operation.js';
+import { RequestTimer } from './request-timer.js';
 
 const { EIO, EINVAL, EOPNOTSUPP, ENOTTY } = constants.errno;
 const RESOLVED = [0, EIO, EINVAL, EOPNOTSUPP, ENOTTY].reduce(
@@ -46,6 +49,8 @@ export class RequestLayer {
   readonly completed = new Float64Array(OPERATION_NAMES.length);
   /** Failed callback invocations, indexed by Operation. */
   readonly failed = new Float64Array(OPERATION_NAMES.length);
+  /** Fails requests that wait too long; frontends stamp their requests with `timer.now`. */
+  readonly timer: RequestTimer;
 
   private readonly attrs: EffectiveAttributes;
   private readonly limit: number;
@@ -63,6 +68,7 @@ export class RequestLayer {
   ) {
     this.attrs = ctx.attributes;
     this.limit = this.attrs.maxConcurrentCallbacks;
+    this.timer = new RequestTimer(this.attrs.requestTimeout, hooks.log);
   }
 
   /** Callbacks in progress right now. */
@@ -152,17 +158,30 @@ export class RequestLayer {
 
   // ---- Life cycle -----------------------------------------------------------------------------
 
-  /** Stops taking requests (later ones fail with EIO) and resolves once none is in progress. */
-  drain(): Promise<void> {
+  /**
+   * Stops taking requests (later ones fail with EIO) and resolves once no callback is in
+   * progress, or once a request timeout (plus the timer's slack) has passed: by then every
+   * request still running has been answered with ETIMEDOUT, and a callback stuck for good must
+   * not hold up terminate for ever.
+   */
+  async drain(): Promise<void> {
     this.accepting = false;
-    if (this.active === 0) return Promise.resolve();
-    return new Promise((resolve) => (this.onIdle = resolve));
+    if (this.active > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      const idle = new Promise<void>((resolve) => (this.onIdle = resolve));
+      const late = new Promise<void>((resolve) => (timer = setTimeout(resolve, this.attrs.requestTimeout * 1.25 + 100)));
+      await Promise.race([idle, late]);
+      clearTimeout(timer);
+      if (this.active > 0) this.hooks.log(`${this.active} callback(s) still running after their requests timed out; terminating anyway`);
+    }
+    this.timer.stop();
   }
 
   /** Stops at once: waiting requests fail with EIO; callbacks in progress are no longer awaited. */
   abortAll(): void {
     this.accepting = false;
     this.aborted = true;
+    this.timer.stop();
     for (const wake of this.waiting.splice(0)) wake();
   }
 

@@ -1,7 +1,8 @@
 /**
  * A RAM driver whose callbacks misbehave at chosen offsets (MiB):
  *   write at 1 MiB: fails with ENOSPC;   read at 2 MiB: throws a plain Error (EIO);
- *   read at 3 MiB: never answers;        write at 4 MiB: aborts the driver.
+ *   read at 3 MiB: never answers;        write at 4 MiB: aborts the driver;
+ *   write at 5 MiB: takes 3 s, then succeeds.
  * Every other request behaves.
  */
 import { abort, DriverError, type Driver } from '../../src/index.js';
@@ -18,8 +19,9 @@ const faulty: Driver<Buffer> = {
     if (offset === 3 * MiB) return new Promise<void>(() => undefined);
     ctx.state.copy(buffer, 0, offset, offset + buffer.length);
   },
-  write(data, offset, ctx) {
+  async write(data, offset, ctx) {
     if (offset === 1 * MiB) throw new DriverError('ENOSPC');
+    if (offset === 5 * MiB) await new Promise((resolve) => setTimeout(resolve, 3000));
     if (offset === 4 * MiB) abort('asked to abort');
     data.copy(ctx.state, offset);
   },

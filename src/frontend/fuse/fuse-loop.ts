@@ -20,6 +20,7 @@ import { constants } from 'node:os';
 import type { EffectiveAttributes } from '../../driver/attributes.js';
 import type { Frontend, FrontendOptions, KernelDevice } from '../frontend.js';
 import type { RequestLayer } from '../../request/request-layer.js';
+import { EXPIRED, IDLE, type TimedRequest } from '../../request/request-timer.js';
 import { execute } from '../../util/exec.js';
 import { RUN_DIR } from '../../util/paths.js';
 import { bufferSizeFor, FuseChannel } from './channel.js';
@@ -45,7 +46,7 @@ import {
   WriteOut,
 } from './protocol.js';
 
-const { ENOENT, ENOSYS, EROFS, EOPNOTSUPP, EPROTO } = constants.errno;
+const { ENOENT, ENOSYS, EROFS, EOPNOTSUPP, EPROTO, ETIMEDOUT } = constants.errno;
 
 /** Largest READ/WRITE the kernel sends (max_write; reads follow max_pages). */
 const MAX_WRITE = 1 << 20;
@@ -75,15 +76,31 @@ function readerCount(): number {
  * One request's buffer with its continuations created once, so that answering a request
  * allocates nothing but the callback's promise. Data views are cached per size.
  */
-class Slot {
+class Slot implements TimedRequest {
   size = 0;
+  startedAt = IDLE;
   private readView: Buffer | undefined;
   private writeView: Buffer | undefined;
 
   constructor(
     readonly buffer: Buffer,
     private readonly channel: FuseChannel<Slot>,
+    /** Where a timeout reply is built: the slot's own buffer may still be the callback's. */
+    private readonly expiryReply: Buffer,
   ) {}
+
+  expire(): void {
+    this.buffer.copy(this.expiryReply, OutHeader.unique, OutHeader.unique, OutHeader.SIZE);
+    this.channel.replyErrno(this.expiryReply, ETIMEDOUT);
+  }
+
+  /** Whether the request still wants an answer; an expired one only gives its slot back. */
+  private answerable(): boolean {
+    const expired = this.startedAt === EXPIRED;
+    this.startedAt = IDLE;
+    if (expired) this.channel.release(this);
+    return !expired;
+  }
 
   readData(size: number): Buffer {
     if (this.readView?.length !== size) this.readView = this.buffer.subarray(OutHeader.SIZE, OutHeader.SIZE + size);
@@ -103,11 +120,13 @@ class Slot {
   }
 
   readonly readDone = (errno: number): void => {
+    if (!this.answerable()) return;
     if (errno !== 0) return this.done(errno);
     this.ok(OutHeader.SIZE + this.size);
   };
 
   readonly writeDone = (errno: number): void => {
+    if (!this.answerable()) return;
     if (errno !== 0) return this.done(errno);
     this.buffer.writeUInt32LE(this.size, OutHeader.SIZE + WriteOut.size);
     this.buffer.writeUInt32LE(0, OutHeader.SIZE + 4);
@@ -115,6 +134,7 @@ class Slot {
   };
 
   readonly done = (errno: number): void => {
+    if (!this.answerable()) return;
     this.channel.replyErrno(this.buffer, errno);
     this.channel.release(this);
   };
@@ -125,6 +145,9 @@ export class FuseLoopFrontend implements Frontend {
   readonly ended: Promise<Error | undefined>;
 
   private readonly requests: RequestLayer;
+  /** Every slot ever made, for the request timer to look at. */
+  private readonly slots: Slot[] = [];
+  private readonly expiryReply = Buffer.alloc(OutHeader.SIZE);
   private readonly mountpoint: string;
   private fd = -1;
   private channel: FuseChannel<Slot> | undefined;
@@ -152,10 +175,14 @@ export class FuseLoopFrontend implements Frontend {
     });
     this.mounted = true;
 
-    const channel = new FuseChannel<Slot>(this.fd, (c) => new Slot(Buffer.allocUnsafeSlow(bufferSizeFor(MAX_WRITE)), c), (slot, length) =>
-      this.handle(slot, length),
-    );
+    const newSlot = (c: FuseChannel<Slot>) => {
+      const slot = new Slot(Buffer.allocUnsafeSlow(bufferSizeFor(MAX_WRITE)), c, this.expiryReply);
+      this.slots.push(slot);
+      return slot;
+    };
+    const channel = new FuseChannel<Slot>(this.fd, newSlot, (slot, length) => this.handle(slot, length));
     this.channel = channel;
+    this.requests.timer.watch(this.slots);
     void channel.ended.then((error) => this.resolveEnded(error ?? (this.stopping ? undefined : new Error('FUSE connection ended'))));
     channel.start(readerCount());
     await withTimeout(this.initDone, 10_000, 'the kernel did not send FUSE INIT');
@@ -200,6 +227,7 @@ export class FuseLoopFrontend implements Frontend {
     const opcode = buf.readUInt32LE(InHeader.opcode);
     switch (opcode) {
       case Opcode.READ: {
+        slot.startedAt = this.requests.timer.now; // back to IDLE when answered
         const size = buf.readUInt32LE(BODY + ReadIn.size);
         slot.size = size;
         if (size === 0) return slot.readDone(0);
@@ -207,6 +235,7 @@ export class FuseLoopFrontend implements Frontend {
         return;
       }
       case Opcode.WRITE: {
+        slot.startedAt = this.requests.timer.now;
         const size = buf.readUInt32LE(BODY + WriteIn.size);
         slot.size = size;
         if (length < WRITE_DATA + size) return slot.done(EPROTO);
@@ -215,9 +244,11 @@ export class FuseLoopFrontend implements Frontend {
         return;
       }
       case Opcode.FSYNC:
+        slot.startedAt = this.requests.timer.now;
         void this.requests.flush().then(slot.done);
         return;
       case Opcode.FALLOCATE:
+        slot.startedAt = this.requests.timer.now;
         return this.fallocate(slot);
       case Opcode.INIT:
         return this.init(slot);
@@ -347,15 +378,15 @@ function mountpointOf(index: number): string {
  */
 export async function reclaimFuseLoop(index: number, kernelPath: string): Promise<void> {
   const mountpoint = mountpointOf(index);
-  const mounted = readFileSync('/proc/self/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === mountpoint);
-  if (mounted) await execute('umount', ['-f', '-l', mountpoint]).catch(() => undefined);
-  const name = kernelPath.replace('/dev/', '');
+  // Which loop device is ours is read before unmounting: a lazily unmounted image shows as "/".
   let backing = '';
   try {
-    backing = readFileSync(`/sys/block/${name}/loop/backing_file`, 'utf8').trim();
+    backing = readFileSync(`/sys/block/${kernelPath.replace('/dev/', '')}/loop/backing_file`, 'utf8').trim();
   } catch {
     // not bound any more
   }
+  const mounted = readFileSync('/proc/self/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === mountpoint);
+  if (mounted) await execute('umount', ['-f', '-l', mountpoint]).catch(() => undefined);
   if (kernelPath && backing.startsWith(mountpoint)) await execute('losetup', ['-d', kernelPath]).catch(() => undefined);
   rmSync(mountpoint, { force: true });
 }

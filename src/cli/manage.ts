@@ -1,0 +1,157 @@
+/** `bdus list`, `info`, `flush`, `destroy`: the management commands, over the typed API. */
+import { parseArgs } from 'node:util';
+import { ATTRIBUTE_NAMES } from '../driver/attributes.js';
+import { destroyDevice, deviceInfo, flushDevice, listDevices, type DeviceInfo } from '../control/manage.js';
+import { flagName } from './options.js';
+import { UsageError } from './usage.js';
+
+export const LIST_HELP = `usage: bdus list [--json]
+
+The devices on this machine: id, index, path, kernel node, state, driver pid, size and a summary
+of the attributes. --json prints every field of every device.
+`;
+
+export const INFO_FIELDS = [
+  'id', 'index', 'path', 'kernel-path', 'major', 'minor', 'state', 'frontend', 'pid', 'read-only', 'created',
+  ...ATTRIBUTE_NAMES.map(flagName),
+] as const;
+
+export const INFO_HELP = `usage: bdus info <path or id> [--<field> ...]
+
+Everything about one device in human-readable form. With field options, one value per line, in
+the order the options were given (numbers as plain numbers, flags as true/false).
+
+fields: ${INFO_FIELDS.map((f) => `--${f}`).join(' ')}
+`;
+
+export const FLUSH_HELP = `usage: bdus flush <path or id>...
+
+Flushes each device: the OS cache for it, then a flush request to its driver.
+`;
+
+export const DESTROY_HELP = `usage: bdus destroy [--no-flush] [--quiet] <path or id>...
+
+Destroys each device in order: flushes it (unless --no-flush), lets its driver finish the
+requests in progress and terminate, and waits until the device is gone. If the flush takes more
+than a few seconds, says so (unless --quiet): a stuck driver can be skipped with --no-flush.
+`;
+
+const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+
+/** 1073741824 -> "1 GiB"; sizes that are not a whole number of a unit stay in the smaller one. */
+export function formatSize(bytes: number): string {
+  let unit = 0;
+  while (unit < UNITS.length - 1 && bytes >= 1024 && bytes % 1024 === 0) {
+    bytes /= 1024;
+    unit++;
+  }
+  return `${bytes} ${UNITS[unit]}`;
+}
+
+function summary(d: DeviceInfo): string {
+  const a = d.attributes;
+  const parts = [`lbs ${a.logicalBlockSize}`, `pbs ${a.physicalBlockSize}`, `concurrency ${a.maxConcurrentCallbacks}`];
+  if (d.readOnly) parts.push('read-only');
+  if (a.recoverable) parts.push('recoverable');
+  return parts.join(', ');
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ')).join('\n');
+}
+
+export async function listCommand(argv: string[]): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { json: { type: 'boolean' } } });
+  const devices = await listDevices();
+  if (values.json) {
+    process.stdout.write(`${JSON.stringify(devices, (_, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2)}\n`);
+    return 0;
+  }
+  if (devices.length === 0) return 0;
+  const header = ['ID', 'INDEX', 'PATH', 'KERNEL', 'STATE', 'PID', 'SIZE', 'ATTRIBUTES'];
+  const rows = devices.map((d) => [
+    String(d.id), String(d.index), d.path, d.kernelPath || '-', d.state, String(d.pid), formatSize(Number(d.attributes.size)), summary(d),
+  ]);
+  process.stdout.write(`${table([header, ...rows])}\n`);
+  return 0;
+}
+
+function field(d: DeviceInfo, name: (typeof INFO_FIELDS)[number]): string {
+  switch (name) {
+    case 'id':
+      return String(d.id);
+    case 'kernel-path':
+      return d.kernelPath;
+    case 'read-only':
+      return String(d.readOnly);
+    case 'created':
+      return d.createdAt.toISOString();
+    case 'index':
+    case 'path':
+    case 'major':
+    case 'minor':
+    case 'state':
+    case 'frontend':
+    case 'pid':
+      return String(d[name]);
+    default:
+      return String(d.attributes[ATTRIBUTE_NAMES.find((a) => flagName(a) === name)!]);
+  }
+}
+
+export async function infoCommand(argv: string[]): Promise<number> {
+  const options = Object.fromEntries(INFO_FIELDS.map((f) => [f, { type: 'boolean' as const }]));
+  const { positionals, tokens } = parseArgs({ args: argv, options, allowPositionals: true, tokens: true });
+  if (positionals.length !== 1) throw new UsageError('bdus info: give exactly one device (a path or an id)');
+  const d = await deviceInfo(positionals[0]!);
+  const asked = tokens.filter((t) => t.kind === 'option').map((t) => t.name as (typeof INFO_FIELDS)[number]);
+  if (asked.length > 0) {
+    process.stdout.write(`${asked.map((name) => field(d, name)).join('\n')}\n`);
+    return 0;
+  }
+  const lines: Array<[string, string]> = [
+    ['id', String(d.id)],
+    ['index', String(d.index)],
+    ['path', d.path],
+    ['kernel path', d.kernelPath ? `${d.kernelPath} (${d.major}:${d.minor})` : '-'],
+    ['state', d.state],
+    ['frontend', d.frontend],
+    ['driver pid', String(d.pid)],
+    ['read-only', d.readOnly ? 'yes' : 'no'],
+    ['created', d.createdAt.toISOString()],
+    ...ATTRIBUTE_NAMES.map((a): [string, string] => {
+      const v = d.attributes[a];
+      const text = typeof v === 'boolean' ? (v ? 'yes' : 'no') : a === 'size' ? `${v} (${formatSize(Number(v))})` : String(v);
+      return [flagName(a).replaceAll('-', ' '), text];
+    }),
+  ];
+  const width = Math.max(...lines.map(([k]) => k.length)) + 2;
+  process.stdout.write(`${lines.map(([k, v]) => `${`${k}:`.padEnd(width)}${v}`).join('\n')}\n`);
+  return 0;
+}
+
+export async function flushCommand(argv: string[]): Promise<number> {
+  const { positionals } = parseArgs({ args: argv, allowPositionals: true });
+  if (positionals.length === 0) throw new UsageError('bdus flush: missing the device (a path or an id)');
+  for (const target of positionals) await flushDevice(target);
+  return 0;
+}
+
+export async function destroyCommand(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { 'no-flush': { type: 'boolean' }, quiet: { type: 'boolean' } },
+    allowPositionals: true,
+  });
+  if (positionals.length === 0) throw new UsageError('bdus destroy: missing the device (a path or an id)');
+  for (const target of positionals) {
+    await destroyDevice(target, {
+      flush: !values['no-flush'],
+      onSlowFlush: values.quiet
+        ? undefined
+        : () => process.stderr.write(`bdus: still flushing ${target}; the driver may be stuck (use --no-flush to skip the flush)\n`),
+    });
+  }
+  return 0;
+}

@@ -1,0 +1,373 @@
+/**
+ * The control-plane daemon: one per machine, the role BDUS's kernel module plays for devices.
+ * Where a device's life is decided.
+ *
+ * It owns the registry (ids, indexes, states), the /dev/bdus-N paths, the watch on every driver
+ * process, and the clean-up of devices whose driver ended. It is never on a request's path: the
+ * driver process talks to the kernel directly, so devices keep serving I/O while the daemon is
+ * down, and a restarted daemon picks up its registry from RUN_DIR and carries on.
+ *
+ * How it learns that a driver ended: each driver holds one control connection per device. The
+ * kernel closes it when the process dies, however it dies (return, abort, uncaught exception,
+ * SIGKILL), so the end of the connection is the end of the driver. A driver that was running
+ * before a daemon restart has no connection until it re-attaches; meanwhile the daemon checks
+ * that its process still exists every WATCH_INTERVAL_MS.
+ *
+ * One lock orders device creation, destruction and every registry change, as in BDUS.
+ */
+import { chmodSync, closeSync, lstatSync, mkdirSync, openSync, rmSync, symlinkSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { BdusError } from '../driver/errors.js';
+import { reclaimFuseLoop } from '../frontend/fuse/fuse-loop.js';
+import { native } from '../native.js';
+import { Lock } from '../util/lock.js';
+import { RUN_DIR } from '../util/paths.js';
+import { isAlive, processStart } from '../util/process.js';
+import { packageVersion } from '../version.js';
+import {
+  DEFAULT_MAX_DEVICES,
+  encode,
+  LineReader,
+  LOCK_PATH,
+  PROTOCOL_VERSION,
+  SOCKET_PATH,
+  type DeviceRecord,
+  type Operation,
+  type Requests,
+} from './protocol.js';
+import { parseId, Registry } from './registry.js';
+
+const WATCH_INTERVAL_MS = 500;
+
+export interface DaemonOptions {
+  /** Most devices at once (default 256). */
+  maxDevices?: number;
+  /** Where the daemon's log lines go. */
+  log?: (line: string) => void;
+}
+
+/** One client connection; `device` is set when a driver runs that device through it. */
+class Connection {
+  device: string | undefined;
+  constructor(readonly socket: Socket) {}
+
+  send(message: object): void {
+    if (!this.socket.destroyed && this.socket.writable) this.socket.write(encode(message));
+  }
+}
+
+type Message = Record<string, unknown> & { seq: number; op: string };
+
+export class Daemon {
+  /** Resolves once the daemon has stopped. */
+  readonly stopped: Promise<void>;
+  private resolveStopped!: () => void;
+  private readonly registry: Registry;
+  private readonly lock = new Lock();
+  private readonly drivers = new Map<string, Connection>();
+  private readonly connections = new Set<Connection>();
+  private readonly log: (line: string) => void;
+  private server: Server | undefined;
+  private watch: NodeJS.Timeout | undefined;
+  private lockFd = -1;
+
+  private constructor(options: DaemonOptions) {
+    this.registry = new Registry(options.maxDevices ?? DEFAULT_MAX_DEVICES);
+    this.log = options.log ?? ((line) => process.stderr.write(`${new Date().toISOString()} bdus-daemon: ${line}\n`));
+    this.stopped = new Promise((resolve) => (this.resolveStopped = resolve));
+  }
+
+  /** Starts the daemon; EALREADY if another one runs on this machine. */
+  static async start(options: DaemonOptions = {}): Promise<Daemon> {
+    const daemon = new Daemon(options);
+    await daemon.listen();
+    return daemon;
+  }
+
+  get maxDevices(): number {
+    return this.registry.maxDevices;
+  }
+
+  private async listen(): Promise<void> {
+    mkdirSync(RUN_DIR, { recursive: true, mode: 0o700 });
+    chmodSync(RUN_DIR, 0o700);
+    this.lockFd = openSync(LOCK_PATH, 'a', 0o600);
+    if (!native.tryLock(this.lockFd)) {
+      closeSync(this.lockFd);
+      throw new BdusError('EALREADY', 'a bdus daemon is already running on this machine');
+    }
+    const known = this.registry.load();
+    for (const record of known) this.log(`recovered device ${record.id} (${record.path}, ${record.state}, driver pid ${record.pid})`);
+
+    // Only the lock holder gets here, so a socket file left by a dead daemon is safe to replace.
+    rmSync(SOCKET_PATH, { force: true });
+    const server = createServer((socket) => this.accept(socket));
+    this.server = server;
+    const umask = process.umask(0o077); // the socket is born root-only: no window before chmod
+    try {
+      await new Promise<void>((resolve, reject) => server.once('error', reject).listen(SOCKET_PATH, resolve));
+    } finally {
+      process.umask(umask);
+    }
+    chmodSync(SOCKET_PATH, 0o600);
+    server.on('error', (error) => this.log(`control socket: ${error.message}`));
+    this.watch = setInterval(() => this.watchDetached(), WATCH_INTERVAL_MS);
+    this.log(`listening on ${SOCKET_PATH} (pid ${process.pid}, at most ${this.maxDevices} devices)`);
+  }
+
+  /** Stops serving the control socket. Devices keep running; their drivers re-attach to the next daemon. */
+  async stop(): Promise<void> {
+    if (!this.server) return this.stopped;
+    const server = this.server;
+    this.server = undefined;
+    clearInterval(this.watch);
+    for (const connection of this.connections) connection.socket.destroy();
+    await new Promise((resolve) => server.close(resolve));
+    rmSync(SOCKET_PATH, { force: true });
+    closeSync(this.lockFd);
+    this.log('stopped');
+    this.resolveStopped();
+  }
+
+  // ---- Connections and messages ---------------------------------------------------------------
+
+  private accept(socket: Socket): void {
+    const connection = new Connection(socket);
+    this.connections.add(connection);
+    const reader = new LineReader(
+      (line) => void this.handle(connection, line),
+      () => {
+        connection.send({ seq: -1, ok: false, code: 'EMSGSIZE', message: 'message too long; closing the connection' });
+        socket.end();
+      },
+    );
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => reader.push(chunk));
+    socket.on('error', () => undefined); // a client that vanished; 'close' follows
+    socket.on('close', () => {
+      this.connections.delete(connection);
+      const id = connection.device;
+      if (id === undefined || this.drivers.get(id) !== connection) return;
+      this.drivers.delete(id);
+      const record = this.registry.find(id);
+      if (!record) return;
+      this.log(`the driver of device ${id} (${record.path}, pid ${record.pid}) ended`);
+      void this.driverGone(record);
+    });
+  }
+
+  private async handle(connection: Connection, line: string): Promise<void> {
+    let message: Message;
+    try {
+      message = parseMessage(line);
+    } catch (error) {
+      connection.send({ seq: -1, ok: false, code: 'EPROTO', message: (error as Error).message });
+      return;
+    }
+    try {
+      const result = await this.dispatch(connection, message);
+      connection.send({ seq: message.seq, ok: true, result: result ?? null });
+    } catch (error) {
+      const known = error instanceof BdusError;
+      if (!known) this.log(`${message.op} failed: ${(error as Error).stack ?? String(error)}`);
+      connection.send({ seq: message.seq, ok: false, code: known ? error.code : 'EIO', message: (error as Error).message });
+    }
+  }
+
+  private async dispatch(connection: Connection, m: Message): Promise<unknown> {
+    switch (m.op as Operation) {
+      case 'version':
+        return { version: packageVersion(), protocol: PROTOCOL_VERSION, pid: process.pid, maxDevices: this.maxDevices } satisfies Requests['version']['result'];
+      case 'list':
+        return this.registry.list();
+      case 'info': {
+        if (m.id !== undefined) return this.registry.get(parseId(m.id));
+        const major = integer(m, 'major');
+        const minor = integer(m, 'minor');
+        const record = this.registry.byDeviceNumber(major, minor);
+        if (!record) throw new BdusError('ENODEV', `block device ${major}:${minor} is not a bdus device`);
+        return record;
+      }
+      case 'destroy':
+        return this.destroy(this.registry.get(parseId(m.id)));
+      case 'wait':
+        return this.registry.untilGone(parseId(m.id));
+      case 'shutdown':
+        setImmediate(() => void this.stop());
+        return null;
+      case 'create':
+        return this.create(connection, m);
+      case 'available':
+        return this.available(this.owned(connection, m), m);
+      case 'terminating':
+        return this.lock.run(() => this.beginTermination(this.owned(connection, m)));
+      case 'gone': {
+        const record = this.owned(connection, m);
+        connection.device = undefined;
+        this.drivers.delete(record.id);
+        return this.driverGone(record);
+      }
+      case 'attach':
+        return this.attach(connection, m);
+      default:
+        throw new BdusError('EINVAL', `unknown operation ${JSON.stringify(m.op)}`);
+    }
+  }
+
+  // ---- Life cycle -----------------------------------------------------------------------------
+
+  private create(connection: Connection, m: Message): Promise<DeviceRecord> {
+    if (connection.device !== undefined) throw new BdusError('EBUSY', 'this connection already runs a device');
+    const pid = integer(m, 'pid');
+    const pidStart = processStart(pid);
+    if (pidStart === undefined) throw new BdusError('ESRCH', `no process ${pid}`);
+    const fields = {
+      pid,
+      pidStart,
+      frontend: string(m, 'frontend'),
+      readOnly: boolean(m, 'readOnly'),
+      attributes: plainObject(m, 'attributes') as DeviceRecord['attributes'],
+    };
+    return this.lock.run(() => {
+      const record = this.registry.create(fields);
+      connection.device = record.id;
+      this.drivers.set(record.id, connection);
+      this.log(`created device ${record.id} at ${record.path} for driver pid ${pid}`);
+      return record;
+    });
+  }
+
+  private available(record: DeviceRecord, m: Message): Promise<DeviceRecord> {
+    const kernelPath = string(m, 'kernelPath');
+    if (!kernelPath.startsWith('/dev/')) throw new BdusError('EINVAL', `kernelPath must be a node under /dev, not ${kernelPath}`);
+    const major = integer(m, 'major');
+    const minor = integer(m, 'minor');
+    return this.lock.run(() => {
+      if (record.state !== 'initialized') throw new BdusError('EINVAL', `device ${record.id} is ${record.state}, not initialized`);
+      Object.assign(record, { kernelPath, major, minor, state: 'available' });
+      rmSync(record.path, { force: true });
+      symlinkSync(kernelPath, record.path);
+      this.registry.update(record);
+      this.log(`device ${record.id} is available at ${record.path} -> ${kernelPath}`);
+      return record;
+    });
+  }
+
+  private attach(connection: Connection, m: Message): DeviceRecord {
+    const record = this.registry.get(parseId(m.id));
+    if (integer(m, 'pid') !== record.pid) throw new BdusError('EPERM', `device ${record.id} is run by pid ${record.pid}`);
+    if (this.drivers.has(record.id)) throw new BdusError('EBUSY', `device ${record.id} already has a driver connection`);
+    if (connection.device !== undefined) throw new BdusError('EBUSY', 'this connection already runs a device');
+    connection.device = record.id;
+    this.drivers.set(record.id, connection);
+    this.log(`the driver of device ${record.id} (pid ${record.pid}) re-attached`);
+    // A destroy asked for while the driver was detached is delivered now.
+    if (record.state === 'terminated') setImmediate(() => connection.send({ event: 'destroy' }));
+    return record;
+  }
+
+  /**
+   * Destroys a device: its path goes at once (md's rule: an open racing with destruction fails
+   * cleanly instead of reaching a half-destroyed device), its driver is asked to end, and this
+   * resolves once the device is gone. Concurrent destroys of one device all wait for the one end.
+   */
+  private async destroy(record: DeviceRecord): Promise<null> {
+    const gone = this.registry.untilGone(record.id);
+    await this.lock.run(() => this.beginTermination(record));
+    const driver = this.drivers.get(record.id);
+    if (driver) driver.send({ event: 'destroy' });
+    else if (!isAlive(record.pid, record.pidStart)) await this.driverGone(record);
+    // Otherwise the driver runs but has not re-attached since a daemon restart: it gets the
+    // destroy event when it does.
+    await gone;
+    return null;
+  }
+
+  private beginTermination(record: DeviceRecord): null {
+    if (record.state === 'terminated' || !this.registry.has(record)) return null;
+    record.state = 'terminated';
+    removeLink(record);
+    this.registry.update(record);
+    return null;
+  }
+
+  /** The driver has ended (or said it has): remove whatever is left of the device, then its record. */
+  private driverGone(record: DeviceRecord): Promise<null> {
+    return this.lock.run(async () => {
+      // Checked under the lock: after a first clean-up the index may already belong to a newer
+      // device, whose mount and loop device must not be touched.
+      if (!this.registry.has(record)) return null;
+      if (record.frontend === 'fuse') await reclaimFuseLoop(record.index, record.kernelPath);
+      removeLink(record);
+      this.registry.remove(record);
+      this.log(`device ${record.id} (${record.path}) is gone`);
+      return null;
+    });
+  }
+
+  private watchDetached(): void {
+    for (const record of this.registry.list()) {
+      if (!this.drivers.has(record.id) && !isAlive(record.pid, record.pidStart)) {
+        this.log(`the driver of device ${record.id} (pid ${record.pid}) is gone`);
+        void this.driverGone(record);
+      }
+    }
+  }
+
+  private owned(connection: Connection, m: Message): DeviceRecord {
+    const record = this.registry.get(parseId(m.id));
+    if (connection.device !== record.id) throw new BdusError('EPERM', `this connection does not run device ${record.id}`);
+    return record;
+  }
+}
+
+function removeLink(record: DeviceRecord): void {
+  try {
+    if (lstatSync(record.path).isSymbolicLink()) rmSync(record.path, { force: true });
+  } catch {
+    // already gone
+  }
+}
+
+// ---- Message validation -----------------------------------------------------------------------
+
+function parseMessage(line: string): Message {
+  let value: unknown;
+  try {
+    value = JSON.parse(line);
+  } catch {
+    throw new BdusError('EPROTO', 'malformed message: not JSON');
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new BdusError('EPROTO', 'malformed message: not a JSON object');
+  }
+  const m = value as Record<string, unknown>;
+  if (!Number.isSafeInteger(m.seq) || typeof m.op !== 'string') {
+    throw new BdusError('EPROTO', 'malformed message: needs an integer "seq" and a string "op"');
+  }
+  return m as Message;
+}
+
+function integer(m: Message, name: string): number {
+  const v = m[name];
+  if (!Number.isSafeInteger(v) || (v as number) < 0) throw new BdusError('EINVAL', `${m.op}: "${name}" must be a non-negative integer`);
+  return v as number;
+}
+
+function string(m: Message, name: string): string {
+  const v = m[name];
+  if (typeof v !== 'string' || v === '') throw new BdusError('EINVAL', `${m.op}: "${name}" must be a non-empty string`);
+  return v;
+}
+
+function boolean(m: Message, name: string): boolean {
+  const v = m[name];
+  if (typeof v !== 'boolean') throw new BdusError('EINVAL', `${m.op}: "${name}" must be true or false`);
+  return v;
+}
+
+function plainObject(m: Message, name: string): Record<string, unknown> {
+  const v = m[name];
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new BdusError('EINVAL', `${m.op}: "${name}" must be an object`);
+  return v as Record<string, unknown>;
+}

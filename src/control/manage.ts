@@ -1,0 +1,194 @@
+/**
+ * Managing devices from any process (the CLI and the typed API): list, info, flush, destroy, wait.
+ *
+ * A device is named by id wherever it matters: an index (and so a path) is reused once its device
+ * is gone, an id never is. A path is turned into an id once, at the start; after that, a device
+ * that was destroyed meanwhile gives ENODEV instead of reaching a newer one at the same path.
+ */
+import { promises as fsp, statSync } from 'node:fs';
+import { BdusError } from '../driver/errors.js';
+import { withDaemon, type ControlConnection } from './client.js';
+import { processStart, sleep } from '../util/process.js';
+import type { DeviceRecord, DeviceState } from './protocol.js';
+
+/** A device as the API reports it. */
+export interface DeviceInfo {
+  /** Never reused while the machine runs. */
+  readonly id: bigint;
+  /** The N of /dev/bdus-N; reused. */
+  readonly index: number;
+  /** /dev/bdus-N while the device is available. */
+  readonly path: string;
+  /** The kernel's node, e.g. /dev/loop3. */
+  readonly kernelPath: string;
+  readonly major: number;
+  readonly minor: number;
+  readonly frontend: string;
+  readonly state: DeviceState;
+  /** The driver process. */
+  readonly pid: number;
+  readonly readOnly: boolean;
+  /** The device's attributes after adjustment. */
+  readonly attributes: Readonly<Record<string, number | boolean>>;
+  readonly createdAt: Date;
+}
+
+/** A device: its id, or a path to its node (/dev/bdus-N or the kernel's own node). */
+export type DeviceName = bigint | string;
+
+function toInfo(record: DeviceRecord): DeviceInfo {
+  return Object.freeze({
+    id: BigInt(record.id),
+    index: record.index,
+    path: record.path,
+    kernelPath: record.kernelPath,
+    major: record.major,
+    minor: record.minor,
+    frontend: record.frontend,
+    state: record.state,
+    pid: record.pid,
+    readOnly: record.readOnly,
+    attributes: Object.freeze({ ...record.attributes }),
+    createdAt: new Date(record.createdAt),
+  });
+}
+
+/** Linux's encoding of a device number in st_rdev. */
+function splitDeviceNumber(rdev: number): { major: number; minor: number } {
+  const high = Math.floor(rdev / 2 ** 32);
+  const low = rdev >>> 0;
+  return {
+    major: ((low >>> 8) & 0xfff) | (high & ~0xfff),
+    minor: (low & 0xff) | ((low >>> 12) & ~0xff),
+  };
+}
+
+async function lookUp(connection: ControlConnection, device: DeviceName): Promise<DeviceRecord> {
+  if (typeof device === 'bigint' || /^\d+$/.test(device)) return connection.request('info', { id: device.toString() });
+  let rdev: number;
+  try {
+    const stat = statSync(device);
+    if (!stat.isBlockDevice()) throw new BdusError('ENOTBLK', `${device} is not a block device`);
+    rdev = stat.rdev;
+  } catch (error) {
+    if (error instanceof BdusError) throw error;
+    const code = (error as NodeJS.ErrnoException).code ?? 'ENOENT';
+    throw new BdusError(code, `${device}: ${code === 'ENOENT' ? 'no such file or device' : code}`);
+  }
+  try {
+    return await connection.request('info', splitDeviceNumber(rdev));
+  } catch (error) {
+    if ((error as BdusError).code === 'ENODEV') throw new BdusError('ENODEV', `${device} is not a bdus device`);
+    throw error;
+  }
+}
+
+/** Every device on this machine, by index. */
+export function listDevices(): Promise<DeviceInfo[]> {
+  return withDaemon(async (c) => (await c.request('list', {})).map(toInfo));
+}
+
+/** One device. ENODEV if there is no such device (or not any more). */
+export function deviceInfo(device: DeviceName): Promise<DeviceInfo> {
+  return withDaemon(async (c) => toInfo(await lookUp(c, device)));
+}
+
+/** The id of the device whose node is at `path`. */
+export async function getDevIdFromPath(path: string): Promise<bigint> {
+  return (await deviceInfo(path)).id;
+}
+
+/**
+ * Flushes a device: the OS cache for it, then a flush request to its driver (fsync on the node).
+ * Checks after opening that the node still belongs to the same device, so a device destroyed
+ * meanwhile gives ENODEV instead of flushing whatever reused its kernel node.
+ */
+export function flushDevice(device: DeviceName): Promise<void> {
+  return withDaemon(async (c) => {
+    const record = await lookUp(c, device);
+    await flushRecord(c, record);
+  });
+}
+
+async function flushRecord(c: ControlConnection, record: DeviceRecord): Promise<void> {
+  if (record.state !== 'available') throw new BdusError('ENODEV', `device ${record.id} is ${record.state}: nothing to flush`);
+  const handle = await fsp.open(record.kernelPath, 'r');
+  try {
+    const { rdev } = await handle.stat();
+    const { major, minor } = splitDeviceNumber(rdev);
+    const now = await c.request('info', { id: record.id });
+    if (major !== record.major || minor !== record.minor || now.state !== 'available') {
+      throw new BdusError('ENODEV', `device ${record.id} was destroyed while opening it`);
+    }
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+export interface DestroyOptions {
+  /** Flush the device before its driver terminates (default true). */
+  flush?: boolean;
+  /** Called once if the flush has not finished after `slowFlushMs` (default 3000). */
+  onSlowFlush?: () => void;
+  slowFlushMs?: number;
+}
+
+/**
+ * Destroys a device: flushes it (unless told not to), asks its driver to finish the requests in
+ * progress and terminate, and resolves once the device is gone. Destroying a device that is being
+ * destroyed waits for that; destroying one that is gone gives ENODEV.
+ */
+export function destroyDevice(device: DeviceName, options: DestroyOptions = {}): Promise<void> {
+  return withDaemon(async (c) => {
+    const record = await lookUp(c, device);
+    if ((options.flush ?? true) && record.state === 'available') {
+      const timer = options.onSlowFlush ? setTimeout(options.onSlowFlush, options.slowFlushMs ?? 3000) : undefined;
+      try {
+        await flushRecord(c, record);
+      } catch (error) {
+        // A destroy that raced ours took the device away: wait for it like any other.
+        if ((error as BdusError).code !== 'ENODEV') throw error;
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+    await c.request('destroy', { id: record.id }).catch((error: BdusError) => {
+      if (error.code !== 'ENODEV') throw error;
+    });
+  });
+}
+
+/** Resolves once the device with this id has been destroyed (at once if it already has). */
+export function waitUntilDestroyed(id: bigint): Promise<void> {
+  return withDaemon(async (c) => {
+    await c.request('wait', { id: id.toString() });
+  });
+}
+
+/** The running daemon's version, or undefined if none runs (never starts one). */
+export async function daemonVersion(): Promise<{ version: string; protocol: number; pid: number; maxDevices: number } | undefined> {
+  try {
+    return await withDaemon((c) => c.request('version', {}), { start: false, anyProtocol: true });
+  } catch (error) {
+    if ((error as BdusError).code === 'ECONNREFUSED') return undefined;
+    throw error;
+  }
+}
+
+/** Asks the daemon to exit; devices keep running. Resolves false if none was running. */
+export async function stopDaemon(): Promise<boolean> {
+  try {
+    const { pid } = await withDaemon(async (c) => {
+      const version = await c.request('version', {});
+      await c.request('shutdown', {});
+      return version;
+    }, { start: false, anyProtocol: true });
+    // Answered before it exits: wait until the process is gone, so that a new daemon can start.
+    while (processStart(pid) !== undefined) await sleep(10);
+    return true;
+  } catch (error) {
+    if ((error as BdusError).code === 'ECONNREFUSED') return false;
+    throw error;
+  }
+}

@@ -1,0 +1,143 @@
+/**
+ * The control protocol between the daemon and its clients (the CLI, the management API and
+ * driver processes), defined once here.
+ *
+ * Transport: a Unix stream socket at RUN_DIR/control.sock, reachable by root only. Framing: one
+ * JSON object per line, at most MAX_MESSAGE bytes. A client sends requests `{seq, op, ...}`; the
+ * daemon answers each with `{seq, ok: true, result}` or `{seq, ok: false, code, message}`, in any
+ * order (a `destroy` or `wait` answers when the device is gone). The daemon also sends events
+ * `{event, ...}` (no seq) to the connection that runs a device's driver.
+ *
+ * A driver process holds one connection per device it runs, opened with `create` (or `attach`
+ * after a daemon restart). The daemon reads the end of that connection as the end of the driver.
+ */
+import { RUN_DIR } from '../util/paths.js';
+
+/**
+ * Bumped whenever a message changes meaning; a client refuses a daemon that speaks another.
+ * `version` and `shutdown` keep their meaning in every version, so that any client can stop any daemon.
+ */
+export const PROTOCOL_VERSION = 1;
+
+export const SOCKET_PATH = `${RUN_DIR}/control.sock`;
+export const LOCK_PATH = `${RUN_DIR}/daemon.lock`;
+export const REGISTRY_PATH = `${RUN_DIR}/registry.json`;
+export const DAEMON_LOG_PATH = `${RUN_DIR}/log/daemon.log`;
+
+/** Longest message line; a longer one is a protocol error and ends the connection. */
+export const MAX_MESSAGE = 1 << 20;
+
+/** Default for `bdus daemon --max-devices`. */
+export const DEFAULT_MAX_DEVICES = 256;
+
+/**
+ * Device states (seed 003). INITIALIZED: created, not yet available to clients (the driver is
+ * initializing, or the kernel device is being set up). AVAILABLE: serving clients at its path.
+ * TERMINATED: destruction has begun; the path is gone and the record goes once the kernel device
+ * and the driver are. Transitions: INITIALIZED -> AVAILABLE, INITIALIZED -> TERMINATED,
+ * AVAILABLE -> TERMINATED.
+ */
+export type DeviceState = 'initialized' | 'available' | 'terminated';
+
+/** A device as the registry keeps it and as list/info return it. */
+export interface DeviceRecord {
+  /** Decimal string of the 64-bit id (JSON has no 64-bit integers). */
+  id: string;
+  index: number;
+  /** Stable path: /dev/bdus-<index>, a symlink to kernelPath while AVAILABLE. */
+  path: string;
+  /** The kernel's own node (e.g. /dev/loop3); empty until the kernel device exists. */
+  kernelPath: string;
+  major: number;
+  minor: number;
+  frontend: string;
+  state: DeviceState;
+  /** The driver process. */
+  pid: number;
+  /** Its start time (from /proc/PID/stat), so that a reused pid is not taken for it. */
+  pidStart: string;
+  readOnly: boolean;
+  attributes: Record<string, number | boolean>;
+  /** When the device was created (ms since the epoch). */
+  createdAt: number;
+}
+
+/** Requests, by operation. */
+export interface Requests {
+  /** The daemon's version and protocol. */
+  version: { args: Record<string, never>; result: { version: string; protocol: number; pid: number; maxDevices: number } };
+  /** Every device. */
+  list: { args: Record<string, never>; result: DeviceRecord[] };
+  /** One device, by id or by its node's device number. */
+  info: { args: { id: string } | { major: number; minor: number }; result: DeviceRecord };
+  /** Destroys a device; answers once it is gone. The client flushes first if it wants. */
+  destroy: { args: { id: string }; result: null };
+  /** Answers once the device with this id is gone (at once if it already is). */
+  wait: { args: { id: string }; result: null };
+  /** Asks the daemon to exit (devices keep running). */
+  shutdown: { args: Record<string, never>; result: null };
+  /** A driver registers a new device; this connection then belongs to it. */
+  create: {
+    args: { pid: number; frontend: string; readOnly: boolean; attributes: Record<string, number | boolean> };
+    result: DeviceRecord;
+  };
+  /** The driver's kernel device exists and serves requests: make it available at its path. */
+  available: { args: { id: string; kernelPath: string; major: number; minor: number }; result: DeviceRecord };
+  /** The driver is ending the device itself (destroy or abort): take the path away now. */
+  terminating: { args: { id: string }; result: null };
+  /** The driver has removed its kernel device and is leaving: the daemon removes the rest, then answers. */
+  gone: { args: { id: string }; result: null };
+  /** A driver reconnects to a restarted daemon and takes its device's connection back. */
+  attach: { args: { id: string; pid: number }; result: DeviceRecord };
+}
+
+export type Operation = keyof Requests;
+export const OPERATIONS: readonly Operation[] = [
+  'version', 'list', 'info', 'destroy', 'wait', 'shutdown', 'create', 'available', 'terminating', 'gone', 'attach',
+];
+
+/** Events the daemon sends to a driver's connection. */
+export interface DestroyEvent {
+  event: 'destroy';
+}
+
+export type Reply =
+  | { seq: number; ok: true; result: unknown }
+  | { seq: number; ok: false; code: string; message: string };
+
+/**
+ * Splits a byte stream into message lines. Lines may arrive split across chunks or several in
+ * one chunk; a line longer than MAX_MESSAGE is reported once and the rest of the stream dropped.
+ */
+export class LineReader {
+  private pending = '';
+  private overflowed = false;
+
+  constructor(
+    private readonly onLine: (line: string) => void,
+    private readonly onOverflow: () => void,
+  ) {}
+
+  push(chunk: string): void {
+    if (this.overflowed) return;
+    let text = this.pending + chunk;
+    for (let nl = text.indexOf('\n'); nl >= 0; nl = text.indexOf('\n')) {
+      const line = text.slice(0, nl);
+      text = text.slice(nl + 1);
+      if (line.length > MAX_MESSAGE) return this.overflow();
+      if (line.trim() !== '') this.onLine(line);
+    }
+    if (text.length > MAX_MESSAGE) return this.overflow();
+    this.pending = text;
+  }
+
+  private overflow(): void {
+    this.overflowed = true;
+    this.pending = '';
+    this.onOverflow();
+  }
+}
+
+export function encode(message: object): string {
+  return `${JSON.stringify(message)}\n`;
+}

@@ -1,0 +1,70 @@
+/**
+ * Request timeouts at no cost per request. A frontend stamps each request it hands to the
+ * request layer with the timer's current tick (an integer store: no clock read, no timer per
+ * request). The tick advances every quarter of the timeout; at each tick the timer expires the
+ * requests stamped five or more ticks earlier. So a request fails with ETIMEDOUT between 1 and
+ * 1.25 timeouts after it arrived, and a device with no late requests pays one timer callback
+ * every timeout / 4.
+ *
+ * Expiring answers the client only. The callback may still be running: its later outcome is
+ * dropped, and it keeps its place among maxConcurrentCallbacks until it settles (the driver is
+ * never handed more concurrent callbacks than it asked for, stuck ones included).
+ */
+
+/** What a frontend keeps per request it can have in flight (a FUSE slot, say). */
+export interface TimedRequest {
+  /** The tick when its request was handed over; IDLE when it holds none; EXPIRED once expired. */
+  startedAt: number;
+  /** Answers the client with ETIMEDOUT now. Called once per request, after startedAt = EXPIRED. */
+  expire(): void;
+}
+
+export const IDLE = 0;
+export const EXPIRED = -1;
+const TICKS_PER_TIMEOUT = 4;
+
+export class RequestTimer {
+  /** The current tick: what a frontend stamps a request with. Never IDLE or EXPIRED. */
+  now = 1;
+  /** Requests answered with ETIMEDOUT so far. */
+  expired = 0;
+  private readonly watched: Array<readonly TimedRequest[]> = [];
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    readonly timeoutMs: number,
+    private readonly log: (message: string) => void,
+  ) {}
+
+  /**
+   * Watches the frontend's requests. The array is the frontend's own and may grow; it is read at
+   * every tick.
+   */
+  watch(requests: readonly TimedRequest[]): void {
+    this.watched.push(requests);
+    this.timer ??= setInterval(() => this.tick(), this.timeoutMs / TICKS_PER_TIMEOUT).unref();
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  private tick(): void {
+    const last = ++this.now - (TICKS_PER_TIMEOUT + 1);
+    let count = 0;
+    for (const requests of this.watched) {
+      for (const request of requests) {
+        if (request.startedAt > IDLE && request.startedAt <= last) {
+          request.startedAt = EXPIRED;
+          request.expire();
+          count++;
+        }
+      }
+    }
+    if (count > 0) {
+      this.expired += count;
+      this.log(`${count} request${count > 1 ? 's' : ''} not answered within ${this.timeoutMs} ms: the client${count > 1 ? 's see' : ' sees'} ETIMEDOUT`);
+    }
+  }
+}
