@@ -90,3 +90,16 @@ export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve
 export function scratch(name: string): string {
   return `/tmp/bdus-test-${process.pid}-${Date.now()}-${name}`;
 }
+
+/** What bdus devices left in the kernel and /dev: FUSE mounts, bound loop devices, stable paths. */
+export async function leftovers(): Promise<string[]> {
+  const mounts = readFileSync('/proc/mounts', 'utf8').split('\n').filter((l) => l.includes(' fuse.bdus '));
+  const loops = (await must('losetup', ['-a'])).split('\n').filter((l) => l.includes('/run/bdus/'));
+  const links = (await sh('sh', ['-c', 'ls /dev/bdus-* 2>/dev/null'])).stdout.split('\n').filter(Boolean);
+  return [...mounts, ...loops, ...links];
+}
+
+/** A field of `bdus info`. */
+export async function info(dev: string, field: string): Promise<string> {
+  return (await must(process.execPath, [BIN, 'info', dev, `--${field}`])).trim();
+}
