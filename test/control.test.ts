@@ -65,6 +65,17 @@ test('concurrent destroys of one device both succeed; terminate runs once', asyn
   await gone(dev, id);
 });
 
+test('destroy says when the flush is slow and points at --no-flush; --quiet keeps quiet', async (t) => {
+  for (const quiet of [false, true]) {
+    const dev = await device(t, [`${DRIVERS}/slow-flush.js`, '4000']);
+    const r = await bdus(['destroy', ...(quiet ? ['--quiet'] : []), dev]);
+    assert.equal(r.code, 0, r.stderr);
+    if (quiet) assert.equal(r.stderr, '');
+    else assert.match(r.stderr, new RegExp(`^bdus: still flushing ${dev}; the driver may be stuck \\(use --no-flush to skip the flush\\)$`, 'm'));
+    assert.equal(existsSync(dev), false);
+  }
+});
+
 test('destroy during heavy I/O: completes, the I/O ends, nothing is left', async (t) => {
   const dev = await device(t, ['ram', '--size', '256M']);
   const id = BigInt(await info(dev, 'id'));
@@ -210,7 +221,7 @@ test('the daemon killed and restarted under I/O: no I/O error, the registry come
   const id = BigInt(await info(dev, 'id'));
   const fio = background('fio', [
     '--name=verify', `--filename=${dev}`, '--direct=1', '--ioengine=libaio', '--iodepth=16', '--rw=randwrite', '--bs=4k',
-    '--size=128M', '--verify=crc32c', '--do_verify=1', '--output-format=terse',
+    '--size=128M', '--verify=crc32c', '--do_verify=1', '--verify_state_save=0', '--output-format=terse',
   ]);
   await sleep(500);
   const daemon = await daemonVersion();

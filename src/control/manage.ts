@@ -6,30 +6,22 @@
  * that was destroyed meanwhile gives ENODEV instead of reaching a newer one at the same path.
  */
 import { promises as fsp, statSync } from 'node:fs';
+import type { EffectiveAttributes } from '../driver/attributes.js';
+import type { Context } from '../driver/driver.js';
 import { BdusError } from '../driver/errors.js';
 import { withDaemon, type ControlConnection } from './client.js';
 import { processStart, sleep } from '../util/process.js';
 import type { DeviceRecord, DeviceState } from './protocol.js';
 
-/** A device as the API reports it. */
-export interface DeviceInfo {
-  /** Never reused while the machine runs. */
-  readonly id: bigint;
-  /** The N of /dev/bdus-N; reused. */
-  readonly index: number;
-  /** /dev/bdus-N while the device is available. */
-  readonly path: string;
-  /** The kernel's node, e.g. /dev/loop3. */
-  readonly kernelPath: string;
-  readonly major: number;
-  readonly minor: number;
+/**
+ * A device as the API reports it: the fields a driver sees in its Context (id, index, path,
+ * kernelPath, major, minor, readOnly, adjusted attributes), plus the registry's own.
+ */
+export interface DeviceInfo extends Pick<Context, 'id' | 'index' | 'path' | 'kernelPath' | 'major' | 'minor' | 'readOnly' | 'attributes'> {
   readonly frontend: string;
   readonly state: DeviceState;
   /** The driver process. */
   readonly pid: number;
-  readonly readOnly: boolean;
-  /** The device's attributes after adjustment. */
-  readonly attributes: Readonly<Record<string, number | boolean>>;
   readonly createdAt: Date;
 }
 
@@ -48,7 +40,7 @@ function toInfo(record: DeviceRecord): DeviceInfo {
     state: record.state,
     pid: record.pid,
     readOnly: record.readOnly,
-    attributes: Object.freeze({ ...record.attributes }),
+    attributes: Object.freeze({ ...record.attributes }) as unknown as EffectiveAttributes,
     createdAt: new Date(record.createdAt),
   });
 }

@@ -153,7 +153,11 @@ export class Device<State = unknown> {
         this.listen(control);
         this.log('re-attached to the control daemon');
         return;
-      } catch {
+      } catch (error) {
+        if ((error as BdusError).code === 'ENODEV') {
+          this.log('the new control daemon does not know this device (its registry was lost); serving on without it');
+          return;
+        }
         // not back yet
       }
     }
