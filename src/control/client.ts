@@ -83,7 +83,14 @@ export class ControlConnection {
   }
 
   private receive(line: string): void {
-    const message = JSON.parse(line) as Reply | { event: string };
+    let message: Reply | { event: string };
+    try {
+      message = JSON.parse(line) as Reply | { event: string };
+    } catch {
+      // Never let a bad line become an exception in a driver process: drop the connection.
+      this.socket.destroy();
+      return;
+    }
     if ('event' in message) return this.onEvent(message);
     const waiter = this.pending.get(message.seq);
     if (!waiter) return;
