@@ -56,9 +56,10 @@ test('waitUntilDestroyed: waits for the end, returns at once for a gone id, refu
 
 test('concurrent destroys of one device both succeed; terminate runs once', async (t) => {
   const log = scratch('record.jsonl');
-  const dev = await device(t, [`${DRIVERS}/recorder.js`, log]);
+  // Terminate takes a second, so that both destroys are in flight at once. They go by id: a
+  // destroy by path that starts after the other took the path away gets ENOENT (md's rule).
+  const dev = await device(t, [`${DRIVERS}/recorder.js`, log, 'slow-terminate']);
   const id = BigInt(await info(dev, 'id'));
-  // By id: a destroy by path that starts after the other took the path away gets ENOENT (md's rule).
   const [first, second] = await Promise.all([bdus(['destroy', String(id)]), bdus(['destroy', String(id)])]);
   assert.equal(first.code, 0, first.stderr);
   assert.equal(second.code, 0, second.stderr);

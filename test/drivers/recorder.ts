@@ -1,7 +1,8 @@
 /**
  * A RAM driver that appends one JSON line per callback to the file named by its first argument,
  * so tests can see exactly which callbacks the kernel's requests became. With a second argument
- * "no-zeros" it has no writeZeros (discards then reach discard).
+ * "no-zeros" it has no writeZeros (discards then reach discard); with "slow-terminate" its
+ * terminate takes a second.
  */
 import { appendFileSync } from 'node:fs';
 import type { Driver } from '../../src/index.js';
@@ -33,8 +34,9 @@ export default function recorder(args: readonly string[]): Driver<Buffer> {
       record({ op: 'writeZeros', offset, size, mayUnmap });
       ctx.state.fill(0, offset, offset + size);
     },
-    terminate() {
+    async terminate() {
       record({ op: 'terminate' });
+      if (args.includes('slow-terminate')) await new Promise((resolve) => setTimeout(resolve, 1000));
     },
   };
   if (args.includes('no-zeros')) delete driver.writeZeros;
