@@ -127,7 +127,7 @@ test('an open racing with destruction fails cleanly and never revives the device
     assert.equal((await destroy).code, 0);
     for (const r of results) {
       if (r.code === 0) continue;
-      assert.match(r.stderr, /No such file or directory|no such file or device|no longer exists|is terminated|destroyed while opening|Input\/output error|No such device/, r.stderr);
+      assert.match(r.stderr, /No such file or directory|no such file or device|no longer exists|is terminated|destroyed while opening|destroyed while flushing|Input\/output error|No such device/, r.stderr);
     }
     await gone(dev, id);
   }

@@ -112,7 +112,14 @@ async function flushRecord(c: ControlConnection, record: DeviceRecord): Promise<
     if (major !== record.major || minor !== record.minor || now.state !== 'available') {
       throw new BdusError('ENODEV', `device ${record.id} was destroyed while opening it`);
     }
-    await handle.sync();
+    try {
+      await handle.sync();
+    } catch (error) {
+      // A destroy that began meanwhile fails the flush with EIO: say what happened.
+      const after = await c.request('info', { id: record.id }).catch(() => undefined);
+      if (after?.state !== 'available') throw new BdusError('ENODEV', `device ${record.id} was destroyed while flushing`);
+      throw error;
+    }
   } finally {
     await handle.close();
   }
