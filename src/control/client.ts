@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { BdusError } from '../driver/errors.js';
 import { RUN_DIR } from '../util/paths.js';
 import { sleep } from '../util/process.js';
-import { DAEMON_LOG_PATH, encode, LineReader, PROTOCOL_VERSION, SOCKET_PATH, type Operation, type Reply, type Requests } from './protocol.js';
+import { DAEMON_LOG_PATH, encode, LineReader, PROTOCOL_VERSION, SOCKET_PATH, type DaemonEvent, type Operation, type Reply, type Requests } from './protocol.js';
 
 const START_TIMEOUT_MS = 10_000;
 const CLI = fileURLToPath(new URL('../cli/bin.js', import.meta.url));
@@ -24,7 +24,7 @@ export interface OpenOptions {
 
 export class ControlConnection {
   /** Called for each event the daemon sends (to a driver's connection). */
-  onEvent: (event: { event: string }) => void = () => undefined;
+  onEvent: (event: DaemonEvent) => void = () => undefined;
   /** Resolves when the connection has ended, from either side. */
   readonly closed: Promise<void>;
   private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
@@ -83,9 +83,9 @@ export class ControlConnection {
   }
 
   private receive(line: string): void {
-    let message: Reply | { event: string };
+    let message: Reply | DaemonEvent;
     try {
-      message = JSON.parse(line) as Reply | { event: string };
+      message = JSON.parse(line) as Reply | DaemonEvent;
     } catch {
       // Never let a bad line become an exception in a driver process: drop the connection.
       this.socket.destroy();

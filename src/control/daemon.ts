@@ -31,6 +31,7 @@ import {
   LOCK_PATH,
   PROTOCOL_VERSION,
   SOCKET_PATH,
+  type DaemonEvent,
   type DeviceRecord,
   type Operation,
   type Requests,
@@ -262,7 +263,7 @@ export class Daemon {
     this.drivers.set(record.id, connection);
     this.log(`the driver of device ${record.id} (pid ${record.pid}) re-attached`);
     // A destroy asked for while the driver was detached is delivered now.
-    if (record.state === 'terminated') setImmediate(() => connection.send({ event: 'destroy' }));
+    if (record.state === 'terminated') setImmediate(() => connection.send({ event: 'destroy' } satisfies DaemonEvent));
     return record;
   }
 
@@ -275,7 +276,7 @@ export class Daemon {
     const gone = this.registry.untilGone(record.id);
     await this.lock.run(() => this.beginTermination(record));
     const driver = this.drivers.get(record.id);
-    if (driver) driver.send({ event: 'destroy' });
+    if (driver) driver.send({ event: 'destroy' } satisfies DaemonEvent);
     else if (!isAlive(record.pid, record.pidStart)) await this.driverGone(record);
     // Otherwise the driver runs but has not re-attached since a daemon restart: it gets the
     // destroy event when it does.

@@ -92,14 +92,9 @@ export interface Requests {
 }
 
 export type Operation = keyof Requests;
-export const OPERATIONS: readonly Operation[] = [
-  'version', 'list', 'info', 'destroy', 'wait', 'shutdown', 'create', 'available', 'terminating', 'gone', 'attach',
-];
 
-/** Events the daemon sends to a driver's connection. */
-export interface DestroyEvent {
-  event: 'destroy';
-}
+/** The one event: the daemon asks a driver to destroy its device. */
+export type DaemonEvent = { event: 'destroy' };
 
 export type Reply =
   | { seq: number; ok: true; result: unknown }
