@@ -11,7 +11,7 @@ import type { Context } from '../driver/driver.js';
 import { BdusError } from '../driver/errors.js';
 import { withDaemon, type ControlConnection } from './client.js';
 import { processStart, sleep } from '../util/process.js';
-import type { DeviceRecord, DeviceState } from './protocol.js';
+import type { DeviceRecord, DeviceState, Requests } from './protocol.js';
 
 /**
  * A device as the API reports it: the fields a driver sees in its Context (id, index, path,
@@ -165,29 +165,30 @@ export function waitUntilDestroyed(id: bigint): Promise<void> {
   });
 }
 
-/** The running daemon's version, or undefined if none runs (never starts one). */
-export async function daemonVersion(): Promise<{ version: string; protocol: number; pid: number; maxDevices: number } | undefined> {
+/** Runs `work` on the running daemon (any protocol version); undefined if none runs. Never starts one. */
+async function ifRunning<T>(work: (connection: ControlConnection) => Promise<T>): Promise<T | undefined> {
   try {
-    return await withDaemon((c) => c.request('version', {}), { start: false, anyProtocol: true });
+    return await withDaemon(work, { start: false, anyProtocol: true });
   } catch (error) {
     if ((error as BdusError).code === 'ECONNREFUSED') return undefined;
     throw error;
   }
 }
 
+/** The running daemon's version, or undefined if none runs (never starts one). */
+export function daemonVersion(): Promise<Requests['version']['result'] | undefined> {
+  return ifRunning((c) => c.request('version', {}));
+}
+
 /** Asks the daemon to exit; devices keep running. Resolves false if none was running. */
 export async function stopDaemon(): Promise<boolean> {
-  try {
-    const { pid } = await withDaemon(async (c) => {
-      const version = await c.request('version', {});
-      await c.request('shutdown', {});
-      return version;
-    }, { start: false, anyProtocol: true });
-    // Answered before it exits: wait until the process is gone, so that a new daemon can start.
-    while (processStart(pid) !== undefined) await sleep(10);
-    return true;
-  } catch (error) {
-    if ((error as BdusError).code === 'ECONNREFUSED') return false;
-    throw error;
-  }
+  const stopped = await ifRunning(async (c) => {
+    const version = await c.request('version', {});
+    await c.request('shutdown', {});
+    return version;
+  });
+  if (!stopped) return false;
+  // It answers before it exits: wait until the process is gone, so that a new daemon can start.
+  while (processStart(stopped.pid) !== undefined) await sleep(10);
+  return true;
 }
