@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: MIT
 //
 // The few system calls Node cannot make by itself. Everything here is a thin,
-// typed wrapper; the TypeScript side (src/native/native.ts) is the only caller.
+// typed wrapper; the TypeScript side (src/native.ts) is the only caller.
 //
 //   fallocate(fd, mode, offset, length, callback(errno))  async, on the libuv pool
 //   blockDeviceSize(fd) -> bigint                         BLKGETSIZE64, sync
 //   dup2(oldfd, newfd)                                    sync
 //   tryLock(fd) -> boolean                                flock(LOCK_EX | LOCK_NB), sync
+//   getFd(pid, fd) -> fd                                  pidfd_open + pidfd_getfd, sync
+//   mapShared(fd, length) -> Buffer                       mmap(MAP_SHARED), unmapped when collected
 //   pageSize                                              sysconf(_SC_PAGESIZE)
 
 #define _GNU_SOURCE
@@ -19,6 +21,8 @@
 #include <stdlib.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define CHECK(call)                                                            \
@@ -153,6 +157,72 @@ static napi_value js_try_lock(napi_env env, napi_callback_info info)
 
 /* ------------------------------------------------------------------------- */
 
+// A device outlives its driver only while another process holds the same open /dev/fuse file
+// (a second open of /dev/fuse is a different, unattached file). The daemon takes a duplicate
+// from the driver, and a new driver takes one from the daemon: pidfd_getfd, since Node can
+// neither send nor receive SCM_RIGHTS.
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
+#endif
+
+static napi_value js_get_fd(napi_env env, napi_callback_info info)
+{
+    size_t argc = 2;
+    napi_value argv[2], result;
+    int pid, target;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    CHECK(napi_get_value_int32(env, argv[0], &pid));
+    CHECK(napi_get_value_int32(env, argv[1], &target));
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0)
+        return throw_errno(env, errno, "pidfd_open");
+    int fd = (int)syscall(SYS_pidfd_getfd, pidfd, target, 0);
+    int err = errno;
+    close(pidfd);
+    if (fd < 0)
+        return throw_errno(env, err, "pidfd_getfd");
+    CHECK(napi_create_int32(env, fd, &result));
+    return result;
+}
+
+/* ------------------------------------------------------------------------- */
+
+// Per-request restart counts must survive the driver's death, and cost no system call on the
+// request path: they live in a small shared file mapped into each driver in turn.
+static void unmap(napi_env env, void *data, void *hint)
+{
+    (void)env;
+    munmap(data, (size_t)(uintptr_t)hint);
+}
+
+static napi_value js_map_shared(napi_env env, napi_callback_info info)
+{
+    size_t argc = 2;
+    napi_value argv[2], result;
+    int fd;
+    int64_t length;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    CHECK(napi_get_value_int32(env, argv[0], &fd));
+    CHECK(napi_get_value_int64(env, argv[1], &length));
+    if (length <= 0)
+        return throw_errno(env, EINVAL, "mmap");
+    void *p = mmap(NULL, (size_t)length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED)
+        return throw_errno(env, errno, "mmap");
+    if (napi_create_external_buffer(env, (size_t)length, p, unmap, (void *)(uintptr_t)length,
+                                    &result) != napi_ok) {
+        munmap(p, (size_t)length);
+        napi_throw_error(env, NULL, "bdus_native: napi_create_external_buffer failed");
+        return NULL;
+    }
+    return result;
+}
+
+/* ------------------------------------------------------------------------- */
+
 static napi_value init(napi_env env, napi_value exports)
 {
     napi_value page_size;
@@ -163,6 +233,8 @@ static napi_value init(napi_env env, napi_value exports)
         {"blockDeviceSize", NULL, js_block_device_size, NULL, NULL, NULL, napi_default, NULL},
         {"dup2", NULL, js_dup2, NULL, NULL, NULL, napi_default, NULL},
         {"tryLock", NULL, js_try_lock, NULL, NULL, NULL, napi_default, NULL},
+        {"getFd", NULL, js_get_fd, NULL, NULL, NULL, napi_default, NULL},
+        {"mapShared", NULL, js_map_shared, NULL, NULL, NULL, napi_default, NULL},
     };
     CHECK(napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props));
     return exports;

@@ -2,7 +2,7 @@
 export type { Context, Driver } from './driver/driver.js';
 export { ATTRIBUTES, type Attributes, type EffectiveAttributes } from './driver/attributes.js';
 export { abort, AttributeError, BdusError, DriverAbort, DriverError } from './driver/errors.js';
-export { Device, run, serve, start, type RunOptions } from './device/device.js';
+export { Device, rerun, run, serve, start, type RunOptions } from './device/device.js';
 export {
   daemonVersion,
   destroyDevice,

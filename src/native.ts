@@ -16,6 +16,10 @@ interface NativeAddon {
   dup2(oldFd: number, newFd: number): void;
   /** flock(LOCK_EX | LOCK_NB): true if this process now holds the lock, false if another does. */
   tryLock(fd: number): boolean;
+  /** A duplicate, in this process, of file descriptor `fd` of process `pid` (pidfd_getfd(2); close-on-exec). */
+  getFd(pid: number, fd: number): number;
+  /** The first `length` bytes of the file open as `fd`, mapped shared; unmapped when the Buffer is collected. */
+  mapShared(fd: number, length: number): Buffer;
 }
 
 const require = createRequire(import.meta.url);

@@ -4,7 +4,7 @@ import { packageVersion } from '../version.js';
 import { DAEMON_HELP, daemonCommand } from './daemon.js';
 import { DESTROY_HELP, destroyCommand, FLUSH_HELP, flushCommand, INFO_HELP, infoCommand, LIST_HELP, listCommand } from './manage.js';
 import { attributeHelp } from './options.js';
-import { runCommand } from './run.js';
+import { rerunCommand, runCommand } from './run.js';
 import { UsageError } from './usage.js';
 
 const RUN_HELP = `usage: bdus run <driver> [ARGS...] [--size SIZE] [--<attribute> VALUE ...] [--foreground]
@@ -12,6 +12,22 @@ const RUN_HELP = `usage: bdus run <driver> [ARGS...] [--size SIZE] [--<attribute
 Creates a device served by <driver>: a module path, or an example (ram, zero, loop). Prints the
 device's path once it is available; without --foreground the driver then keeps running in the
 background (its log: /run/bdus/log/bdus-N.log). ARGS go to the driver module.
+
+attributes:
+${attributeHelp()}
+`;
+
+const RERUN_HELP = `usage: bdus rerun <path or id> <driver> [ARGS...] [--<attribute> VALUE ...] [--foreground]
+
+Attaches <driver> to an existing device as its new driver. If a driver runs the device, it stops
+taking requests, finishes those it took, is flushed and terminated, and only then does the new
+driver initialize: clients see a delay, not an error. A recoverable device whose driver died gets
+its driver back this way, with the requests the dead driver had not answered.
+
+Attributes left out (or 0) keep the device's values. Size and block sizes cannot change, max
+sizes cannot shrink, and the new driver needs every request callback the current one has.
+Prints the device's path once the new driver serves; without --foreground the driver then keeps
+running in the background (its log: /run/bdus/log/bdus-N.log).
 
 attributes:
 ${attributeHelp()}
@@ -26,6 +42,7 @@ const USAGE = `usage: bdus <command> [options]     (bdus <command> --help for mo
 
 commands:
   run <driver> [ARGS...] [--<attribute> VALUE ...]   create a device served by a driver
+  rerun <path or id> <driver> [ARGS...] [...]        give a device a new driver (hot swap, recovery)
   list [--json]                                      the devices on this machine
   info <path or id> [--<field> ...]                  everything about one device
   flush <path or id>...                              flush devices
@@ -43,6 +60,7 @@ async function versionCommand(): Promise<number> {
 
 const COMMANDS: Record<string, { help: string; run: (argv: string[]) => Promise<number> }> = {
   run: { help: RUN_HELP, run: runCommand },
+  rerun: { help: RERUN_HELP, run: rerunCommand },
   list: { help: LIST_HELP, run: listCommand },
   info: { help: INFO_HELP, run: infoCommand },
   flush: { help: FLUSH_HELP, run: flushCommand },

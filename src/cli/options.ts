@@ -29,13 +29,14 @@ export function attributeOptions(): Record<string, { type: 'string' | 'boolean' 
 
 /** Picks the attribute flags out of parsed values. */
 export function attributesFromFlags(values: Record<string, string | boolean | undefined>): Attributes {
-  const attributes: Record<string, number | boolean> = {};
+  const attributes: Record<string, number | boolean | string> = {};
   for (const name of ATTRIBUTE_NAMES) {
     const value = values[flagName(name)];
     if (value === undefined) continue;
     if (typeof value === 'boolean') attributes[name] = value;
     else if (ATTRIBUTES[name].kind === 'count') attributes[name] = parseCount(value, flagName(name));
     else if (ATTRIBUTES[name].kind === 'duration') attributes[name] = parseDuration(value, `--${flagName(name)}`);
+    else if (ATTRIBUTES[name].kind === 'choice') attributes[name] = value; // checked with the other attributes
     else attributes[name] = parseSize(value, `--${flagName(name)}`);
   }
   return attributes as Attributes;
@@ -59,7 +60,8 @@ function parseCount(text: string, flag: string): number {
 export function attributeHelp(): string {
   return ATTRIBUTE_NAMES.map((name) => {
     const spec = ATTRIBUTES[name];
-    const flag = `--${flagName(name)}${spec.kind === 'flag' ? '' : spec.kind === 'count' ? ' N' : spec.kind === 'duration' ? ' TIME' : ' SIZE'}`;
+    const value = { flag: '', count: ' N', duration: ' TIME', bytes: ' SIZE', choice: ' MODE' }[spec.kind];
+    const flag = `--${flagName(name)}${value}`;
     return `  ${flag.padEnd(34)} ${spec.doc}`;
   }).join('\n');
 }

@@ -1,5 +1,6 @@
 /**
- * `bdus run`: create a device served by a driver module. Without --foreground the driver keeps
+ * `bdus run`: create a device served by a driver module; `bdus rerun`: attach one to an
+ * existing device, replacing its driver (or giving a recoverable device a new one). Without --foreground the driver keeps
  * running in the background once the device is available, as BDUS drivers daemonize: the command
  * prints the device's path and exits, so `dev=$(bdus run ram)` works.
  *
@@ -10,7 +11,7 @@
 import { spawn } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { serve, start, type Device } from '../device/device.js';
+import { rerun, serve, start, type Device } from '../device/device.js';
 import { native } from '../native.js';
 import { RUN_DIR } from '../util/paths.js';
 import { loadDriver } from './load-driver.js';
@@ -19,19 +20,29 @@ import { UsageError } from './usage.js';
 
 const READY_FD_ENV = 'BDUS_READY_FD';
 
-export async function runCommand(argv: string[]): Promise<number> {
+export function runCommand(argv: string[]): Promise<number> {
+  return runDriver('run', argv);
+}
+
+export function rerunCommand(argv: string[]): Promise<number> {
+  return runDriver('rerun', argv);
+}
+
+async function runDriver(command: 'run' | 'rerun', argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     options: { ...attributeOptions(), foreground: { type: 'boolean' } },
     allowPositionals: true,
   });
+  const target = command === 'rerun' ? positionals.shift() : undefined;
+  if (command === 'rerun' && !target) throw new UsageError('bdus rerun: missing the device (a path or an id)');
   const [specifier, ...driverArgs] = positionals;
-  if (!specifier) throw new UsageError('bdus run: missing the driver (a module path or an example: ram, zero, loop)');
+  if (!specifier) throw new UsageError(`bdus ${command}: missing the driver (a module path or an example: ram, zero, loop)`);
   const attributes = attributesFromFlags(values);
-  if (!values.foreground) return runInBackground(argv);
+  if (!values.foreground) return runInBackground(command, argv);
 
   const driver = await loadDriver(specifier, driverArgs);
-  const device = await start(driver, { attributes });
+  const device = target === undefined ? await start(driver, { attributes }) : await rerun(target, driver, { attributes });
   if (process.env[READY_FD_ENV]) detachFromCaller(device, Number(process.env[READY_FD_ENV]));
   await serve(device);
   return 0;
@@ -50,8 +61,8 @@ function detachFromCaller(device: Device<any>, readyFd: number): void {
   closeSync(readyFd);
 }
 
-function runInBackground(argv: string[]): Promise<number> {
-  const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, 'run', ...argv, '--foreground'], {
+function runInBackground(command: string, argv: string[]): Promise<number> {
+  const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, command, ...argv, '--foreground'], {
     detached: true,
     stdio: ['ignore', 'inherit', 'inherit', 'pipe'],
     env: { ...process.env, [READY_FD_ENV]: '3' },

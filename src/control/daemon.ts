@@ -13,13 +13,22 @@
  * before a daemon restart has no connection until it re-attaches; meanwhile the daemon checks
  * that its process still exists every WATCH_INTERVAL_MS.
  *
+ * Recovery: the daemon keeps a duplicate of every device's kernel end (for FUSE+loop, the
+ * /dev/fuse file), so the device outlives its driver. When a recoverable device's driver dies,
+ * the device stays and the keeper (frontend/fuse/keeper.ts) reads its requests until a new
+ * driver attaches with `rerun`; a non-recoverable device is removed, its duplicate closed first
+ * so that clients get EIO at once. A rerun of a live driver has the old driver hand over first.
+ *
  * One lock orders device creation, destruction and every registry change, as in BDUS.
  */
 import { chmodSync, closeSync, lstatSync, mkdirSync, openSync, rmSync, symlinkSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
+import { checkReplacement, type EffectiveAttributes } from '../driver/attributes.js';
 import { BdusError } from '../driver/errors.js';
 import { reclaimFuseLoop } from '../frontend/fuse/fuse-loop.js';
+import { FuseKeeper, type KeeperMode } from '../frontend/fuse/keeper.js';
 import { native } from '../native.js';
+import { RestartTable } from '../request/restart-table.js';
 import { Lock } from '../util/lock.js';
 import { RUN_DIR } from '../util/paths.js';
 import { isAlive, processStart } from '../util/process.js';
@@ -59,6 +68,26 @@ class Connection {
 
 type Message = Record<string, unknown> & { seq: number; op: string };
 
+type Handover = Requests['handover']['args'] | undefined;
+
+/** What the daemon holds for a device besides its record, for as long as the daemon runs. */
+interface Holding {
+  /** The daemon's duplicate of the device's kernel end, or -1. */
+  fd: number;
+  /** Reads the device's requests while it has no driver. */
+  keeper: FuseKeeper | undefined;
+  /** The pid of a driver whose rerun is in progress, or 0. */
+  replacing: number;
+  /** While the current driver hands over: takes its answer (undefined if it died instead). */
+  handover: ((result: Handover) => void) | undefined;
+  /** A driver died and no driver has served the device since. */
+  recovering: boolean;
+  /** Drivers that failed during this recovery (seed 000's recovery limit). */
+  failures: number;
+}
+
+const KEEPER_MODES: Record<string, KeeperMode> = { reissue: 'hold', 'fail-received': 'fail-received', 'fail-all': 'fail-all' };
+
 export class Daemon {
   /** Resolves once the daemon has stopped. */
   readonly stopped: Promise<void>;
@@ -66,6 +95,7 @@ export class Daemon {
   private readonly registry: Registry;
   private readonly lock = new Lock();
   private readonly drivers = new Map<string, Connection>();
+  private readonly holdings = new Map<string, Holding>();
   private readonly connections = new Set<Connection>();
   private readonly log: (line: string) => void;
   private server: Server | undefined;
@@ -152,8 +182,10 @@ export class Daemon {
       this.drivers.delete(id);
       const record = this.registry.find(id);
       if (!record) return;
+      const holding = this.holdings.get(id);
+      if (holding?.handover) return holding.handover(undefined); // the rerun decides
       this.log(`the driver of device ${id} (${record.path}, pid ${record.pid}) ended`);
-      void this.driverGone(record);
+      void this.driverDied(record);
     });
   }
 
@@ -210,6 +242,17 @@ export class Daemon {
       }
       case 'attach':
         return this.attach(connection, m);
+      case 'rerun':
+        return this.rerun(connection, m);
+      case 'handover': {
+        const record = this.owned(connection, m);
+        const holding = this.holdings.get(record.id);
+        if (!holding?.handover) throw new BdusError('EINVAL', `device ${record.id} is not being replaced`);
+        connection.device = undefined;
+        this.drivers.delete(record.id);
+        holding.handover({ id: record.id, ok: boolean(m, 'ok'), message: typeof m.message === 'string' ? m.message : '' });
+        return null;
+      }
       default:
         throw new BdusError('EINVAL', `unknown operation ${JSON.stringify(m.op)}`);
     }
@@ -228,6 +271,7 @@ export class Daemon {
       frontend: string(m, 'frontend'),
       readOnly: boolean(m, 'readOnly'),
       attributes: plainObject(m, 'attributes') as DeviceRecord['attributes'],
+      callbacks: strings(m, 'callbacks'),
     };
     return this.lock.run(() => {
       const record = this.registry.create(fields);
@@ -243,8 +287,18 @@ export class Daemon {
     if (!kernelPath.startsWith('/dev/')) throw new BdusError('EINVAL', `kernelPath must be a node under /dev, not ${kernelPath}`);
     const major = integer(m, 'major');
     const minor = integer(m, 'minor');
+    const kernelFd = integer(m, 'kernelFd');
     return this.lock.run(() => {
+      const holding = this.holding(record.id);
+      if (record.state === 'available' && holding.replacing === 0) {
+        // A replacement driver serves the device now: a recovery, if one was going on, is over.
+        holding.recovering = false;
+        holding.failures = 0;
+        this.log(`device ${record.id} is served by driver pid ${record.pid}`);
+        return record;
+      }
       if (record.state !== 'initialized') throw new BdusError('EINVAL', `device ${record.id} is ${record.state}, not initialized`);
+      this.keepKernelEnd(record, kernelFd);
       Object.assign(record, { kernelPath, major, minor, state: 'available' });
       rmSync(record.path, { force: true });
       symlinkSync(kernelPath, record.path);
@@ -261,6 +315,7 @@ export class Daemon {
     if (connection.device !== undefined) throw new BdusError('EBUSY', 'this connection already runs a device');
     connection.device = record.id;
     this.drivers.set(record.id, connection);
+    if (record.state === 'available' && m.kernelFd !== undefined) this.keepKernelEnd(record, integer(m, 'kernelFd'));
     this.log(`the driver of device ${record.id} (pid ${record.pid}) re-attached`);
     // A destroy asked for while the driver was detached is delivered now.
     if (record.state === 'terminated') setImmediate(() => connection.send({ event: 'destroy' } satisfies DaemonEvent));
@@ -294,21 +349,157 @@ export class Daemon {
 
   /** The driver has ended (or said it has): remove whatever is left of the device, then its record. */
   private driverGone(record: DeviceRecord): Promise<null> {
-    return this.lock.run(async () => {
-      // Checked under the lock: after a first clean-up the index may already belong to a newer
-      // device, whose mount and loop device must not be touched.
+    return this.lock.run(() => this.removeDevice(record));
+  }
+
+  /** The driver ended without removing its device: a recoverable, available device stays. */
+  private driverDied(record: DeviceRecord): Promise<null> {
+    return this.lock.run(() => {
       if (!this.registry.has(record)) return null;
-      if (record.frontend === 'fuse') await reclaimFuseLoop(record.index, record.kernelPath);
-      removeLink(record);
-      this.registry.remove(record);
-      this.log(`device ${record.id} (${record.path}) is gone`);
-      return null;
+      const holding = this.holdings.get(record.id);
+      if (record.attributes.recoverable && record.state === 'available' && holding && holding.fd >= 0) {
+        this.orphan(record, holding);
+        return null;
+      }
+      return this.removeDevice(record);
     });
+  }
+
+  /** Called under the lock, with the record still registered. */
+  private async removeDevice(record: DeviceRecord): Promise<null> {
+    // Checked under the lock: after a first clean-up the index may already belong to a newer
+    // device, whose mount and loop device must not be touched.
+    if (!this.registry.has(record)) return null;
+    const holding = this.holdings.get(record.id);
+    this.holdings.delete(record.id);
+    holding?.keeper?.close();
+    // Closing the last duplicate aborts the connection: clients get EIO at once.
+    if (holding && holding.fd >= 0) closeSync(holding.fd);
+    if (record.frontend === 'fuse') await reclaimFuseLoop(record.index, record.kernelPath);
+    removeLink(record);
+    RestartTable.remove(record.id);
+    this.registry.remove(record);
+    this.log(`device ${record.id} (${record.path}) is gone`);
+    return null;
+  }
+
+  /**
+   * A recoverable device lost its driver: it stays, its requests wait for a new driver (or fail,
+   * as its recoveryMode says), and the keeper reads them meanwhile. Drivers that keep failing
+   * before they serve exhaust the recovery limit: then every request fails with EIO until a
+   * driver attaches and serves.
+   */
+  private orphan(record: DeviceRecord, holding: Holding): void {
+    if (holding.recovering) holding.failures++;
+    holding.recovering = true;
+    Object.assign(record, { pid: 0, pidStart: '' });
+    this.registry.update(record);
+    const attributes = record.attributes as unknown as EffectiveAttributes;
+    const givingUp = holding.failures >= attributes.recoveryLimit;
+    const mode = givingUp ? 'fail-all' : KEEPER_MODES[attributes.recoveryMode] ?? 'hold';
+    this.log(
+      givingUp
+        ? `device ${record.id}: ${holding.failures} drivers in a row failed to recover it (recoveryLimit ${attributes.recoveryLimit}); its requests fail with EIO until a driver attaches`
+        : `device ${record.id} is recoverable: it waits for a new driver (bdus rerun); requests: ${mode}`,
+    );
+    holding.keeper = new FuseKeeper(
+      holding.fd,
+      { ...attributes, index: record.index, readOnly: record.readOnly },
+      RestartTable.open(record.id),
+      (line) => this.log(`device ${record.id}: ${line}`),
+    );
+    holding.keeper.start(mode);
+  }
+
+  /**
+   * Lets a new driver take over a device: checks it can, has the current driver hand over (or
+   * stops the keeper), and answers with the kernel end to duplicate. If the current driver's
+   * flush or terminate fails, or it dies while handing over, a non-recoverable device is
+   * destroyed and the new driver refused (ENODEV); a recoverable one takes the new driver.
+   */
+  private async rerun(connection: Connection, m: Message): Promise<Requests['rerun']['result']> {
+    const record = this.registry.get(parseId(m.id));
+    const { id } = record;
+    const pid = integer(m, 'pid');
+    const pidStart = processStart(pid);
+    if (pidStart === undefined) throw new BdusError('ESRCH', `no process ${pid}`);
+    const attributes = plainObject(m, 'attributes') as DeviceRecord['attributes'];
+    const callbacks = strings(m, 'callbacks');
+    if (connection.device !== undefined) throw new BdusError('EBUSY', 'this connection already runs a device');
+    if (record.state === 'terminated') throw new BdusError('ENODEV', `device ${id} is being destroyed`);
+    if (record.state !== 'available') throw new BdusError('EBUSY', `device ${id} is not available yet`);
+    const holding = this.holding(id);
+    if (holding.replacing !== 0) throw new BdusError('EBUSY', `device ${id} is already being replaced by the driver in pid ${holding.replacing}`);
+    if (holding.fd < 0) throw new BdusError('EAGAIN', `the daemon does not hold device ${id} yet (its driver has not re-attached since the daemon restarted); try again`);
+    checkReplacement(
+      record.attributes as unknown as EffectiveAttributes,
+      record.callbacks,
+      attributes as unknown as EffectiveAttributes,
+      callbacks,
+    );
+    holding.replacing = pid;
+    try {
+      const current = this.drivers.get(id);
+      if (current) {
+        this.log(`device ${id}: the driver in pid ${pid} replaces the one in pid ${record.pid}`);
+        const result = await new Promise<Handover>((resolve) => {
+          holding.handover = resolve;
+          current.send({ event: 'replace' } satisfies DaemonEvent);
+        });
+        holding.handover = undefined;
+        if (!result?.ok) {
+          const why = result ? `its driver failed to hand over (${result.message})` : 'its driver died while handing over';
+          if (!record.attributes.recoverable) {
+            this.log(`device ${id}: ${why}; it is not recoverable: destroying it`);
+            await this.lock.run(() => this.beginTermination(record));
+            await this.driverGone(record);
+            throw new BdusError('ENODEV', `device ${id} was destroyed: ${why}, and it is not recoverable`);
+          }
+          this.log(`device ${id}: ${why}; it is recoverable: the new driver takes over`);
+          holding.recovering = true;
+        }
+      } else {
+        await holding.keeper?.stop();
+        holding.keeper = undefined;
+      }
+      if (!this.registry.has(record) || record.state !== 'available') {
+        throw new BdusError('ENODEV', `device ${id} was destroyed while its driver was being replaced`);
+      }
+      Object.assign(record, { pid, pidStart, attributes, callbacks });
+      this.registry.update(record);
+      connection.device = id;
+      this.drivers.set(id, connection);
+      return { record, kernelFd: holding.fd, daemonPid: process.pid };
+    } finally {
+      holding.replacing = 0;
+      holding.handover = undefined;
+    }
+  }
+
+  private holding(id: string): Holding {
+    let holding = this.holdings.get(id);
+    if (!holding) {
+      holding = { fd: -1, keeper: undefined, replacing: 0, handover: undefined, recovering: false, failures: 0 };
+      this.holdings.set(id, holding);
+    }
+    return holding;
+  }
+
+  /** Takes a duplicate of the driver's kernel end, so that the device can outlive the driver. */
+  private keepKernelEnd(record: DeviceRecord, fd: number): void {
+    const holding = this.holding(record.id);
+    if (holding.fd >= 0) return;
+    try {
+      holding.fd = native.getFd(record.pid, fd);
+    } catch (error) {
+      this.log(`device ${record.id}: cannot hold its kernel end (${(error as Error).message}); it will not outlive its driver`);
+    }
   }
 
   private watchDetached(): void {
     for (const record of this.registry.list()) {
-      if (!this.drivers.has(record.id) && !isAlive(record.pid, record.pidStart)) {
+      const waiting = record.pid === 0 && (this.holdings.get(record.id)?.fd ?? -1) >= 0; // for a rerun
+      if (!waiting && !this.drivers.has(record.id) && !isAlive(record.pid, record.pidStart)) {
         this.log(`the driver of device ${record.id} (pid ${record.pid}) is gone`);
         void this.driverGone(record);
       }
@@ -365,6 +556,12 @@ function boolean(m: Message, name: string): boolean {
   const v = m[name];
   if (typeof v !== 'boolean') throw new BdusError('EINVAL', `${m.op}: "${name}" must be true or false`);
   return v;
+}
+
+function strings(m: Message, name: string): string[] {
+  const v = m[name];
+  if (!Array.isArray(v) || !v.every((item) => typeof item === 'string')) throw new BdusError('EINVAL', `${m.op}: "${name}" must be an array of strings`);
+  return v as string[];
 }
 
 function plainObject(m: Message, name: string): Record<string, unknown> {

@@ -55,7 +55,8 @@ function splitDeviceNumber(rdev: number): { major: number; minor: number } {
   };
 }
 
-async function lookUp(connection: ControlConnection, device: DeviceName): Promise<DeviceRecord> {
+/** The record of `device`, looked up through `connection`. */
+export async function lookUp(connection: ControlConnection, device: DeviceName): Promise<DeviceRecord> {
   if (typeof device === 'bigint' || /^\d+$/.test(device)) return connection.request('info', { id: device.toString() });
   let rdev: number;
   try {

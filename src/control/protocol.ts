@@ -17,7 +17,7 @@ import { RUN_DIR } from '../util/paths.js';
  * Bumped whenever a message changes meaning; a client refuses a daemon that speaks another.
  * `version` and `shutdown` keep their meaning in every version, so that any client can stop any daemon.
  */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 export const SOCKET_PATH = `${RUN_DIR}/control.sock`;
 export const LOCK_PATH = `${RUN_DIR}/daemon.lock`;
@@ -52,12 +52,15 @@ export interface DeviceRecord {
   minor: number;
   frontend: string;
   state: DeviceState;
-  /** The driver process. */
+  /** The driver process; 0 while a recoverable device waits for a new driver. */
   pid: number;
   /** Its start time (from /proc/PID/stat), so that a reused pid is not taken for it. */
   pidStart: string;
   readOnly: boolean;
-  attributes: Record<string, number | boolean>;
+  /** The attributes as adjusted for the current driver. */
+  attributes: Record<string, number | boolean | string>;
+  /** The request callbacks the current driver has: a replacement must have them too. */
+  callbacks: string[];
   /** When the device was created (ms since the epoch). */
   createdAt: number;
 }
@@ -78,23 +81,42 @@ export interface Requests {
   shutdown: { args: Record<string, never>; result: null };
   /** A driver registers a new device; this connection then belongs to it. */
   create: {
-    args: { pid: number; frontend: string; readOnly: boolean; attributes: Record<string, number | boolean> };
+    args: { pid: number; frontend: string; readOnly: boolean; attributes: DeviceRecord['attributes']; callbacks: string[] };
     result: DeviceRecord;
   };
-  /** The driver's kernel device exists and serves requests: make it available at its path. */
-  available: { args: { id: string; kernelPath: string; major: number; minor: number }; result: DeviceRecord };
+  /**
+   * The driver's kernel device exists and serves requests: make it available at its path. The
+   * daemon takes a duplicate of the driver's kernel end, descriptor `kernelFd` in the driver.
+   * After a rerun, the new driver says the same once it serves.
+   */
+  available: { args: { id: string; kernelPath: string; major: number; minor: number; kernelFd: number }; result: DeviceRecord };
   /** The driver is ending the device itself (destroy or abort): take the path away now. */
   terminating: { args: { id: string }; result: null };
   /** The driver has removed its kernel device and is leaving: the daemon removes the rest, then answers. */
   gone: { args: { id: string }; result: null };
   /** A driver reconnects to a restarted daemon and takes its device's connection back. */
-  attach: { args: { id: string; pid: number }; result: DeviceRecord };
+  attach: { args: { id: string; pid: number; kernelFd?: number }; result: DeviceRecord };
+  /**
+   * A new driver asks to take over a device. The daemon checks it can (attributes, callbacks),
+   * has the current driver hand over (the `replace` event), and answers with the descriptor of
+   * the kernel end in the daemon, for the new driver to duplicate. This connection then runs the
+   * device.
+   */
+  rerun: {
+    args: { id: string; pid: number; attributes: DeviceRecord['attributes']; callbacks: string[] };
+    result: { record: DeviceRecord; kernelFd: number; daemonPid: number };
+  };
+  /** The current driver, asked to `replace`, has stopped: ok unless its flush or terminate failed. */
+  handover: { args: { id: string; ok: boolean; message: string }; result: null };
 }
 
 export type Operation = keyof Requests;
 
-/** The one event: the daemon asks a driver to destroy its device. */
-export type DaemonEvent = { event: 'destroy' };
+/**
+ * Events the daemon sends a driver: destroy its device; or stop serving it and hand over to a
+ * replacement (answer with `handover`).
+ */
+export type DaemonEvent = { event: 'destroy' } | { event: 'replace' };
 
 export type Reply =
   | { seq: number; ok: true; result: unknown }

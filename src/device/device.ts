@@ -12,17 +12,32 @@
  *   once, or when the last client holding it open closes it);
  * - an abort (DriverAbort from a callback, an uncaught exception, the frontend ending on its own):
  *   waiting and later requests fail with EIO at once, no terminate callback, same removal;
- * - if the process dies instead (SIGKILL), the kernel aborts the FUSE connection (clients get EIO
- *   at once) and the daemon, seeing the control connection end, removes the rest.
+ * - if the process dies instead (SIGKILL), the daemon sees the control connection end and removes
+ *   the rest, closing its duplicate of the FUSE connection first (clients get EIO at once);
+ * - a recoverable device outlives its driver instead (an abort or a death): the device stays with
+ *   the daemon, and the requests this driver took but did not answer go to the next one;
+ * - a replacement (`rerun`, the daemon's `replace` event): stop taking requests, finish those
+ *   taken, flush, terminate, hand over; the new driver initializes only then (seed 001).
  */
-import { existsSync, promises as fsp } from 'node:fs';
-import { adjustAttributes, describeAdjustments, type Attributes, type EffectiveAttributes } from '../driver/attributes.js';
-import { isReadOnly, type Context, type Driver } from '../driver/driver.js';
+import { closeSync, existsSync, promises as fsp } from 'node:fs';
+import {
+  adjustAttributes,
+  checkReplacement,
+  describeAdjustments,
+  inheritAttributes,
+  type Attributes,
+  type EffectiveAttributes,
+} from '../driver/attributes.js';
+import { isReadOnly, requestCallbacks, type Context, type Driver } from '../driver/driver.js';
 import { BdusError } from '../driver/errors.js';
 import { ControlConnection } from '../control/client.js';
+import { lookUp, type DeviceName } from '../control/manage.js';
+import type { DeviceRecord } from '../control/protocol.js';
 import type { Frontend } from '../frontend/frontend.js';
 import { FuseLoopFrontend, fuseLoopAttributes } from '../frontend/fuse/fuse-loop.js';
+import { native } from '../native.js';
 import { RequestLayer } from '../request/request-layer.js';
+import { RestartTable } from '../request/restart-table.js';
 import { sleep } from '../util/process.js';
 
 export interface RunOptions<State = unknown> {
@@ -90,7 +105,7 @@ export class Device<State = unknown> {
    * lets requests in progress finish, runs terminate, and removes the device.
    */
   destroy(options: { flush?: boolean } = {}): Promise<void> {
-    this.ending ??= this.end(async () => {
+    this.ending ??= this.end('remove', async () => {
       await this.control.request('terminating', { id: this.ctx.id.toString() }).catch(() => undefined);
       if (options.flush) await flushNode(this.ctx.kernelPath);
       await this.requests.drain();
@@ -99,9 +114,22 @@ export class Device<State = unknown> {
     return this.closed;
   }
 
-  /** Ends the driver abnormally: pending and later requests fail with EIO at once. */
+  /**
+   * Ends the driver abnormally. A device that is not recoverable is removed: pending and later
+   * requests fail with EIO at once. A recoverable one stays for the next driver, which gets the
+   * requests this one took but did not answer.
+   */
   abort(reason: Error): Promise<void> {
-    this.ending ??= this.end(async () => {
+    if (this.ctx.attributes.recoverable) {
+      this.ending ??= this.end('keep', async () => {
+        const abandoned = this.frontend.abandon(); // answers nothing from here on
+        this.requests.abortAll();
+        await abandoned;
+        throw reason;
+      });
+      return this.closed;
+    }
+    this.ending ??= this.end('remove', async () => {
       this.requests.abortAll();
       void this.control.request('terminating', { id: this.ctx.id.toString() }).catch(() => undefined);
       throw reason;
@@ -109,16 +137,43 @@ export class Device<State = unknown> {
     return this.closed;
   }
 
-  private async end(stopDriver: () => Promise<void>): Promise<void> {
+  /**
+   * Hands the device over to a replacement driver (the daemon's `replace` event): stop taking
+   * requests, finish those taken, flush, terminate, and tell the daemon how that went. Settles
+   * `closed` like a destruction, but the device lives on.
+   */
+  private handOver(): void {
+    this.ending ??= this.end('keep', async () => {
+      this.log('handing the device over to a new driver');
+      await this.frontend.detach();
+      await this.requests.drain();
+      let message = '';
+      try {
+        await this.driver.flush?.(this.ctx);
+        await this.driver.terminate?.(this.ctx);
+      } catch (error) {
+        message = error instanceof Error ? error.message : String(error);
+        this.log(`the driver failed while handing over: ${message}`);
+      }
+      this.frontend.release();
+      await this.control.request('handover', { id: this.ctx.id.toString(), ok: message === '', message }).catch(() => undefined);
+    });
+  }
+
+  private async end(device: 'remove' | 'keep', stopDriver: () => Promise<void>): Promise<void> {
     let failure: Error | undefined;
     try {
       await stopDriver();
     } catch (error) {
       failure = error as Error;
     }
-    // On an abort the kernel side goes first, so that waiting clients get EIO without delay.
-    await this.frontend.stop();
-    await leave(this.control, this.ctx.id, this.log);
+    if (device === 'keep') {
+      this.control.close();
+    } else {
+      // On an abort the kernel side goes first, so that waiting clients get EIO without delay.
+      await this.frontend.stop();
+      await leave(this.control, this.ctx.id, this.log);
+    }
     if (failure) {
       if (failure.name !== 'DriverAbort') this.log(`driver ended with an error: ${failure.message}`);
       this.rejectClosed(failure);
@@ -130,6 +185,7 @@ export class Device<State = unknown> {
   private listen(control: ControlConnection): void {
     control.onEvent = (event) => {
       if (event.event === 'destroy') void this.destroy();
+      else if (event.event === 'replace') this.handOver();
     };
     void control.closed.then(() => {
       if (!this.ending) void this.reattach();
@@ -144,7 +200,7 @@ export class Device<State = unknown> {
       try {
         const control = await ControlConnection.open({ start: false });
         try {
-          await control.request('attach', { id: this.ctx.id.toString(), pid: process.pid });
+          await control.request('attach', { id: this.ctx.id.toString(), pid: process.pid, kernelFd: this.frontend.kernelFd });
         } catch (error) {
           control.close();
           throw error;
@@ -211,68 +267,165 @@ export async function start<State>(driver: Driver<State>, options: RunOptions<St
   const given: Attributes = { ...driver.attributes, ...options.attributes };
   const attributes = fuseLoopAttributes(adjustAttributes(given, driver as Driver<never>));
   const readOnly = isReadOnly(driver as Driver<never>);
+  const callbacks = requestCallbacks(driver as Driver<never>);
 
   const control = await ControlConnection.open();
   let record;
   try {
-    record = await control.request('create', { pid: process.pid, frontend: 'fuse', readOnly, attributes: { ...attributes } });
+    record = await control.request('create', { pid: process.pid, frontend: 'fuse', readOnly, attributes: { ...attributes }, callbacks });
   } catch (error) {
     control.close();
     throw error;
   }
-  const id = BigInt(record.id);
-  const log = options.log ?? ((line: string) => process.stderr.write(`${record.path}: ${line}\n`));
-  if (attributes.log) for (const line of describeAdjustments(given, attributes)) log(line);
+  const instance = new Instance(driver, options, control, record, attributes, given, false);
+  try {
+    await driver.initialize?.(instance.ctx);
+    instance.initialized = true;
+    await instance.serve(await instance.frontend.start());
+  } catch (error) {
+    instance.requests.abortAll();
+    await instance.frontend.stop();
+    if (instance.initialized) await Promise.resolve(driver.terminate?.(instance.ctx)).catch(() => undefined);
+    await leave(control, instance.ctx.id, instance.log);
+    throw error;
+  }
+  return instance.available();
+}
 
-  // The context is the driver's view; bdus fills in the kernel fields once the device exists.
-  const ctx = {
-    id,
-    index: record.index,
-    path: record.path,
-    kernelPath: '',
-    major: 0,
-    minor: 0,
-    attributes,
-    isRerun: false,
-    readOnly,
-    state: options.state as State,
-  };
+/**
+ * Attaches `driver` in this process to an existing device, as its new driver instance (BDUS's
+ * rerun), and resolves once it serves (after onDeviceAvailable, which runs again).
+ *
+ * Attributes the driver leaves out (or gives as 0) keep the device's values. The new driver must
+ * fit the device: same size and block sizes, max sizes at least the current ones, and every
+ * request callback the current driver has. If a driver runs the device, it stops taking
+ * requests, finishes those it took, gets a flush and terminate, and only then does this driver
+ * initialize; clients see a delay, never an error. If that driver's flush or terminate fails,
+ * a recoverable device takes this driver anyway; any other is destroyed (ENODEV).
+ *
+ * If this driver's initialize fails, it rejects: a recoverable device keeps waiting for another
+ * driver, any other is destroyed.
+ */
+export async function rerun<State>(device: DeviceName, driver: Driver<State>, options: RunOptions<State> = {}): Promise<Device<State>> {
+  checkEnvironment();
+  const given: Attributes = { ...driver.attributes, ...options.attributes };
+  const callbacks = requestCallbacks(driver as Driver<never>);
 
-  let device: Device<State> | undefined;
-  let destroyAsked = false;
-  control.onEvent = (event) => void (event.event === 'destroy' && (destroyAsked = true));
-  const requests = new RequestLayer(driver, ctx, {
-    abort: (error) => void device?.abort(error),
-    log,
-  });
-  const frontend = new FuseLoopFrontend({ index: record.index, attributes, readOnly, requests, log });
-
-  let initialized = false;
+  const control = await ControlConnection.open();
+  let instance: Instance<State>;
+  let fd: number;
+  try {
+    const current = await lookUp(control, device);
+    const currentAttributes = current.attributes as unknown as EffectiveAttributes;
+    const attributes = fuseLoopAttributes(adjustAttributes(inheritAttributes(given, currentAttributes), driver as Driver<never>));
+    // Checked here too, so that a driver that cannot fit never disturbs the current one.
+    checkReplacement(currentAttributes, current.callbacks, attributes, callbacks);
+    const answer = await control.request('rerun', { id: current.id, pid: process.pid, attributes: { ...attributes }, callbacks });
+    fd = native.getFd(answer.daemonPid, answer.kernelFd);
+    instance = new Instance(driver, options, control, answer.record, attributes, given, true);
+  } catch (error) {
+    control.close();
+    throw error;
+  }
+  const { ctx, frontend } = instance;
   try {
     await driver.initialize?.(ctx);
-    initialized = true;
-    const kernel = await frontend.start();
-    Object.assign(ctx, { kernelPath: kernel.path, major: kernel.major, minor: kernel.minor });
-    await control.request('available', { id: record.id, kernelPath: kernel.path, major: kernel.major, minor: kernel.minor });
-    device = new Device(ctx, driver, control, requests, frontend, log);
-    void frontend.ended.then((error) => error && void device?.abort(error));
+    instance.initialized = true;
+    await frontend.adopt(fd, { path: ctx.kernelPath, major: ctx.major, minor: ctx.minor });
+    await instance.serve({ path: ctx.kernelPath, major: ctx.major, minor: ctx.minor });
   } catch (error) {
-    requests.abortAll();
-    await frontend.stop();
-    if (initialized) await Promise.resolve(driver.terminate?.(ctx)).catch(() => undefined);
-    await leave(control, id, log);
+    // The device stays with the daemon, which decides: a recoverable one waits for another driver.
+    const adopted = frontend.kernelFd === fd;
+    const abandoned = frontend.abandon(); // answers nothing from here on
+    instance.requests.abortAll();
+    await abandoned;
+    if (!adopted) closeFd(fd);
+    if (instance.initialized) await Promise.resolve(driver.terminate?.(ctx)).catch(() => undefined);
+    control.close();
     throw error;
+  }
+  return instance.available();
+}
+
+/** What start() and rerun() share: one driver instance on its way to serving a device. */
+class Instance<State> {
+  readonly ctx: Context<State>;
+  readonly log: (line: string) => void;
+  readonly requests: RequestLayer;
+  readonly frontend: FuseLoopFrontend;
+  initialized = false;
+  private device: Device<State> | undefined;
+  private destroyAsked = false;
+
+  constructor(
+    private readonly driver: Driver<State>,
+    options: RunOptions<State>,
+    private readonly control: ControlConnection,
+    record: DeviceRecord,
+    attributes: EffectiveAttributes,
+    given: Attributes,
+    isRerun: boolean,
+  ) {
+    const log = options.log ?? ((line: string) => process.stderr.write(`${record.path}: ${line}\n`));
+    this.log = log;
+    if (attributes.log) for (const line of describeAdjustments(given, attributes)) log(line);
+    const readOnly = isRerun ? record.readOnly : isReadOnly(driver as Driver<never>);
+    // The context is the driver's view; a new device's kernel fields are filled in once it exists.
+    this.ctx = {
+      id: BigInt(record.id),
+      index: record.index,
+      path: record.path,
+      kernelPath: record.kernelPath,
+      major: record.major,
+      minor: record.minor,
+      attributes,
+      isRerun,
+      readOnly,
+      state: options.state as State,
+    };
+    control.onEvent = (event) => void (event.event === 'destroy' && (this.destroyAsked = true));
+    this.requests = new RequestLayer(driver, this.ctx, { abort: (error) => void this.device?.abort(error), log });
+    this.frontend = new FuseLoopFrontend({
+      index: record.index,
+      attributes,
+      readOnly,
+      requests: this.requests,
+      restarts: RestartTable.open(record.id),
+      log,
+    });
   }
 
-  try {
-    if (driver.onDeviceAvailable) await driver.onDeviceAvailable(ctx);
-    else process.stdout.write(`${ctx.path}\n`);
-  } catch (error) {
-    await device.destroy().catch(() => undefined);
-    throw error;
+  /** The kernel device serves requests: tell the daemon, which makes (or keeps) it available. */
+  async serve(kernel: { path: string; major: number; minor: number }): Promise<void> {
+    Object.assign(this.ctx, { kernelPath: kernel.path, major: kernel.major, minor: kernel.minor });
+    const { path: kernelPath, major, minor } = kernel;
+    await this.control.request('available', { id: this.ctx.id.toString(), kernelPath, major, minor, kernelFd: this.frontend.kernelFd });
+    const device = new Device(this.ctx, this.driver, this.control, this.requests, this.frontend, this.log);
+    this.device = device;
+    void this.frontend.ended.then((error) => error && void device.abort(error));
   }
-  if (destroyAsked) void device.destroy();
-  return device;
+
+  /** Runs onDeviceAvailable (default: print the path); a failure destroys the device. */
+  async available(): Promise<Device<State>> {
+    const device = this.device!;
+    try {
+      if (this.driver.onDeviceAvailable) await this.driver.onDeviceAvailable(this.ctx);
+      else process.stdout.write(`${this.ctx.path}\n`);
+    } catch (error) {
+      await device.destroy().catch(() => undefined);
+      throw error;
+    }
+    if (this.destroyAsked) void device.destroy();
+    return device;
+  }
+}
+
+function closeFd(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    // already closed
+  }
 }
 
 /**

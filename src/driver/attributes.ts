@@ -6,7 +6,7 @@
  * but never raises it; a max size whose callbacks are all absent becomes 0. Callbacks see the
  * adjusted values in `ctx.attributes`.
  */
-import { AttributeError } from './errors.js';
+import { AttributeError, BdusError } from './errors.js';
 import type { Driver } from './driver.js';
 import { native } from '../native.js';
 
@@ -34,8 +34,31 @@ export interface Attributes {
   requestTimeout?: number;
   /** Never look for a partition table on the device. */
   disablePartitionScanning?: boolean;
-  /** Keep the device when its driver dies abnormally, so another driver can attach (stored; recovery comes with the control plane). */
+  /**
+   * Keep the device when its driver dies abnormally (killed, crashed, aborted): requests wait for
+   * a new driver (`bdus rerun`) instead of failing. See docs/recovery.md for what this demands.
+   */
   recoverable?: boolean;
+  /**
+   * What a recoverable device does with requests its dead driver had received but not answered:
+   * 'reissue' them to the next driver (default), 'fail-received' them with EIO (requests not yet
+   * received still wait for the next driver), or 'fail-all': every request fails with EIO until
+   * a driver attaches.
+   */
+  recoveryMode?: RecoveryMode;
+  /**
+   * Driver deaths a request may be in flight across: a request that was in flight when this many
+   * drivers died fails alone with EIO. 0 means the default, 10.
+   */
+  restartLimit?: number;
+  /**
+   * Drivers in a row that may fail during recovery (die, or fail initialize, before serving)
+   * before the device fails its waiting requests with EIO; it keeps its record, and a later
+   * driver can still attach. 0 means the default, 2.
+   */
+  recoveryLimit?: number;
+  /** Calls of a read, write or FUA write callback per request while it fails with EIO. 0 means the default, 5; 1 never retries. */
+  transferTries?: number;
   /** Print attribute adjustments and every callback invocation to stderr. */
   log?: boolean;
 }
@@ -44,9 +67,13 @@ export type EffectiveAttributes = { readonly [K in keyof Attributes]-?: NonNulla
 
 export type AttributeName = keyof Attributes;
 
+export const RECOVERY_MODES = ['reissue', 'fail-received', 'fail-all'] as const;
+export type RecoveryMode = (typeof RECOVERY_MODES)[number];
+
 interface AttributeSpec {
-  readonly kind: 'bytes' | 'count' | 'duration' | 'flag';
+  readonly kind: 'bytes' | 'count' | 'duration' | 'flag' | 'choice';
   readonly doc: string;
+  readonly choices?: readonly string[];
 }
 
 /** The attribute table. Order is the order of docs and `--help`. */
@@ -61,7 +88,11 @@ export const ATTRIBUTES: { readonly [K in AttributeName]-?: AttributeSpec } = {
   maxDiscardEraseSize: { kind: 'bytes', doc: 'largest discard/secure erase per callback: 0 (default 1 GiB) or >= logical block size' },
   requestTimeout: { kind: 'duration', doc: 'time a request may take before it fails with ETIMEDOUT: 0 (default 30s) or up to 7 days (ms, s, m, h)' },
   disablePartitionScanning: { kind: 'flag', doc: 'never scan the device for partitions' },
-  recoverable: { kind: 'flag', doc: 'keep the device if the driver dies abnormally' },
+  recoverable: { kind: 'flag', doc: 'keep the device if the driver dies abnormally; a new driver attaches with rerun' },
+  recoveryMode: { kind: 'choice', choices: RECOVERY_MODES, doc: 'requests a dead driver received: reissue (default), fail-received, or fail-all until a driver attaches' },
+  restartLimit: { kind: 'count', doc: 'driver deaths a request may be in flight across before it fails alone (0: default 10)' },
+  recoveryLimit: { kind: 'count', doc: 'drivers in a row that may fail during recovery before waiting I/O fails (0: default 2)' },
+  transferTries: { kind: 'count', doc: 'calls of a read/write callback per request while it fails with EIO (0: default 5)' },
   log: { kind: 'flag', doc: 'log attribute adjustments and callback invocations to stderr' },
 };
 
@@ -75,6 +106,12 @@ export const MAX_READ_WRITE_SIZE = 32 << 20;
 export const DEFAULT_MAX_RANGE_SIZE = 1 << 30;
 export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
 export const MAX_REQUEST_TIMEOUT_MS = 7 * 24 * 3600_000;
+/** MINIX libbdev's limits (seed 000): DRIVER_TRIES, RECOVER_TRIES, TRANSFER_TRIES. */
+export const DEFAULT_RESTART_LIMIT = 10;
+export const DEFAULT_RECOVERY_LIMIT = 2;
+export const DEFAULT_TRANSFER_TRIES = 5;
+/** Upper bound for the three limits: beyond it a limit is no limit. */
+export const MAX_LIMIT = 1000;
 
 function refuse(name: string, value: unknown, rule: string): never {
   throw new AttributeError(`invalid attribute ${name}=${String(value)}: ${rule}`);
@@ -145,6 +182,14 @@ export function adjustAttributes(attrs: Attributes, driver: Driver<never>): Effe
   const timeout = integer(attrs, 'requestTimeout');
   if (timeout > MAX_REQUEST_TIMEOUT_MS) refuse('requestTimeout', timeout, `must be 0 or at most 7 days (${MAX_REQUEST_TIMEOUT_MS} ms)`);
 
+  const limits = (['restartLimit', 'recoveryLimit', 'transferTries'] as const).map((name) => {
+    const v = integer(attrs, name);
+    if (v > MAX_LIMIT) refuse(name, v, `must be at most ${MAX_LIMIT}`);
+    return v;
+  }) as [number, number, number];
+  const mode = attrs.recoveryMode ?? 'reissue';
+  if (!RECOVERY_MODES.includes(mode)) refuse('recoveryMode', mode, `must be one of ${RECOVERY_MODES.join(', ')}`);
+
   if (has('fuaWrite') && !has('flush')) {
     throw new AttributeError('invalid driver: a driver with a fuaWrite callback must also have a flush callback');
   }
@@ -161,8 +206,49 @@ export function adjustAttributes(attrs: Attributes, driver: Driver<never>): Effe
     requestTimeout: timeout || DEFAULT_REQUEST_TIMEOUT_MS,
     disablePartitionScanning: flag(attrs, 'disablePartitionScanning'),
     recoverable: flag(attrs, 'recoverable'),
+    recoveryMode: mode,
+    restartLimit: limits[0] || DEFAULT_RESTART_LIMIT,
+    recoveryLimit: limits[1] || DEFAULT_RECOVERY_LIMIT,
+    transferTries: limits[2] || DEFAULT_TRANSFER_TRIES,
     log: flag(attrs, 'log'),
   });
+}
+
+/**
+ * The attributes a driver gives when it replaces another on a live device: any attribute it
+ * leaves out (or gives as 0 or false) keeps the device's value (BDUS's rule).
+ */
+export function inheritAttributes(given: Attributes, device: EffectiveAttributes): Attributes {
+  const merged: Record<string, unknown> = { ...device };
+  for (const name of ATTRIBUTE_NAMES) {
+    const value = given[name];
+    if (value !== undefined && value !== 0 && value !== false) merged[name] = value;
+  }
+  return merged as Attributes;
+}
+
+/**
+ * Refuses a replacement driver that could not stand in for the current one (BDUS's rules): the
+ * device's geometry stays, each max size is at least the current one, and every request
+ * callback the current driver has, the new one has too. Throws a BdusError (EINVAL) saying why.
+ */
+export function checkReplacement(
+  current: EffectiveAttributes,
+  currentCallbacks: readonly string[],
+  next: EffectiveAttributes,
+  nextCallbacks: readonly string[],
+): void {
+  const refuseRerun = (why: string): never => {
+    throw new BdusError('EINVAL', `the new driver cannot replace the current one: ${why}`);
+  };
+  for (const name of ['size', 'logicalBlockSize', 'physicalBlockSize', 'disablePartitionScanning'] as const) {
+    if (next[name] !== current[name]) refuseRerun(`${name} must stay ${String(current[name])} (got ${String(next[name])})`);
+  }
+  for (const name of ['maxReadWriteSize', 'maxWriteSameSize', 'maxWriteZerosSize', 'maxDiscardEraseSize'] as const) {
+    if (next[name] < current[name]) refuseRerun(`${name} must be at least ${current[name]} (got ${next[name]})`);
+  }
+  const missing = currentCallbacks.filter((name) => !nextCallbacks.includes(name));
+  if (missing.length > 0) refuseRerun(`it lacks the ${missing.join(', ')} callback${missing.length > 1 ? 's' : ''} the current driver has`);
 }
 
 /** Lines describing what adjustment changed, for the `log` attribute. */

@@ -121,6 +121,11 @@ export const WRITE_CALLBACKS = ['write', 'writeSame', 'writeZeros', 'fuaWrite', 
 export const REQUEST_CALLBACKS = ['read', ...WRITE_CALLBACKS, 'flush', 'ioctl'] as const;
 export type RequestCallback = (typeof REQUEST_CALLBACKS)[number];
 
+/** The request callbacks `driver` has, in REQUEST_CALLBACKS order. */
+export function requestCallbacks(driver: Driver<never>): RequestCallback[] {
+  return REQUEST_CALLBACKS.filter((name) => typeof driver[name] === 'function');
+}
+
 export function isReadOnly(driver: Driver<never>): boolean {
   return !WRITE_CALLBACKS.some((name) => typeof driver[name] === 'function');
 }

@@ -38,6 +38,28 @@ export interface Frontend {
    */
   stop(): Promise<void>;
   /**
+   * The descriptor of this process's end of the kernel device (for FUSE+loop, the /dev/fuse
+   * file). The daemon keeps a duplicate of it, so that the device outlives its driver.
+   */
+  readonly kernelFd: number;
+  /**
+   * Serves a device another driver (or the daemon) served until now, through `fd`, a duplicate
+   * of its kernel end. Requests the previous reader received but did not answer are sent again.
+   */
+  adopt(fd: number, kernel: KernelDevice): Promise<void>;
+  /**
+   * Stops taking requests, for a replacement driver: resolves once no more will come; those
+   * already taken are handled. The kernel device stays. Then drain, and call release().
+   */
+  detach(): Promise<void>;
+  /**
+   * Gives the device up at once (a recoverable device's driver aborts): nothing more is
+   * answered, and the requests taken but not answered go to the next driver.
+   */
+  abandon(): Promise<void>;
+  /** Closes this process's end of the kernel device, which lives on with its other holders. */
+  release(): void;
+  /**
    * Resolves when the kernel side has ended: with undefined after stop(), with the reason if it
    * ended on its own (say, someone unmounted it).
    */

@@ -24,9 +24,15 @@ export function bufferSizeFor(maxWrite: number): number {
   return maxWrite + 4096;
 }
 
+/** FUSE_NOTIFY_RESEND: the kernel sends every request read but not yet answered again. */
+const NOTIFY_RESEND = 7;
+
 export class FuseChannel<S extends ChannelSlot> {
+  /** Reads outstanding right now. */
+  readersRunning = 0;
+  /** Set when this process must not answer anything any more (it is giving the device up). */
+  muted = false;
   private readonly pool: S[] = [];
-  private readersRunning = 0;
   private stopped = false;
   private resolveEnded!: (error: Error | undefined) => void;
   /** Resolves when every reader has stopped: undefined after unmount/abort (ENODEV), else the error. */
@@ -52,6 +58,7 @@ export class FuseChannel<S extends ChannelSlot> {
 
   /** Writes the reply held in the first `length` bytes of `buffer`. */
   reply(buffer: Buffer, length: number): void {
+    if (this.muted) return;
     buffer.writeUInt32LE(length, OutHeader.len);
     try {
       writeSync(this.fd, buffer, 0, length);
@@ -72,6 +79,28 @@ export class FuseChannel<S extends ChannelSlot> {
   /** Stops re-arming reads; outstanding reads end when the connection ends. */
   stop(): void {
     this.stopped = true;
+  }
+
+  /**
+   * Stops reading while the connection lives on for another reader, and resolves once every
+   * outstanding read has returned. A read blocked in the kernel returns only with a request, so
+   * `poke` makes one per reader (a statfs of the mount): each reader gets a request (ours or a
+   * client's) and does not read again. Extra pokes are answered by the next reader.
+   */
+  async stopReading(poke: () => Promise<unknown>): Promise<void> {
+    this.stopped = true;
+    for (let i = 0; i < this.readersRunning; i++) void poke().catch(() => undefined);
+    await this.ended;
+  }
+
+  /**
+   * Has the kernel send again every request read from this connection but not answered (by
+   * any reader, live or dead): they come back with bit 63 of their unique id set.
+   */
+  resend(): void {
+    const notify = Buffer.alloc(OutHeader.SIZE);
+    notify.writeInt32LE(NOTIFY_RESEND, OutHeader.error);
+    this.reply(notify, OutHeader.SIZE);
   }
 
   private take(): S {

@@ -15,18 +15,17 @@
  *   write-zeroes, no unmap       FALLOCATE(ZERO_RANGE)       writeZeros(mayUnmap=false)
  * Loop never sends FUA writes (it reports no FUA), secure erase, write-same or ioctls to the file.
  */
-import { closeSync, constants as fsConstants, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, promises as fsp, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import type { EffectiveAttributes } from '../../driver/attributes.js';
 import type { Frontend, FrontendOptions, KernelDevice } from '../frontend.js';
 import type { RequestLayer } from '../../request/request-layer.js';
-import { EXPIRED, IDLE, type TimedRequest } from '../../request/request-timer.js';
+import { Holder, isResent, type RestartTable } from '../../request/restart-table.js';
 import { execute } from '../../util/exec.js';
 import { RUN_DIR } from '../../util/paths.js';
 import { bufferSizeFor, FuseChannel } from './channel.js';
+import { answerFileRequest, readU64, type ImageFile } from './image-file.js';
 import {
-  Attr,
-  AttrOut,
   FallocateIn,
   FallocateMode,
   InHeader,
@@ -36,35 +35,20 @@ import {
   KERNEL_MINOR_VERSION,
   KERNEL_VERSION,
   Opcode,
-  OpenFlag,
-  OpenOut,
   OutHeader,
   ReadIn,
   S_IFREG,
-  StatfsOut,
   WriteIn,
-  WriteOut,
 } from './protocol.js';
+import { BODY, Slot, WRITE_DATA } from './slot.js';
 
-const { ENOENT, ENOSYS, EROFS, EOPNOTSUPP, EPROTO, ETIMEDOUT } = constants.errno;
+const { EIO, EROFS, EOPNOTSUPP, EPROTO } = constants.errno;
 
 /** Largest READ/WRITE the kernel sends (max_write; reads follow max_pages). */
 const MAX_WRITE = 1 << 20;
 const MAX_PAGES = MAX_WRITE / 4096;
 /** Requests the kernel keeps in flight to us; bounds the buffers we hold. */
 const MAX_BACKGROUND = 256;
-/** Attributes never change while mounted; let the kernel cache them for a day. */
-const ATTR_VALID_SECONDS = 86400;
-const BODY = InHeader.SIZE;
-const WRITE_DATA = BODY + WriteIn.SIZE;
-
-function readU64(buffer: Buffer, offset: number): number {
-  return buffer.readUInt32LE(offset) + buffer.readUInt32LE(offset + 4) * 0x1_0000_0000;
-}
-function writeU64(buffer: Buffer, offset: number, value: number): void {
-  buffer.writeUInt32LE(value % 0x1_0000_0000, offset);
-  buffer.writeUInt32LE(Math.floor(value / 0x1_0000_0000), offset + 4);
-}
 
 /** How many reads stay outstanding on /dev/fuse: each blocks a libuv pool thread, so leave some. */
 function readerCount(): number {
@@ -72,72 +56,9 @@ function readerCount(): number {
   return Math.max(1, Math.min(8, pool >> 1));
 }
 
-/**
- * One request's buffer with its continuations created once, so that answering a request
- * allocates nothing but the callback's promise. Data views are cached per size.
- */
-class Slot implements TimedRequest {
-  size = 0;
-  startedAt = IDLE;
-  private readView: Buffer | undefined;
-  private writeView: Buffer | undefined;
-
-  constructor(
-    readonly buffer: Buffer,
-    private readonly channel: FuseChannel<Slot>,
-    /** Where a timeout reply is built: the slot's own buffer may still be the callback's. */
-    private readonly expiryReply: Buffer,
-  ) {}
-
-  expire(): void {
-    this.buffer.copy(this.expiryReply, OutHeader.unique, OutHeader.unique, OutHeader.SIZE);
-    this.channel.replyErrno(this.expiryReply, ETIMEDOUT);
-  }
-
-  /** Whether the request still wants an answer; an expired one only gives its slot back. */
-  private answerable(): boolean {
-    const expired = this.startedAt === EXPIRED;
-    this.startedAt = IDLE;
-    if (expired) this.channel.release(this);
-    return !expired;
-  }
-
-  readData(size: number): Buffer {
-    if (this.readView?.length !== size) this.readView = this.buffer.subarray(OutHeader.SIZE, OutHeader.SIZE + size);
-    return this.readView;
-  }
-
-  writeData(size: number): Buffer {
-    if (this.writeView?.length !== size) this.writeView = this.buffer.subarray(WRITE_DATA, WRITE_DATA + size);
-    return this.writeView;
-  }
-
-  /** Replies success with the `length` bytes built in the buffer (header included). */
-  ok(length: number): void {
-    this.buffer.writeInt32LE(0, OutHeader.error);
-    this.channel.reply(this.buffer, length);
-    this.channel.release(this);
-  }
-
-  readonly readDone = (errno: number): void => {
-    if (!this.answerable()) return;
-    if (errno !== 0) return this.done(errno);
-    this.ok(OutHeader.SIZE + this.size);
-  };
-
-  readonly writeDone = (errno: number): void => {
-    if (!this.answerable()) return;
-    if (errno !== 0) return this.done(errno);
-    this.buffer.writeUInt32LE(this.size, OutHeader.SIZE + WriteOut.size);
-    this.buffer.writeUInt32LE(0, OutHeader.SIZE + 4);
-    this.ok(OutHeader.SIZE + WriteOut.SIZE);
-  };
-
-  readonly done = (errno: number): void => {
-    if (!this.answerable()) return;
-    this.channel.replyErrno(this.buffer, errno);
-    this.channel.release(this);
-  };
+export interface FuseLoopOptions extends FrontendOptions {
+  /** Where re-sent requests' restart counts are kept across driver deaths. */
+  readonly restarts: RestartTable;
 }
 
 export class FuseLoopFrontend implements Frontend {
@@ -145,10 +66,14 @@ export class FuseLoopFrontend implements Frontend {
   readonly ended: Promise<Error | undefined>;
 
   private readonly requests: RequestLayer;
+  private readonly restarts: RestartTable;
+  /** Re-sent requests fail with EIO once they have been through this many driver deaths. */
+  private readonly restartLimit: number;
   /** Every slot ever made, for the request timer to look at. */
   private readonly slots: Slot[] = [];
   private readonly expiryReply = Buffer.alloc(OutHeader.SIZE);
   private readonly mountpoint: string;
+  private readonly image: ImageFile;
   private fd = -1;
   private channel: FuseChannel<Slot> | undefined;
   private mounted = false;
@@ -156,12 +81,22 @@ export class FuseLoopFrontend implements Frontend {
   private initialized!: () => void;
   private readonly initDone = new Promise<void>((resolve) => (this.initialized = resolve));
   private stopping: Promise<void> | undefined;
+  /** Set once this process gives the device up (to another driver, or to the daemon's keeper). */
+  private leaving = false;
   private resolveEnded!: (error: Error | undefined) => void;
 
-  constructor(private readonly options: FrontendOptions) {
+  constructor(private readonly options: FuseLoopOptions) {
     this.requests = options.requests;
+    this.restarts = options.restarts;
+    const { recoveryMode, restartLimit } = options.attributes;
+    this.restartLimit = recoveryMode === 'fail-received' ? 1 : restartLimit;
     this.mountpoint = mountpointOf(options.index);
+    this.image = { size: options.attributes.size, physicalBlockSize: options.attributes.physicalBlockSize, readOnly: options.readOnly };
     this.ended = new Promise((resolve) => (this.resolveEnded = resolve));
+  }
+
+  get kernelFd(): number {
+    return this.fd;
   }
 
   async start(): Promise<KernelDevice> {
@@ -174,17 +109,7 @@ export class FuseLoopFrontend implements Frontend {
       stdio: ['ignore', 'pipe', 'pipe', this.fd],
     });
     this.mounted = true;
-
-    const newSlot = (c: FuseChannel<Slot>) => {
-      const slot = new Slot(Buffer.allocUnsafeSlow(bufferSizeFor(MAX_WRITE)), c, this.expiryReply);
-      this.slots.push(slot);
-      return slot;
-    };
-    const channel = new FuseChannel<Slot>(this.fd, newSlot, (slot, length) => this.handle(slot, length));
-    this.channel = channel;
-    this.requests.timer.watch(this.slots);
-    void channel.ended.then((error) => this.resolveEnded(error ?? (this.stopping ? undefined : new Error('FUSE connection ended'))));
-    channel.start(readerCount());
+    this.read();
     await withTimeout(this.initDone, 10_000, 'the kernel did not send FUSE INIT');
 
     const args = ['--find', '--show', '--direct-io=on', '--sector-size', String(attributes.logicalBlockSize)];
@@ -197,6 +122,54 @@ export class FuseLoopFrontend implements Frontend {
     }
     const [major, minor] = readFileSync(`/sys/block/${name}/dev`, 'utf8').trim().split(':').map(Number) as [number, number];
     return { path: this.loopPath, major, minor };
+  }
+
+  async adopt(fd: number, kernel: KernelDevice): Promise<void> {
+    this.fd = fd;
+    this.mounted = true;
+    this.loopPath = kernel.path;
+    this.read();
+    this.channel!.resend();
+  }
+
+  async detach(): Promise<void> {
+    this.leaving = true;
+    await this.channel?.stopReading(() => statfs(this.mountpoint));
+  }
+
+  async abandon(): Promise<void> {
+    this.leaving = true;
+    if (this.channel) {
+      this.channel.muted = true;
+      this.requests.timer.stop();
+      await withTimeout(this.channel.stopReading(() => statfs(this.mountpoint)), 5_000, 'FUSE readers did not stop').catch((e) =>
+        this.options.log((e as Error).message),
+      );
+    }
+    this.release();
+  }
+
+  release(): void {
+    if (this.fd >= 0) closeSync(this.fd);
+    this.fd = -1;
+  }
+
+  /** Starts reading requests; requests the restart table knows of are looked up there. */
+  private read(): void {
+    this.restarts.begin(this.options.attributes.requestTimeout);
+    const newSlot = (c: FuseChannel<Slot>) => {
+      const slot = new Slot(Buffer.allocUnsafeSlow(bufferSizeFor(MAX_WRITE)), c, this.expiryReply, this.restarts);
+      this.slots.push(slot);
+      return slot;
+    };
+    const channel = new FuseChannel<Slot>(this.fd, newSlot, (slot, length) => this.handle(slot, length));
+    this.channel = channel;
+    this.requests.timer.watch(this.slots);
+    void channel.ended.then((error) => {
+      if (this.leaving && !this.stopping) return;
+      this.resolveEnded(error ?? (this.stopping ? undefined : new Error('FUSE connection ended')));
+    });
+    channel.start(readerCount());
   }
 
   stop(): Promise<void> {
@@ -214,8 +187,7 @@ export class FuseLoopFrontend implements Frontend {
     if (this.loopPath) await execute('losetup', ['-d', this.loopPath]).catch((e) => errors.push(e));
     this.channel?.stop();
     if (this.channel) await withTimeout(this.channel.ended, 5_000, 'FUSE readers did not stop').catch((e) => errors.push(e));
-    if (this.fd >= 0) closeSync(this.fd);
-    this.fd = -1;
+    this.release();
     rmSync(this.mountpoint, { force: true });
     for (const e of errors) this.options.log(`teardown: ${(e as Error).message}`);
   }
@@ -227,6 +199,7 @@ export class FuseLoopFrontend implements Frontend {
     const opcode = buf.readUInt32LE(InHeader.opcode);
     switch (opcode) {
       case Opcode.READ: {
+        if (isResent(buf, InHeader.unique) && !this.admitResent(slot)) return;
         slot.startedAt = this.requests.timer.now; // back to IDLE when answered
         const size = buf.readUInt32LE(BODY + ReadIn.size);
         slot.size = size;
@@ -235,6 +208,7 @@ export class FuseLoopFrontend implements Frontend {
         return;
       }
       case Opcode.WRITE: {
+        if (isResent(buf, InHeader.unique) && !this.admitResent(slot)) return;
         slot.startedAt = this.requests.timer.now;
         const size = buf.readUInt32LE(BODY + WriteIn.size);
         slot.size = size;
@@ -244,37 +218,36 @@ export class FuseLoopFrontend implements Frontend {
         return;
       }
       case Opcode.FSYNC:
+        if (isResent(buf, InHeader.unique) && !this.admitResent(slot)) return;
         slot.startedAt = this.requests.timer.now;
         void this.requests.flush().then(slot.done);
         return;
       case Opcode.FALLOCATE:
+        if (isResent(buf, InHeader.unique) && !this.admitResent(slot)) return;
         slot.startedAt = this.requests.timer.now;
         return this.fallocate(slot);
       case Opcode.INIT:
         return this.init(slot);
-      case Opcode.GETATTR:
-      case Opcode.SETATTR: // nothing about the image can change; answer with what it is
-        return this.replyAttr(slot);
-      case Opcode.OPEN:
-        return this.open(slot);
-      case Opcode.STATFS:
-        return this.statfs(slot);
-      case Opcode.FLUSH:
-      case Opcode.RELEASE:
-      case Opcode.ACCESS:
-      case Opcode.SYNCFS:
-      case Opcode.DESTROY:
-        return slot.done(0);
-      case Opcode.FORGET:
-      case Opcode.BATCH_FORGET:
-      case Opcode.INTERRUPT: // we never abandon a request half-way; the reply will come
-        return this.channel!.release(slot);
-      case Opcode.LOOKUP: // the root is the image file: it has no children
-        return slot.done(ENOENT);
       default:
-        // ENOSYS makes the kernel stop asking (GETXATTR, LSEEK, STATX, IOCTL, ...).
-        return slot.done(ENOSYS);
+        return answerFileRequest(slot, opcode, this.image);
     }
+  }
+
+  /**
+   * A request the kernel sent again after a driver died holding it: count the death, and fail
+   * the request alone if it has been through too many (it may be what kills the drivers).
+   */
+  private admitResent(slot: Slot): boolean {
+    slot.entry = this.restarts.track(slot.buffer, InHeader.unique, Holder.DRIVER);
+    const restarts = this.restarts.restarts;
+    if (restarts < this.restartLimit) return true;
+    this.options.log(
+      this.restartLimit === 1
+        ? 'a request the previous driver received fails with EIO (recoveryMode fail-received)'
+        : `a request was in flight across ${restarts} driver deaths: it fails with EIO (restartLimit ${this.restartLimit})`,
+    );
+    slot.done(EIO);
+    return false;
   }
 
   private fallocate(slot: Slot): void {
@@ -316,46 +289,6 @@ export class FuseLoopFrontend implements Frontend {
     slot.ok(out + InitOut.SIZE);
     this.initialized();
   }
-
-  private replyAttr(slot: Slot): void {
-    const buf = slot.buffer;
-    const { size, physicalBlockSize } = this.options.attributes;
-    const out = OutHeader.SIZE;
-    const attr = out + AttrOut.attr;
-    buf.fill(0, out, out + AttrOut.SIZE);
-    writeU64(buf, out + AttrOut.attrValid, ATTR_VALID_SECONDS);
-    writeU64(buf, attr + Attr.ino, 1);
-    writeU64(buf, attr + Attr.size, size);
-    writeU64(buf, attr + Attr.blocks, Math.ceil(size / 512));
-    buf.writeUInt32LE(S_IFREG | (this.options.readOnly ? 0o444 : 0o644), attr + Attr.mode);
-    buf.writeUInt32LE(1, attr + Attr.nlink);
-    buf.writeUInt32LE(physicalBlockSize, attr + Attr.blksize);
-    slot.ok(out + AttrOut.SIZE);
-  }
-
-  private open(slot: Slot): void {
-    const buf = slot.buffer;
-    const accessMode = buf.readUInt32LE(BODY) & 3;
-    if (this.options.readOnly && accessMode !== fsConstants.O_RDONLY) return slot.done(EROFS);
-    const out = OutHeader.SIZE;
-    buf.fill(0, out, out + OpenOut.SIZE);
-    buf.writeUInt32LE(OpenFlag.KEEP_CACHE | OpenFlag.NOFLUSH | OpenFlag.PARALLEL_DIRECT_WRITES, out + OpenOut.openFlags);
-    slot.ok(out + OpenOut.SIZE);
-  }
-
-  private statfs(slot: Slot): void {
-    // Loop takes its discard granularity from f_bsize.
-    const buf = slot.buffer;
-    const { size, physicalBlockSize } = this.options.attributes;
-    const out = OutHeader.SIZE;
-    buf.fill(0, out, out + StatfsOut.SIZE);
-    writeU64(buf, out + StatfsOut.blocks, size / physicalBlockSize);
-    writeU64(buf, out + StatfsOut.files, 1);
-    buf.writeUInt32LE(physicalBlockSize, out + StatfsOut.bsize);
-    buf.writeUInt32LE(255, out + StatfsOut.namelen);
-    buf.writeUInt32LE(physicalBlockSize, out + StatfsOut.frsize);
-    slot.ok(out + StatfsOut.SIZE);
-  }
 }
 
 /**
@@ -368,7 +301,7 @@ export function fuseLoopAttributes(attributes: EffectiveAttributes): EffectiveAt
   return Object.freeze({ ...attributes, physicalBlockSize: attributes.logicalBlockSize });
 }
 
-function mountpointOf(index: number): string {
+export function mountpointOf(index: number): string {
   return `${RUN_DIR}/fuse/bdus-${index}`;
 }
 
@@ -389,6 +322,11 @@ export async function reclaimFuseLoop(index: number, kernelPath: string): Promis
   if (mounted) await execute('umount', ['-f', '-l', mountpoint]).catch(() => undefined);
   if (kernelPath && backing.startsWith(mountpoint)) await execute('losetup', ['-d', kernelPath]).catch(() => undefined);
   rmSync(mountpoint, { force: true });
+}
+
+/** A statfs of the mount: one STATFS request to whoever reads the connection. */
+export function statfs(mountpoint: string): Promise<unknown> {
+  return fsp.statfs(mountpoint);
 }
 
 function withTimeout<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
