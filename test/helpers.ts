@@ -72,7 +72,7 @@ export function records(file: string): Array<Record<string, unknown>> {
 }
 
 /** Spawns a long-running client; resolves with its exit code and stderr and the time it took. */
-export function background(file: string, args: readonly string[]): { done: Promise<Result & { ms: number }> } {
+export function background(file: string, args: readonly string[]): { done: Promise<Result & { ms: number }>; stop(): void } {
   const started = Date.now();
   const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
@@ -81,6 +81,8 @@ export function background(file: string, args: readonly string[]): { done: Promi
   child.stderr.on('data', (d) => (stderr += d));
   return {
     done: new Promise((resolve) => child.on('close', (code) => resolve({ code: code ?? 1, stdout, stderr, ms: Date.now() - started }))),
+    /** Asks the client to finish (SIGINT: fio then stops and reports as usual). */
+    stop: () => void child.kill('SIGINT'),
   };
 }
 

@@ -33,7 +33,7 @@ import { BdusError } from '../driver/errors.js';
 import { ControlConnection } from '../control/client.js';
 import { lookUp, type DeviceName } from '../control/manage.js';
 import type { DeviceRecord } from '../control/protocol.js';
-import type { Frontend } from '../frontend/frontend.js';
+import type { Frontend, KernelDevice } from '../frontend/frontend.js';
 import { FuseLoopFrontend, fuseLoopAttributes } from '../frontend/fuse/fuse-loop.js';
 import { native } from '../native.js';
 import { RequestLayer } from '../request/request-layer.js';
@@ -281,7 +281,7 @@ export async function start<State>(driver: Driver<State>, options: RunOptions<St
   try {
     await driver.initialize?.(instance.ctx);
     instance.initialized = true;
-    await instance.serve(await instance.frontend.start());
+    await instance.serve(await instance.frontend.start(), instance.frontend.kernelFd);
   } catch (error) {
     instance.requests.abortAll();
     await instance.frontend.stop();
@@ -331,8 +331,11 @@ export async function rerun<State>(device: DeviceName, driver: Driver<State>, op
   try {
     await driver.initialize?.(ctx);
     instance.initialized = true;
-    await frontend.adopt(fd, { path: ctx.kernelPath, major: ctx.major, minor: ctx.minor });
-    await instance.serve({ path: ctx.kernelPath, major: ctx.major, minor: ctx.minor });
+    // Serving is reported before the first request is read: this driver has recovered the
+    // device even if a re-sent request then kills it (that request's own limit deals with it).
+    const kernel = { path: ctx.kernelPath, major: ctx.major, minor: ctx.minor };
+    await instance.serve(kernel, fd);
+    await frontend.adopt(fd, kernel);
   } catch (error) {
     // The device stays with the daemon, which decides: a recoverable one waits for another driver.
     const adopted = frontend.kernelFd === fd;
@@ -396,10 +399,10 @@ class Instance<State> {
   }
 
   /** The kernel device serves requests: tell the daemon, which makes (or keeps) it available. */
-  async serve(kernel: { path: string; major: number; minor: number }): Promise<void> {
-    Object.assign(this.ctx, { kernelPath: kernel.path, major: kernel.major, minor: kernel.minor });
+  async serve(kernel: KernelDevice, kernelFd: number): Promise<void> {
     const { path: kernelPath, major, minor } = kernel;
-    await this.control.request('available', { id: this.ctx.id.toString(), kernelPath, major, minor, kernelFd: this.frontend.kernelFd });
+    Object.assign(this.ctx, { kernelPath, major, minor });
+    await this.control.request('available', { id: this.ctx.id.toString(), kernelPath, major, minor, kernelFd });
     const device = new Device(this.ctx, this.driver, this.control, this.requests, this.frontend, this.log);
     this.device = device;
     void this.frontend.ended.then((error) => error && void device.abort(error));

@@ -244,11 +244,11 @@ export function checkReplacement(
   for (const name of ['size', 'logicalBlockSize', 'physicalBlockSize', 'disablePartitionScanning'] as const) {
     if (next[name] !== current[name]) refuseRerun(`${name} must stay ${String(current[name])} (got ${String(next[name])})`);
   }
+  const missing = currentCallbacks.filter((name) => !nextCallbacks.includes(name));
+  if (missing.length > 0) refuseRerun(`it lacks the ${missing.join(', ')} callback${missing.length > 1 ? 's' : ''} the current driver has`);
   for (const name of ['maxReadWriteSize', 'maxWriteSameSize', 'maxWriteZerosSize', 'maxDiscardEraseSize'] as const) {
     if (next[name] < current[name]) refuseRerun(`${name} must be at least ${current[name]} (got ${next[name]})`);
   }
-  const missing = currentCallbacks.filter((name) => !nextCallbacks.includes(name));
-  if (missing.length > 0) refuseRerun(`it lacks the ${missing.join(', ')} callback${missing.length > 1 ? 's' : ''} the current driver has`);
 }
 
 /** Lines describing what adjustment changed, for the `log` attribute. */

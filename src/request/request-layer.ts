@@ -14,7 +14,9 @@
  *   without a flush callback succeeds (no write-back cache).
  * - Concurrency: at most maxConcurrentCallbacks callbacks in progress; the rest wait in FIFO order.
  *   Waiting never blocks the frontend from reading further requests.
- * - Errors: see clientErrno(); a DriverAbort ends the driver through `hooks.abort`.
+ * - Errors: see clientErrno(); a DriverAbort ends the driver through `hooks.abort`. A read or
+ *   write callback failing with what the client would see as EIO is called again, up to
+ *   transferTries calls in all (seed 000's transfer retries); other failures are final.
  * - Timeouts: `timer` (see RequestTimer) fails requests not answered within requestTimeout with
  *   ETIMEDOUT; frontends stamp their requests with it.
  */
@@ -54,6 +56,7 @@ export class RequestLayer {
 
   private readonly attrs: EffectiveAttributes;
   private readonly limit: number;
+  private readonly transferTries: number;
   private active = 0;
   private readonly waiting: Array<() => void> = [];
   private accepting = true;
@@ -68,6 +71,7 @@ export class RequestLayer {
   ) {
     this.attrs = ctx.attributes;
     this.limit = this.attrs.maxConcurrentCallbacks;
+    this.transferTries = this.attrs.transferTries;
     this.timer = new RequestTimer(this.attrs.requestTimeout, hooks.log);
   }
 
@@ -247,44 +251,47 @@ export class RequestLayer {
       await new Promise<void>((resolve) => this.waiting.push(resolve));
       if (this.aborted) return EIO;
     }
-    const { driver, ctx } = this;
     try {
-      if (this.attrs.log) this.logCall(op, b, c, a);
-      switch (op) {
-        case Operation.READ:
-          await driver.read!(a as Buffer, b, ctx);
-          break;
-        case Operation.WRITE:
-          await driver.write!(a as Buffer, b, ctx);
-          break;
-        case Operation.FUA_WRITE:
-          await driver.fuaWrite!(a as Buffer, b, ctx);
-          break;
-        case Operation.FLUSH:
-          await driver.flush!(ctx);
-          break;
-        case Operation.WRITE_ZEROS:
-          await driver.writeZeros!(b, c, a as boolean, ctx);
-          break;
-        case Operation.DISCARD:
-          await driver.discard!(b, c, ctx);
-          break;
-        case Operation.SECURE_ERASE:
-          await driver.secureErase!(b, c, ctx);
-          break;
-        case Operation.WRITE_SAME:
-          await driver.writeSame!(a as Buffer, b, c, ctx);
-          break;
-        case Operation.IOCTL:
-          await driver.ioctl!(b, a as Buffer | null, ctx);
-          break;
+      for (let call = 1; ; call++) {
+        try {
+          await this.call(op, a, b, c);
+          this.completed[op]!++;
+          return 0;
+        } catch (error) {
+          // seed 000: an EIO from a transfer may succeed when repeated.
+          if (call >= this.transferTries || !isTransfer(op) || this.aborted || !isRetryable(error)) {
+            return this.failure(op, b, c, a, error);
+          }
+          this.hooks.log(`${describe(op, b, c, a)} failed (${messageOf(error)}); trying again (${call + 1} of ${this.transferTries})`);
+        }
       }
-      this.completed[op]!++;
-      return 0;
-    } catch (error) {
-      return this.failure(op, b, c, a, error);
     } finally {
       this.release();
+    }
+  }
+
+  private call(op: Operation, a: unknown, b: number, c: number): Promise<void> | void {
+    const { driver, ctx } = this;
+    if (this.attrs.log) this.logCall(op, b, c, a);
+    switch (op) {
+      case Operation.READ:
+        return driver.read!(a as Buffer, b, ctx);
+      case Operation.WRITE:
+        return driver.write!(a as Buffer, b, ctx);
+      case Operation.FUA_WRITE:
+        return driver.fuaWrite!(a as Buffer, b, ctx);
+      case Operation.FLUSH:
+        return driver.flush!(ctx);
+      case Operation.WRITE_ZEROS:
+        return driver.writeZeros!(b, c, a as boolean, ctx);
+      case Operation.DISCARD:
+        return driver.discard!(b, c, ctx);
+      case Operation.SECURE_ERASE:
+        return driver.secureErase!(b, c, ctx);
+      case Operation.WRITE_SAME:
+        return driver.writeSame!(a as Buffer, b, c, ctx);
+      case Operation.IOCTL:
+        return driver.ioctl!(b, a as Buffer | null, ctx);
     }
   }
 
@@ -306,7 +313,7 @@ export class RequestLayer {
       return EIO;
     }
     const errno = clientErrno(error);
-    const message = error instanceof Error ? error.message : String(error);
+    const message = messageOf(error);
     this.hooks.log(`${describe(op, b, c, a)} failed: ${message} (client sees ${errno === EIO ? 'EIO' : (error as { code: string }).code})`);
     return errno;
   }
@@ -314,6 +321,20 @@ export class RequestLayer {
   private logCall(op: Operation, b: number, c: number, a: unknown): void {
     this.hooks.log(describe(op, b, c, a));
   }
+}
+
+/** Reads and writes: the transfers that seed 000 retries. */
+function isTransfer(op: Operation): boolean {
+  return op === Operation.READ || op === Operation.WRITE || op === Operation.FUA_WRITE;
+}
+
+/** A failure that the client would see as EIO, and that is not the driver ending itself. */
+function isRetryable(error: unknown): boolean {
+  return clientErrno(error) === EIO && !(error instanceof DriverAbort || (error as Error | null)?.name === 'DriverAbort');
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
 }
 
 function describe(op: Operation, b: number, c: number, a: unknown): string {

@@ -1,0 +1,59 @@
+/**
+ * The loop example over IMAGE (so the data outlives each driver instance), misbehaving as asked:
+ *
+ *   recoverable.js IMAGE [BEHAVIOUR...]
+ *     abort-on-discard     a discard or write-zeroes aborts the driver
+ *     hang-read-at=N       a read at byte offset N never finishes
+ *     crash-read-at=N      a read at byte offset N kills the process (SIGKILL)
+ *     fail-flush           every flush fails
+ *     fail-terminate       terminate fails
+ *     slow-terminate=MS    terminate takes MS milliseconds
+ *     fail-initialize      initialize fails
+ */
+import loop from '../../src/examples/loop.js';
+import { abort, DriverError, type Driver } from '../../src/index.js';
+
+export default function recoverable(args: readonly string[]): Driver<{ fd: number }> {
+  const [image, ...behaviours] = args;
+  const base = loop([image!]);
+  const has = (name: string) => behaviours.includes(name);
+  const value = (name: string) => {
+    const found = behaviours.find((b) => b.startsWith(`${name}=`));
+    return found === undefined ? undefined : Number(found.slice(name.length + 1));
+  };
+  const hangAt = value('hang-read-at');
+  const crashAt = value('crash-read-at');
+  const slowTerminate = value('slow-terminate');
+  const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  return {
+    ...base,
+    attributes: { ...base.attributes, disablePartitionScanning: true },
+    initialize(ctx) {
+      if (has('fail-initialize')) throw new Error('initialize fails, as asked');
+      return base.initialize!(ctx);
+    },
+    async terminate(ctx) {
+      if (slowTerminate) await pause(slowTerminate);
+      await base.terminate!(ctx);
+      if (has('fail-terminate')) throw new Error('terminate fails, as asked');
+    },
+    async read(buffer, offset, ctx) {
+      if (offset === hangAt) return new Promise<void>(() => undefined);
+      if (offset === crashAt) process.kill(process.pid, 'SIGKILL');
+      return base.read!(buffer, offset, ctx);
+    },
+    async flush(ctx) {
+      if (has('fail-flush')) throw new DriverError('EIO', 'flush fails, as asked');
+      return base.flush!(ctx);
+    },
+    async writeZeros(offset, size, mayUnmap, ctx) {
+      if (has('abort-on-discard')) abort('a discard aborts this driver, as asked');
+      return base.writeZeros!(offset, size, mayUnmap, ctx);
+    },
+    async discard(offset, size, ctx) {
+      if (has('abort-on-discard')) abort('a discard aborts this driver, as asked');
+      return base.discard!(offset, size, ctx);
+    },
+  };
+}
