@@ -1,0 +1,17 @@
+/**
+ * The torture test (test/torture.ts) for one minute: XFS + fio verify on a recoverable device
+ * whose driver is replaced every 2 s, every other time after a SIGKILL. BDUS_TORTURE_SECONDS
+ * changes the duration; `node dist/test/torture.js --seconds 600` runs the ten-minute version.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { torture } from './torture.js';
+
+test('torture: XFS + fio verify while the driver is replaced every 2 s, half the time after SIGKILL', { timeout: 600_000 }, async (t) => {
+  const seconds = Number(process.env.BDUS_TORTURE_SECONDS ?? 60);
+  const report = await torture(seconds, (line) => t.diagnostic(line));
+  t.diagnostic(JSON.stringify(report));
+  assert.ok(report.replacements >= seconds / 3, `only ${report.replacements} replacements`);
+  assert.equal(report.fioErrors, '0', 'fio saw no error (I/O or verify)');
+  assert.equal(report.kernelIoErrors, 0, 'the kernel logged no I/O error for the device');
+});
