@@ -2,7 +2,8 @@
 // never raised, 0 when the callbacks are absent, and a clear refusal naming attribute, value, rule.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { adjustAttributes, PAGE_SIZE, type Attributes } from '../src/driver/attributes.js';
+import { adjustAttributes, checkReplacement, inheritAttributes, PAGE_SIZE, type Attributes } from '../src/driver/attributes.js';
+import { requestCallbacks } from '../src/driver/driver.js';
 import { AttributeError, type Driver } from '../src/index.js';
 
 const noop = () => undefined;
@@ -24,6 +25,10 @@ test('defaults fill in zero and omitted values', () => {
   assert.equal(a.maxDiscardEraseSize, 1 << 30);
   assert.equal(a.disablePartitionScanning, false);
   assert.equal(a.recoverable, false);
+  assert.equal(a.recoveryMode, 'reissue');
+  assert.equal(a.restartLimit, 10);
+  assert.equal(a.recoveryLimit, 2);
+  assert.equal(a.transferTries, 5);
   assert.equal(a.log, false);
   assert.deepEqual(adjustAttributes({ size: MiB, logicalBlockSize: 0, physicalBlockSize: 0, maxConcurrentCallbacks: 0 }, full), a);
 });
@@ -92,4 +97,30 @@ test('a fuaWrite callback needs a flush callback', () => {
 
 test('the adjusted attributes are frozen', () => {
   assert.ok(Object.isFrozen(adjustAttributes({ size: MiB }, full)));
+});
+
+test('recovery settings: modes and limits are checked', () => {
+  refused({ size: MiB, recoveryMode: 'sometimes' as never }, /^invalid attribute recoveryMode=sometimes: must be one of reissue, fail-received, fail-all$/);
+  refused({ size: MiB, restartLimit: 1001 }, /^invalid attribute restartLimit=1001: must be at most 1000$/);
+  refused({ size: MiB, transferTries: -1 }, /^invalid attribute transferTries=-1: must be a non-negative integer$/);
+  assert.equal(adjustAttributes({ size: MiB, transferTries: 1 }, full).transferTries, 1);
+});
+
+test('a rerun inherits what it leaves out, and must fit the device (BDUS)', () => {
+  const device = adjustAttributes({ size: 64 * MiB, maxConcurrentCallbacks: 8, recoverable: true }, full);
+  const inherited = adjustAttributes(inheritAttributes({ maxConcurrentCallbacks: 2 }, device), full);
+  assert.equal(inherited.size, 64 * MiB);
+  assert.equal(inherited.recoverable, true);
+  assert.equal(inherited.maxConcurrentCallbacks, 2, 'driver-instance attributes may change');
+  const all = requestCallbacks(full);
+  checkReplacement(device, all, inherited, all);
+  const bigger = adjustAttributes(inheritAttributes({ size: 128 * MiB }, device), full);
+  assert.throws(() => checkReplacement(device, all, bigger, all), /size must stay 67108864 \(got 134217728\)/);
+  const smaller = adjustAttributes(inheritAttributes({ maxReadWriteSize: 64 * 1024 }, device), full);
+  assert.throws(() => checkReplacement(device, all, smaller, all), /maxReadWriteSize must be at least 1048576 \(got 65536\)/);
+  const readOnly: Driver<never> = { read: noop };
+  assert.throws(
+    () => checkReplacement(device, all, adjustAttributes(inheritAttributes({}, device), readOnly), requestCallbacks(readOnly)),
+    /lacks the write, writeSame, writeZeros, fuaWrite, discard, secureErase, flush callbacks the current driver has/,
+  );
 });

@@ -9,7 +9,7 @@
 import assert from 'node:assert/strict';
 import { rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { test, type TestContext } from 'node:test';
-import { background, bdus, device, DRIVERS, info, leftovers, scratch, sh, sleep, type Result } from './helpers.js';
+import { background, bdus, device, DRIVERS, info, leftovers, records, scratch, sh, sleep, type Result } from './helpers.js';
 
 const DRIVER = `${DRIVERS}/recoverable.js`;
 const MiB = 1 << 20;
@@ -70,6 +70,26 @@ test('retry-request (BDUS): a discard that aborts a recoverable driver completes
   await mustRerun(dev, [img]);
   const result = await discard.done;
   assert.equal(result.code, 0, `blkdiscard failed: ${result.stderr}`);
+});
+
+test('hot swap order (BDUS): the old driver is flushed and terminated before the new one initializes (isRerun) and is told the device is available', async (t) => {
+  const log = scratch('records');
+  t.after(() => rmSync(log, { force: true }));
+  const dev = await device(t, [`${DRIVERS}/recorder.js`, log]);
+  const first = await pid(dev);
+  const r = await bdus(['rerun', dev, `${DRIVERS}/recorder.js`, log]);
+  assert.equal(r.code, 0, r.stderr);
+  const second = await pid(dev);
+  const steps = records(log)
+    .filter((e) => ['initialize', 'onDeviceAvailable', 'flush', 'terminate'].includes(String(e.op)))
+    .map((e) => `${String(e.op)}@${e.pid === first ? 'old' : e.pid === second ? 'new' : '?'}${e.op === 'initialize' ? `(isRerun=${String(e.isRerun)})` : ''}`);
+  assert.equal(steps[0], 'initialize@old(isRerun=false)');
+  // From the old driver's onDeviceAvailable to the new one's: flushes (the hand-over's, and any
+  // a client sent before it), then terminate, and only then the new driver.
+  const swap = steps.slice(steps.indexOf('onDeviceAvailable@old') + 1, steps.indexOf('onDeviceAvailable@new') + 1);
+  const flushes = swap.findIndex((step) => step !== 'flush@old');
+  assert.ok(flushes >= 1, `the old driver got a flush: ${swap.join(', ')}`);
+  assert.deepEqual(swap.slice(flushes), ['terminate@old', 'initialize@new(isRerun=true)', 'onDeviceAvailable@new']);
 });
 
 test('fail-while-replacing (BDUS): flush or terminate fails; recoverable devices take the new driver, others are destroyed', async (t) => {
@@ -257,4 +277,17 @@ test('a driver that cannot stand in for the current one is refused, and the curr
   assert.match(zero.stderr, /lacks the write, writeZeros, discard, flush callbacks/);
   assert.equal(await pid(dev), before);
   assert.equal((await readBlock(dev, 0)).code, 0);
+});
+
+test('a recoverable device waiting for a driver can be destroyed; its waiting requests fail, nothing is left', async (t) => {
+  const img = image(t);
+  const dev = await device(t, [DRIVER, img, '--recoverable']);
+  await kill(dev);
+  assert.match((await bdus(['list'])).stdout, /available\s+none\s/);
+  const waiting = readBlockInBackground(dev, 0);
+  await sleep(300);
+  const r = await bdus(['destroy', dev]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.notEqual((await waiting.done).code, 0, 'the waiting read fails');
+  assert.deepEqual(await leftovers(), []);
 });

@@ -7,7 +7,8 @@ import { UsageError } from './usage.js';
 
 export const LIST_HELP = `usage: bdus list [--json]
 
-The devices on this machine: id, index, path, kernel node, state, driver pid, size and a summary
+The devices on this machine: id, index, path, kernel node, state, driver pid ("none" while a
+recoverable device waits for a new driver), size and a summary
 of the attributes. --json prints every field of every device.
 `;
 
@@ -71,7 +72,7 @@ export async function listCommand(argv: string[]): Promise<number> {
   if (devices.length === 0) return 0;
   const header = ['ID', 'INDEX', 'PATH', 'KERNEL', 'STATE', 'PID', 'SIZE', 'ATTRIBUTES'];
   const rows = devices.map((d) => [
-    String(d.id), String(d.index), d.path, d.kernelPath || '-', d.state, String(d.pid), formatSize(Number(d.attributes.size)), summary(d),
+    String(d.id), String(d.index), d.path, d.kernelPath || '-', d.state, d.pid === 0 ? 'none' : String(d.pid), formatSize(Number(d.attributes.size)), summary(d),
   ]);
   process.stdout.write(`${table([header, ...rows])}\n`);
   return 0;
@@ -117,7 +118,7 @@ export async function infoCommand(argv: string[]): Promise<number> {
     ['kernel path', d.kernelPath ? `${d.kernelPath} (${d.major}:${d.minor})` : '-'],
     ['state', d.state],
     ['frontend', d.frontend],
-    ['driver pid', String(d.pid)],
+    ['driver pid', d.pid === 0 ? 'none (a recoverable device waiting for bdus rerun)' : String(d.pid)],
     ['read-only', d.readOnly ? 'yes' : 'no'],
     ['created', d.createdAt.toISOString()],
     ...ATTRIBUTE_NAMES.map((a): [string, string] => {

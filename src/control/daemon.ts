@@ -372,6 +372,7 @@ export class Daemon {
     if (!this.registry.has(record)) return null;
     const holding = this.holdings.get(record.id);
     this.holdings.delete(record.id);
+    holding?.handover?.(undefined); // a rerun waiting for this device's driver learns it is gone
     holding?.keeper?.close();
     // Closing the last duplicate aborts the connection: clients get EIO at once.
     if (holding && holding.fd >= 0) closeSync(holding.fd);
@@ -447,6 +448,7 @@ export class Daemon {
           current.send({ event: 'replace' } satisfies DaemonEvent);
         });
         holding.handover = undefined;
+        if (!this.registry.has(record)) throw new BdusError('ENODEV', `device ${id} was destroyed while its driver was being replaced`);
         if (!result?.ok) {
           const why = result ? `its driver failed to hand over (${result.message})` : 'its driver died while handing over';
           if (!record.attributes.recoverable) {

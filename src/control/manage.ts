@@ -20,7 +20,7 @@ import type { DeviceRecord, DeviceState, Requests } from './protocol.js';
 export interface DeviceInfo extends Pick<Context, 'id' | 'index' | 'path' | 'kernelPath' | 'major' | 'minor' | 'readOnly' | 'attributes'> {
   readonly frontend: string;
   readonly state: DeviceState;
-  /** The driver process. */
+  /** The driver process; 0 while a recoverable device waits for a new driver (`rerun`). */
   readonly pid: number;
   readonly createdAt: Date;
 }
@@ -28,14 +28,15 @@ export interface DeviceInfo extends Pick<Context, 'id' | 'index' | 'path' | 'ker
 /** A device: its id, or a path to its node (/dev/bdus-N or the kernel's own node). */
 export type DeviceName = bigint | string;
 
+/** The fields naming a device and its nodes, as the API shows them (ids as bigints). */
+export function deviceNames(record: DeviceRecord): Pick<Context, 'id' | 'index' | 'path' | 'kernelPath' | 'major' | 'minor'> {
+  const { index, path, kernelPath, major, minor } = record;
+  return { id: BigInt(record.id), index, path, kernelPath, major, minor };
+}
+
 function toInfo(record: DeviceRecord): DeviceInfo {
   return Object.freeze({
-    id: BigInt(record.id),
-    index: record.index,
-    path: record.path,
-    kernelPath: record.kernelPath,
-    major: record.major,
-    minor: record.minor,
+    ...deviceNames(record),
     frontend: record.frontend,
     state: record.state,
     pid: record.pid,
@@ -135,14 +136,15 @@ export interface DestroyOptions {
 }
 
 /**
- * Destroys a device: flushes it (unless told not to), asks its driver to finish the requests in
+ * Destroys a device: flushes it (unless told not to, or it has no driver), asks its driver to finish the requests in
  * progress and terminate, and resolves once the device is gone. Destroying a device that is being
  * destroyed waits for that; destroying one that is gone gives ENODEV.
  */
 export function destroyDevice(device: DeviceName, options: DestroyOptions = {}): Promise<void> {
   return withDaemon(async (c) => {
     const record = await lookUp(c, device);
-    if ((options.flush ?? true) && record.state === 'available') {
+    // A device without a driver (a recoverable one waiting for a rerun) has nobody to flush to.
+    if ((options.flush ?? true) && record.state === 'available' && record.pid !== 0) {
       const timer = options.onSlowFlush ? setTimeout(options.onSlowFlush, options.slowFlushMs ?? 3000) : undefined;
       try {
         await flushRecord(c, record);

@@ -31,7 +31,7 @@ import {
 import { isReadOnly, requestCallbacks, type Context, type Driver } from '../driver/driver.js';
 import { BdusError } from '../driver/errors.js';
 import { ControlConnection } from '../control/client.js';
-import { lookUp, type DeviceName } from '../control/manage.js';
+import { deviceNames, lookUp, type DeviceName } from '../control/manage.js';
 import type { DeviceRecord } from '../control/protocol.js';
 import type { Frontend, KernelDevice } from '../frontend/frontend.js';
 import { FuseLoopFrontend, fuseLoopAttributes } from '../frontend/fuse/fuse-loop.js';
@@ -142,7 +142,8 @@ export class Device<State = unknown> {
    * requests, finish those taken, flush, terminate, and tell the daemon how that went. Settles
    * `closed` like a destruction, but the device lives on.
    */
-  private handOver(): void {
+  /** @internal */
+  handOver(): void {
     this.ending ??= this.end('keep', async () => {
       this.log('handing the device over to a new driver');
       await this.frontend.detach();
@@ -334,8 +335,7 @@ export async function rerun<State>(device: DeviceName, driver: Driver<State>, op
     // Serving is reported before the first request is read: this driver has recovered the
     // device even if a re-sent request then kills it (that request's own limit deals with it).
     const kernel = { path: ctx.kernelPath, major: ctx.major, minor: ctx.minor };
-    await instance.serve(kernel, fd);
-    await frontend.adopt(fd, kernel);
+    await instance.serve(kernel, fd, () => frontend.adopt(fd, kernel));
   } catch (error) {
     // The device stays with the daemon, which decides: a recoverable one waits for another driver.
     const adopted = frontend.kernelFd === fd;
@@ -359,6 +359,7 @@ class Instance<State> {
   initialized = false;
   private device: Device<State> | undefined;
   private destroyAsked = false;
+  private replaceAsked = false;
 
   constructor(
     private readonly driver: Driver<State>,
@@ -375,18 +376,18 @@ class Instance<State> {
     const readOnly = isRerun ? record.readOnly : isReadOnly(driver as Driver<never>);
     // The context is the driver's view; a new device's kernel fields are filled in once it exists.
     this.ctx = {
-      id: BigInt(record.id),
-      index: record.index,
-      path: record.path,
-      kernelPath: record.kernelPath,
-      major: record.major,
-      minor: record.minor,
+      ...deviceNames(record),
       attributes,
       isRerun,
       readOnly,
       state: options.state as State,
     };
-    control.onEvent = (event) => void (event.event === 'destroy' && (this.destroyAsked = true));
+    // Events that come before the Device exists (say, in the same read as the answer to
+    // `available`) are kept for it.
+    control.onEvent = (event) => {
+      if (event.event === 'destroy') this.destroyAsked = true;
+      else this.replaceAsked = true;
+    };
     this.requests = new RequestLayer(driver, this.ctx, { abort: (error) => void this.device?.abort(error), log });
     this.frontend = new FuseLoopFrontend({
       index: record.index,
@@ -398,14 +399,19 @@ class Instance<State> {
     });
   }
 
-  /** The kernel device serves requests: tell the daemon, which makes (or keeps) it available. */
-  async serve(kernel: KernelDevice, kernelFd: number): Promise<void> {
+  /**
+   * The kernel device serves requests: tell the daemon, which makes (or keeps) it available.
+   * `thenRead` starts reading requests on a device adopted from another driver.
+   */
+  async serve(kernel: KernelDevice, kernelFd: number, thenRead?: () => Promise<void>): Promise<void> {
     const { path: kernelPath, major, minor } = kernel;
     Object.assign(this.ctx, { kernelPath, major, minor });
     await this.control.request('available', { id: this.ctx.id.toString(), kernelPath, major, minor, kernelFd });
+    await thenRead?.();
     const device = new Device(this.ctx, this.driver, this.control, this.requests, this.frontend, this.log);
     this.device = device;
     void this.frontend.ended.then((error) => error && void device.abort(error));
+    if (this.replaceAsked) device.handOver();
   }
 
   /** Runs onDeviceAvailable (default: print the path); a failure destroys the device. */

@@ -3,7 +3,8 @@
  *
  *   bdus run ram [--size 1G]
  *
- * Not recoverable: its contents die with the process.
+ * Not recoverable: its contents die with the process, and a new instance (`bdus rerun`) starts
+ * with a device full of zeros.
  */
 import type { Context, Driver } from '../driver/driver.js';
 

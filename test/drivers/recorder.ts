@@ -2,7 +2,8 @@
  * A RAM driver that appends one JSON line per callback to the file named by its first argument,
  * so tests can see exactly which callbacks the kernel's requests became. With a second argument
  * "no-zeros" it has no writeZeros (discards then reach discard); with "slow-terminate" its
- * terminate takes a second.
+ * terminate takes a second. Life-cycle records carry the process id, so that the records of a
+ * driver and of its replacement (same file) tell which instance did what.
  */
 import { appendFileSync } from 'node:fs';
 import type { Driver } from '../../src/index.js';
@@ -14,7 +15,11 @@ export default function recorder(args: readonly string[]): Driver<Buffer> {
     attributes: { size: 64 << 20, maxConcurrentCallbacks: 8 },
     initialize(ctx) {
       ctx.state = Buffer.alloc(ctx.attributes.size);
-      record({ op: 'initialize', attributes: ctx.attributes });
+      record({ op: 'initialize', pid: process.pid, isRerun: ctx.isRerun, attributes: ctx.attributes });
+    },
+    onDeviceAvailable(ctx) {
+      record({ op: 'onDeviceAvailable', pid: process.pid });
+      process.stdout.write(`${ctx.path}\n`);
     },
     read(buffer, offset, ctx) {
       record({ op: 'read', offset, size: buffer.length });
@@ -25,7 +30,7 @@ export default function recorder(args: readonly string[]): Driver<Buffer> {
       data.copy(ctx.state, offset);
     },
     flush() {
-      record({ op: 'flush' });
+      record({ op: 'flush', pid: process.pid });
     },
     discard(offset, size) {
       record({ op: 'discard', offset, size });
@@ -35,7 +40,7 @@ export default function recorder(args: readonly string[]): Driver<Buffer> {
       ctx.state.fill(0, offset, offset + size);
     },
     async terminate() {
-      record({ op: 'terminate' });
+      record({ op: 'terminate', pid: process.pid });
       if (args.includes('slow-terminate')) await new Promise((resolve) => setTimeout(resolve, 1000));
     },
   };

@@ -141,7 +141,6 @@ export class FuseLoopFrontend implements Frontend {
     this.leaving = true;
     if (this.channel) {
       this.channel.muted = true;
-      this.requests.timer.stop();
       await withTimeout(this.channel.stopReading(() => statfs(this.mountpoint)), 5_000, 'FUSE readers did not stop').catch((e) =>
         this.options.log((e as Error).message),
       );
