@@ -469,6 +469,11 @@ export class Daemon {
       }
       Object.assign(record, { pid, pidStart, attributes, callbacks });
       this.registry.update(record);
+      if (connection.socket.destroyed) {
+        // The new driver is gone already; its connection's end was seen while it ran nothing.
+        void this.driverDied(record);
+        throw new BdusError('ESRCH', `the driver in pid ${pid} ended while waiting for device ${id}`);
+      }
       connection.device = id;
       this.drivers.set(id, connection);
       return { record, kernelFd: holding.fd, daemonPid: process.pid };

@@ -129,6 +129,14 @@ export class Device<State = unknown> {
       });
       return this.closed;
     }
+    return this.lost(reason);
+  }
+
+  /**
+   * @internal Ends the driver and removes the device, recoverable or not: for when the kernel
+   * side itself has ended (someone unmounted it), so there is nothing left to recover.
+   */
+  lost(reason: Error): Promise<void> {
     this.ending ??= this.end('remove', async () => {
       this.requests.abortAll();
       void this.control.request('terminating', { id: this.ctx.id.toString() }).catch(() => undefined);
@@ -410,7 +418,7 @@ class Instance<State> {
     await thenRead?.();
     const device = new Device(this.ctx, this.driver, this.control, this.requests, this.frontend, this.log);
     this.device = device;
-    void this.frontend.ended.then((error) => error && void device.abort(error));
+    void this.frontend.ended.then((error) => error && void device.lost(error));
     if (this.replaceAsked) device.handOver();
   }
 
