@@ -99,3 +99,38 @@ test('at most maxConcurrentCallbacks callbacks run at once; drain waits for them
   assert.equal(most, 4);
   assert.equal(requests.inProgress, 0);
 });
+
+test('transfer retries (seed 000): a read or write failing with EIO is called again, up to transferTries calls', async () => {
+  let failures = 0;
+  const flaky: Driver<string[]> = {
+    read(_buffer, offset, ctx) {
+      ctx.state.push(`read ${offset}`);
+      if (failures-- > 0) throw new Error('a transient failure');
+    },
+    write(_data, offset, ctx) {
+      ctx.state.push(`write ${offset}`);
+      throw new DriverError('ENOSPC');
+    },
+    flush(ctx) {
+      ctx.state.push('flush');
+      throw new Error('flushes are not transfers');
+    },
+  };
+  const { requests, calls } = layer(flaky);
+  failures = 4;
+  assert.equal(await requests.read(Buffer.alloc(512), 0), 0, 'the fifth call succeeds');
+  assert.equal(calls.length, 5);
+  calls.length = 0;
+  failures = 5;
+  assert.equal(await requests.read(Buffer.alloc(512), 0), EIO, 'five failures: the client sees EIO');
+  assert.equal(calls.length, 5);
+  calls.length = 0;
+  assert.equal(await requests.write(Buffer.alloc(512), 0), ENOSPC);
+  assert.equal(await requests.flush(), EIO);
+  assert.deepEqual(calls, ['write 0', 'flush'], 'only EIO transfers are retried');
+
+  const once = layer(flaky, { transferTries: 1 });
+  failures = 1;
+  assert.equal(await once.requests.read(Buffer.alloc(512), 0), EIO);
+  assert.equal(once.calls.length, 1);
+});
