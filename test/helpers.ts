@@ -96,7 +96,8 @@ export function scratch(name: string): string {
 /** What bdus devices left in the kernel and /dev: FUSE mounts, bound loop devices, stable paths. */
 export async function leftovers(): Promise<string[]> {
   const mounts = readFileSync('/proc/mounts', 'utf8').split('\n').filter((l) => l.includes(' fuse.bdus '));
-  const loops = (await must('losetup', ['-a'])).split('\n').filter((l) => l.includes('/run/bdus/'));
+  // A loop device of ours shows its image under /run/bdus, or "/" once the image was lazily unmounted.
+  const loops = (await must('losetup', ['-a'])).split('\n').filter((l) => l.includes('/run/bdus/') || l.endsWith('(/)'));
   const links = (await sh('sh', ['-c', 'ls /dev/bdus-* 2>/dev/null'])).stdout.split('\n').filter(Boolean);
   return [...mounts, ...loops, ...links];
 }
