@@ -2,6 +2,7 @@
 import { daemonVersion } from '../control/manage.js';
 import { packageVersion } from '../version.js';
 import { DAEMON_HELP, daemonCommand } from './daemon.js';
+import { EXPORT_HELP, exportCommand } from './export.js';
 import { DESTROY_HELP, destroyCommand, FLUSH_HELP, flushCommand, INFO_HELP, infoCommand, LIST_HELP, listCommand } from './manage.js';
 import { attributeHelp } from './options.js';
 import { rerunCommand, runCommand } from './run.js';
@@ -43,6 +44,7 @@ const USAGE = `usage: bdus <command> [options]     (bdus <command> --help for mo
 commands:
   run <driver> [ARGS...] [--<attribute> VALUE ...]   create a device served by a driver
   rerun <path or id> <driver> [ARGS...] [...]        give a device a new driver (hot swap, recovery)
+  export <driver> [ARGS...] [--listen ADDRESS]       serve a driver over NBD (no local device)
   list [--json]                                      the devices on this machine
   info <path or id> [--<field> ...]                  everything about one device
   flush <path or id>...                              flush devices
@@ -61,6 +63,7 @@ async function versionCommand(): Promise<number> {
 const COMMANDS: Record<string, { help: string; run: (argv: string[]) => Promise<number> }> = {
   run: { help: RUN_HELP, run: runCommand },
   rerun: { help: RERUN_HELP, run: rerunCommand },
+  export: { help: EXPORT_HELP, run: exportCommand },
   list: { help: LIST_HELP, run: listCommand },
   info: { help: INFO_HELP, run: infoCommand },
   flush: { help: FLUSH_HELP, run: flushCommand },

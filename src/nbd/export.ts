@@ -1,0 +1,152 @@
+/**
+ * A driver instance exported over NBD: no block device on this machine, just an NBD server that
+ * any client can reach (qemu, libnbd's tools, fio's nbd engine, the kernel's nbd-client).
+ * Requests go through the same request layer as on a local device.
+ *
+ * Life cycle: attributes checked, initialize, listen, onDeviceAvailable (default: print the
+ * export's URI); close() stops accepting, answers the requests in progress, ends every
+ * connection, then runs terminate. An abort (DriverAbort, an uncaught exception in runExport)
+ * ends every connection at once, without terminate.
+ */
+import { adjustAttributes, describeAdjustments, type Attributes, type EffectiveAttributes } from '../driver/attributes.js';
+import { isReadOnly, requestCallbacks, type Context, type Driver } from '../driver/driver.js';
+import { RequestLayer } from '../request/request-layer.js';
+import type { RunOptions } from '../device/device.js';
+import { NbdServer, type ListenAddress } from './server.js';
+
+export interface ExportOptions<State = unknown> extends RunOptions<State> {
+  /** Where to listen: `{ unix: path }` or `{ host, port }` (port 0: any free one). */
+  listen: ListenAddress;
+  /** The export's name (default ""); clients asking for "" get it too. */
+  name?: string;
+  /** A description clients may ask for. */
+  description?: string;
+}
+
+/** The URI clients use: nbd+unix:///NAME?socket=PATH or nbd://HOST:PORT/NAME. */
+export function exportUri(address: ListenAddress, name: string): string {
+  const path = encodeURIComponent(name);
+  if ('unix' in address) return `nbd+unix:///${path}?socket=${address.unix}`;
+  const host = address.host.includes(':') ? `[${address.host}]` : address.host;
+  return `nbd://${host}:${address.port}/${path}`;
+}
+
+export class Export<State = unknown> {
+  /** Settles when the export has ended: resolves after close(), rejects with an abort's reason. */
+  readonly closed: Promise<void>;
+  private resolveClosed!: () => void;
+  private rejectClosed!: (error: Error) => void;
+  private ending: Promise<void> | undefined;
+
+  /** @internal use startExport() */
+  constructor(
+    readonly ctx: Context<State>,
+    readonly uri: string,
+    readonly address: ListenAddress,
+    private readonly driver: Driver<State>,
+    private readonly server: NbdServer,
+    private readonly requests: RequestLayer,
+  ) {
+    this.closed = new Promise((resolve, reject) => {
+      this.resolveClosed = resolve;
+      this.rejectClosed = reject;
+    });
+    this.closed.catch(() => undefined);
+  }
+
+  get attributes(): EffectiveAttributes {
+    return this.ctx.attributes;
+  }
+
+  /** Stops the export normally: requests in progress are answered, then terminate runs. */
+  close(): Promise<void> {
+    this.ending ??= (async () => {
+      try {
+        await this.server.close();
+        await this.requests.drain();
+        await this.driver.terminate?.(this.ctx);
+        this.resolveClosed();
+      } catch (error) {
+        this.rejectClosed(error as Error);
+      }
+    })();
+    return this.closed;
+  }
+
+  /** Ends the driver abnormally: waiting requests fail, every connection ends, no terminate. */
+  abort(reason: Error): Promise<void> {
+    this.ending ??= (async () => {
+      this.requests.abortAll();
+      await this.server.close();
+      this.rejectClosed(reason);
+    })();
+    return this.closed;
+  }
+}
+
+/** Starts exporting `driver` and resolves once it listens (after onDeviceAvailable). */
+export async function startExport<State>(driver: Driver<State>, options: ExportOptions<State>): Promise<Export<State>> {
+  const given: Attributes = { ...driver.attributes, ...options.attributes };
+  const attributes = adjustAttributes(given, driver as Driver<never>);
+  const name = options.name ?? '';
+  const log = options.log ?? ((line: string) => process.stderr.write(`bdus export: ${line}\n`));
+  if (attributes.log) for (const line of describeAdjustments(given, attributes)) log(line);
+  const readOnly = isReadOnly(driver as Driver<never>);
+  const ctx: Context<State> = {
+    id: 0n,
+    index: -1,
+    path: exportUri(options.listen, name),
+    kernelPath: '',
+    major: 0,
+    minor: 0,
+    attributes,
+    isRerun: false,
+    readOnly,
+    state: options.state as State,
+  };
+  let exported: Export<State> | undefined;
+  const requests = new RequestLayer(driver, ctx, { abort: (error) => void exported?.abort(error), log });
+  await driver.initialize?.(ctx);
+  const server = new NbdServer({
+    name,
+    description: options.description ?? '',
+    attributes,
+    readOnly,
+    callbacks: requestCallbacks(driver as Driver<never>),
+    requests,
+    log,
+  });
+  let address: ListenAddress;
+  try {
+    address = await server.listen(options.listen);
+  } catch (error) {
+    await Promise.resolve(driver.terminate?.(ctx)).catch(() => undefined);
+    throw error;
+  }
+  Object.assign(ctx, { path: exportUri(address, name) });
+  exported = new Export(ctx, ctx.path, address, driver, server, requests);
+  try {
+    if (driver.onDeviceAvailable) await driver.onDeviceAvailable(ctx);
+    else process.stdout.write(`${ctx.path}\n`);
+  } catch (error) {
+    await exported.close().catch(() => undefined);
+    throw error;
+  }
+  return exported;
+}
+
+/**
+ * Exports `driver` until SIGTERM or SIGINT (a normal close) or an abort (an uncaught exception
+ * aborts too). Resolves after a normal close; rejects with the reason otherwise.
+ */
+export async function runExport<State>(driver: Driver<State>, options: ExportOptions<State>): Promise<void> {
+  const exported = await startExport(driver, options);
+  const stop = () => void exported.close();
+  const crash = (error: Error) => void exported.abort(error);
+  process.on('SIGTERM', stop).on('SIGINT', stop).on('uncaughtException', crash);
+  try {
+    await exported.closed;
+  } finally {
+    process.off('SIGTERM', stop).off('SIGINT', stop).off('uncaughtException', crash);
+  }
+}

@@ -1,0 +1,554 @@
+/**
+ * An NBD server for one export served by one driver instance: where an NBD request enters (the
+ * connection's `transmit`), is handed to the request layer (the same checks, splitting,
+ * emulation and error mapping as a FUSE request), and where its reply leaves (`reply*`).
+ *
+ * Handshake: fixed newstyle only, with EXPORT_NAME, ABORT, LIST, INFO, GO, STRUCTURED_REPLY and
+ * the metadata context options for base:allocation. Anything malformed in the handshake gets the
+ * protocol's error reply where the protocol has one, and a hard disconnect where it has none
+ * (bad magic, oversized option, unknown client flags, an EXPORT_NAME that cannot be served).
+ * In transmission, a bad request gets an error reply; a bad magic or an oversized write payload
+ * (whose length cannot be trusted) ends the connection. Other connections never notice.
+ */
+import { createServer, type Server, type Socket } from 'node:net';
+import { rmSync } from 'node:fs';
+import type { EffectiveAttributes } from '../driver/attributes.js';
+import type { RequestCallback } from '../driver/driver.js';
+import type { RequestLayer } from '../request/request-layer.js';
+import {
+  BASE_ALLOCATION,
+  BASE_ALLOCATION_ID,
+  ChunkHeader,
+  ClientFlag,
+  Command,
+  CommandFlag,
+  Flag,
+  HandshakeFlag,
+  IHAVEOPT,
+  Info,
+  NBDMAGIC,
+  NbdError,
+  nbdError,
+  Option,
+  OPTION_REPLY_MAGIC,
+  Reply,
+  ReplyFlag,
+  ReplyType,
+  REQUEST_MAGIC,
+  RequestHeader,
+  SIMPLE_REPLY_MAGIC,
+  SimpleReply,
+  STRUCTURED_REPLY_MAGIC,
+} from './protocol.js';
+
+/** Largest read or write payload a client may send (advertised as the maximum block size). */
+export const MAX_PAYLOAD = 32 << 20;
+/** Longest option a client may send in the handshake; longer ones end the connection. */
+const MAX_OPTION = 64 << 10;
+/** A client must finish the handshake within this time. */
+const HANDSHAKE_TIMEOUT_MS = 60_000;
+
+export interface NbdExport {
+  /** The export's name; a client asking for "" gets it too. */
+  readonly name: string;
+  readonly description: string;
+  readonly attributes: EffectiveAttributes;
+  readonly readOnly: boolean;
+  /** The driver's request callbacks: they decide the transmission flags. */
+  readonly callbacks: readonly RequestCallback[];
+  readonly requests: RequestLayer;
+  readonly log: (line: string) => void;
+}
+
+/** Where to listen: a Unix socket path, or a TCP host and port. */
+export type ListenAddress = { unix: string } | { host: string; port: number };
+
+export class NbdServer {
+  private server: Server | undefined;
+  private readonly connections = new Set<Connection>();
+
+  constructor(private readonly exported: NbdExport) {}
+
+  /** Starts listening; resolves with the address actually bound (the port, if 0 was asked). */
+  async listen(address: ListenAddress): Promise<ListenAddress> {
+    const server = createServer((socket) => {
+      const connection = new Connection(socket, this.exported);
+      this.connections.add(connection);
+      socket.on('close', () => this.connections.delete(connection));
+    });
+    this.server = server;
+    server.on('error', (error) => this.exported.log(`nbd server: ${error.message}`));
+    if ('unix' in address) rmSync(address.unix, { force: true });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      if ('unix' in address) server.listen(address.unix, resolve);
+      else server.listen(address.port, address.host, resolve);
+    });
+    const bound = server.address();
+    return 'unix' in address || bound === null || typeof bound === 'string' ? address : { host: address.host, port: bound.port };
+  }
+
+  /** Connections open right now. */
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  /** Stops accepting, lets every connection's requests in progress be answered, then ends them. */
+  async close(): Promise<void> {
+    const server = this.server;
+    this.server = undefined;
+    if (!server) return;
+    const closed = new Promise((resolve) => server.close(resolve));
+    await Promise.all([...this.connections].map((c) => c.shutdown()));
+    await closed;
+  }
+}
+
+type Waiting = { size: number; then: (data: Buffer) => void };
+
+const WRITES = new Set<number>([Command.WRITE, Command.TRIM, Command.WRITE_ZEROES]);
+
+class Connection {
+  private readonly chunks: Buffer[] = [];
+  private buffered = 0;
+  private waiting: Waiting | undefined;
+  private draining = false;
+  private noZeroes = false;
+  private structured = false;
+  private allocationContext = false;
+  private transmitting = false;
+  private inFlight = 0;
+  private ending = false;
+  private endWhenIdle: (() => void) | undefined;
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly exported: NbdExport,
+  ) {
+    socket.setNoDelay(true);
+    socket.setTimeout(HANDSHAKE_TIMEOUT_MS, () => this.hangUp('the client did not finish the handshake in time'));
+    socket.on('data', (chunk: Buffer) => this.push(chunk));
+    socket.on('error', () => undefined); // 'close' follows
+    socket.on('close', () => this.endWhenIdle?.());
+    const greeting = Buffer.alloc(18);
+    greeting.writeBigUInt64BE(NBDMAGIC, 0);
+    greeting.writeBigUInt64BE(IHAVEOPT, 8);
+    greeting.writeUInt16BE(HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES, 16);
+    socket.write(greeting);
+    this.expect(4, (flags) => this.clientFlags(flags.readUInt32BE(0)));
+  }
+
+  /** Ends the connection once the requests in progress are answered (server shutdown). */
+  shutdown(): Promise<void> {
+    this.ending = true;
+    if (!this.transmitting) {
+      this.socket.destroy();
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      this.endWhenIdle = () => {
+        this.socket.end();
+        resolve();
+      };
+      if (this.inFlight === 0 || this.socket.destroyed) this.endWhenIdle();
+    });
+  }
+
+  // ---- Input ------------------------------------------------------------------------------------
+
+  private push(chunk: Buffer): void {
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+    this.drain();
+  }
+
+  /** Hands complete messages to whoever waits for them; a loop, not recursion, however many arrived at once. */
+  private drain(): void {
+    if (this.draining) return;
+    this.draining = true;
+    while (this.waiting && this.buffered >= this.waiting.size && !this.socket.destroyed) {
+      const { size, then } = this.waiting;
+      this.waiting = undefined;
+      then(this.take(size));
+    }
+    this.draining = false;
+  }
+
+  /** Calls `then` with the next `size` bytes, once they have arrived. */
+  private expect(size: number, then: (data: Buffer) => void): void {
+    this.waiting = { size, then };
+    this.drain();
+  }
+
+  private take(size: number): Buffer {
+    if (size === 0) return Buffer.alloc(0);
+    this.buffered -= size;
+    const first = this.chunks[0]!;
+    if (first.length === size) return this.chunks.shift()!;
+    if (first.length > size) {
+      this.chunks[0] = first.subarray(size);
+      return first.subarray(0, size);
+    }
+    const out = Buffer.allocUnsafe(size);
+    for (let at = 0; at < size; ) {
+      const chunk = this.chunks[0]!;
+      const n = Math.min(chunk.length, size - at);
+      chunk.copy(out, at, 0, n);
+      at += n;
+      if (n === chunk.length) this.chunks.shift();
+      else this.chunks[0] = chunk.subarray(n);
+    }
+    return out;
+  }
+
+  private hangUp(why: string): void {
+    if (!this.socket.destroyed) this.exported.log(`nbd: closing a connection: ${why}`);
+    this.socket.destroy();
+  }
+
+  // ---- Handshake ----------------------------------------------------------------------------------
+
+  private clientFlags(flags: number): void {
+    if (flags & ~(ClientFlag.FIXED_NEWSTYLE | ClientFlag.NO_ZEROES)) return this.hangUp(`unknown client flags 0x${flags.toString(16)}`);
+    this.noZeroes = (flags & ClientFlag.NO_ZEROES) !== 0;
+    this.nextOption();
+  }
+
+  private nextOption(): void {
+    this.expect(16, (header) => {
+      if (header.readBigUInt64BE(0) !== IHAVEOPT) return this.hangUp('bad option magic');
+      const option = header.readUInt32BE(8);
+      const length = header.readUInt32BE(12);
+      if (length > MAX_OPTION) return this.hangUp(`option ${option} is ${length} bytes long`);
+      this.expect(length, (data) => this.option(option, data));
+    });
+  }
+
+  private option(option: number, data: Buffer): void {
+    if (this.ending && option !== Option.ABORT) {
+      this.optionReply(option, Reply.ERR_SHUTDOWN);
+      return this.nextOption();
+    }
+    switch (option) {
+      case Option.EXPORT_NAME:
+        return this.exportName(data);
+      case Option.ABORT:
+        this.optionReply(option, Reply.ACK);
+        this.socket.end();
+        return;
+      case Option.LIST:
+        if (data.length !== 0) this.optionReply(option, Reply.ERR_INVALID, 'LIST takes no data');
+        else {
+          const name = Buffer.from(this.exported.name);
+          const server = Buffer.alloc(4 + name.length);
+          server.writeUInt32BE(name.length, 0);
+          name.copy(server, 4);
+          this.optionReply(option, Reply.SERVER, server);
+          this.optionReply(option, Reply.ACK);
+        }
+        break;
+      case Option.INFO:
+      case Option.GO:
+        if (this.infoOrGo(option, data)) return;
+        break;
+      case Option.STRUCTURED_REPLY:
+        if (data.length !== 0) this.optionReply(option, Reply.ERR_INVALID, 'STRUCTURED_REPLY takes no data');
+        else {
+          this.structured = true;
+          this.optionReply(option, Reply.ACK);
+        }
+        break;
+      case Option.LIST_META_CONTEXT:
+      case Option.SET_META_CONTEXT:
+        this.metaContext(option, data);
+        break;
+      default:
+        this.optionReply(option, Reply.ERR_UNSUP, `option ${option} is not supported`);
+    }
+    this.nextOption();
+  }
+
+  private exportName(data: Buffer): void {
+    if (!this.knows(data.toString('utf8'))) return this.hangUp(`no export named ${JSON.stringify(data.toString('utf8'))}`);
+    const reply = Buffer.alloc(this.noZeroes ? 10 : 134);
+    reply.writeBigUInt64BE(BigInt(this.exported.attributes.size), 0);
+    reply.writeUInt16BE(this.transmissionFlags(), 8);
+    this.socket.write(reply);
+    this.transmit();
+  }
+
+  /** INFO and GO; returns true if the connection moved on to transmission. */
+  private infoOrGo(option: number, data: Buffer): boolean {
+    const parsed = parseInfoRequest(data);
+    if (!parsed) {
+      this.optionReply(option, Reply.ERR_INVALID, 'malformed INFO/GO request');
+      return false;
+    }
+    if (!this.knows(parsed.name)) {
+      this.optionReply(option, Reply.ERR_UNKNOWN, `no export named ${JSON.stringify(parsed.name)}`);
+      return false;
+    }
+    const exportInfo = Buffer.alloc(12);
+    exportInfo.writeUInt16BE(Info.EXPORT, 0);
+    exportInfo.writeBigUInt64BE(BigInt(this.exported.attributes.size), 2);
+    exportInfo.writeUInt16BE(this.transmissionFlags(), 10);
+    this.optionReply(option, Reply.INFO, exportInfo);
+    // Block sizes are always sent: they are the constraints the request layer checks.
+    const { logicalBlockSize, physicalBlockSize } = this.exported.attributes;
+    const sizes = Buffer.alloc(14);
+    sizes.writeUInt16BE(Info.BLOCK_SIZE, 0);
+    sizes.writeUInt32BE(logicalBlockSize, 2);
+    sizes.writeUInt32BE(Math.max(physicalBlockSize, 4096), 6);
+    sizes.writeUInt32BE(MAX_PAYLOAD, 10);
+    this.optionReply(option, Reply.INFO, sizes);
+    for (const type of parsed.requests) {
+      if (type === Info.NAME) this.optionReply(option, Reply.INFO, infoString(Info.NAME, this.exported.name));
+      if (type === Info.DESCRIPTION && this.exported.description) {
+        this.optionReply(option, Reply.INFO, infoString(Info.DESCRIPTION, this.exported.description));
+      }
+    }
+    this.optionReply(option, Reply.ACK);
+    if (option !== Option.GO) return false;
+    this.transmit();
+    return true;
+  }
+
+  private metaContext(option: number, data: Buffer): void {
+    const parsed = parseMetaContextRequest(data);
+    if (!parsed) return this.optionReply(option, Reply.ERR_INVALID, 'malformed metadata context request');
+    if (!this.knows(parsed.name)) return this.optionReply(option, Reply.ERR_UNKNOWN, `no export named ${JSON.stringify(parsed.name)}`);
+    if (option === Option.SET_META_CONTEXT && !this.structured) {
+      return this.optionReply(option, Reply.ERR_INVALID, 'SET_META_CONTEXT needs structured replies first');
+    }
+    const listing = option === Option.LIST_META_CONTEXT;
+    const wanted = parsed.queries.some((q) => q === BASE_ALLOCATION || (listing && q === 'base:')) || (listing && parsed.queries.length === 0);
+    if (option === Option.SET_META_CONTEXT) this.allocationContext = wanted;
+    if (wanted) {
+      const name = Buffer.from(BASE_ALLOCATION);
+      const reply = Buffer.alloc(4 + name.length);
+      reply.writeUInt32BE(BASE_ALLOCATION_ID, 0);
+      name.copy(reply, 4);
+      this.optionReply(option, Reply.META_CONTEXT, reply);
+    }
+    this.optionReply(option, Reply.ACK);
+  }
+
+  private knows(name: string): boolean {
+    return name === '' || name === this.exported.name;
+  }
+
+  private transmissionFlags(): number {
+    const has = (name: RequestCallback) => this.exported.callbacks.includes(name);
+    let flags = Flag.HAS_FLAGS | Flag.SEND_FLUSH | Flag.SEND_FUA | Flag.CAN_MULTI_CONN;
+    if (this.exported.readOnly) flags |= Flag.READ_ONLY;
+    else {
+      if (has('discard')) flags |= Flag.SEND_TRIM;
+      flags |= Flag.SEND_WRITE_ZEROES;
+      if (has('writeZeros')) flags |= Flag.SEND_FAST_ZERO;
+    }
+    if (this.structured) flags |= Flag.SEND_DF;
+    return flags;
+  }
+
+  private optionReply(option: number, type: number, data: Buffer | string = Buffer.alloc(0)): void {
+    const payload = typeof data === 'string' ? Buffer.from(data) : data;
+    const header = Buffer.alloc(20);
+    header.writeBigUInt64BE(OPTION_REPLY_MAGIC, 0);
+    header.writeUInt32BE(option, 8);
+    header.writeUInt32BE(type >>> 0, 12);
+    header.writeUInt32BE(payload.length, 16);
+    this.socket.write(payload.length ? Buffer.concat([header, payload]) : header);
+  }
+
+  // ---- Transmission -------------------------------------------------------------------------------
+
+  private transmit(): void {
+    this.transmitting = true;
+    this.socket.setTimeout(0);
+    this.nextRequest();
+  }
+
+  private nextRequest(): void {
+    if (this.ending) return;
+    this.expect(RequestHeader.SIZE, (header) => {
+      if (header.readUInt32BE(RequestHeader.magic) !== REQUEST_MAGIC) return this.hangUp('bad request magic');
+      const type = header.readUInt16BE(RequestHeader.type);
+      const length = header.readUInt32BE(RequestHeader.length);
+      if (type === Command.WRITE) {
+        // A write's payload follows its header; a length we would not accept cannot be skipped safely.
+        if (length > MAX_PAYLOAD) return this.hangUp(`a write of ${length} bytes (the maximum is ${MAX_PAYLOAD})`);
+        const request = Buffer.from(header); // the header buffer may be a view into a reused chunk
+        return this.expect(length, (data) => {
+          this.request(request, data);
+          this.nextRequest();
+        });
+      }
+      if (type === Command.DISC) {
+        this.ending = true;
+        return void this.shutdown();
+      }
+      this.request(Buffer.from(header), undefined);
+      this.nextRequest();
+    });
+  }
+
+  private request(header: Buffer, data: Buffer | undefined): void {
+    const flags = header.readUInt16BE(RequestHeader.flags);
+    const type = header.readUInt16BE(RequestHeader.type);
+    const offset = Number(header.readBigUInt64BE(RequestHeader.offset));
+    const length = header.readUInt32BE(RequestHeader.length);
+    const cookie = header.subarray(RequestHeader.cookie, RequestHeader.cookie + 8);
+    const { requests } = this.exported;
+    const size = this.exported.attributes.size;
+    const outside = offset + length > size;
+    if (this.exported.readOnly && WRITES.has(type)) return this.replyError(cookie, NbdError.EPERM);
+    let pending: Promise<number>;
+    switch (type) {
+      case Command.READ:
+        if (outside || length > MAX_PAYLOAD) return this.replyError(cookie, NbdError.EINVAL);
+        return this.read(cookie, offset, length);
+      case Command.WRITE:
+        if (outside) return this.replyError(cookie, NbdError.EINVAL);
+        pending = flags & CommandFlag.FUA ? requests.fuaWrite(data!, offset) : requests.write(data!, offset);
+        break;
+      case Command.FLUSH:
+        pending = requests.flush();
+        break;
+      case Command.TRIM:
+        if (outside) return this.replyError(cookie, NbdError.EINVAL);
+        pending = requests.discard(offset, length);
+        break;
+      case Command.WRITE_ZEROES:
+        if (outside) return this.replyError(cookie, NbdError.EINVAL);
+        if (flags & CommandFlag.FAST_ZERO && !this.exported.callbacks.includes('writeZeros')) return this.replyError(cookie, NbdError.ENOTSUP);
+        pending = requests.writeZeros(offset, length, (flags & CommandFlag.NO_HOLE) === 0);
+        break;
+      case Command.BLOCK_STATUS:
+        if (outside || length === 0 || !this.allocationContext) return this.replyError(cookie, NbdError.EINVAL);
+        return this.blockStatus(cookie, length);
+      case Command.CACHE: // advisory: nothing to do
+        return this.replyStatus(cookie, 0);
+      default:
+        return this.replyError(cookie, NbdError.EINVAL);
+    }
+    this.inFlight++;
+    void pending.then((errno) => {
+      this.replyStatus(cookie, nbdError(errno));
+      this.done();
+    });
+  }
+
+  /** Reads straight into the reply: the callback fills the bytes after the header in place. */
+  private read(cookie: Buffer, offset: number, length: number): void {
+    const headerSize = this.structured ? ChunkHeader.SIZE + 8 : SimpleReply.SIZE;
+    const reply = Buffer.allocUnsafe(headerSize + length);
+    if (this.structured) {
+      writeChunkHeader(reply, cookie, ReplyFlag.DONE, ReplyType.OFFSET_DATA, 8 + length);
+      reply.writeBigUInt64BE(BigInt(offset), ChunkHeader.SIZE);
+    } else {
+      reply.writeUInt32BE(SIMPLE_REPLY_MAGIC, SimpleReply.magic);
+      reply.writeUInt32BE(0, SimpleReply.error);
+      cookie.copy(reply, SimpleReply.cookie);
+    }
+    this.inFlight++;
+    void this.exported.requests.read(reply.subarray(headerSize), offset).then((errno) => {
+      if (errno === 0) this.send(reply);
+      else this.replyError(cookie, nbdError(errno));
+      this.done();
+    });
+  }
+
+  /** base:allocation without a driver callback for it: everything is data. */
+  private blockStatus(cookie: Buffer, length: number): void {
+    const reply = Buffer.alloc(ChunkHeader.SIZE + 12);
+    writeChunkHeader(reply, cookie, ReplyFlag.DONE, ReplyType.BLOCK_STATUS, 12);
+    reply.writeUInt32BE(BASE_ALLOCATION_ID, ChunkHeader.SIZE);
+    reply.writeUInt32BE(length, ChunkHeader.SIZE + 4);
+    reply.writeUInt32BE(0, ChunkHeader.SIZE + 8);
+    this.send(reply);
+  }
+
+  private replyStatus(cookie: Buffer, error: number): void {
+    if (error !== 0) return this.replyError(cookie, error);
+    if (this.structured) {
+      const reply = Buffer.alloc(ChunkHeader.SIZE);
+      writeChunkHeader(reply, cookie, ReplyFlag.DONE, ReplyType.NONE, 0);
+      return this.send(reply);
+    }
+    this.send(simpleReply(cookie, 0));
+  }
+
+  private replyError(cookie: Buffer, error: number): void {
+    if (!this.structured) return this.send(simpleReply(cookie, error));
+    const reply = Buffer.alloc(ChunkHeader.SIZE + 6);
+    writeChunkHeader(reply, cookie, ReplyFlag.DONE, ReplyType.ERROR, 6);
+    reply.writeUInt32BE(error, ChunkHeader.SIZE);
+    reply.writeUInt16BE(0, ChunkHeader.SIZE + 4); // no message
+    this.send(reply);
+  }
+
+  private send(reply: Buffer): void {
+    if (!this.socket.destroyed && this.socket.writable) this.socket.write(reply);
+  }
+
+  private done(): void {
+    if (--this.inFlight === 0 && this.ending) this.endWhenIdle?.();
+  }
+}
+
+function simpleReply(cookie: Buffer, error: number): Buffer {
+  const reply = Buffer.alloc(SimpleReply.SIZE);
+  reply.writeUInt32BE(SIMPLE_REPLY_MAGIC, SimpleReply.magic);
+  reply.writeUInt32BE(error, SimpleReply.error);
+  cookie.copy(reply, SimpleReply.cookie);
+  return reply;
+}
+
+function writeChunkHeader(buffer: Buffer, cookie: Buffer, flags: number, type: number, length: number): void {
+  buffer.writeUInt32BE(STRUCTURED_REPLY_MAGIC, ChunkHeader.magic);
+  buffer.writeUInt16BE(flags, ChunkHeader.flags);
+  buffer.writeUInt16BE(type, ChunkHeader.type);
+  cookie.copy(buffer, ChunkHeader.cookie);
+  buffer.writeUInt32BE(length, ChunkHeader.length);
+}
+
+function infoString(type: number, text: string): Buffer {
+  const bytes = Buffer.from(text);
+  const info = Buffer.alloc(2 + bytes.length);
+  info.writeUInt16BE(type, 0);
+  bytes.copy(info, 2);
+  return info;
+}
+
+/** INFO/GO data: u32 name length, name, u16 count, count x u16 info types. */
+function parseInfoRequest(data: Buffer): { name: string; requests: number[] } | undefined {
+  if (data.length < 6) return undefined;
+  const nameLength = data.readUInt32BE(0);
+  if (nameLength > data.length - 6) return undefined;
+  const name = data.toString('utf8', 4, 4 + nameLength);
+  const count = data.readUInt16BE(4 + nameLength);
+  if (data.length !== 6 + nameLength + 2 * count) return undefined;
+  const requests = [];
+  for (let i = 0; i < count; i++) requests.push(data.readUInt16BE(6 + nameLength + 2 * i));
+  return { name, requests };
+}
+
+/** LIST/SET_META_CONTEXT data: u32 name length, name, u32 count, count x (u32 length, query). */
+function parseMetaContextRequest(data: Buffer): { name: string; queries: string[] } | undefined {
+  if (data.length < 8) return undefined;
+  const nameLength = data.readUInt32BE(0);
+  if (nameLength > data.length - 8) return undefined;
+  const name = data.toString('utf8', 4, 4 + nameLength);
+  let at = 4 + nameLength;
+  const count = data.readUInt32BE(at);
+  at += 4;
+  const queries = [];
+  for (let i = 0; i < count; i++) {
+    if (at + 4 > data.length) return undefined;
+    const length = data.readUInt32BE(at);
+    if (length > data.length - at - 4) return undefined;
+    queries.push(data.toString('utf8', at + 4, at + 4 + length));
+    at += 4 + length;
+  }
+  return at === data.length ? { name, queries } : undefined;
+}
