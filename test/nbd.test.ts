@@ -1,0 +1,236 @@
+/**
+ * The NBD export (`bdus export`) against real clients nobody here wrote: nbdinfo, nbdcopy,
+ * qemu-img, fio's nbd engine; several connections at once; a read-only export; bad handshakes
+ * and requests sent by hand, after which the export still serves.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
+import { test, type TestContext } from 'node:test';
+import { BIN, must, scratch, sh } from './helpers.js';
+
+const MiB = 1 << 20;
+
+interface Exported {
+  uri: string;
+  socket: string;
+  /** The export's stderr so far. */
+  log(): string;
+  /** SIGTERM, then the exit code. */
+  stop(): Promise<number>;
+}
+
+/** Runs `bdus export ARGS --listen unix:...` until the test ends. */
+async function exportDriver(t: TestContext, args: readonly string[]): Promise<Exported> {
+  const socket = `${scratch('nbd')}.sock`;
+  const child = spawn(process.execPath, [BIN, 'export', ...args, '--listen', `unix:${socket}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  const exited = new Promise<number>((resolve) => child.on('exit', (code) => resolve(code ?? 128)));
+  const uri = await new Promise<string>((resolve, reject) => {
+    child.stdout.on('data', (d) => {
+      stdout += d;
+      if (stdout.includes('\n')) resolve(stdout.split('\n')[0]!);
+    });
+    void exited.then((code) => reject(new Error(`bdus export exited ${code}: ${stderr}`)));
+  });
+  const stop = async () => {
+    child.kill('SIGTERM');
+    return exited;
+  };
+  t.after(async () => {
+    await stop();
+    rmSync(socket, { force: true });
+  });
+  return { uri, socket, log: () => stderr, stop };
+}
+
+function scratchFile(t: TestContext, name: string): string {
+  const path = scratch(name);
+  t.after(() => rmSync(path, { force: true }));
+  return path;
+}
+
+test('nbdinfo: size, flags, block sizes and the allocation map', async (t) => {
+  const { uri } = await exportDriver(t, ['ram', '--size', '64M', '--logical-block-size', '4096']);
+  const info = JSON.parse(await must('nbdinfo', ['--json', uri])) as { exports: Array<Record<string, unknown>>; protocol: string };
+  assert.equal(info.protocol, 'newstyle-fixed');
+  const e = info.exports[0]!;
+  assert.equal(e['export-size'], 64 * MiB);
+  assert.equal(e.is_read_only, false);
+  assert.equal(e.can_flush, true);
+  assert.equal(e.can_fua, true);
+  assert.equal(e.can_trim, true);
+  assert.equal(e.can_zero, true);
+  assert.equal(e.can_fast_zero, true);
+  assert.equal(e.can_multi_conn, true);
+  assert.equal(e.block_size_minimum, 4096);
+  assert.equal(e.block_size_maximum, 32 * MiB);
+  assert.deepEqual(e.contexts, ['base:allocation']);
+  assert.match(await must('nbdinfo', ['--map', uri]), /^\s+0\s+67108864\s+0\s+data\n$/);
+});
+
+test('nbdcopy round trip: what goes in comes back out, checksum equal', async (t) => {
+  const { uri } = await exportDriver(t, ['ram', '--size', '64M']);
+  const source = scratchFile(t, 'source');
+  const back = scratchFile(t, 'back');
+  writeFileSync(source, randomBytes(64 * MiB));
+  await must('nbdcopy', [source, uri]);
+  await must('nbdcopy', [uri, back]);
+  assert.ok(readFileSync(source).equals(readFileSync(back)));
+});
+
+test('qemu-img: info, and convert into and out of the export', async (t) => {
+  const { uri } = await exportDriver(t, ['ram', '--size', '32M']);
+  assert.match(await must('qemu-img', ['info', uri]), /virtual size: 32 MiB \(33554432 bytes\)/);
+  const raw = scratchFile(t, 'raw');
+  const qcow2 = scratchFile(t, 'qcow2');
+  writeFileSync(raw, Buffer.concat([randomBytes(8 * MiB), Buffer.alloc(24 * MiB)]));
+  await must('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, qcow2]);
+  await must('qemu-img', ['convert', '-n', '-f', 'qcow2', '-O', 'raw', qcow2, uri]);
+  const out = scratchFile(t, 'out');
+  await must('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', uri, out]);
+  assert.match(await must('qemu-img', ['compare', raw, out]), /Images are identical/);
+});
+
+test('fio nbd engine with verify, four connections at once', async (t) => {
+  const { uri } = await exportDriver(t, ['ram', '--size', '128M', '--max-concurrent-callbacks', '16']);
+  const r = await sh('fio', [
+    '--name=nbd', '--ioengine=nbd', `--uri=${uri}`, '--rw=randwrite', '--bs=4k', '--iodepth=16', '--numjobs=4',
+    '--size=32M', '--offset_increment=32M', '--verify=crc32c', '--verify_fatal=1', '--group_reporting', '--output-format=terse',
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  const fields = r.stdout.trim().split('\n').at(-1)!.split(';');
+  assert.equal(fields[4], '0', 'no fio errors');
+  assert.equal(Number(fields[5]), 128 * 1024, 'every block written was read back and verified');
+});
+
+test('a read-only driver gives a read-only export; writes fail with EPERM', async (t) => {
+  const { uri } = await exportDriver(t, ['zero', '--size', '16M']);
+  const info = JSON.parse(await must('nbdinfo', ['--json', uri])) as { exports: Array<Record<string, unknown>> };
+  assert.equal(info.exports[0]!.is_read_only, true);
+  const source = scratchFile(t, 'source');
+  writeFileSync(source, Buffer.alloc(16 * MiB, 1));
+  const r = await sh('nbdcopy', [source, uri]);
+  assert.notEqual(r.code, 0);
+  const back = scratchFile(t, 'back');
+  await must('nbdcopy', [uri, back]);
+  assert.ok(readFileSync(back).equals(Buffer.alloc(16 * MiB)), 'reads give zeros');
+});
+
+test('TCP on loopback, an asked-for export name, and a normal stop (SIGTERM: exit 0)', async (t) => {
+  const child = spawn(process.execPath, [BIN, 'export', 'ram', '--size', '8M', '--listen', '127.0.0.1:0', '--name', 'disk0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.after(() => child.kill('SIGKILL'));
+  const uri = await new Promise<string>((resolve) => child.stdout.once('data', (d: Buffer) => resolve(d.toString().trim())));
+  assert.match(uri, /^nbd:\/\/127\.0\.0\.1:\d+\/disk0$/);
+  assert.match(await must('nbdinfo', [uri]), /export="disk0"/);
+  const wrong = await sh('nbdinfo', [uri.replace('/disk0', '/other')]);
+  assert.notEqual(wrong.code, 0);
+  const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+  child.kill('SIGTERM');
+  assert.equal(await exited, 0);
+});
+
+// ---- Bad input, by hand ---------------------------------------------------------------------------
+
+/** A raw connection that collects what the server sends. */
+async function raw(socketPath: string): Promise<{ socket: Socket; received: () => Buffer; closed: Promise<void>; next: (n: number) => Promise<Buffer> }> {
+  const socket = connect(socketPath);
+  let data = Buffer.alloc(0);
+  let waiter: (() => void) | undefined;
+  socket.on('data', (d: Buffer) => {
+    data = Buffer.concat([data, d]);
+    waiter?.();
+  });
+  const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
+  socket.on('error', () => undefined);
+  let read = 0;
+  const next = async (n: number) => {
+    while (data.length - read < n) {
+      await Promise.race([new Promise<void>((resolve) => (waiter = resolve)), closed]);
+      if (socket.destroyed && data.length - read < n) throw new Error(`connection closed after ${data.length} bytes`);
+    }
+    read += n;
+    return data.subarray(read - n, read);
+  };
+  await new Promise((resolve) => socket.once('connect', resolve));
+  return { socket, received: () => data, closed, next };
+}
+
+function option(code: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  const header = Buffer.alloc(16);
+  header.writeBigUInt64BE(0x49484156454f5054n, 0);
+  header.writeUInt32BE(code, 8);
+  header.writeUInt32BE(payload.length, 12);
+  return Buffer.concat([header, payload]);
+}
+
+test('bad handshakes and requests get the protocol error or a clean disconnect; the export serves on', async (t) => {
+  const { uri, socket } = await exportDriver(t, ['ram', '--size', '16M']);
+
+  // Unknown client flags: disconnect.
+  const a = await raw(socket);
+  await a.next(18);
+  a.socket.write(Buffer.from([0, 0, 0, 0x80]));
+  await a.closed;
+
+  // Bad option magic: disconnect.
+  const b = await raw(socket);
+  await b.next(18);
+  b.socket.write(Buffer.concat([Buffer.from([0, 0, 0, 3]), Buffer.alloc(16, 0xff)]));
+  await b.closed;
+
+  // Unknown option: ERR_UNSUP, and the handshake goes on; malformed GO: ERR_INVALID; ABORT: ACK.
+  const c = await raw(socket);
+  await c.next(18);
+  c.socket.write(Buffer.concat([Buffer.from([0, 0, 0, 3]), option(0x7777)]));
+  const unsup = await c.next(20);
+  assert.equal(unsup.readUInt32BE(12), 0x80000001, 'NBD_REP_ERR_UNSUP');
+  await c.next(unsup.readUInt32BE(16));
+  c.socket.write(option(7, Buffer.from([0, 0, 0, 9, 1])));
+  const invalid = await c.next(20);
+  assert.equal(invalid.readUInt32BE(12), 0x80000003, 'NBD_REP_ERR_INVALID');
+  await c.next(invalid.readUInt32BE(16));
+  c.socket.write(option(2));
+  const ack = await c.next(20);
+  assert.equal(ack.readUInt32BE(12), 1, 'NBD_REP_ACK');
+  await c.closed;
+
+  // An oversized option: disconnect without reading it.
+  const d = await raw(socket);
+  await d.next(18);
+  const huge = option(7);
+  huge.writeUInt32BE(0x7fffffff, 12);
+  d.socket.write(Buffer.concat([Buffer.from([0, 0, 0, 3]), huge]));
+  await d.closed;
+
+  // In transmission: an out-of-range read gets EINVAL, a bad magic a disconnect.
+  const e = await raw(socket);
+  await e.next(18);
+  e.socket.write(Buffer.concat([Buffer.from([0, 0, 0, 3]), option(1)])); // EXPORT_NAME ""
+  await e.next(10);
+  const request = Buffer.alloc(28);
+  request.writeUInt32BE(0x25609513, 0);
+  request.writeUInt16BE(0, 6); // READ
+  request.writeBigUInt64BE(0xabcdefn, 8);
+  request.writeBigUInt64BE(BigInt(16 * MiB), 16);
+  request.writeUInt32BE(4096, 24);
+  e.socket.write(request);
+  const reply = await e.next(16);
+  assert.equal(reply.readUInt32BE(0), 0x67446698);
+  assert.equal(reply.readUInt32BE(4), 22, 'EINVAL');
+  assert.equal(reply.readBigUInt64BE(8), 0xabcdefn, 'the cookie comes back');
+  e.socket.write(Buffer.alloc(28, 0x11));
+  await e.closed;
+
+  // The export is unharmed.
+  const source = scratchFile(t, 'source');
+  const back = scratchFile(t, 'back');
+  writeFileSync(source, randomBytes(16 * MiB));
+  await must('nbdcopy', [source, uri]);
+  await must('nbdcopy', [uri, back]);
+  assert.ok(readFileSync(source).equals(readFileSync(back)));
+});
