@@ -38,6 +38,7 @@ import { FuseLoopFrontend, fuseLoopAttributes } from '../frontend/fuse/fuse-loop
 import { native } from '../native.js';
 import { RequestLayer } from '../request/request-layer.js';
 import { RestartTable } from '../request/restart-table.js';
+import { Outcome } from '../util/outcome.js';
 import { sleep } from '../util/process.js';
 
 export interface RunOptions<State = unknown> {
@@ -69,8 +70,7 @@ const REATTACH_MAX_WAIT_MS = 1000;
 export class Device<State = unknown> {
   /** Settles when the device is gone: resolves after destroy(), rejects with the reason of an abort. */
   readonly closed: Promise<void>;
-  private resolveClosed!: () => void;
-  private rejectClosed!: (error: Error) => void;
+  private readonly outcome = new Outcome();
   private ending: Promise<void> | undefined;
 
   /** @internal use start() */
@@ -82,11 +82,7 @@ export class Device<State = unknown> {
     private readonly frontend: Frontend,
     private readonly log: (line: string) => void,
   ) {
-    this.closed = new Promise((resolve, reject) => {
-      this.resolveClosed = resolve;
-      this.rejectClosed = reject;
-    });
-    this.closed.catch(() => undefined); // observed by whoever awaits it; never unhandled here
+    this.closed = this.outcome.promise;
     this.listen(control);
   }
 
@@ -185,9 +181,9 @@ export class Device<State = unknown> {
     }
     if (failure) {
       if (failure.name !== 'DriverAbort') this.log(`driver ended with an error: ${failure.message}`);
-      this.rejectClosed(failure);
+      this.outcome.reject(failure);
     } else {
-      this.resolveClosed();
+      this.outcome.resolve();
     }
   }
 

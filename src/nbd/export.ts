@@ -12,6 +12,7 @@ import { adjustAttributes, describeAdjustments, type Attributes, type EffectiveA
 import { isReadOnly, requestCallbacks, type Context, type Driver } from '../driver/driver.js';
 import { RequestLayer } from '../request/request-layer.js';
 import type { RunOptions } from '../device/device.js';
+import { Outcome } from '../util/outcome.js';
 import { NbdServer, type ListenAddress } from './server.js';
 
 export interface ExportOptions<State = unknown> extends RunOptions<State> {
@@ -34,8 +35,7 @@ export function exportUri(address: ListenAddress, name: string): string {
 export class Export<State = unknown> {
   /** Settles when the export has ended: resolves after close(), rejects with an abort's reason. */
   readonly closed: Promise<void>;
-  private resolveClosed!: () => void;
-  private rejectClosed!: (error: Error) => void;
+  private readonly outcome = new Outcome();
   private ending: Promise<void> | undefined;
 
   /** @internal use startExport() */
@@ -47,11 +47,7 @@ export class Export<State = unknown> {
     private readonly server: NbdServer,
     private readonly requests: RequestLayer,
   ) {
-    this.closed = new Promise((resolve, reject) => {
-      this.resolveClosed = resolve;
-      this.rejectClosed = reject;
-    });
-    this.closed.catch(() => undefined);
+    this.closed = this.outcome.promise;
   }
 
   get attributes(): EffectiveAttributes {
@@ -65,9 +61,9 @@ export class Export<State = unknown> {
         await this.server.close();
         await this.requests.drain();
         await this.driver.terminate?.(this.ctx);
-        this.resolveClosed();
+        this.outcome.resolve();
       } catch (error) {
-        this.rejectClosed(error as Error);
+        this.outcome.reject(error as Error);
       }
     })();
     return this.closed;
@@ -78,7 +74,7 @@ export class Export<State = unknown> {
     this.ending ??= (async () => {
       this.requests.abortAll();
       await this.server.close();
-      this.rejectClosed(reason);
+      this.outcome.reject(reason);
     })();
     return this.closed;
   }
