@@ -73,7 +73,7 @@ export class Export<State = unknown> {
   abort(reason: Error): Promise<void> {
     this.ending ??= (async () => {
       this.requests.abortAll();
-      await this.server.close();
+      await this.server.close({ now: true });
       this.outcome.reject(reason);
     })();
     return this.closed;

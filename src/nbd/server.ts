@@ -93,13 +93,16 @@ export class NbdServer {
     return this.connections.size;
   }
 
-  /** Stops accepting, lets every connection's requests in progress be answered, then ends them. */
-  async close(): Promise<void> {
+  /**
+   * Stops accepting, lets every connection's requests in progress be answered, then ends them;
+   * with `now`, ends every connection at once (the driver aborted: nothing more will be answered).
+   */
+  async close(options: { now?: boolean } = {}): Promise<void> {
     const server = this.server;
     this.server = undefined;
     if (!server) return;
     const closed = new Promise((resolve) => server.close(resolve));
-    await Promise.all([...this.connections].map((c) => c.shutdown()));
+    await Promise.all([...this.connections].map((c) => (options.now ? c.hangUp('the export ends') : c.shutdown())));
     await closed;
   }
 }
@@ -141,6 +144,7 @@ class Connection {
   /** Ends the connection once the requests in progress are answered (server shutdown). */
   shutdown(): Promise<void> {
     this.ending = true;
+    this.waiting = undefined; // no more requests are read
     if (!this.transmitting) {
       this.socket.destroy();
       return Promise.resolve();
@@ -201,7 +205,7 @@ class Connection {
     return out;
   }
 
-  private hangUp(why: string): void {
+  hangUp(why: string): void {
     if (!this.socket.destroyed) this.exported.log(`nbd: closing a connection: ${why}`);
     this.socket.destroy();
   }
