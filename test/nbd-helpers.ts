@@ -1,0 +1,77 @@
+/**
+ * NBD test helpers: an export run for the length of a test, and a raw connection for sending
+ * the server whatever bytes a test wants (bad input included).
+ */
+import { spawn } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
+import type { TestContext } from 'node:test';
+import { BIN, scratch } from './helpers.js';
+
+export interface Exported {
+  uri: string;
+  socket: string;
+  /** The export's stderr so far. */
+  log(): string;
+  /** SIGTERM, then the exit code. */
+  stop(): Promise<number>;
+}
+
+/** Runs `bdus export ARGS --listen unix:...` until the test ends. */
+export async function exportDriver(t: TestContext, args: readonly string[]): Promise<Exported> {
+  const socket = `${scratch('nbd')}.sock`;
+  const child = spawn(process.execPath, [BIN, 'export', ...args, '--listen', `unix:${socket}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  const exited = new Promise<number>((resolve) => child.on('exit', (code) => resolve(code ?? 128)));
+  const uri = await new Promise<string>((resolve, reject) => {
+    child.stdout.on('data', (d) => {
+      stdout += d;
+      if (stdout.includes('\n')) resolve(stdout.split('\n')[0]!);
+    });
+    void exited.then((code) => reject(new Error(`bdus export exited ${code}: ${stderr}`)));
+  });
+  const stop = async () => {
+    child.kill('SIGTERM');
+    return exited;
+  };
+  t.after(async () => {
+    await stop();
+    rmSync(socket, { force: true });
+  });
+  return { uri, socket, log: () => stderr, stop };
+}
+
+/** A raw connection that collects what the server sends. */
+export async function raw(socketPath: string): Promise<{ socket: Socket; received: () => Buffer; closed: Promise<void>; next: (n: number) => Promise<Buffer> }> {
+  const socket = connect(socketPath);
+  let data = Buffer.alloc(0);
+  let waiter: (() => void) | undefined;
+  socket.on('data', (d: Buffer) => {
+    data = Buffer.concat([data, d]);
+    waiter?.();
+  });
+  const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
+  socket.on('error', () => undefined);
+  let read = 0;
+  const next = async (n: number) => {
+    while (data.length - read < n) {
+      await Promise.race([new Promise<void>((resolve) => (waiter = resolve)), closed]);
+      if (socket.destroyed && data.length - read < n) throw new Error(`connection closed after ${data.length} bytes`);
+    }
+    read += n;
+    return data.subarray(read - n, read);
+  };
+  await new Promise((resolve) => socket.once('connect', resolve));
+  return { socket, received: () => data, closed, next };
+}
+
+export function option(code: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  const header = Buffer.alloc(16);
+  header.writeBigUInt64BE(0x49484156454f5054n, 0);
+  header.writeUInt32BE(code, 8);
+  header.writeUInt32BE(payload.length, 12);
+  return Buffer.concat([header, payload]);
+}
+
