@@ -11,8 +11,8 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { must, scratch, sleep } from './helpers.js';
-import { exportDriver, option, raw } from './nbd-helpers.js';
+import { must, scratch } from './helpers.js';
+import { exportDriver, option, raw, readRequest, transmitting, untilQuiet } from './nbd-helpers.js';
 
 const RUNS = Number(process.env.BDUS_FUZZ_RUNS ?? 500);
 const SIZE = 16 << 20;
@@ -78,24 +78,14 @@ async function send(socketPath: string, bytes: Buffer[], afterGreeting = true): 
   const c = await raw(socketPath);
   if (afterGreeting) await c.next(18);
   for (const piece of bytes) c.socket.write(piece);
-  for (let seen = -1; seen !== c.received().length; ) {
-    seen = c.received().length;
-    await Promise.race([sleep(QUIET_MS), c.closed]);
-  }
+  await untilQuiet(c, QUIET_MS);
   c.socket.destroy();
 }
 
 /** A handshake (GO, simple replies) and one read: the export still serves. */
 async function probe(socketPath: string): Promise<void> {
-  const c = await raw(socketPath);
-  await c.next(18);
-  c.socket.write(Buffer.concat([Buffer.from([0, 0, 0, 3]), option(1)])); // EXPORT_NAME ""
-  await c.next(10);
-  const read = Buffer.alloc(28);
-  read.writeUInt32BE(0x25609513, 0);
-  read.writeBigUInt64BE(7n, 8);
-  read.writeUInt32BE(4096, 24);
-  c.socket.write(read);
+  const c = await transmitting(socketPath);
+  c.socket.write(readRequest(7n, 0, 4096));
   const reply = await c.next(16 + 4096);
   assert.equal(reply.readUInt32BE(4), 0, 'the probe read succeeds');
   c.socket.destroy();
@@ -129,10 +119,7 @@ test('fuzzing the NBD handshake and transmission: answers or clean hang-ups, nev
         done = header.readUInt32BE(8) === 7 && header.readUInt32BE(12) === 1;
       }
       for (const request of requests) c.socket.write(request);
-      for (let seen = -1; seen !== c.received().length; ) {
-        seen = c.received().length;
-        await Promise.race([sleep(QUIET_MS), c.closed]);
-      }
+      await untilQuiet(c, QUIET_MS);
       c.socket.destroy();
       messages += hello.length + requests.length;
       await probe(exported.socket);

@@ -75,3 +75,30 @@ export function option(code: number, payload: Buffer = Buffer.alloc(0)): Buffer 
   return Buffer.concat([header, payload]);
 }
 
+
+/** A READ request (simple header): magic, no flags, `cookie`, `offset`, `length`. */
+export function readRequest(cookie: bigint, offset: number, length: number): Buffer {
+  const request = Buffer.alloc(28);
+  request.writeUInt32BE(0x25609513, 0);
+  request.writeBigUInt64BE(cookie, 8);
+  request.writeBigUInt64BE(BigInt(offset), 16);
+  request.writeUInt32BE(length, 24);
+  return request;
+}
+
+/** Starts a connection in transmission: client flags, EXPORT_NAME "" and its 10-byte answer. */
+export async function transmitting(socketPath: string): Promise<Awaited<ReturnType<typeof raw>>> {
+  const c = await raw(socketPath);
+  await c.next(18);
+  c.socket.write(Buffer.concat([Buffer.from([0, 0, 0, 3]), option(1)]));
+  await c.next(10);
+  return c;
+}
+
+/** Waits until the server hangs up, or sends nothing for `quietMs`. */
+export async function untilQuiet(c: Awaited<ReturnType<typeof raw>>, quietMs: number): Promise<void> {
+  for (let seen = -1; seen !== c.received().length; ) {
+    seen = c.received().length;
+    await Promise.race([new Promise((resolve) => setTimeout(resolve, quietMs)), c.closed]);
+  }
+}

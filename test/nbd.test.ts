@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { test, type TestContext } from 'node:test';
 import { BIN, must, scratch, sh } from './helpers.js';
-import { exportDriver, option, raw } from './nbd-helpers.js';
+import { exportDriver, option, raw, readRequest, transmitting } from './nbd-helpers.js';
 
 const MiB = 1 << 20;
 
@@ -141,17 +141,8 @@ test('bad handshakes and requests get the protocol error or a clean disconnect; 
   await d.closed;
 
   // In transmission: an out-of-range read gets EINVAL, a bad magic a disconnect.
-  const e = await raw(socket);
-  await e.next(18);
-  e.socket.write(Buffer.concat([Buffer.from([0, 0, 0, 3]), option(1)])); // EXPORT_NAME ""
-  await e.next(10);
-  const request = Buffer.alloc(28);
-  request.writeUInt32BE(0x25609513, 0);
-  request.writeUInt16BE(0, 6); // READ
-  request.writeBigUInt64BE(0xabcdefn, 8);
-  request.writeBigUInt64BE(BigInt(16 * MiB), 16);
-  request.writeUInt32BE(4096, 24);
-  e.socket.write(request);
+  const e = await transmitting(socket);
+  e.socket.write(readRequest(0xabcdefn, 16 * MiB, 4096));
   const reply = await e.next(16);
   assert.equal(reply.readUInt32BE(0), 0x67446698);
   assert.equal(reply.readUInt32BE(4), 22, 'EINVAL');
