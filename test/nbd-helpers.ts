@@ -2,11 +2,13 @@
  * NBD test helpers: an export run for the length of a test, and a raw connection for sending
  * the server whatever bytes a test wants (bad input included).
  */
+import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import type { TestContext } from 'node:test';
-import { BIN, scratch } from './helpers.js';
+import { BIN, must, scratch } from './helpers.js';
 
 export interface Exported {
   uri: string;
@@ -101,4 +103,18 @@ export async function untilQuiet(c: Awaited<ReturnType<typeof raw>>, quietMs: nu
     seen = c.received().length;
     await Promise.race([new Promise((resolve) => setTimeout(resolve, quietMs)), c.closed]);
   }
+}
+
+/** nbdcopy `size` random bytes into the export and back out; what comes back must be the same. */
+export async function assertRoundTrip(t: TestContext, uri: string, size: number): Promise<void> {
+  const source = scratch('source');
+  const back = scratch('back');
+  t.after(() => {
+    rmSync(source, { force: true });
+    rmSync(back, { force: true });
+  });
+  writeFileSync(source, randomBytes(size));
+  await must('nbdcopy', [source, uri]);
+  await must('nbdcopy', [uri, back]);
+  assert.ok(readFileSync(source).equals(readFileSync(back)), 'the data comes back unchanged');
 }

@@ -86,7 +86,6 @@ interface Holding {
   failures: number;
 }
 
-const KEEPER_MODES: Record<string, KeeperMode> = { reissue: 'hold', 'fail-received': 'fail-received', 'fail-all': 'fail-all' };
 
 export class Daemon {
   /** Resolves once the daemon has stopped. */
@@ -397,11 +396,11 @@ export class Daemon {
     this.registry.update(record);
     const attributes = record.attributes as unknown as EffectiveAttributes;
     const givingUp = holding.failures >= attributes.recoveryLimit;
-    const mode = givingUp ? 'fail-all' : KEEPER_MODES[attributes.recoveryMode] ?? 'hold';
+    const mode: KeeperMode = givingUp || attributes.recoveryMode === 'fail-all' ? 'fail-all' : 'hold';
     this.log(
       givingUp
         ? `device ${record.id}: ${holding.failures} drivers in a row failed to recover it (recoveryLimit ${attributes.recoveryLimit}); its requests fail with EIO until a driver attaches`
-        : `device ${record.id} is recoverable: it waits for a new driver (bdus rerun); requests: ${mode}`,
+        : `device ${record.id} is recoverable: it waits for a new driver (bdus rerun); recoveryMode ${attributes.recoveryMode}`,
     );
     holding.keeper = new FuseKeeper(
       holding.fd,

@@ -118,9 +118,7 @@ export class Device<State = unknown> {
   abort(reason: Error): Promise<void> {
     if (this.ctx.attributes.recoverable) {
       this.ending ??= this.end('keep', async () => {
-        const abandoned = this.frontend.abandon(); // answers nothing from here on
-        this.requests.abortAll();
-        await abandoned;
+        await this.frontend.abandon();
         throw reason;
       });
       return this.closed;
@@ -145,8 +143,8 @@ export class Device<State = unknown> {
    * Hands the device over to a replacement driver (the daemon's `replace` event): stop taking
    * requests, finish those taken, flush, terminate, and tell the daemon how that went. Settles
    * `closed` like a destruction, but the device lives on.
+   * @internal
    */
-  /** @internal */
   handOver(): void {
     this.ending ??= this.end('keep', async () => {
       this.log('handing the device over to a new driver');
@@ -343,9 +341,7 @@ export async function rerun<State>(device: DeviceName, driver: Driver<State>, op
   } catch (error) {
     // The device stays with the daemon, which decides: a recoverable one waits for another driver.
     const adopted = frontend.kernelFd === fd;
-    const abandoned = frontend.abandon(); // answers nothing from here on
-    instance.requests.abortAll();
-    await abandoned;
+    await frontend.abandon();
     if (!adopted) closeFd(fd);
     if (instance.initialized) await Promise.resolve(driver.terminate?.(ctx)).catch(() => undefined);
     control.close();

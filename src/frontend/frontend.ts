@@ -53,8 +53,8 @@ export interface Frontend {
    */
   detach(): Promise<void>;
   /**
-   * Gives the device up at once (a recoverable device's driver aborts): nothing more is
-   * answered, and the requests taken but not answered go to the next driver.
+   * Gives the device up at once (a recoverable device's driver aborts): the request layer stops,
+   * nothing more is answered, and the requests taken but not answered go to the next driver.
    */
   abandon(): Promise<void>;
   /** Closes this process's end of the kernel device, which lives on with its other holders. */

@@ -381,9 +381,9 @@ class Connection {
       if (type === Command.WRITE) {
         // A write's payload follows its header; a length we would not accept cannot be skipped safely.
         if (length > MAX_PAYLOAD) return this.hangUp(`a write of ${length} bytes (the maximum is ${MAX_PAYLOAD})`);
-        const request = Buffer.from(header); // the header buffer may be a view into a reused chunk
+        // Socket chunks are never reused, so the header (a view into one) stays valid meanwhile.
         return this.expect(length, (data) => {
-          this.request(request, data);
+          this.request(header, data);
           this.nextRequest();
         });
       }
@@ -391,7 +391,7 @@ class Connection {
         this.ending = true;
         return void this.shutdown();
       }
-      this.request(Buffer.from(header), undefined);
+      this.request(header, undefined);
       this.nextRequest();
     });
   }
@@ -399,7 +399,8 @@ class Connection {
   private request(header: Buffer, data: Buffer | undefined): void {
     const flags = header.readUInt16BE(RequestHeader.flags);
     const type = header.readUInt16BE(RequestHeader.type);
-    const offset = Number(header.readBigUInt64BE(RequestHeader.offset));
+    // Two 32-bit reads, not a BigInt per request; past 2^53 the value is inexact but still outside.
+    const offset = header.readUInt32BE(RequestHeader.offset) * 0x1_0000_0000 + header.readUInt32BE(RequestHeader.offset + 4);
     const length = header.readUInt32BE(RequestHeader.length);
     const cookie = header.subarray(RequestHeader.cookie, RequestHeader.cookie + 8);
     const { requests } = this.exported;

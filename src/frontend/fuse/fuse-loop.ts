@@ -20,7 +20,7 @@ import { constants } from 'node:os';
 import type { EffectiveAttributes } from '../../driver/attributes.js';
 import type { Frontend, FrontendOptions, KernelDevice } from '../frontend.js';
 import type { RequestLayer } from '../../request/request-layer.js';
-import { Holder, isResent, type RestartTable } from '../../request/restart-table.js';
+import { Holder, isResent, restartLimitOf, type RestartTable } from '../../request/restart-table.js';
 import { execute } from '../../util/exec.js';
 import { RUN_DIR } from '../../util/paths.js';
 import { bufferSizeFor, FuseChannel } from './channel.js';
@@ -88,8 +88,7 @@ export class FuseLoopFrontend implements Frontend {
   constructor(private readonly options: FuseLoopOptions) {
     this.requests = options.requests;
     this.restarts = options.restarts;
-    const { recoveryMode, restartLimit } = options.attributes;
-    this.restartLimit = recoveryMode === 'fail-received' ? 1 : restartLimit;
+    this.restartLimit = restartLimitOf(options.attributes);
     this.mountpoint = mountpointOf(options.index);
     this.image = { size: options.attributes.size, physicalBlockSize: options.attributes.physicalBlockSize, readOnly: options.readOnly };
     this.ended = new Promise((resolve) => (this.resolveEnded = resolve));
@@ -139,8 +138,10 @@ export class FuseLoopFrontend implements Frontend {
 
   async abandon(): Promise<void> {
     this.leaving = true;
+    if (this.channel) this.channel.muted = true;
+    // Waiting requests now end at once; their answers (EIO) are not sent: the next reader gets them.
+    this.requests.abortAll();
     if (this.channel) {
-      this.channel.muted = true;
       await withTimeout(this.channel.stopReading(() => statfs(this.mountpoint)), 5_000, 'FUSE readers did not stop').catch((e) =>
         this.options.log((e as Error).message),
       );

@@ -5,9 +5,10 @@
  * reads the connection in the daemon:
  *
  * - requests about the image file get the answers the driver would give (image-file.ts);
- * - I/O requests are held until a driver attaches ('hold'), failed with EIO at once
- *   ('fail-all'), or failed if a dead driver had received them and held otherwise
- *   ('fail-received'). A held request that waits a whole request timeout fails with ETIMEDOUT.
+ * - I/O requests are held until a driver attaches ('hold'), or failed with EIO at once
+ *   ('fail-all'). A held request that was re-sent after too many driver deaths fails instead
+ *   (restartLimitOf: with recoveryMode fail-received, one death is too many). A held request
+ *   that waits a whole request timeout fails with ETIMEDOUT.
  *
  * Held requests are never answered here: when a driver attaches, the keeper stops reading and
  * the driver has the kernel send them again. The restart table records them as held by the
@@ -15,7 +16,7 @@
  */
 import { constants } from 'node:os';
 import { EXPIRED, IDLE, RequestTimer, type TimedRequest } from '../../request/request-timer.js';
-import { Holder, isResent, type RestartTable } from '../../request/restart-table.js';
+import { Holder, isResent, restartLimitOf, type RestartTable } from '../../request/restart-table.js';
 import { bufferSizeFor, FuseChannel } from './channel.js';
 import { mountpointOf, statfs } from './fuse-loop.js';
 import { answerFileRequest, type ImageFile } from './image-file.js';
@@ -27,11 +28,12 @@ const { EIO, ETIMEDOUT } = constants.errno;
 /** Requests the kernel may send without any size (FSYNC, FALLOCATE) still need a full-size read buffer. */
 const MAX_WRITE = 1 << 20;
 
-export type KeeperMode = 'hold' | 'fail-received' | 'fail-all';
+export type KeeperMode = 'hold' | 'fail-all';
 
 export interface KeptDevice extends ImageFile {
   readonly index: number;
   readonly requestTimeout: number;
+  readonly recoveryMode: string;
   readonly restartLimit: number;
 }
 
@@ -59,7 +61,6 @@ class HeldRequest implements TimedRequest {
 }
 
 export class FuseKeeper {
-  private readonly image: ImageFile;
   private readonly held: HeldRequest[] = [];
   private readonly expiryReply = Buffer.alloc(OutHeader.SIZE);
   private channel: FuseChannel<Slot> | undefined;
@@ -72,9 +73,7 @@ export class FuseKeeper {
     private readonly device: KeptDevice,
     private readonly restarts: RestartTable,
     private readonly log: (line: string) => void,
-  ) {
-    this.image = device;
-  }
+  ) {}
 
   /** Starts reading: the requests the dead driver left unanswered are sent again first. */
   start(mode: KeeperMode): void {
@@ -126,7 +125,7 @@ export class FuseKeeper {
       case Opcode.FALLOCATE:
         return this.io(slot);
       default:
-        return answerFileRequest(slot, opcode, this.image);
+        return answerFileRequest(slot, opcode, this.device);
     }
   }
 
@@ -135,8 +134,7 @@ export class FuseKeeper {
     const buf = slot.buffer;
     const entry = this.restarts.track(buf, InHeader.unique, Holder.KEEPER);
     const restarts = this.restarts.restarts;
-    const limit = this.mode === 'fail-received' ? 1 : this.device.restartLimit;
-    if (isResent(buf, InHeader.unique) && restarts >= limit) {
+    if (isResent(buf, InHeader.unique) && restarts >= restartLimitOf(this.device)) {
       this.restarts.clear(entry);
       return slot.done(EIO);
     }
