@@ -9,6 +9,8 @@
 //   tryLock(fd) -> boolean                                flock(LOCK_EX | LOCK_NB), sync
 //   getFd(pid, fd) -> fd                                  pidfd_open + pidfd_getfd, sync
 //   mapShared(fd, length) -> Buffer                       mmap(MAP_SHARED), unmapped when collected
+//   socketPair() -> [fd, fd]                              socketpair(AF_UNIX, SOCK_STREAM), sync
+//   nbdNetlink(request, callback(errno, index))           the kernel NBD client's netlink, async
 //   pageSize                                              sysconf(_SC_PAGESIZE)
 
 #define _GNU_SOURCE
@@ -23,7 +25,10 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include "nbd_netlink.h"
 
 #define CHECK(call)                                                            \
     do {                                                                       \
@@ -223,6 +228,98 @@ static napi_value js_map_shared(napi_env env, napi_callback_info info)
 
 /* ------------------------------------------------------------------------- */
 
+// The kernel NBD frontend hands the kernel one end of a socket pair and serves the other:
+// Node has no socketpair.
+static napi_value js_socket_pair(napi_env env, napi_callback_info info)
+{
+    (void)info;
+    int fds[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) < 0)
+        return throw_errno(env, errno, "socketpair");
+    napi_value result, a, b;
+    CHECK(napi_create_array_with_length(env, 2, &result));
+    CHECK(napi_create_int32(env, fds[0], &a));
+    CHECK(napi_create_int32(env, fds[1], &b));
+    CHECK(napi_set_element(env, result, 0, a));
+    CHECK(napi_set_element(env, result, 1, b));
+    return result;
+}
+
+/* ------------------------------------------------------------------------- */
+
+struct nbd_work {
+    napi_async_work work;
+    napi_ref callback;
+    struct nbd_netlink_request request;
+    int err;
+    int index;
+};
+
+static void nbd_execute(napi_env env, void *data)
+{
+    (void)env;
+    struct nbd_work *w = data;
+    w->err = nbd_netlink(&w->request, &w->index);
+}
+
+static void nbd_complete(napi_env env, napi_status status, void *data)
+{
+    struct nbd_work *w = data;
+    napi_value callback, global, args[2];
+    napi_get_reference_value(env, w->callback, &callback);
+    napi_get_global(env, &global);
+    napi_create_int32(env, status == napi_ok ? w->err : ECANCELED, &args[0]);
+    napi_create_int32(env, w->index, &args[1]);
+    napi_call_function(env, global, callback, 2, args, NULL);
+    napi_delete_reference(env, w->callback);
+    napi_delete_async_work(env, w->work);
+    free(w);
+}
+
+static int64_t field(napi_env env, napi_value object, const char *name)
+{
+    bool has = false;
+    napi_value value;
+    int64_t result = -1;
+    if (napi_has_named_property(env, object, name, &has) == napi_ok && has &&
+        napi_get_named_property(env, object, name, &value) == napi_ok)
+        napi_get_value_int64(env, value, &result);
+    return result;
+}
+
+static napi_value js_nbd_netlink(napi_env env, napi_callback_info info)
+{
+    size_t argc = 2;
+    napi_value argv[2], name;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    if (argc != 2) {
+        napi_throw_type_error(env, NULL, "nbdNetlink(request, callback)");
+        return NULL;
+    }
+    struct nbd_work *w = calloc(1, sizeof(*w));
+    if (!w)
+        return throw_errno(env, ENOMEM, "nbdNetlink");
+    w->index = -1;
+    w->request = (struct nbd_netlink_request){
+        .command = (int)field(env, argv[0], "command"),
+        .index = field(env, argv[0], "index"),
+        .socket = field(env, argv[0], "socket"),
+        .size_bytes = field(env, argv[0], "sizeBytes"),
+        .block_size = field(env, argv[0], "blockSize"),
+        .server_flags = field(env, argv[0], "serverFlags"),
+        .client_flags = field(env, argv[0], "clientFlags"),
+        .timeout = field(env, argv[0], "timeout"),
+        .dead_conn_timeout = field(env, argv[0], "deadConnTimeout"),
+    };
+    CHECK(napi_create_reference(env, argv[1], 1, &w->callback));
+    CHECK(napi_create_string_utf8(env, "bdus:nbdNetlink", NAPI_AUTO_LENGTH, &name));
+    CHECK(napi_create_async_work(env, NULL, name, nbd_execute, nbd_complete, w, &w->work));
+    CHECK(napi_queue_async_work(env, w->work));
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------- */
+
 static napi_value init(napi_env env, napi_value exports)
 {
     napi_value page_size;
@@ -235,6 +332,8 @@ static napi_value init(napi_env env, napi_value exports)
         {"tryLock", NULL, js_try_lock, NULL, NULL, NULL, napi_default, NULL},
         {"getFd", NULL, js_get_fd, NULL, NULL, NULL, napi_default, NULL},
         {"mapShared", NULL, js_map_shared, NULL, NULL, NULL, napi_default, NULL},
+        {"socketPair", NULL, js_socket_pair, NULL, NULL, NULL, napi_default, NULL},
+        {"nbdNetlink", NULL, js_nbd_netlink, NULL, NULL, NULL, napi_default, NULL},
     };
     CHECK(napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props));
     return exports;

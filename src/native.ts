@@ -20,6 +20,23 @@ interface NativeAddon {
   getFd(pid: number, fd: number): number;
   /** The first `length` bytes of the file open as `fd`, mapped shared; unmapped when the Buffer is collected. */
   mapShared(fd: number, length: number): Buffer;
+  /** socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC). */
+  socketPair(): [number, number];
+  /** One command of the kernel NBD client's generic netlink, on the libuv pool (see src/frontend/nbd/netlink.ts). */
+  nbdNetlink(request: NbdNetlinkRequest, callback: (errno: number, index: number) => void): void;
+}
+
+/** Fields left out are not sent. Sizes in bytes, timeouts in seconds. */
+export interface NbdNetlinkRequest {
+  command: number;
+  index?: number;
+  socket?: number;
+  sizeBytes?: number;
+  blockSize?: number;
+  serverFlags?: number;
+  clientFlags?: number;
+  timeout?: number;
+  deadConnTimeout?: number;
 }
 
 const require = createRequire(import.meta.url);

@@ -8,11 +8,14 @@ import { attributeHelp } from './options.js';
 import { rerunCommand, runCommand } from './run.js';
 import { UsageError } from './usage.js';
 
-const RUN_HELP = `usage: bdus run <driver> [ARGS...] [--size SIZE] [--<attribute> VALUE ...] [--foreground]
+const RUN_HELP = `usage: bdus run <driver> [ARGS...] [--size SIZE] [--<attribute> VALUE ...] [--frontend KIND] [--foreground]
 
 Creates a device served by <driver>: a module path, or an example (ram, zero, loop). Prints the
 device's path once it is available; without --foreground the driver then keeps running in the
 background (its log: /run/bdus/log/bdus-N.log). ARGS go to the driver module.
+
+  --frontend KIND   the kernel path: fuse (FUSE+loop), nbd (the kernel NBD client, /dev/nbdN),
+                    or auto (default: fuse where the kernel has FUSE and loop, else nbd)
 
 attributes:
 ${attributeHelp()}

@@ -12,6 +12,7 @@ import { spawn } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { rerun, serve, start, type Device } from '../device/device.js';
+import type { FrontendChoice } from '../frontend/select.js';
 import { native } from '../native.js';
 import { RUN_DIR } from '../util/paths.js';
 import { loadDriver } from './load-driver.js';
@@ -31,7 +32,7 @@ export function rerunCommand(argv: string[]): Promise<number> {
 async function runDriver(command: 'run' | 'rerun', argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { ...attributeOptions(), foreground: { type: 'boolean' } },
+    options: { ...attributeOptions(), foreground: { type: 'boolean' }, ...(command === 'run' ? { frontend: { type: 'string' } } : {}) },
     allowPositionals: true,
   });
   const target = command === 'rerun' ? positionals.shift() : undefined;
@@ -42,7 +43,8 @@ async function runDriver(command: 'run' | 'rerun', argv: string[]): Promise<numb
   if (!values.foreground) return runInBackground(command, argv);
 
   const driver = await loadDriver(specifier, driverArgs);
-  const device = target === undefined ? await start(driver, { attributes }) : await rerun(target, driver, { attributes });
+  const frontend = values.frontend as FrontendChoice | undefined;
+  const device = target === undefined ? await start(driver, { attributes, frontend }) : await rerun(target, driver, { attributes });
   if (process.env[READY_FD_ENV]) detachFromCaller(device, Number(process.env[READY_FD_ENV]));
   await serve(device);
   return 0;

@@ -14,10 +14,12 @@
  * that its process still exists every WATCH_INTERVAL_MS.
  *
  * Recovery: the daemon keeps a duplicate of every device's kernel end (for FUSE+loop, the
- * /dev/fuse file), so the device outlives its driver. When a recoverable device's driver dies,
- * the device stays and the keeper (frontend/fuse/keeper.ts) reads its requests until a new
- * driver attaches with `rerun`; a non-recoverable device is removed, its duplicate closed first
- * so that clients get EIO at once. A rerun of a live driver has the old driver hand over first.
+ * /dev/fuse file; for kernel NBD, the driver's end of the socket), so the device outlives its
+ * driver. When a recoverable device's driver dies, the device stays until a new driver attaches
+ * with `rerun`: on FUSE+loop the keeper (frontend/fuse/keeper.ts) reads its requests meanwhile;
+ * on kernel NBD the daemon closes the socket and the kernel holds them. A non-recoverable device
+ * is removed, its duplicate closed first so that clients get EIO at once. A rerun of a live
+ * driver has the old driver hand over first.
  *
  * One lock orders device creation, destruction and every registry change, as in BDUS.
  */
@@ -27,6 +29,8 @@ import { checkReplacement, type EffectiveAttributes } from '../driver/attributes
 import { BdusError } from '../driver/errors.js';
 import { reclaimFuseLoop } from '../frontend/fuse/fuse-loop.js';
 import { FuseKeeper, type KeeperMode } from '../frontend/fuse/keeper.js';
+import { kernelTimeouts, unreadPath } from '../frontend/nbd/kernel-nbd.js';
+import { nbdDisconnect, nbdIndexOf, nbdReconfigure } from '../frontend/nbd/netlink.js';
 import { native } from '../native.js';
 import { RestartTable } from '../request/restart-table.js';
 import { Lock } from '../util/lock.js';
@@ -74,8 +78,10 @@ type Handover = Requests['handover']['args'] | undefined;
 interface Holding {
   /** The daemon's duplicate of the device's kernel end, or -1. */
   fd: number;
-  /** Reads the device's requests while it has no driver. */
+  /** Reads the device's requests while it has no driver (FUSE+loop). */
   keeper: FuseKeeper | undefined;
+  /** The device has no driver and waits for a rerun. */
+  orphaned: boolean;
   /** The pid of a driver whose rerun is in progress, or 0. */
   replacing: number;
   /** While the current driver hands over: takes its answer (undefined if it died instead). */
@@ -293,6 +299,7 @@ export class Daemon {
         // A replacement driver serves the device now: a recovery, if one was going on, is over.
         holding.recovering = false;
         holding.failures = 0;
+        this.keepKernelEnd(record, kernelFd); // a new socket, if the last driver died (kernel NBD)
         this.log(`device ${record.id} is served by driver pid ${record.pid}`);
         return record;
       }
@@ -353,11 +360,13 @@ export class Daemon {
 
   /** The driver ended without removing its device: a recoverable, available device stays. */
   private driverDied(record: DeviceRecord): Promise<null> {
-    return this.lock.run(() => {
+    return this.lock.run(async () => {
       if (!this.registry.has(record)) return null;
       const holding = this.holdings.get(record.id);
-      if (record.attributes.recoverable && record.state === 'available' && holding && holding.fd >= 0) {
-        this.orphan(record, holding);
+      // FUSE+loop needs our duplicate to keep the device; the kernel keeps an NBD device itself.
+      const kept = holding && (holding.fd >= 0 || record.frontend === 'nbd');
+      if (record.attributes.recoverable && record.state === 'available' && holding && kept) {
+        await this.orphan(record, holding);
         return null;
       }
       return this.removeDevice(record);
@@ -376,6 +385,7 @@ export class Daemon {
     // Closing the last duplicate aborts the connection: clients get EIO at once.
     if (holding && holding.fd >= 0) closeSync(holding.fd);
     if (record.frontend === 'fuse') await reclaimFuseLoop(record.index, record.kernelPath);
+    if (record.frontend === 'nbd') await this.endKernelNbd(record);
     removeLink(record);
     RestartTable.remove(record.id);
     this.registry.remove(record);
@@ -389,9 +399,10 @@ export class Daemon {
    * before they serve exhaust the recovery limit: then every request fails with EIO until a
    * driver attaches and serves.
    */
-  private orphan(record: DeviceRecord, holding: Holding): void {
+  private async orphan(record: DeviceRecord, holding: Holding): Promise<void> {
     if (holding.recovering) holding.failures++;
     holding.recovering = true;
+    holding.orphaned = true;
     Object.assign(record, { pid: 0, pidStart: '' });
     this.registry.update(record);
     const attributes = record.attributes as unknown as EffectiveAttributes;
@@ -402,6 +413,7 @@ export class Daemon {
         ? `device ${record.id}: ${holding.failures} drivers in a row failed to recover it (recoveryLimit ${attributes.recoveryLimit}); its requests fail with EIO until a driver attaches`
         : `device ${record.id} is recoverable: it waits for a new driver (bdus rerun); recoveryMode ${attributes.recoveryMode}`,
     );
+    if (record.frontend === 'nbd') return this.orphanKernelNbd(record, holding, mode);
     holding.keeper = new FuseKeeper(
       holding.fd,
       { ...attributes, index: record.index, readOnly: record.readOnly },
@@ -409,6 +421,33 @@ export class Daemon {
       (line) => this.log(`device ${record.id}: ${line}`),
     );
     holding.keeper.start(mode);
+  }
+
+  /**
+   * The kernel holds a kernel NBD device's requests itself once its socket is dead: closing our
+   * duplicate kills it (what the dead driver read of the stream is lost with it). New requests
+   * wait for the dead-connection timeout, those in flight are re-queued when they time out, and
+   * the next driver's reconfigure gives them a socket. In fail-all mode they fail at once.
+   */
+  private async orphanKernelNbd(record: DeviceRecord, holding: Holding, mode: KeeperMode): Promise<void> {
+    this.closeKernelEnd(record, holding);
+    if (mode !== 'fail-all') return;
+    await nbdReconfigure(nbdIndexOf(record.kernelPath), { deadConnTimeout: 0 }).catch((error: Error) =>
+      this.log(`device ${record.id}: ${error.message}`),
+    );
+  }
+
+  private closeKernelEnd(record: DeviceRecord, holding: Holding): void {
+    if (holding.fd >= 0) closeSync(holding.fd);
+    holding.fd = -1;
+    rmSync(unreadPath(record.id), { force: true });
+  }
+
+  /** Ends a kernel NBD device: requests in flight and later ones fail with EIO. */
+  private async endKernelNbd(record: DeviceRecord): Promise<void> {
+    rmSync(unreadPath(record.id), { force: true });
+    const index = nbdIndexOf(record.kernelPath);
+    if (index >= 0) await nbdDisconnect(index).catch((error: Error) => this.log(`device ${record.id}: ${error.message}`));
   }
 
   /**
@@ -430,7 +469,7 @@ export class Daemon {
     if (record.state !== 'available') throw new BdusError('EBUSY', `device ${id} is not available yet`);
     const holding = this.holding(id);
     if (holding.replacing !== 0) throw new BdusError('EBUSY', `device ${id} is already being replaced by the driver in pid ${holding.replacing}`);
-    if (holding.fd < 0) throw new BdusError('EAGAIN', `the daemon does not hold device ${id} yet (its driver has not re-attached since the daemon restarted); try again`);
+    if (holding.fd < 0 && !holding.orphaned) throw new BdusError('EAGAIN', `the daemon does not hold device ${id} yet (its driver has not re-attached since the daemon restarted); try again`);
     checkReplacement(
       record.attributes as unknown as EffectiveAttributes,
       record.callbacks,
@@ -458,11 +497,14 @@ export class Daemon {
           }
           this.log(`device ${id}: ${why}; it is recoverable: the new driver takes over`);
           holding.recovering = true;
+          // What a dead driver read of a kernel NBD socket is lost: the kernel needs a new one.
+          if (!result && record.frontend === 'nbd') this.closeKernelEnd(record, holding);
         }
       } else {
         await holding.keeper?.stop();
         holding.keeper = undefined;
       }
+      holding.orphaned = false;
       if (!this.registry.has(record) || record.state !== 'available') {
         throw new BdusError('ENODEV', `device ${id} was destroyed while its driver was being replaced`);
       }
@@ -485,7 +527,7 @@ export class Daemon {
   private holding(id: string): Holding {
     let holding = this.holdings.get(id);
     if (!holding) {
-      holding = { fd: -1, keeper: undefined, replacing: 0, handover: undefined, recovering: false, failures: 0 };
+      holding = { fd: -1, keeper: undefined, orphaned: false, replacing: 0, handover: undefined, recovering: false, failures: 0 };
       this.holdings.set(id, holding);
     }
     return holding;
@@ -504,7 +546,7 @@ export class Daemon {
 
   private watchDetached(): void {
     for (const record of this.registry.list()) {
-      const waiting = record.pid === 0 && (this.holdings.get(record.id)?.fd ?? -1) >= 0; // for a rerun
+      const waiting = record.pid === 0 && this.holdings.get(record.id)?.orphaned === true; // for a rerun
       if (!waiting && !this.drivers.has(record.id) && !isAlive(record.pid, record.pidStart)) {
         this.log(`the driver of device ${record.id} (pid ${record.pid}) is gone`);
         void this.driverGone(record);

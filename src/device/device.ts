@@ -19,7 +19,7 @@
  * - a replacement (`rerun`, the daemon's `replace` event): stop taking requests, finish those
  *   taken, flush, terminate, hand over; the new driver initializes only then (seed 001).
  */
-import { closeSync, existsSync, promises as fsp } from 'node:fs';
+import { closeSync, promises as fsp } from 'node:fs';
 import {
   adjustAttributes,
   checkReplacement,
@@ -28,13 +28,15 @@ import {
   type Attributes,
   type EffectiveAttributes,
 } from '../driver/attributes.js';
-import { isReadOnly, requestCallbacks, type Context, type Driver } from '../driver/driver.js';
+import { isReadOnly, requestCallbacks, type Context, type Driver, type RequestCallback } from '../driver/driver.js';
 import { BdusError } from '../driver/errors.js';
 import { ControlConnection } from '../control/client.js';
 import { deviceNames, lookUp, type DeviceName } from '../control/manage.js';
 import type { DeviceRecord } from '../control/protocol.js';
 import type { Frontend, KernelDevice } from '../frontend/frontend.js';
-import { FuseLoopFrontend, fuseLoopAttributes } from '../frontend/fuse/fuse-loop.js';
+import { FuseLoopFrontend } from '../frontend/fuse/fuse-loop.js';
+import { KernelNbdFrontend } from '../frontend/nbd/kernel-nbd.js';
+import { chooseFrontend, frontendAttributes, type FrontendChoice } from '../frontend/select.js';
 import { native } from '../native.js';
 import { RequestLayer } from '../request/request-layer.js';
 import { RestartTable } from '../request/restart-table.js';
@@ -48,19 +50,12 @@ export interface RunOptions<State = unknown> {
   state?: State;
   /** Where the device's log lines go (default: stderr, prefixed with the device path). */
   log?: (line: string) => void;
-}
-
-/** Checks that this process can create devices at all; a clear error if not. */
-export function checkEnvironment(): void {
-  if (process.geteuid?.() !== 0) {
-    throw new BdusError('EPERM', 'bdus must run as root: creating block devices needs CAP_SYS_ADMIN (try sudo)');
-  }
-  if (!existsSync('/dev/fuse')) {
-    throw new BdusError('ENODEV', 'no /dev/fuse: load the fuse module (modprobe fuse) or pass /dev/fuse into the container');
-  }
-  if (!existsSync('/dev/loop-control')) {
-    throw new BdusError('ENODEV', 'no /dev/loop-control: load the loop module (modprobe loop)');
-  }
+  /**
+   * The kernel path of a new device (start() only; a rerun keeps the device's): 'fuse'
+   * (FUSE+loop), 'nbd' (the kernel NBD client), or 'auto' (default: FUSE+loop where the kernel
+   * has it, else NBD). See docs/frontends.md.
+   */
+  frontend?: FrontendChoice;
 }
 
 /** Longest pause between attempts to re-attach to a restarted daemon. */
@@ -158,7 +153,7 @@ export class Device<State = unknown> {
         message = error instanceof Error ? error.message : String(error);
         this.log(`the driver failed while handing over: ${message}`);
       }
-      this.frontend.release();
+      await this.frontend.release();
       await this.control.request('handover', { id: this.ctx.id.toString(), ok: message === '', message }).catch(() => undefined);
     });
   }
@@ -266,16 +261,16 @@ async function flushNode(path: string): Promise<void> {
  * or the kernel device cannot be created.
  */
 export async function start<State>(driver: Driver<State>, options: RunOptions<State> = {}): Promise<Device<State>> {
-  checkEnvironment();
+  const frontend = await chooseFrontend(options.frontend);
   const given: Attributes = { ...driver.attributes, ...options.attributes };
-  const attributes = fuseLoopAttributes(adjustAttributes(given, driver as Driver<never>));
+  const attributes = frontendAttributes(frontend, adjustAttributes(given, driver as Driver<never>));
   const readOnly = isReadOnly(driver as Driver<never>);
   const callbacks = requestCallbacks(driver as Driver<never>);
 
   const control = await ControlConnection.open();
   let record;
   try {
-    record = await control.request('create', { pid: process.pid, frontend: 'fuse', readOnly, attributes: { ...attributes }, callbacks });
+    record = await control.request('create', { pid: process.pid, frontend, readOnly, attributes: { ...attributes }, callbacks });
   } catch (error) {
     control.close();
     throw error;
@@ -310,7 +305,6 @@ export async function start<State>(driver: Driver<State>, options: RunOptions<St
  * driver, any other is destroyed.
  */
 export async function rerun<State>(device: DeviceName, driver: Driver<State>, options: RunOptions<State> = {}): Promise<Device<State>> {
-  checkEnvironment();
   const given: Attributes = { ...driver.attributes, ...options.attributes };
   const callbacks = requestCallbacks(driver as Driver<never>);
 
@@ -320,11 +314,13 @@ export async function rerun<State>(device: DeviceName, driver: Driver<State>, op
   try {
     const current = await lookUp(control, device);
     const currentAttributes = current.attributes as unknown as EffectiveAttributes;
-    const attributes = fuseLoopAttributes(adjustAttributes(inheritAttributes(given, currentAttributes), driver as Driver<never>));
+    await chooseFrontend(current.frontend as FrontendChoice);
+    const attributes = frontendAttributes(current.frontend, adjustAttributes(inheritAttributes(given, currentAttributes), driver as Driver<never>));
     // Checked here too, so that a driver that cannot fit never disturbs the current one.
     checkReplacement(currentAttributes, current.callbacks, attributes, callbacks);
     const answer = await control.request('rerun', { id: current.id, pid: process.pid, attributes: { ...attributes }, callbacks });
-    fd = native.getFd(answer.daemonPid, answer.kernelFd);
+    // No kernel end to take (-1): the previous driver died and the frontend connects afresh.
+    fd = answer.kernelFd >= 0 ? native.getFd(answer.daemonPid, answer.kernelFd) : -1;
     instance = new Instance(driver, options, control, answer.record, attributes, given, true);
   } catch (error) {
     control.close();
@@ -337,12 +333,16 @@ export async function rerun<State>(device: DeviceName, driver: Driver<State>, op
     // Serving is reported before the first request is read: this driver has recovered the
     // device even if a re-sent request then kills it (that request's own limit deals with it).
     const kernel = { path: ctx.kernelPath, major: ctx.major, minor: ctx.minor };
-    await instance.serve(kernel, fd, () => frontend.adopt(fd, kernel));
+    if (fd >= 0) await instance.serve(kernel, fd, () => frontend.adopt(fd, kernel));
+    else {
+      await frontend.adopt(fd, kernel);
+      await instance.serve(kernel, frontend.kernelFd);
+    }
   } catch (error) {
     // The device stays with the daemon, which decides: a recoverable one waits for another driver.
     const adopted = frontend.kernelFd === fd;
     await frontend.abandon();
-    if (!adopted) closeFd(fd);
+    if (!adopted && fd >= 0) closeFd(fd);
     if (instance.initialized) await Promise.resolve(driver.terminate?.(ctx)).catch(() => undefined);
     control.close();
     throw error;
@@ -355,7 +355,7 @@ class Instance<State> {
   readonly ctx: Context<State>;
   readonly log: (line: string) => void;
   readonly requests: RequestLayer;
-  readonly frontend: FuseLoopFrontend;
+  readonly frontend: Frontend;
   initialized = false;
   private device: Device<State> | undefined;
   private destroyAsked = false;
@@ -389,14 +389,11 @@ class Instance<State> {
       else this.replaceAsked = true;
     };
     this.requests = new RequestLayer(driver, this.ctx, { abort: (error) => void this.device?.abort(error), log });
-    this.frontend = new FuseLoopFrontend({
-      index: record.index,
-      attributes,
-      readOnly,
-      requests: this.requests,
-      restarts: RestartTable.open(record.id),
-      log,
-    });
+    const frontendOptions = { index: record.index, attributes, readOnly, requests: this.requests, log };
+    this.frontend =
+      record.frontend === 'nbd'
+        ? new KernelNbdFrontend({ ...frontendOptions, id: this.ctx.id, callbacks: record.callbacks as RequestCallback[] })
+        : new FuseLoopFrontend({ ...frontendOptions, restarts: RestartTable.open(record.id) });
   }
 
   /**

@@ -57,8 +57,11 @@ export interface Frontend {
    * nothing more is answered, and the requests taken but not answered go to the next driver.
    */
   abandon(): Promise<void>;
-  /** Closes this process's end of the kernel device, which lives on with its other holders. */
-  release(): void;
+  /**
+   * Closes this process's end of the kernel device, which lives on with its other holders; once
+   * it resolves, the next driver may read (every reply has left).
+   */
+  release(): void | Promise<void>;
   /**
    * Resolves when the kernel side has ended: with undefined after stop(), with the reason if it
    * ended on its own (say, someone unmounted it).

@@ -109,9 +109,21 @@ export class NbdServer {
 
 type Waiting = { size: number; then: (data: Buffer) => void };
 
+export interface ConnectionOptions {
+  /**
+   * A connection from the kernel's NBD client (the kernel NBD frontend): no handshake, simple
+   * replies only, and the caller feeds it the socket's bytes with push(), so that it can stop
+   * reading at a message boundary for a hand-over.
+   */
+  kernel?: boolean;
+  /** Bytes a previous driver read from this socket but did not parse (a hand-over). */
+  unread?: Buffer;
+}
+
 const WRITES = new Set<number>([Command.WRITE, Command.TRIM, Command.WRITE_ZEROES]);
 
-class Connection {
+/** One client's connection: its handshake, then its requests and their replies. */
+export class Connection {
   private readonly chunks: Buffer[] = [];
   private buffered = 0;
   private waiting: Waiting | undefined;
@@ -122,17 +134,25 @@ class Connection {
   private transmitting = false;
   private inFlight = 0;
   private ending = false;
+  private muted = false;
   private endWhenIdle: (() => void) | undefined;
 
   constructor(
     private readonly socket: Socket,
     private readonly exported: NbdExport,
+    options: ConnectionOptions = {},
   ) {
+    socket.on('error', () => undefined); // 'close' follows
+    socket.on('close', () => this.endWhenIdle?.());
+    if (options.unread?.length) this.push(options.unread);
+    if (options.kernel) {
+      this.transmitting = true;
+      this.nextRequest();
+      return;
+    }
     socket.setNoDelay(true);
     socket.setTimeout(HANDSHAKE_TIMEOUT_MS, () => this.hangUp('the client did not finish the handshake in time'));
     socket.on('data', (chunk: Buffer) => this.push(chunk));
-    socket.on('error', () => undefined); // 'close' follows
-    socket.on('close', () => this.endWhenIdle?.());
     const greeting = Buffer.alloc(18);
     greeting.writeBigUInt64BE(NBDMAGIC, 0);
     greeting.writeBigUInt64BE(IHAVEOPT, 8);
@@ -158,9 +178,37 @@ class Connection {
     });
   }
 
+  /**
+   * Stops taking requests, at a message boundary, for a hand-over: those taken are still
+   * answered. Returns the bytes read but not parsed (part of the next request), which belong
+   * to whoever reads this socket next.
+   */
+  stopReading(): Buffer {
+    this.ending = true;
+    this.waiting = undefined;
+    const unread = Buffer.concat(this.chunks);
+    this.chunks.length = 0;
+    this.buffered = 0;
+    return unread;
+  }
+
+  /** Writes nothing more, however requests end (the driver aborted: the next one answers them). */
+  mute(): void {
+    this.muted = true;
+    this.ending = true;
+    this.waiting = undefined;
+  }
+
+  /** Resolves once every reply written so far has left for the socket. */
+  flushed(): Promise<void> {
+    if (this.socket.destroyed || this.socket.writableLength === 0) return Promise.resolve();
+    return new Promise((resolve) => this.socket.write(Buffer.alloc(0), () => resolve()));
+  }
+
   // ---- Input ------------------------------------------------------------------------------------
 
-  private push(chunk: Buffer): void {
+  /** Takes the socket's next bytes (the kernel frontend calls this; a client connection's socket does). */
+  push(chunk: Buffer): void {
     this.chunks.push(chunk);
     this.buffered += chunk.length;
     this.drain();
@@ -342,16 +390,7 @@ class Connection {
   }
 
   private transmissionFlags(): number {
-    const has = (name: RequestCallback) => this.exported.callbacks.includes(name);
-    let flags = Flag.HAS_FLAGS | Flag.SEND_FLUSH | Flag.SEND_FUA | Flag.CAN_MULTI_CONN;
-    if (this.exported.readOnly) flags |= Flag.READ_ONLY;
-    else {
-      if (has('discard')) flags |= Flag.SEND_TRIM;
-      flags |= Flag.SEND_WRITE_ZEROES;
-      if (has('writeZeros')) flags |= Flag.SEND_FAST_ZERO;
-    }
-    if (this.structured) flags |= Flag.SEND_DF;
-    return flags;
+    return transmissionFlags(this.exported, this.structured);
   }
 
   private optionReply(option: number, type: number, data: Buffer | string = Buffer.alloc(0)): void {
@@ -493,12 +532,26 @@ class Connection {
   }
 
   private send(reply: Buffer): void {
-    if (!this.socket.destroyed && this.socket.writable) this.socket.write(reply);
+    if (!this.muted && !this.socket.destroyed && this.socket.writable) this.socket.write(reply);
   }
 
   private done(): void {
     if (--this.inFlight === 0 && this.ending) this.endWhenIdle?.();
   }
+}
+
+/** What the export offers, as NBD transmission flags: they follow the driver's callbacks. */
+export function transmissionFlags(exported: Pick<NbdExport, 'callbacks' | 'readOnly'>, structured: boolean): number {
+  const has = (name: RequestCallback) => exported.callbacks.includes(name);
+  let flags = Flag.HAS_FLAGS | Flag.SEND_FLUSH | Flag.SEND_FUA | Flag.CAN_MULTI_CONN;
+  if (exported.readOnly) flags |= Flag.READ_ONLY;
+  else {
+    if (has('discard')) flags |= Flag.SEND_TRIM;
+    flags |= Flag.SEND_WRITE_ZEROES;
+    if (has('writeZeros')) flags |= Flag.SEND_FAST_ZERO;
+  }
+  if (structured) flags |= Flag.SEND_DF;
+  return flags;
 }
 
 function simpleReply(cookie: Buffer, error: number): Buffer {
