@@ -99,7 +99,9 @@ export async function leftovers(): Promise<string[]> {
   // A loop device of ours shows its image under /run/bdus, or "/" once the image was lazily unmounted.
   const loops = (await must('losetup', ['-a'])).split('\n').filter((l) => l.includes('/run/bdus/') || l.endsWith('(/)'));
   const links = (await sh('sh', ['-c', 'ls /dev/bdus-* 2>/dev/null'])).stdout.split('\n').filter(Boolean);
-  return [...mounts, ...loops, ...links];
+  // A connected kernel NBD device has a pid file (the VM's kernel; this machine's has no nbd).
+  const nbds = (await sh('sh', ['-c', 'ls /sys/block/nbd*/pid 2>/dev/null'])).stdout.split('\n').filter(Boolean);
+  return [...mounts, ...loops, ...links, ...nbds];
 }
 
 /** A field of `bdus info`. */

@@ -1,0 +1,162 @@
+/**
+ * The kernel NBD frontend (`bdus run --frontend nbd`) on a real nbd.ko. This machine's kernel
+ * has none, so on it this file boots the project's VM (test/vm/run: Debian's 6.12 kernel) and
+ * runs itself inside; where the kernel has nbd (or can load it), it runs directly.
+ *
+ * Inside: mkfs.ext4 + mount + write + verify after a remount; discard, write-zeroes and flush
+ * reach the driver; a SIGKILLed recoverable driver under fio verify is replaced with no error
+ * to the client, and so is a live one (hand-over); a driver that is not recoverable takes its
+ * device with it (EIO, nothing left); fail-all; fail-received is refused with a clear error.
+ */
+import assert from 'node:assert/strict';
+import { existsSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { test, type TestContext } from 'node:test';
+import { background, bdus, device, DRIVERS, info, leftovers, must, records, ROOT, scratch, sh, sleep, type Result } from './helpers.js';
+
+const inVm = process.env.BDUS_IN_VM === '1';
+const nbdHere = inVm || existsSync('/sys/module/nbd') || (await sh('modprobe', ['-q', 'nbd'])).code === 0;
+
+if (!nbdHere) {
+  test('kernel NBD frontend, in a VM with nbd.ko (test/vm/run)', { timeout: 30 * 60_000 }, async () => {
+    const r = await sh(`${ROOT}test/vm/run`, ['--timeout', '1500', process.execPath, '--test', '--test-concurrency=1', new URL(import.meta.url).pathname], {
+      timeoutMs: 30 * 60_000,
+      env: { ...process.env, BDUS_IN_VM: '1' },
+    });
+    process.stdout.write(r.stdout.replace(/^/gm, '  vm | '));
+    assert.equal(r.code, 0, `the kernel NBD tests failed in the VM (exit ${r.code}):\n${r.stdout.slice(-4000)}\n${r.stderr.slice(-4000)}`);
+  });
+} else {
+  kernelTests();
+}
+
+const MiB = 1 << 20;
+const RECORDER = `${DRIVERS}/recorder.js`;
+const RECOVERABLE = `${DRIVERS}/recoverable.js`;
+
+function image(t: TestContext): string {
+  const path = scratch('image');
+  writeFileSync(path, '');
+  truncateSync(path, 64 * MiB);
+  t.after(() => rmSync(path, { force: true }));
+  return path;
+}
+
+function readBlock(dev: string, offset: number): Promise<Result> {
+  return sh('dd', [`if=${dev}`, 'of=/dev/null', 'iflag=direct,skip_bytes', `skip=${offset}`, 'bs=4096', 'count=1', 'status=none'], {
+    timeoutMs: 120_000,
+  });
+}
+
+async function kill(dev: string): Promise<void> {
+  process.kill(Number(await info(dev, 'pid')), 'SIGKILL');
+  for (let i = 0; i < 200 && (await info(dev, 'pid').catch(() => '0')) !== '0'; i++) await sleep(50);
+}
+
+async function mustRerun(dev: string, args: readonly string[]): Promise<void> {
+  const r = await bdus(['rerun', dev, ...args], { timeoutMs: 120_000 });
+  assert.equal(r.code, 0, `bdus rerun failed: ${r.stderr}`);
+}
+
+/** fio randwrite with crc32c verify on `dev`, until stopped; the report says whether anything failed. */
+function fioVerify(t: TestContext, dev: string) {
+  const fio = background('fio', [
+    '--name=nbd', `--filename=${dev}`, '--rw=randwrite', '--bs=4k', '--iodepth=8', '--ioengine=libaio', '--direct=1',
+    '--size=16M', '--verify=crc32c', '--verify_backlog=128', '--verify_fatal=1', '--verify_state_save=0',
+    '--time_based', '--runtime=600', '--output-format=terse',
+  ]);
+  t.after(() => fio.stop());
+  return {
+    async errors(): Promise<string> {
+      fio.stop();
+      const result = await fio.done;
+      assert.ok(result.code === 0 || result.code === 128, `fio failed (${result.code}): ${result.stderr}`);
+      return result.stdout.split(';')[4]!;
+    },
+  };
+}
+
+function kernelTests(): void {
+  test('mkfs.ext4, mount, write, remount, verify; destroy leaves nothing', async (t) => {
+    const dev = await device(t, ['ram', '--size', '64M', '--frontend', 'nbd']);
+    assert.match(await info(dev, 'kernel-path'), /^\/dev\/nbd\d+$/);
+    assert.equal(await info(dev, 'frontend'), 'nbd');
+    const mnt = scratch('mnt');
+    const data = scratch('data');
+    await must('mkdir', ['-p', mnt]);
+    t.after(async () => {
+      await sh('umount', [mnt]);
+      rmSync(mnt, { recursive: true, force: true });
+      rmSync(data, { force: true });
+    });
+    await must('dd', ['if=/dev/urandom', `of=${data}`, 'bs=1M', 'count=8', 'status=none']);
+    await must('mkfs.ext4', ['-q', dev]);
+    await must('mount', [dev, mnt]);
+    await must('cp', [data, `${mnt}/data`]);
+    await must('umount', [mnt]);
+    await must('sh', ['-c', `echo 3 > /proc/sys/vm/drop_caches`]);
+    await must('mount', [dev, mnt]);
+    await must('cmp', [data, `${mnt}/data`]);
+    await must('umount', [mnt]);
+    assert.equal((await bdus(['destroy', dev])).code, 0);
+    assert.deepEqual(await leftovers(), []);
+  });
+
+  test('discard, write-zeroes and flush reach the driver', async (t) => {
+    const log = scratch('requests');
+    t.after(() => rmSync(log, { force: true }));
+    const dev = await device(t, [RECORDER, log, '--size', '16M', '--frontend', 'nbd']);
+    await must('blkdiscard', ['-o', '0', '-l', String(MiB), dev]);
+    await must('blkdiscard', ['-z', '-o', String(MiB), '-l', String(MiB), dev]);
+    await must('sh', ['-c', `dd if=/dev/zero of=${dev} bs=4k count=1 oflag=direct status=none && sync ${dev}`]);
+    const calls = records(log).map((r) => r.op);
+    for (const op of ['discard', 'writeZeros', 'write', 'flush']) assert.ok(calls.includes(op), `no ${op} in ${calls.join(', ')}`);
+  });
+
+  test('a recoverable driver killed under fio verify, then replaced live three times: 0 errors', async (t) => {
+    const img = image(t);
+    const dev = await device(t, [RECOVERABLE, img, '--recoverable', '--request-timeout', '2s', '--frontend', 'nbd']);
+    const fio = fioVerify(t, dev);
+    await sleep(1500);
+    await kill(dev);
+    await mustRerun(dev, [RECOVERABLE, img]);
+    for (let i = 0; i < 3; i++) {
+      await sleep(1000);
+      await mustRerun(dev, [RECOVERABLE, img]);
+    }
+    await sleep(1000);
+    assert.equal(await fio.errors(), '0');
+  });
+
+  test('a driver that is not recoverable takes its device with it: EIO, nothing left', async (t) => {
+    const img = image(t);
+    const dev = await device(t, [RECOVERABLE, img, 'hang-read-at=0', '--frontend', 'nbd']);
+    const held = background('dd', [`if=${dev}`, 'of=/dev/null', 'iflag=direct', 'bs=4096', 'count=1', 'status=none']);
+    await sleep(500);
+    const started = Date.now();
+    process.kill(Number(await info(dev, 'pid')), 'SIGKILL');
+    const result = await held.done;
+    assert.notEqual(result.code, 0);
+    assert.ok(Date.now() - started < 10_000, 'the held read failed promptly');
+    for (let i = 0; i < 100 && existsSync(dev); i++) await sleep(100);
+    assert.deepEqual(await leftovers(), []);
+  });
+
+  test('recoveryMode fail-all: requests fail at once until a driver attaches', async (t) => {
+    const img = image(t);
+    const dev = await device(t, [RECOVERABLE, img, '--recoverable', '--recovery-mode', 'fail-all', '--frontend', 'nbd']);
+    await kill(dev);
+    await sleep(500);
+    const started = Date.now();
+    assert.notEqual((await readBlock(dev, 0)).code, 0);
+    assert.ok(Date.now() - started < 5000, 'it failed without waiting for a driver');
+    await mustRerun(dev, [RECOVERABLE, img]);
+    assert.equal((await readBlock(dev, 0)).code, 0);
+  });
+
+  test('recoveryMode fail-received is refused on kernel NBD, with the reason', async () => {
+    const r = await bdus(['run', 'ram', '--size', '1M', '--recoverable', '--recovery-mode', 'fail-received', '--frontend', 'nbd']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /recoveryMode=fail-received: the kernel NBD frontend cannot offer it/);
+    assert.deepEqual(await leftovers(), []);
+  });
+}
