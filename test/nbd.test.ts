@@ -1,14 +1,15 @@
 /**
  * The NBD export (`bdus export`) against real clients nobody here wrote: nbdinfo, nbdcopy,
- * qemu-img, fio's nbd engine; several connections at once; a read-only export; bad handshakes
- * and requests sent by hand, after which the export still serves.
+ * qemu-img, fio's nbd engine, nbdsh scripts (flags, block sizes, structured replies, FUA, trim,
+ * zeroes, block status); several connections at once; a read-only export; TLS required and
+ * offered; bad handshakes and requests sent by hand, after which the export still serves.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { test, type TestContext } from 'node:test';
-import { BIN, must, scratch, sh } from './helpers.js';
+import { bdus, BIN, DRIVERS, must, records, scratch, sh } from './helpers.js';
 import { assertRoundTrip, exportDriver, option, raw, readRequest, transmitting } from './nbd-helpers.js';
 
 const MiB = 1 << 20;
@@ -147,4 +148,103 @@ test('bad handshakes and requests get the protocol error or a clean disconnect; 
 
   // The export is unharmed.
   await assertRoundTrip(t, uri, 16 * MiB);
+});
+
+/** Runs a Python script in nbdsh against `uri` (Debian's python3 has the nbd module). */
+function nbdsh(uri: string, script: string) {
+  return new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+    const child = spawn('nbdsh', ['--base-allocation', '-u', uri, '-c', '-'], {
+      env: { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('exit', (code) => resolve({ code: code ?? 128, stdout, stderr }));
+    child.stdin.end(script);
+  });
+}
+
+test('nbdsh: flags, block sizes, structured replies, FUA, trim, zeroes and block status, as the driver has them', async (t) => {
+  const log = scratchFile(t, 'requests');
+  const { uri } = await exportDriver(t, [`${DRIVERS}/recorder.js`, log, 'fua', 'extents', '--size', '16M', '--physical-block-size', '4096']);
+  const r = await nbdsh(uri, `
+import errno
+assert h.get_structured_replies_negotiated()
+assert h.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+assert (h.can_flush(), h.can_fua(), h.can_trim(), h.can_zero(), h.can_fast_zero(), h.can_multi_conn(), h.can_df()) == (True,) * 7
+assert not h.is_read_only()
+assert (h.get_block_size(nbd.SIZE_MINIMUM), h.get_block_size(nbd.SIZE_PREFERRED), h.get_block_size(nbd.SIZE_MAXIMUM)) == (512, 4096, 32 << 20)
+h.pwrite(b"\\x01" * 8192, 1 << 20, nbd.CMD_FLAG_FUA)
+chunks = []
+def chunk(subbuf, offset, status, error):
+    chunks.append((offset, status, len(subbuf)))
+    return 0
+assert h.pread_structured(8192, 1 << 20, chunk) == b"\\x01" * 8192
+assert chunks == [(1 << 20, nbd.READ_DATA, 8192)], chunks
+h.trim(65536, 2 << 20)
+h.zero(65536, 3 << 20, nbd.CMD_FLAG_NO_HOLE)
+h.zero(65536, 4 << 20, nbd.CMD_FLAG_FAST_ZERO)
+h.flush()
+seen = []
+h.block_status(2 << 20, 0, lambda meta, offset, entries, error: seen.extend(entries))
+assert seen == [1 << 20, 3, 8192, 0, (1 << 20) - 8192, 3], seen
+one = []
+h.block_status(2 << 20, 0, lambda meta, offset, entries, error: one.extend(entries), nbd.CMD_FLAG_REQ_ONE)
+assert one == [1 << 20, 3], one
+try:
+    h.pread(4096, 16 << 20)
+    raise AssertionError("a read past the end succeeded")
+except nbd.Error as e:
+    assert e.errnum == errno.EINVAL, e
+print("ok")
+`);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout.trim(), 'ok');
+  const calls = records(log);
+  const find = (op: string) => calls.filter((c) => c.op === op);
+  assert.deepEqual(find('fuaWrite').map((c) => [c.offset, c.size]), [[MiB, 8192]]);
+  assert.deepEqual(find('discard').map((c) => [c.offset, c.size]), [[2 * MiB, 65536]]);
+  assert.deepEqual(
+    find('writeZeros').map((c) => [c.offset, c.mayUnmap]),
+    [[3 * MiB, false], [4 * MiB, true]],
+  );
+  assert.ok(find('flush').length >= 1);
+});
+
+/** A CA and a server certificate for localhost, made with openssl for this test. */
+async function certificates(t: TestContext): Promise<{ server: string; client: string }> {
+  const dir = scratch('tls');
+  const server = `${dir}/server`;
+  const client = `${dir}/client`;
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  await must('mkdir', ['-p', server, client]);
+  const openssl = (args: string[]) => must('openssl', args);
+  await openssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${dir}/ca-key.pem`, '-out', `${server}/ca-cert.pem`, '-days', '2', '-subj', '/CN=bdus test CA']);
+  await openssl(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${server}/server-key.pem`, '-out', `${dir}/server.csr`, '-subj', '/CN=localhost']);
+  writeFileSync(`${dir}/ext.cnf`, 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n');
+  await openssl(['x509', '-req', '-in', `${dir}/server.csr`, '-CA', `${server}/ca-cert.pem`, '-CAkey', `${dir}/ca-key.pem`, '-CAcreateserial',
+    '-out', `${server}/server-cert.pem`, '-days', '2', '-extfile', `${dir}/ext.cnf`]);
+  await must('cp', [`${server}/ca-cert.pem`, `${client}/ca-cert.pem`]);
+  return { server, client };
+}
+
+test('TLS: required, a client without TLS is refused and a TLS client works; offered, both work', async (t) => {
+  const { server, client } = await certificates(t);
+  const required = await exportDriver(t, ['ram', '--size', '16M', '--tls', 'require', '--tls-certificates', server]);
+  const plain = await sh('nbdinfo', [required.uri]);
+  assert.notEqual(plain.code, 0, 'a client without TLS is refused');
+  const tlsUri = (uri: string) => `${uri.replace(/^nbd\+unix:/, 'nbds+unix:')}&tls-certificates=${client}`;
+  const secure = await must('nbdinfo', [tlsUri(required.uri)]);
+  assert.match(secure, /with TLS/);
+  await assertRoundTrip(t, tlsUri(required.uri), 16 * MiB);
+
+  const offered = await exportDriver(t, ['ram', '--size', '16M', '--tls', 'on', '--tls-certificates', server]);
+  assert.match(await must('nbdinfo', [offered.uri]), /without TLS/);
+  assert.match(await must('nbdinfo', [tlsUri(offered.uri)]), /with TLS/);
+
+  const missing = await bdus(['export', 'ram', '--tls', 'require', '--tls-certificates', client, '--listen', `unix:${scratch('x')}.sock`]);
+  assert.equal(missing.code, 1);
+  assert.match(missing.stderr, /TLS: cannot read .*server-cert\.pem/);
 });

@@ -3,7 +3,7 @@
  */
 import { parseArgs } from 'node:util';
 import { BdusError } from '../driver/errors.js';
-import { runExport } from '../nbd/export.js';
+import { runExport, type TlsOptions } from '../nbd/export.js';
 import type { ListenAddress } from '../nbd/server.js';
 import { loadDriver } from './load-driver.js';
 import { attributeHelp, attributeOptions, attributesFromFlags } from './options.js';
@@ -18,6 +18,12 @@ nbdinfo, nbdcopy, nbdsh, fio's nbd engine, nbd-client.
   --listen ADDRESS    unix:PATH, HOST:PORT or PORT (default 127.0.0.1:10809: loopback only)
   --name NAME         the export's name (default ""; a client asking for "" gets it too)
   --description TEXT  a description clients may ask for
+  --tls MODE          off (default), on (offered through STARTTLS) or require (clients
+                      that do not start TLS are refused)
+  --tls-certificates DIR
+                      server-cert.pem and server-key.pem (and ca-cert.pem with
+                      --tls-verify-peer); needed with --tls on or require
+  --tls-verify-peer   require a client certificate signed by DIR/ca-cert.pem
 
 attributes:
 ${attributeHelp()}
@@ -37,10 +43,29 @@ export function parseListen(text: string): ListenAddress {
   return { host: (match[1] ?? '127.0.0.1').replace(/^\[(.*)\]$/, '$1'), port };
 }
 
+/** --tls, --tls-certificates, --tls-verify-peer -> TLS options (or none), checked. */
+export function tlsFromFlags(mode = 'off', certificates?: string, verifyPeer?: boolean): TlsOptions | undefined {
+  if (!['off', 'on', 'require'].includes(mode)) throw new BdusError('EINVAL', `invalid --tls '${mode}': expected off, on or require`);
+  if (mode === 'off') {
+    if (certificates || verifyPeer) throw new BdusError('EINVAL', '--tls-certificates and --tls-verify-peer need --tls on or require');
+    return undefined;
+  }
+  if (!certificates) throw new BdusError('EINVAL', `--tls ${mode} needs --tls-certificates DIR (server-cert.pem, server-key.pem)`);
+  return { certificates, required: mode === 'require', verifyPeer: verifyPeer ?? false };
+}
+
 export async function exportCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { ...attributeOptions(), listen: { type: 'string' }, name: { type: 'string' }, description: { type: 'string' } },
+    options: {
+      ...attributeOptions(),
+      listen: { type: 'string' },
+      name: { type: 'string' },
+      description: { type: 'string' },
+      tls: { type: 'string' },
+      'tls-certificates': { type: 'string' },
+      'tls-verify-peer': { type: 'boolean' },
+    },
     allowPositionals: true,
   });
   const [specifier, ...driverArgs] = positionals;
@@ -48,6 +73,7 @@ export async function exportCommand(argv: string[]): Promise<number> {
   const attributes = attributesFromFlags(values);
   const listen = parseListen(values.listen ?? `127.0.0.1:${DEFAULT_PORT}`);
   const driver = await loadDriver(specifier, driverArgs);
-  await runExport(driver, { attributes, listen, name: values.name ?? '', description: values.description ?? '' });
+  const tls = tlsFromFlags(values.tls, values['tls-certificates'], values['tls-verify-peer']);
+  await runExport(driver, { attributes, listen, name: values.name ?? '', description: values.description ?? '', tls });
   return 0;
 }

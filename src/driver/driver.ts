@@ -107,11 +107,30 @@ export interface Driver<State = unknown> {
   secureErase?(offset: number, size: number, ctx: Context<State>): Promise<void> | void;
 
   /**
+   * Which parts of [offset, offset + size) hold data: extents in order from `offset`, covering
+   * the range or a prefix of it (at least one; lengths multiples of the logical block size, the
+   * last may end past the range and is cut). Asked by NBD clients' block-status queries (qemu-img
+   * map, nbdinfo --map, nbdcopy's sparse copies); without it, everything is data. Reporting a
+   * hole or zeros that are not there corrupts a sparse copy: when unsure, say data.
+   */
+  extents?(offset: number, size: number, ctx: Context<State>): Promise<readonly Extent[]> | readonly Extent[];
+
+  /**
    * A device-specific ioctl. `argument` is the client's argument buffer (null for _IOC_NONE);
    * changes to it reach the client only if the callback succeeds. Unknown commands should throw
    * a DriverError('ENOTTY'). Must be idempotent, like every request.
    */
   ioctl?(command: number, argument: Buffer | null, ctx: Context<State>): Promise<void> | void;
+}
+
+/** A run of blocks with one allocation state, as `extents` reports it. */
+export interface Extent {
+  /** Bytes, a positive multiple of the logical block size. */
+  readonly length: number;
+  /** Not allocated: reading it costs nothing (NBD_STATE_HOLE). */
+  readonly hole?: boolean;
+  /** Reads back as zeros (NBD_STATE_ZERO). */
+  readonly zero?: boolean;
 }
 
 /** Request callbacks whose presence makes a device writable. */

@@ -12,6 +12,10 @@ const zero: Driver = {
   read(buffer) {
     buffer.fill(0);
   },
+  // NBD clients (qemu-img map, nbdcopy) see that nothing is stored, and copy nothing.
+  extents(_offset, size) {
+    return [{ length: size, hole: true, zero: true }];
+  },
 };
 
 export default zero;

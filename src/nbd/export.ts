@@ -13,7 +13,11 @@ import { isReadOnly, requestCallbacks, type Context, type Driver } from '../driv
 import { RequestLayer } from '../request/request-layer.js';
 import type { RunOptions } from '../device/device.js';
 import { Outcome } from '../util/outcome.js';
-import { NbdServer, type ListenAddress } from './server.js';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createSecureContext } from 'node:tls';
+import { BdusError } from '../driver/errors.js';
+import { NbdServer, type ListenAddress, type NbdTls } from './server.js';
 
 export interface ExportOptions<State = unknown> extends RunOptions<State> {
   /** Where to listen: `{ unix: path }` or `{ host, port }` (port 0: any free one). */
@@ -22,6 +26,45 @@ export interface ExportOptions<State = unknown> extends RunOptions<State> {
   name?: string;
   /** A description clients may ask for. */
   description?: string;
+  /** TLS (STARTTLS); without it the export offers none. */
+  tls?: TlsOptions;
+}
+
+/** TLS for an export, with certificates as nbdkit and qemu-nbd take them. */
+export interface TlsOptions {
+  /**
+   * A directory with server-cert.pem and server-key.pem (PEM), and ca-cert.pem to check client
+   * certificates against (with verifyPeer).
+   */
+  certificates: string;
+  /** Refuse clients that do not start TLS (default false: TLS is offered, not required). */
+  required?: boolean;
+  /** Require a client certificate signed by ca-cert.pem (default false). */
+  verifyPeer?: boolean;
+}
+
+/** Loads an export's TLS certificates; a clear error naming the file that is missing or bad. */
+export function loadTls(options: TlsOptions): NbdTls {
+  const file = (name: string) => {
+    const path = join(options.certificates, name);
+    try {
+      return readFileSync(path);
+    } catch (error) {
+      throw new BdusError('EINVAL', `TLS: cannot read ${path}: ${(error as Error).message}`);
+    }
+  };
+  let context;
+  try {
+    context = createSecureContext({
+      cert: file('server-cert.pem'),
+      key: file('server-key.pem'),
+      ...(options.verifyPeer ? { ca: file('ca-cert.pem') } : {}),
+    });
+  } catch (error) {
+    if (error instanceof BdusError) throw error;
+    throw new BdusError('EINVAL', `TLS: the certificates in ${options.certificates} are unusable: ${(error as Error).message}`);
+  }
+  return { context, required: options.required ?? false, verifyPeer: options.verifyPeer ?? false };
 }
 
 /** The URI clients use: nbd+unix:///NAME?socket=PATH or nbd://HOST:PORT/NAME. */
@@ -84,6 +127,7 @@ export class Export<State = unknown> {
 export async function startExport<State>(driver: Driver<State>, options: ExportOptions<State>): Promise<Export<State>> {
   const given: Attributes = { ...driver.attributes, ...options.attributes };
   const attributes = adjustAttributes(given, driver as Driver<never>);
+  const tls = options.tls ? loadTls(options.tls) : undefined;
   const name = options.name ?? '';
   const log = options.log ?? ((line: string) => process.stderr.write(`bdus export: ${line}\n`));
   if (attributes.log) for (const line of describeAdjustments(given, attributes)) log(line);
@@ -111,6 +155,7 @@ export async function startExport<State>(driver: Driver<State>, options: ExportO
     callbacks: requestCallbacks(driver as Driver<never>),
     requests,
     log,
+    tls,
   });
   let address: ListenAddress;
   try {

@@ -72,6 +72,8 @@ export const Command = {
   BLOCK_STATUS: 7,
 } as const;
 
+/** base:allocation extent flags. */
+export const State = { HOLE: 1 << 0, ZERO: 1 << 1 } as const;
 export const CommandFlag = { FUA: 1 << 0, NO_HOLE: 1 << 1, DF: 1 << 2, REQ_ONE: 1 << 3, FAST_ZERO: 1 << 4 } as const;
 
 export const ReplyFlag = { DONE: 1 << 0 } as const;

@@ -11,9 +11,10 @@
  * (whose length cannot be trusted) ends the connection. Other connections never notice.
  */
 import { createServer, type Server, type Socket } from 'node:net';
+import { TLSSocket, type SecureContext } from 'node:tls';
 import { rmSync } from 'node:fs';
 import type { EffectiveAttributes } from '../driver/attributes.js';
-import type { RequestCallback } from '../driver/driver.js';
+import type { Extent, RequestCallback } from '../driver/driver.js';
 import type { RequestLayer } from '../request/request-layer.js';
 import {
   BASE_ALLOCATION,
@@ -38,9 +39,12 @@ import {
   RequestHeader,
   SIMPLE_REPLY_MAGIC,
   SimpleReply,
+  State,
   STRUCTURED_REPLY_MAGIC,
 } from './protocol.js';
 
+/** Most extents in one block-status reply; a client asks again for the rest. */
+const MAX_EXTENTS = 1024;
 /** Largest read or write payload a client may send (advertised as the maximum block size). */
 export const MAX_PAYLOAD = 32 << 20;
 /** Longest option a client may send in the handshake; longer ones end the connection. */
@@ -58,6 +62,17 @@ export interface NbdExport {
   readonly callbacks: readonly RequestCallback[];
   readonly requests: RequestLayer;
   readonly log: (line: string) => void;
+  /** TLS through STARTTLS; absent: the server offers none. */
+  readonly tls?: NbdTls;
+}
+
+/** How an export offers TLS (NBD_OPT_STARTTLS). */
+export interface NbdTls {
+  readonly context: SecureContext;
+  /** Refuse everything but STARTTLS and ABORT until the client has started TLS. */
+  readonly required: boolean;
+  /** Ask for a client certificate and refuse clients without one the CA signed. */
+  readonly verifyPeer: boolean;
 }
 
 /** Where to listen: a Unix socket path, or a TCP host and port. */
@@ -72,9 +87,8 @@ export class NbdServer {
   /** Starts listening; resolves with the address actually bound (the port, if 0 was asked). */
   async listen(address: ListenAddress): Promise<ListenAddress> {
     const server = createServer((socket) => {
-      const connection = new Connection(socket, this.exported);
+      const connection: Connection = new Connection(socket, this.exported, { onClose: () => this.connections.delete(connection) });
       this.connections.add(connection);
-      socket.on('close', () => this.connections.delete(connection));
     });
     this.server = server;
     server.on('error', (error) => this.exported.log(`nbd server: ${error.message}`));
@@ -118,6 +132,8 @@ export interface ConnectionOptions {
   kernel?: boolean;
   /** Bytes a previous driver read from this socket but did not parse (a hand-over). */
   unread?: Buffer;
+  /** Called once when the connection has closed. */
+  onClose?: () => void;
 }
 
 const WRITES = new Set<number>([Command.WRITE, Command.TRIM, Command.WRITE_ZEROES]);
@@ -125,6 +141,7 @@ const WRITES = new Set<number>([Command.WRITE, Command.TRIM, Command.WRITE_ZEROE
 /** One client's connection: its handshake, then its requests and their replies. */
 export class Connection {
   private readonly chunks: Buffer[] = [];
+  private secure = false;
   private buffered = 0;
   private waiting: Waiting | undefined;
   private draining = false;
@@ -135,15 +152,17 @@ export class Connection {
   private inFlight = 0;
   private ending = false;
   private muted = false;
+  private onClose: (() => void) | undefined;
   private endWhenIdle: (() => void) | undefined;
 
   constructor(
-    private readonly socket: Socket,
+    private socket: Socket,
     private readonly exported: NbdExport,
     options: ConnectionOptions = {},
   ) {
+    this.onClose = options.onClose;
     socket.on('error', () => undefined); // 'close' follows
-    socket.on('close', () => this.endWhenIdle?.());
+    socket.on('close', () => this.closed());
     if (options.unread?.length) this.push(options.unread);
     if (options.kernel) {
       this.transmitting = true;
@@ -253,6 +272,12 @@ export class Connection {
     return out;
   }
 
+  private closed(): void {
+    this.endWhenIdle?.();
+    this.onClose?.();
+    this.onClose = undefined;
+  }
+
   hangUp(why: string): void {
     if (!this.socket.destroyed) this.exported.log(`nbd: closing a connection: ${why}`);
     this.socket.destroy();
@@ -281,7 +306,18 @@ export class Connection {
       this.optionReply(option, Reply.ERR_SHUTDOWN);
       return this.nextOption();
     }
+    if (this.exported.tls?.required && !this.secure && option !== Option.STARTTLS && option !== Option.ABORT) {
+      if (option === Option.EXPORT_NAME) return this.hangUp('EXPORT_NAME before STARTTLS, and TLS is required');
+      this.optionReply(option, Reply.ERR_TLS_REQD, 'this server requires TLS: use STARTTLS');
+      return this.nextOption();
+    }
     switch (option) {
+      case Option.STARTTLS:
+        if (data.length !== 0) this.optionReply(option, Reply.ERR_INVALID, 'STARTTLS takes no data');
+        else if (!this.exported.tls) this.optionReply(option, Reply.ERR_UNSUP, 'this server offers no TLS');
+        else if (this.secure) this.optionReply(option, Reply.ERR_INVALID, 'TLS is already on');
+        else return this.startTls(this.exported.tls);
+        break;
       case Option.EXPORT_NAME:
         return this.exportName(data);
       case Option.ABORT:
@@ -317,6 +353,34 @@ export class Connection {
       default:
         this.optionReply(option, Reply.ERR_UNSUP, `option ${option} is not supported`);
     }
+    this.nextOption();
+  }
+
+  /**
+   * Acknowledges STARTTLS and carries on over TLS: the next bytes are the client's TLS handshake,
+   * and every option after it is encrypted. What was negotiated in the clear is forgotten.
+   */
+  private startTls(tls: NbdTls): void {
+    this.optionReply(Option.STARTTLS, Reply.ACK);
+    const plain = this.socket;
+    plain.removeAllListeners('data');
+    plain.removeAllListeners('timeout');
+    this.chunks.length = 0; // a client sends nothing after STARTTLS before its handshake
+    this.buffered = 0;
+    this.structured = false;
+    this.allocationContext = false;
+    this.secure = true;
+    const secure = new TLSSocket(plain, {
+      isServer: true,
+      secureContext: tls.context,
+      requestCert: tls.verifyPeer,
+      rejectUnauthorized: tls.verifyPeer,
+    });
+    this.socket = secure;
+    secure.setTimeout(HANDSHAKE_TIMEOUT_MS, () => this.hangUp('the client did not finish the handshake in time'));
+    secure.on('data', (chunk: Buffer) => this.push(chunk));
+    secure.on('error', (error) => this.hangUp(`TLS: ${error.message}`));
+    secure.on('close', () => this.closed());
     this.nextOption();
   }
 
@@ -469,7 +533,7 @@ export class Connection {
         break;
       case Command.BLOCK_STATUS:
         if (outside || length === 0 || !this.allocationContext) return this.replyError(cookie, NbdError.EINVAL);
-        return this.blockStatus(cookie, length);
+        return this.blockStatus(cookie, offset, length, (flags & CommandFlag.REQ_ONE) !== 0);
       case Command.CACHE: // advisory: nothing to do
         return this.replyStatus(cookie, 0);
       default:
@@ -502,14 +566,26 @@ export class Connection {
     });
   }
 
-  /** base:allocation without a driver callback for it: everything is data. */
-  private blockStatus(cookie: Buffer, length: number): void {
-    const reply = Buffer.alloc(ChunkHeader.SIZE + 12);
-    writeChunkHeader(reply, cookie, ReplyFlag.DONE, ReplyType.BLOCK_STATUS, 12);
-    reply.writeUInt32BE(BASE_ALLOCATION_ID, ChunkHeader.SIZE);
-    reply.writeUInt32BE(length, ChunkHeader.SIZE + 4);
-    reply.writeUInt32BE(0, ChunkHeader.SIZE + 8);
-    this.send(reply);
+  /** base:allocation: the driver's extents (everything is data without an extents callback). */
+  private blockStatus(cookie: Buffer, offset: number, length: number, one: boolean): void {
+    const extents: Extent[] = [];
+    this.inFlight++;
+    void this.exported.requests.extents(offset, length, extents).then((errno) => {
+      if (errno !== 0) this.replyError(cookie, nbdError(errno));
+      else {
+        const count = one ? 1 : Math.min(extents.length, MAX_EXTENTS);
+        const reply = Buffer.alloc(ChunkHeader.SIZE + 4 + 8 * count);
+        writeChunkHeader(reply, cookie, ReplyFlag.DONE, ReplyType.BLOCK_STATUS, 4 + 8 * count);
+        reply.writeUInt32BE(BASE_ALLOCATION_ID, ChunkHeader.SIZE);
+        for (let i = 0, at = ChunkHeader.SIZE + 4; i < count; i++, at += 8) {
+          const extent = extents[i]!;
+          reply.writeUInt32BE(extent.length, at);
+          reply.writeUInt32BE((extent.hole ? State.HOLE : 0) | (extent.zero ? State.ZERO : 0), at + 4);
+        }
+        this.send(reply);
+      }
+      this.done();
+    });
   }
 
   private replyStatus(cookie: Buffer, error: number): void {

@@ -9,8 +9,9 @@ export const Operation = {
   DISCARD: 6,
   SECURE_ERASE: 7,
   IOCTL: 8,
+  EXTENTS: 9,
 } as const;
 export type Operation = (typeof Operation)[keyof typeof Operation];
 
 /** Callback names indexed by Operation (for logs and counters). */
-export const OPERATION_NAMES = ['read', 'write', 'writeSame', 'writeZeros', 'fuaWrite', 'flush', 'discard', 'secureErase', 'ioctl'] as const;
+export const OPERATION_NAMES = ['read', 'write', 'writeSame', 'writeZeros', 'fuaWrite', 'flush', 'discard', 'secureErase', 'ioctl', 'extents'] as const;

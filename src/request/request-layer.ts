@@ -21,7 +21,7 @@
  *   ETIMEDOUT; frontends stamp their requests with it.
  */
 import { constants } from 'node:os';
-import type { Context, Driver } from '../driver/driver.js';
+import type { Context, Driver, Extent } from '../driver/driver.js';
 import type { EffectiveAttributes } from '../driver/attributes.js';
 import { clientErrno, DriverAbort } from '../driver/errors.js';
 import { Operation, OPERATION_NAMES } from './operation.js';
@@ -160,6 +160,44 @@ export class RequestLayer {
     return this.invoke(Operation.IOCTL, argument, command, 0);
   }
 
+  /**
+   * Block status of [offset, offset + size): the driver's extents, checked, cut to the range and
+   * appended to `into`. Without an extents callback, the range is one data extent. A malformed
+   * answer (no extent, a length that is not a positive multiple of the logical block size) fails
+   * the query with EIO, and is logged.
+   */
+  async extents(offset: number, size: number, into: Extent[]): Promise<number> {
+    if (!this.accepting) return EIO;
+    const bad = this.checked(offset, size, Operation.EXTENTS);
+    if (bad) return bad;
+    if (!this.driver.extents) {
+      into.push({ length: size });
+      return 0;
+    }
+    const start = into.length;
+    const errno = await this.invoke(Operation.EXTENTS, into, offset, size);
+    if (errno !== 0) return errno;
+    const lbs = this.attrs.logicalBlockSize;
+    let covered = 0;
+    let kept = start;
+    for (let i = start; i < into.length && covered < size; i++, kept++) {
+      const extent = into[i]!;
+      if (!Number.isSafeInteger(extent?.length) || extent.length <= 0 || extent.length % lbs !== 0) {
+        into.length = start;
+        this.hooks.log(`extents(offset=${offset}, size=${size}) returned an extent of length ${String(extent?.length)}: not a positive multiple of ${lbs}; the query fails with EIO`);
+        return EIO;
+      }
+      if (covered + extent.length > size) into[i] = { ...extent, length: size - covered };
+      covered += Math.min(extent.length, size - covered);
+    }
+    into.length = kept;
+    if (kept === start) {
+      this.hooks.log(`extents(offset=${offset}, size=${size}) returned no extent; the query fails with EIO`);
+      return EIO;
+    }
+    return 0;
+  }
+
   // ---- Life cycle -----------------------------------------------------------------------------
 
   /**
@@ -292,6 +330,8 @@ export class RequestLayer {
         return driver.writeSame!(a as Buffer, b, c, ctx);
       case Operation.IOCTL:
         return driver.ioctl!(b, a as Buffer | null, ctx);
+      case Operation.EXTENTS:
+        return collect(driver.extents!(b, c, ctx), a as Extent[]);
     }
   }
 
@@ -321,6 +361,12 @@ export class RequestLayer {
   private logCall(op: Operation, b: number, c: number, a: unknown): void {
     this.hooks.log(describe(op, b, c, a));
   }
+}
+
+async function collect(answer: Promise<readonly Extent[]> | readonly Extent[], into: Extent[]): Promise<void> {
+  const extents = await answer;
+  if (!Array.isArray(extents)) throw new Error(`extents() returned ${typeof extents}, not an array`);
+  for (const extent of extents) into.push(extent);
 }
 
 /** Reads and writes: the transfers that seed 000 retries. */

@@ -2,7 +2,8 @@
  * A RAM driver that appends one JSON line per callback to the file named by its first argument,
  * so tests can see exactly which callbacks the kernel's requests became. With a second argument
  * "no-zeros" it has no writeZeros (discards then reach discard); with "slow-terminate" its
- * terminate takes a second. Life-cycle records carry the process id, so that the records of a
+ * terminate takes a second; with "fua" it has fuaWrite; with "extents" it reports 4 KiB blocks
+ * of zeros as holes that read as zeros. Life-cycle records carry the process id, so that the records of a
  * driver and of its replacement (same file) tell which instance did what.
  */
 import { appendFileSync } from 'node:fs';
@@ -45,5 +46,24 @@ export default function recorder(args: readonly string[]): Driver<Buffer> {
     },
   };
   if (args.includes('no-zeros')) delete driver.writeZeros;
+  if (args.includes('fua')) {
+    driver.fuaWrite = (data, offset, ctx) => {
+      record({ op: 'fuaWrite', offset, size: data.length });
+      data.copy(ctx.state, offset);
+    };
+  }
+  if (args.includes('extents')) {
+    driver.extents = (offset, size, ctx) => {
+      record({ op: 'extents', offset, size });
+      const extents: Array<{ length: number; hole: boolean; zero: boolean }> = [];
+      for (let at = offset; at < offset + size; at += 4096) {
+        const zero = ctx.state.subarray(at, at + 4096).every((b) => b === 0);
+        const last = extents[extents.length - 1];
+        if (last && last.zero === zero) last.length += 4096;
+        else extents.push({ length: 4096, hole: zero, zero });
+      }
+      return extents;
+    };
+  }
   return driver;
 }
