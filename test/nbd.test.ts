@@ -248,3 +248,21 @@ test('TLS: required, a client without TLS is refused and a TLS client works; off
   assert.equal(missing.code, 1);
   assert.match(missing.stderr, /TLS: cannot read .*server-cert\.pem/);
 });
+
+test('bdus run --export: one driver instance serves the device and NBD clients; the export ends with it', async (t) => {
+  const socket = `${scratch('run-export')}.sock`;
+  const data = scratchFile(t, 'data');
+  const back = scratchFile(t, 'back');
+  const r = await bdus(['run', 'ram', '--size', '16M', '--export', `unix:${socket}`]);
+  assert.equal(r.code, 0, r.stderr);
+  const dev = r.stdout.trim();
+  t.after(() => bdus(['destroy', '--no-flush', dev]));
+  const uri = `nbd+unix:///?socket=${socket}`;
+  assert.match(r.stderr, new RegExp(`exported over NBD at ${uri.replace(/[?+]/g, '\\$&')}`));
+  writeFileSync(data, randomBytes(16 * MiB));
+  await must('dd', [`if=${data}`, `of=${dev}`, 'bs=1M', 'oflag=direct', 'status=none']);
+  await must('nbdcopy', [uri, back]);
+  assert.ok(readFileSync(data).equals(readFileSync(back)), 'NBD clients read what the device wrote');
+  assert.equal((await bdus(['destroy', dev])).code, 0);
+  assert.notEqual((await sh('nbdinfo', [uri])).code, 0, 'the export ended with the device');
+});

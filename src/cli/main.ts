@@ -16,6 +16,9 @@ background (its log: /run/bdus/log/bdus-N.log). ARGS go to the driver module.
 
   --frontend KIND   the kernel path: fuse (FUSE+loop), nbd (the kernel NBD client, /dev/nbdN),
                     or auto (default: fuse where the kernel has FUSE and loop, else nbd)
+  --export ADDRESS  also serve the driver over NBD (unix:PATH, HOST:PORT or PORT), for as long
+                    as this driver instance runs; with --export-name NAME, and --tls MODE,
+                    --tls-certificates DIR, --tls-verify-peer as for \`bdus export\`
 
 attributes:
 ${attributeHelp()}
@@ -31,7 +34,8 @@ its driver back this way, with the requests the dead driver had not answered.
 Attributes left out (or 0) keep the device's values. Size and block sizes cannot change, max
 sizes cannot shrink, and the new driver needs every request callback the current one has.
 Prints the device's path once the new driver serves; without --foreground the driver then keeps
-running in the background (its log: /run/bdus/log/bdus-N.log).
+running in the background (its log: /run/bdus/log/bdus-N.log). --export and its options work as
+for \`bdus run\`.
 
 attributes:
 ${attributeHelp()}

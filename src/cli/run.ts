@@ -15,6 +15,7 @@ import { rerun, serve, start, type Device } from '../device/device.js';
 import type { FrontendChoice } from '../frontend/select.js';
 import { native } from '../native.js';
 import { RUN_DIR } from '../util/paths.js';
+import { parseListen, tlsFromFlags } from './export.js';
 import { loadDriver } from './load-driver.js';
 import { attributeOptions, attributesFromFlags } from './options.js';
 import { UsageError } from './usage.js';
@@ -32,7 +33,16 @@ export function rerunCommand(argv: string[]): Promise<number> {
 async function runDriver(command: 'run' | 'rerun', argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { ...attributeOptions(), foreground: { type: 'boolean' }, ...(command === 'run' ? { frontend: { type: 'string' } } : {}) },
+    options: {
+      ...attributeOptions(),
+      foreground: { type: 'boolean' },
+      ...(command === 'run' ? { frontend: { type: 'string' } } : {}),
+      export: { type: 'string' },
+      'export-name': { type: 'string' },
+      tls: { type: 'string' },
+      'tls-certificates': { type: 'string' },
+      'tls-verify-peer': { type: 'boolean' },
+    },
     allowPositionals: true,
   });
   const target = command === 'rerun' ? positionals.shift() : undefined;
@@ -40,11 +50,23 @@ async function runDriver(command: 'run' | 'rerun', argv: string[]): Promise<numb
   const [specifier, ...driverArgs] = positionals;
   if (!specifier) throw new UsageError(`bdus ${command}: missing the driver (a module path or an example: ram, zero, loop)`);
   const attributes = attributesFromFlags(values);
+  const listen = values.export === undefined ? undefined : parseListen(values.export);
+  const tls = tlsFromFlags(values.tls, values['tls-certificates'], values['tls-verify-peer']);
+  if (!listen && (tls || values['export-name'] !== undefined)) throw new UsageError(`bdus ${command}: --export-name and --tls need --export`);
   if (!values.foreground) return runInBackground(command, argv);
 
   const driver = await loadDriver(specifier, driverArgs);
   const frontend = values.frontend as FrontendChoice | undefined;
   const device = target === undefined ? await start(driver, { attributes, frontend }) : await rerun(target, driver, { attributes });
+  if (listen) {
+    try {
+      const exported = await device.export({ listen, name: values['export-name'] ?? '', tls });
+      process.stderr.write(`${device.path}: exported over NBD at ${exported.uri}\n`);
+    } catch (error) {
+      await device.destroy();
+      throw error;
+    }
+  }
   if (process.env[READY_FD_ENV]) detachFromCaller(device, Number(process.env[READY_FD_ENV]));
   await serve(device);
   return 0;

@@ -40,8 +40,28 @@ import { chooseFrontend, frontendAttributes, type FrontendChoice } from '../fron
 import { native } from '../native.js';
 import { RequestLayer } from '../request/request-layer.js';
 import { RestartTable } from '../request/restart-table.js';
+import { exportUri, loadTls, type TlsOptions } from '../nbd/export.js';
+import { NbdServer, type ListenAddress } from '../nbd/server.js';
 import { Outcome } from '../util/outcome.js';
 import { sleep } from '../util/process.js';
+
+/** An NBD export of a device's driver instance (see Device.export). */
+export interface DeviceExportOptions {
+  /** Where to listen: `{ unix: path }` or `{ host, port }` (port 0: any free one). */
+  listen: ListenAddress;
+  /** The export's name (default ""). */
+  name?: string;
+  description?: string;
+  tls?: TlsOptions;
+}
+
+export interface NbdServerHandle {
+  /** The URI clients use. */
+  readonly uri: string;
+  readonly address: ListenAddress;
+  /** Stops the export: requests in progress are answered, then every connection ends. */
+  close(): Promise<void>;
+}
 
 export interface RunOptions<State = unknown> {
   /** Attributes; they override the driver's own `attributes`. */
@@ -67,6 +87,7 @@ export class Device<State = unknown> {
   readonly closed: Promise<void>;
   private readonly outcome = new Outcome();
   private ending: Promise<void> | undefined;
+  private readonly servers = new Set<NbdServer>();
 
   /** @internal use start() */
   constructor(
@@ -89,6 +110,37 @@ export class Device<State = unknown> {
   }
   get attributes(): EffectiveAttributes {
     return this.ctx.attributes;
+  }
+
+  /**
+   * Serves this driver instance over NBD too, alongside the device, through the same request
+   * layer (so a flush on either covers writes completed on both). The export ends with this
+   * driver instance: when the device is destroyed, aborted or handed to a new driver.
+   */
+  async export(options: DeviceExportOptions): Promise<NbdServerHandle> {
+    const tls = options.tls ? loadTls(options.tls) : undefined;
+    const name = options.name ?? '';
+    const server = new NbdServer({
+      name,
+      description: options.description ?? '',
+      attributes: this.ctx.attributes,
+      readOnly: this.ctx.readOnly,
+      callbacks: requestCallbacks(this.driver as Driver<never>),
+      requests: this.requests,
+      log: this.log,
+      tls,
+    });
+    if (this.ending) throw new BdusError('ENODEV', `${this.path}: its driver instance is ending`);
+    const address = await server.listen(options.listen);
+    this.servers.add(server);
+    return {
+      uri: exportUri(address, name),
+      address,
+      close: () => {
+        this.servers.delete(server);
+        return server.close();
+      },
+    };
   }
 
   /**
@@ -159,6 +211,9 @@ export class Device<State = unknown> {
   }
 
   private async end(device: 'remove' | 'keep', stopDriver: () => Promise<void>): Promise<void> {
+    // NBD clients of this instance: their requests in progress are answered, then they go.
+    for (const server of this.servers) void server.close();
+    this.servers.clear();
     let failure: Error | undefined;
     try {
       await stopDriver();
