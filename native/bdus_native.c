@@ -311,6 +311,11 @@ static napi_value js_nbd_netlink(napi_env env, napi_callback_info info)
         .timeout = field(env, argv[0], "timeout"),
         .dead_conn_timeout = field(env, argv[0], "deadConnTimeout"),
     };
+    bool has_backend = false;
+    napi_value backend;
+    if (napi_has_named_property(env, argv[0], "backend", &has_backend) == napi_ok && has_backend &&
+        napi_get_named_property(env, argv[0], "backend", &backend) == napi_ok)
+        napi_get_value_string_utf8(env, backend, w->request.backend, sizeof(w->request.backend), NULL);
     CHECK(napi_create_reference(env, argv[1], 1, &w->callback));
     CHECK(napi_create_string_utf8(env, "bdus:nbdNetlink", NAPI_AUTO_LENGTH, &name));
     CHECK(napi_create_async_work(env, NULL, name, nbd_execute, nbd_complete, w, &w->work));

@@ -138,6 +138,8 @@ int nbd_netlink(const struct nbd_netlink_request *r, int *index)
         put_u64(h, NBD_ATTR_CLIENT_FLAGS, r->client_flags);
         put_u64(h, NBD_ATTR_TIMEOUT, r->timeout);
         put_u64(h, NBD_ATTR_DEAD_CONN_TIMEOUT, r->dead_conn_timeout);
+        if (r->backend[0])
+            put(h, NBD_ATTR_BACKEND_IDENTIFIER, r->backend, (uint16_t)(strlen(r->backend) + 1));
         if (r->socket >= 0) {
             struct nlattr *sockets = put(h, NBD_ATTR_SOCKETS, NULL, 0);
             struct nlattr *item = put(h, NBD_SOCK_ITEM, NULL, 0);

@@ -14,6 +14,7 @@ struct nbd_netlink_request {
     int64_t client_flags;       // NBD_CFLAG_*
     int64_t timeout;            // seconds
     int64_t dead_conn_timeout;  // seconds
+    char backend[64];           // NBD_ATTR_BACKEND_IDENTIFIER: who serves the device ("" leaves it out)
 };
 
 // Sends the command and waits for the kernel's answer. Returns 0 or a positive errno; on a

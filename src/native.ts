@@ -37,6 +37,8 @@ export interface NbdNetlinkRequest {
   clientFlags?: number;
   timeout?: number;
   deadConnTimeout?: number;
+  /** Names who serves the device (sysfs backend); a reconfigure naming another is refused. */
+  backend?: string;
 }
 
 const require = createRequire(import.meta.url);

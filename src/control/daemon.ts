@@ -30,7 +30,7 @@ import { BdusError } from '../driver/errors.js';
 import { reclaimFuseLoop } from '../frontend/fuse/fuse-loop.js';
 import { FuseKeeper, type KeeperMode } from '../frontend/fuse/keeper.js';
 import { kernelTimeouts, unreadPath } from '../frontend/nbd/kernel-nbd.js';
-import { nbdDisconnect, nbdIndexOf, nbdReconfigure } from '../frontend/nbd/netlink.js';
+import { backendOf, connectedBackend, nbdDisconnect, nbdIndexOf, nbdReconfigure } from '../frontend/nbd/netlink.js';
 import { native } from '../native.js';
 import { RestartTable } from '../request/restart-table.js';
 import { Lock } from '../util/lock.js';
@@ -432,7 +432,7 @@ export class Daemon {
   private async orphanKernelNbd(record: DeviceRecord, holding: Holding, mode: KeeperMode): Promise<void> {
     this.closeKernelEnd(record, holding);
     if (mode !== 'fail-all') return;
-    await nbdReconfigure(nbdIndexOf(record.kernelPath), { deadConnTimeout: 0 }).catch((error: Error) =>
+    await nbdReconfigure(nbdIndexOf(record.kernelPath), { deadConnTimeout: 0, backend: backendOf(record.id) }).catch((error: Error) =>
       this.log(`device ${record.id}: ${error.message}`),
     );
   }
@@ -443,11 +443,16 @@ export class Daemon {
     rmSync(unreadPath(record.id), { force: true });
   }
 
-  /** Ends a kernel NBD device: requests in flight and later ones fail with EIO. */
+  /**
+   * Ends a kernel NBD device if it is still connected for this device (its driver disconnects
+   * it on a normal end, and the nbd node may already serve a newer device): requests in flight
+   * and later ones fail with EIO.
+   */
   private async endKernelNbd(record: DeviceRecord): Promise<void> {
     rmSync(unreadPath(record.id), { force: true });
     const index = nbdIndexOf(record.kernelPath);
-    if (index >= 0) await nbdDisconnect(index).catch((error: Error) => this.log(`device ${record.id}: ${error.message}`));
+    if (index < 0 || connectedBackend(index) !== backendOf(record.id)) return;
+    await nbdDisconnect(index).catch((error: Error) => this.log(`device ${record.id}: ${error.message}`));
   }
 
   /**

@@ -19,7 +19,7 @@ import { native } from '../../native.js';
 import { Connection, transmissionFlags } from '../../nbd/server.js';
 import { RUN_DIR } from '../../util/paths.js';
 import type { Frontend, FrontendOptions, KernelDevice } from '../frontend.js';
-import { nbdConnect, nbdDisconnect, nbdReconfigure } from './netlink.js';
+import { backendOf, nbdConnect, nbdDisconnect, nbdIndexOf, nbdReconfigure } from './netlink.js';
 
 export interface KernelNbdOptions extends FrontendOptions {
   /** The device's id: names the file a hand-over leaves its unread bytes in. */
@@ -76,6 +76,7 @@ export class KernelNbdFrontend implements Frontend {
         blockSize: attributes.logicalBlockSize,
         serverFlags: transmissionFlags(this.options, false),
         ...kernelTimeouts(attributes),
+        backend: backendOf(this.options.id),
       });
     } catch (error) {
       closeSync(ours);
@@ -93,7 +94,7 @@ export class KernelNbdFrontend implements Frontend {
    * socket the kernel is given now.
    */
   async adopt(fd: number, kernel: KernelDevice): Promise<void> {
-    this.index = Number(/\d+$/.exec(kernel.path)?.[0] ?? -1);
+    this.index = nbdIndexOf(kernel.path);
     const unread = unreadPath(this.options.id);
     if (fd >= 0) {
       let bytes: Buffer | undefined;
@@ -109,7 +110,7 @@ export class KernelNbdFrontend implements Frontend {
     rmSync(unread, { force: true }); // from a driver that handed over and then died
     const [ours, theirs] = native.socketPair();
     try {
-      await nbdReconfigure(this.index, { socket: theirs, ...kernelTimeouts(this.options.attributes) });
+      await nbdReconfigure(this.index, { socket: theirs, ...kernelTimeouts(this.options.attributes), backend: backendOf(this.options.id) });
     } catch (error) {
       closeSync(ours);
       throw error;

@@ -4,7 +4,7 @@
  * one (the kernel holds its requests meanwhile, for the dead-connection timeout); disconnect
  * ends it (requests in flight fail with EIO).
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { BdusError } from '../../driver/errors.js';
 import { errnoName, native, type NbdNetlinkRequest } from '../../native.js';
 import { execute } from '../../util/exec.js';
@@ -23,6 +23,8 @@ export interface NbdConnect {
   timeout: number;
   /** Seconds requests wait for a new socket when the socket is dead; 0 fails them at once. */
   deadConnTimeout: number;
+  /** Who serves the device (see backendOf). */
+  backend: string;
 }
 
 /** Creates a kernel NBD device served through `socket`; resolves with its index (/dev/nbdN). */
@@ -31,13 +33,35 @@ export function nbdConnect(options: NbdConnect): Promise<number> {
 }
 
 /** Gives a device whose socket died a new one; the requests it held go there. */
-export async function nbdReconfigure(index: number, options: { socket?: number; timeout?: number; deadConnTimeout?: number }): Promise<void> {
+export async function nbdReconfigure(
+  index: number,
+  options: { backend: string; socket?: number; timeout?: number; deadConnTimeout?: number },
+): Promise<void> {
   await call({ command: Command.RECONFIGURE, index, ...options }, 'reconfigure');
 }
 
 /** Ends a kernel NBD device: its requests fail with EIO; /dev/nbdN stays, empty. */
 export async function nbdDisconnect(index: number): Promise<void> {
   await call({ command: Command.DISCONNECT, index }, 'disconnect');
+}
+
+/**
+ * The backend identifier bdus gives device `id`'s connection. The kernel shows it in sysfs and
+ * refuses a reconfigure that names another, so that nobody touches an nbd device that has
+ * meanwhile been given to a newer bdus device.
+ */
+export function backendOf(id: bigint | string): string {
+  return `bdus-${id}`;
+}
+
+/** The backend identifier /dev/nbdN is connected with, or undefined if none (not connected). */
+export function connectedBackend(index: number): string | undefined {
+  try {
+    if (!existsSync(`/sys/block/nbd${index}/pid`)) return undefined;
+    return readFileSync(`/sys/block/nbd${index}/backend`, 'utf8').trim();
+  } catch {
+    return undefined;
+  }
 }
 
 /** The index of a kernel NBD node path, /dev/nbdN -> N, or -1. */
