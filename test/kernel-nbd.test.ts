@@ -7,11 +7,12 @@
  * reach the driver; a SIGKILLed recoverable driver under fio verify is replaced with no error
  * to the client, and so is a live one (hand-over); a driver that is not recoverable takes its
  * device with it (EIO, nothing left); fail-all; fail-received is refused with a clear error.
+ * And the kernel's NBD client attached to a `bdus export` by nbd-client (its own handshake).
  */
 import assert from 'node:assert/strict';
 import { existsSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { test, type TestContext } from 'node:test';
-import { background, bdus, device, DRIVERS, info, leftovers, must, records, ROOT, scratch, sh, sleep, type Result } from './helpers.js';
+import { background, bdus, BIN, device, DRIVERS, info, leftovers, must, records, ROOT, scratch, sh, sleep, type Result } from './helpers.js';
 
 const inVm = process.env.BDUS_IN_VM === '1';
 const nbdHere = inVm || existsSync('/sys/module/nbd') || (await sh('modprobe', ['-q', 'nbd'])).code === 0;
@@ -27,6 +28,7 @@ if (!nbdHere) {
   });
 } else {
   kernelTests();
+  nbdClientTests();
 }
 
 const MiB = 1 << 20;
@@ -158,5 +160,24 @@ function kernelTests(): void {
     assert.equal(r.code, 1);
     assert.match(r.stderr, /recoveryMode=fail-received: the kernel NBD frontend cannot offer it/);
     assert.deepEqual(await leftovers(), []);
+  });
+}
+
+function nbdClientTests(): void {
+  test('nbd-client attaches the kernel to a bdus export: the kernel NBD client does the handshake', async (t) => {
+    const socket = `${scratch('export')}.sock`;
+    const exported = background(process.execPath, [BIN, 'export', 'ram', '--size', '16M', '--listen', `unix:${socket}`]);
+    t.after(() => exported.stop());
+    for (let i = 0; i < 100 && !existsSync(socket); i++) await sleep(100);
+    const node = '/dev/nbd15';
+    await must('nbd-client', ['-u', socket, node, '-b', '4096']);
+    t.after(() => sh('nbd-client', ['-d', node]));
+    const data = scratch('data');
+    t.after(() => rmSync(data, { force: true }));
+    await must('dd', ['if=/dev/urandom', `of=${data}`, 'bs=1M', 'count=16', 'status=none']);
+    await must('dd', [`if=${data}`, `of=${node}`, 'bs=1M', 'oflag=direct', 'status=none']);
+    await must('sh', ['-c', `echo 3 > /proc/sys/vm/drop_caches`]);
+    await must('cmp', [data, node]);
+    await must('nbd-client', ['-d', node]);
   });
 }
