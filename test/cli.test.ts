@@ -22,11 +22,20 @@ test('not root: refused with a clear error', async () => {
   oneErrorLine(r.stderr, /^bdus: error: bdus must run as root/);
 });
 
-test('no /dev/fuse: refused with a clear error', async () => {
-  // A private mount namespace whose /dev is an empty tmpfs: the real kernel, without FUSE.
-  const r = await sh('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', `mount -t tmpfs none /dev && exec "${process.execPath}" "${BIN}" run ram --foreground`]);
-  assert.equal(r.code, 1);
-  oneErrorLine(r.stderr, /^bdus: error: no \/dev\/fuse/);
+test('no /dev/fuse: refused with a clear error, for the automatic choice and for --frontend fuse', async () => {
+  // A private mount namespace whose /dev is an empty tmpfs: the real kernel, without FUSE (and
+  // this machine's kernel has no nbd either).
+  const run = (frontend: string) =>
+    sh('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', `mount -t tmpfs none /dev && exec "${process.execPath}" "${BIN}" run ram --foreground --frontend ${frontend}`]);
+  const auto = await run('auto');
+  assert.equal(auto.code, 1);
+  oneErrorLine(auto.stderr, /^bdus: error: no frontend can run here: no \/dev\/fuse: .*; and the kernel has no nbd module/);
+  const fuse = await run('fuse');
+  assert.equal(fuse.code, 1);
+  oneErrorLine(fuse.stderr, /^bdus: error: no \/dev\/fuse/);
+  const bogus = await bdus(['run', 'ram', '--frontend', 'ublk']);
+  assert.equal(bogus.code, 1);
+  oneErrorLine(bogus.stderr, /^bdus: error: invalid frontend 'ublk': expected auto, fuse, nbd/);
 });
 
 test('a module that exports no driver', async () => {
