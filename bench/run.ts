@@ -1,97 +1,243 @@
 /**
- * Benchmarks the ram example against its peers on the same kernel path, in the same run:
+ * The whole comparison against the peers on this machine, in one run, written to
+ * docs/benchmarks.md (tables, targets, scaling), docs/benchmarks.svg (a chart drawn from the same
+ * data) and docs/benchmarks.json (the raw numbers).
  *
- *   bdus ram           bdus's FUSE+loop frontend, the ram example driver
- *   nbdkit+nbdfuse     nbdkit's memory plugin behind nbdfuse + loop (the C peer, same kernel path)
- *   kernel loop        the kernel loop device over a file in /dev/shm (no user space: the limit)
+ * Systems, all RAM-backed:
+ *   FUSE+loop path (fio libaio, direct I/O, on the block device)
+ *     bdus ram          bdus's FUSE+loop frontend, the ram example driver
+ *     nbdkit+nbdfuse    nbdkit's memory plugin behind nbdfuse + loop (the C peer, same kernel path)
+ *     kernel loop       the kernel loop device over a file in /dev/shm (no user space: the limit)
+ *   NBD path (fio's nbd engine over a Unix socket)
+ *     bdus export ram   `bdus export ram`
+ *     nbdkit memory     `nbdkit memory`
  *
- * Every system gets the same fio jobs, interleaved job by job and repeated, so machine noise
- * hits them alike. Prints a markdown table of medians (min-max) and ratios.
+ * Every system of a path gets the same fio job in turn, job by job, repeated, so machine noise
+ * hits them alike. Then the scaling runs: 4k random reads by queue depth and
+ * maxConcurrentCallbacks, for the ram example and for a driver with 1 ms of latency per request.
  *
- *   npm run bench [-- --reps 3 --runtime 5]
+ *   npm run bench [-- --reps 3 --runtime 5 --scaling-runtime 3]
  */
-import { spawn } from 'node:child_process';
-import { mkdirSync, rmSync, existsSync } from 'node:fs';
-import { cpus } from 'node:os';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { execute as sh } from '../src/util/exec.js';
 
-const BIN = fileURLToPath(new URL('../src/cli/bin.js', import.meta.url));
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const BIN = `${ROOT}dist/src/cli/bin.js`;
+const SLOW_RAM = `${ROOT}dist/bench/drivers/slow-ram.js`;
 const SIZE = '1G';
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+// ---- Jobs and measurements ----------------------------------------------------------------------
+
+type Metric = 'iops' | 'mibs' | 'mean' | 'p99';
 
 interface Job {
   name: string;
   args: string[];
-  metric: 'iops' | 'mibs' | 'lat';
+  /** What the job reports: throughput, or latency (mean and 99th percentile, in us). */
+  metrics: Metric[];
 }
 
 const JOBS: Job[] = [
-  { name: '4k randread QD32', args: ['--rw=randread', '--bs=4k', '--iodepth=32'], metric: 'iops' },
-  { name: '4k randwrite QD32', args: ['--rw=randwrite', '--bs=4k', '--iodepth=32'], metric: 'iops' },
-  { name: '1M seqread QD8', args: ['--rw=read', '--bs=1M', '--iodepth=8'], metric: 'mibs' },
-  { name: '1M seqwrite QD8', args: ['--rw=write', '--bs=1M', '--iodepth=8'], metric: 'mibs' },
-  { name: '4k randread QD1 (mean latency)', args: ['--rw=randread', '--bs=4k', '--iodepth=1'], metric: 'lat' },
-  { name: '4k randwrite QD1 (mean latency)', args: ['--rw=randwrite', '--bs=4k', '--iodepth=1'], metric: 'lat' },
+  { name: '4k randread QD32', args: ['--rw=randread', '--bs=4k', '--iodepth=32'], metrics: ['iops'] },
+  { name: '4k randwrite QD32', args: ['--rw=randwrite', '--bs=4k', '--iodepth=32'], metrics: ['iops'] },
+  { name: '1M seqread QD8', args: ['--rw=read', '--bs=1M', '--iodepth=8'], metrics: ['mibs'] },
+  { name: '1M seqwrite QD8', args: ['--rw=write', '--bs=1M', '--iodepth=8'], metrics: ['mibs'] },
+  { name: '4k randread QD1', args: ['--rw=randread', '--bs=4k', '--iodepth=1'], metrics: ['mean', 'p99'] },
+  { name: '4k randwrite QD1', args: ['--rw=randwrite', '--bs=4k', '--iodepth=1'], metrics: ['mean', 'p99'] },
+  { name: '4k randrw 70/30 QD16', args: ['--rw=randrw', '--rwmixread=70', '--bs=4k', '--iodepth=16'], metrics: ['iops'] },
 ];
+
+const UNIT: Record<Metric, string> = { iops: 'IOPS', mibs: 'MiB/s', mean: 'us mean', p99: 'us p99' };
+const lowerIsBetter = (metric: Metric) => metric === 'mean' || metric === 'p99';
+
+type Measured = Record<Metric, number>;
+
+interface FioSide {
+  iops: number;
+  bw_bytes: number;
+  lat_ns: { mean: number };
+  clat_ns: { percentile?: Record<string, number> };
+}
+
+/** One fio run; `target` is the block device's or the NBD URI's fio arguments. */
+async function fio(target: string[], args: string[], runtime: number): Promise<Measured> {
+  const out = await sh('fio', [
+    '--name=bench', ...target, '--direct=1', `--size=${SIZE}`, '--time_based', `--runtime=${runtime}`, '--ramp_time=1',
+    '--norandommap', '--randrepeat=0', '--output-format=json', ...args,
+  ]);
+  const job = (JSON.parse(out) as { jobs: Array<{ read: FioSide; write: FioSide }> }).jobs[0]!;
+  const sides = [job.read, job.write].filter((s) => s.iops > 0);
+  const latency = sides[0]!;
+  return {
+    iops: sides.reduce((sum, s) => sum + s.iops, 0),
+    mibs: sides.reduce((sum, s) => sum + s.bw_bytes, 0) / 2 ** 20,
+    mean: latency.lat_ns.mean / 1000,
+    p99: (latency.clat_ns.percentile?.['99.000000'] ?? NaN) / 1000,
+  };
+}
+
+// ---- Systems ------------------------------------------------------------------------------------
 
 interface System {
   name: string;
-  device: string;
+  path: 'FUSE+loop' | 'NBD';
+  /** fio's arguments that point it at this system. */
+  target: string[];
   teardown: () => Promise<void>;
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function bdusRam(): Promise<System> {
-  const device = (await sh(process.execPath, [BIN, 'run', 'ram', '--size', SIZE])).trim();
-  return { name: 'bdus ram', device, teardown: async () => void (await sh(process.execPath, [BIN, 'destroy', '--no-flush', device])) };
+function blockTarget(device: string): string[] {
+  return [`--filename=${device}`, '--ioengine=libaio'];
 }
 
-async function nbdkitNbdfuse(): Promise<System> {
-  const dir = '/tmp/bdus-bench-nbdfuse';
-  mkdirSync(dir, { recursive: true });
-  const child = spawn('nbdfuse', [dir, '--socket-activation', 'nbdkit', 'memory', SIZE], { stdio: 'ignore', detached: true });
-  for (let i = 0; i < 100 && !existsSync(`${dir}/nbd`); i++) await sleep(50);
-  const device = (await sh('losetup', ['--find', '--show', '--direct-io=on', `${dir}/nbd`])).trim();
+async function bdusDevice(name: string, args: string[]): Promise<System> {
+  const device = (await sh(process.execPath, [BIN, 'run', ...args, '--frontend', 'fuse'])).trim();
   return {
-    name: 'nbdkit+nbdfuse',
-    device,
+    name,
+    path: 'FUSE+loop',
+    target: blockTarget(device),
+    teardown: async () => void (await sh(process.execPath, [BIN, 'destroy', '--no-flush', device])),
+  };
+}
+
+/** Starts a server that listens on `socket`, and waits until it does. */
+async function serve(command: string, args: string[], socket: string): Promise<ChildProcess> {
+  rmSync(socket, { force: true });
+  const child = spawn(command, args, { stdio: 'ignore' });
+  for (let i = 0; i < 200 && !existsSync(socket); i++) await sleep(50);
+  if (!existsSync(socket)) throw new Error(`${command} did not listen on ${socket}`);
+  return child;
+}
+
+async function stop(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  await exited;
+}
+
+async function nbdSystem(name: string, command: string, args: (socket: string) => string[]): Promise<System> {
+  const socket = `/tmp/bdus-bench-${name.replace(/\W+/g, '-')}.sock`;
+  const child = await serve(command, args(socket), socket);
+  return {
+    name,
+    path: 'NBD',
+    target: ['--ioengine=nbd', `--uri=nbd+unix:///?socket=${socket}`],
     teardown: async () => {
-      await sh('losetup', ['-d', device]);
-      await sh('umount', [dir]).catch(() => undefined);
-      child.kill();
-      await sleep(200);
-      rmSync(dir, { recursive: true, force: true });
+      await stop(child);
+      rmSync(socket, { force: true });
     },
   };
 }
 
-async function kernelLoop(): Promise<System> {
-  const file = '/dev/shm/bdus-bench-image';
-  await sh('truncate', ['-s', SIZE, file]);
-  const device = (await sh('losetup', ['--find', '--show', '--direct-io=on', file])).trim();
-  return {
-    name: 'kernel loop',
-    device,
-    teardown: async () => {
-      await sh('losetup', ['-d', device]);
-      rmSync(file, { force: true });
-    },
-  };
+const SYSTEMS: Array<() => Promise<System>> = [
+  () => bdusDevice('bdus ram', ['ram', '--size', SIZE]),
+  async () => {
+    const dir = '/tmp/bdus-bench-nbdfuse';
+    mkdirSync(dir, { recursive: true });
+    const child = spawn('nbdfuse', [dir, '--socket-activation', 'nbdkit', 'memory', SIZE], { stdio: 'ignore' });
+    for (let i = 0; i < 100 && !existsSync(`${dir}/nbd`); i++) await sleep(50);
+    const device = (await sh('losetup', ['--find', '--show', '--direct-io=on', `${dir}/nbd`])).trim();
+    return {
+      name: 'nbdkit+nbdfuse',
+      path: 'FUSE+loop',
+      target: blockTarget(device),
+      teardown: async () => {
+        await sh('losetup', ['-d', device]);
+        await sh('umount', [dir]).catch(() => undefined);
+        await stop(child);
+        rmSync(dir, { recursive: true, force: true });
+      },
+    };
+  },
+  async () => {
+    const file = '/dev/shm/bdus-bench-image';
+    await sh('truncate', ['-s', SIZE, file]);
+    const device = (await sh('losetup', ['--find', '--show', '--direct-io=on', file])).trim();
+    return {
+      name: 'kernel loop',
+      path: 'FUSE+loop',
+      target: blockTarget(device),
+      teardown: async () => {
+        await sh('losetup', ['-d', device]);
+        rmSync(file, { force: true });
+      },
+    };
+  },
+  () => nbdSystem('bdus export ram', process.execPath, (socket) => [BIN, 'export', 'ram', '--size', SIZE, '--listen', `unix:${socket}`]),
+  () => nbdSystem('nbdkit memory', 'nbdkit', (socket) => ['--foreground', '--exit-with-parent', '-U', socket, 'memory', SIZE]),
+];
+
+/** The pairs the targets compare: ours, the other system, and what each job must reach. */
+interface Target {
+  ours: string;
+  other: string;
+  /** Minimum speed ratio (ours/other for throughput, other/ours for latency) by job and metric. */
+  minimum: (job: Job, metric: Metric) => number | undefined;
 }
 
-async function fio(device: string, job: Job, runtime: number): Promise<number> {
-  const out = await sh('fio', [
-    '--name=bench', `--filename=${device}`, '--direct=1', '--ioengine=libaio', '--size=1G', '--time_based',
-    `--runtime=${runtime}`, '--ramp_time=1', '--norandommap', '--randrepeat=0', '--output-format=json', ...job.args,
-  ]);
-  const result = (JSON.parse(out) as { jobs: Array<Record<'read' | 'write', { iops: number; bw_bytes: number; lat_ns: { mean: number } }>> }).jobs[0]!;
-  const side = job.args.some((a) => a.includes('write')) ? result.write : result.read;
-  if (job.metric === 'iops') return side.iops;
-  if (job.metric === 'mibs') return side.bw_bytes / 2 ** 20;
-  return side.lat_ns.mean / 1000;
+const TARGETS: Target[] = [
+  {
+    ours: 'bdus ram',
+    other: 'nbdkit+nbdfuse',
+    minimum: (job) => (/QD32|^1M/.test(job.name) ? 2 : undefined),
+  },
+  {
+    ours: 'bdus ram',
+    other: 'kernel loop',
+    minimum: (job, metric) => {
+      if (/QD32/.test(job.name)) return 0.3;
+      if (/^1M/.test(job.name)) return 0.8;
+      if (/QD1$/.test(job.name) && metric === 'mean') return 1 / 1.5;
+      return undefined;
+    },
+  },
+  { ours: 'bdus export ram', other: 'nbdkit memory', minimum: () => 1 },
+];
+
+// ---- Scaling ------------------------------------------------------------------------------------
+
+const DEPTHS = [1, 4, 16, 64];
+const CONCURRENCY = [1, 8, 64];
+
+interface ScalingRow {
+  driver: string;
+  maxConcurrentCallbacks: number;
+  /** 4k random-read IOPS by queue depth, then 1M sequential-read MiB/s by queue depth. */
+  iops: number[];
+  mibs: number[];
 }
+
+async function scaling(runtime: number, log: (s: string) => void): Promise<ScalingRow[]> {
+  const rows: ScalingRow[] = [];
+  for (const [driver, module] of [['ram', 'ram'], ['ram + 1 ms', SLOW_RAM]] as const) {
+    for (const concurrency of CONCURRENCY) {
+      const system = await bdusDevice(driver, [module, '--size', '256M', '--max-concurrent-callbacks', String(concurrency)]);
+      try {
+        const row: ScalingRow = { driver, maxConcurrentCallbacks: concurrency, iops: [], mibs: [] };
+        for (const depth of DEPTHS) {
+          row.iops.push((await fio(system.target, ['--rw=randread', '--bs=4k', `--iodepth=${depth}`, '--size=256M'], runtime)).iops);
+          row.mibs.push((await fio(system.target, ['--rw=read', '--bs=1M', `--iodepth=${depth}`, '--size=256M'], runtime)).mibs);
+          log('.');
+        }
+        rows.push(row);
+      } finally {
+        await system.teardown();
+      }
+    }
+  }
+  return rows;
+}
+
+// ---- Report -------------------------------------------------------------------------------------
+
+type Results = Map<string, number[]>;
+const key = (job: Job, metric: Metric, system: string) => `${job.name}|${metric}|${system}`;
 
 function median(values: number[]): number {
   const s = [...values].sort((a, b) => a - b);
@@ -99,54 +245,199 @@ function median(values: number[]): number {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
-function format(value: number, metric: Job['metric']): string {
-  if (metric === 'iops') return `${(value / 1000).toFixed(1)}k`;
+function format(value: number, metric: Metric): string {
+  if (!Number.isFinite(value)) return '-';
+  if (metric === 'iops') return value >= 1000 ? `${(value / 1000).toFixed(1)}k` : value.toFixed(0);
   if (metric === 'mibs') return value.toFixed(0);
   return value.toFixed(1);
 }
 
+/** How many times faster ours is than the other (for latency: the other's over ours). */
+function speed(results: Results, job: Job, metric: Metric, ours: string, other: string): number {
+  const a = median(results.get(key(job, metric, ours))!);
+  const b = median(results.get(key(job, metric, other))!);
+  return lowerIsBetter(metric) ? b / a : a / b;
+}
+
+function table(results: Results, systems: string[], path: string): string[] {
+  const lines = [
+    `### ${path} path`,
+    '',
+    `| job | unit | ${systems.join(' | ')} |`,
+    `|---|---|${systems.map(() => '---:').join('|')}|`,
+  ];
+  for (const job of JOBS) {
+    for (const metric of job.metrics) {
+      const cells = systems.map((s) => {
+        const v = results.get(key(job, metric, s))!;
+        return `${format(median(v), metric)} (${format(Math.min(...v), metric)}-${format(Math.max(...v), metric)})`;
+      });
+      lines.push(`| ${job.name} | ${UNIT[metric]} | ${cells.join(' | ')} |`);
+    }
+  }
+  return lines;
+}
+
+function targetLines(results: Results): { lines: string[]; met: number; total: number } {
+  const lines = ['| comparison | job | speed ratio | target | met |', '|---|---|---:|---:|:---:|'];
+  let met = 0;
+  let total = 0;
+  for (const target of TARGETS) {
+    for (const job of JOBS) {
+      for (const metric of job.metrics) {
+        const minimum = target.minimum(job, metric);
+        if (minimum === undefined) continue;
+        const ratio = speed(results, job, metric, target.ours, target.other);
+        total++;
+        if (ratio >= minimum) met++;
+        const shown = lowerIsBetter(metric) ? `latency ${(1 / ratio).toFixed(2)}x` : `${ratio.toFixed(2)}x`;
+        const wanted = lowerIsBetter(metric) ? `<= ${(1 / minimum).toFixed(2)}x` : `>= ${minimum}x`;
+        lines.push(`| ${target.ours} / ${target.other} | ${job.name}${lowerIsBetter(metric) ? ` (${UNIT[metric]})` : ''} | ${shown} | ${wanted} | ${ratio >= minimum ? 'yes' : 'no'} |`);
+      }
+    }
+  }
+  return { lines, met, total };
+}
+
+/** A horizontal bar chart of bdus's speed relative to each peer, per job (log scale, 1x marked). */
+function chart(results: Results): string {
+  const rows: Array<{ label: string; ratio: number; minimum: number | undefined }> = [];
+  for (const target of TARGETS) {
+    for (const job of JOBS) {
+      for (const metric of job.metrics) {
+        rows.push({
+          label: `${target.ours} / ${target.other}: ${job.name}${job.metrics.length > 1 ? ` ${metric}` : ''}`,
+          ratio: speed(results, job, metric, target.ours, target.other),
+          minimum: target.minimum(job, metric),
+        });
+      }
+    }
+  }
+  const left = 420;
+  const width = 360;
+  const rowHeight = 18;
+  const top = 40;
+  const height = top + rows.length * rowHeight + 30;
+  const [lo, hi] = [0.05, 8];
+  const x = (ratio: number) => left + (Math.log(Math.min(Math.max(ratio, lo), hi) / lo) / Math.log(hi / lo)) * width;
+  const escape = (text: string) => text.replace(/&/g, '&amp;').replace(/</g, '&lt;');
+  const parts = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${left + width + 80}" height="${height}" font-family="sans-serif" font-size="11">`,
+    `<text x="10" y="18" font-size="13" font-weight="bold">bdus speed relative to each peer (higher is better; log scale; tick: target)</text>`,
+  ];
+  for (const tick of [0.1, 0.3, 1, 2, 4]) {
+    parts.push(`<line x1="${x(tick)}" y1="${top - 8}" x2="${x(tick)}" y2="${height - 25}" stroke="${tick === 1 ? '#000' : '#ccc'}"/>`);
+    parts.push(`<text x="${x(tick)}" y="${height - 10}" text-anchor="middle">${tick}x</text>`);
+  }
+  rows.forEach((row, i) => {
+    const y = top + i * rowHeight;
+    const good = row.minimum === undefined || row.ratio >= row.minimum;
+    parts.push(`<text x="${left - 6}" y="${y + 12}" text-anchor="end">${escape(row.label)}</text>`);
+    parts.push(`<rect x="${x(lo)}" y="${y + 3}" width="${Math.max(1, x(row.ratio) - x(lo))}" height="${rowHeight - 6}" fill="${good ? '#4a8' : '#d64'}"/>`);
+    parts.push(`<text x="${x(row.ratio) + 4}" y="${y + 12}">${row.ratio.toFixed(2)}x</text>`);
+    if (row.minimum !== undefined) parts.push(`<line x1="${x(row.minimum)}" y1="${y + 1}" x2="${x(row.minimum)}" y2="${y + rowHeight - 1}" stroke="#000" stroke-width="2"/>`);
+  });
+  parts.push('</svg>');
+  return `${parts.join('\n')}\n`;
+}
+
+function scalingLines(rows: ScalingRow[]): string[] {
+  const lines = [
+    '4k random reads (IOPS) and 1M sequential reads (MiB/s) on the FUSE+loop path, by the client\'s queue depth (QD)',
+    'and the driver\'s `maxConcurrentCallbacks` (MCC). "ram + 1 ms" is the ram example with 1 ms of latency per request',
+    '(`bench/drivers/slow-ram.ts`): its IOPS are bounded by MCC x 1000 and by QD x 1000.',
+    '',
+    `| driver | MCC | ${DEPTHS.map((d) => `4k QD${d}`).join(' | ')} | ${DEPTHS.map((d) => `1M QD${d}`).join(' | ')} |`,
+    `|---|---:|${DEPTHS.map(() => '---:').join('|')}|${DEPTHS.map(() => '---:').join('|')}|`,
+  ];
+  for (const row of rows) {
+    lines.push(`| ${row.driver} | ${row.maxConcurrentCallbacks} | ${row.iops.map((v) => format(v, 'iops')).join(' | ')} | ${row.mibs.map((v) => format(v, 'mibs')).join(' | ')} |`);
+  }
+  return lines;
+}
+
+async function machine(): Promise<string> {
+  const version = async (file: string, args: string[]) => (await sh(file, args).catch(() => '?')).split('\n')[0]!.trim();
+  const cpu = cpus();
+  return [
+    `${cpu.length} x ${cpu[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM`,
+    `kernel ${(await sh('uname', ['-r'])).trim()}, node ${process.version}, ${await version('fio', ['--version'])}, ${await version('nbdkit', ['--version'])}`,
+  ].join('; ');
+}
+
+// ---- Main ---------------------------------------------------------------------------------------
+
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { reps: { type: 'string', default: '3' }, runtime: { type: 'string', default: '5' } } });
+  const { values } = parseArgs({
+    options: {
+      reps: { type: 'string', default: '3' },
+      runtime: { type: 'string', default: '5' },
+      'scaling-runtime': { type: 'string', default: '3' },
+      out: { type: 'string', default: `${ROOT}docs/benchmarks` },
+    },
+  });
   const reps = Number(values.reps);
   const runtime = Number(values.runtime);
+  const log = (s: string) => process.stderr.write(s);
+  const started = new Date();
   const systems: System[] = [];
+  const results: Results = new Map();
   try {
-    systems.push(await bdusRam(), await nbdkitNbdfuse(), await kernelLoop());
-    // Fill every device first, so that reads read data, not holes.
-    for (const s of systems) await sh('dd', ['if=/dev/urandom', `of=${s.device}`, 'bs=1M', `count=${1024}`, 'oflag=direct', 'status=none']);
-    const results = new Map<string, number[]>();
+    for (const make of SYSTEMS) systems.push(await make());
+    // Fill every system first, so that reads read data, not holes.
+    for (const s of systems) await sh('fio', ['--name=fill', ...s.target, '--rw=write', '--bs=1M', '--iodepth=8', `--size=${SIZE}`, '--direct=1']);
     for (let rep = 0; rep < reps; rep++) {
       for (const job of JOBS) {
         for (const s of systems) {
-          const key = `${job.name}|${s.name}`;
-          results.set(key, [...(results.get(key) ?? []), await fio(s.device, job, runtime)]);
-          process.stderr.write('.');
+          const measured = await fio(s.target, job.args, runtime);
+          for (const metric of job.metrics) {
+            const k = key(job, metric, s.name);
+            results.set(k, [...(results.get(k) ?? []), measured[metric]]);
+          }
+          log('.');
         }
       }
     }
-    process.stderr.write('\n');
-    const [ours, peer, limit] = systems.map((s) => s.name) as [string, string, string];
-    const lines = [
-      `Machine: ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, kernel ${(await sh('uname', ['-r'])).trim()}, node ${process.version}; ${reps} reps x ${runtime} s, median (min-max).`,
-      '',
-      `| job | unit | ${ours} | ${peer} | ${limit} | ${ours} / ${peer} | ${ours} / ${limit} |`,
-      '|---|---|---:|---:|---:|---:|---:|',
-    ];
-    for (const job of JOBS) {
-      const cell = (name: string) => {
-        const v = results.get(`${job.name}|${name}`)!;
-        return `${format(median(v), job.metric)} (${format(Math.min(...v), job.metric)}-${format(Math.max(...v), job.metric)})`;
-      };
-      const m = (name: string) => median(results.get(`${job.name}|${name}`)!);
-      // For latency lower is better: report how many times the other's latency ours is.
-      const ratio = (other: string) => (m(ours) / m(other)).toFixed(2);
-      const unit = job.metric === 'iops' ? 'IOPS' : job.metric === 'mibs' ? 'MiB/s' : 'us';
-      lines.push(`| ${job.name} | ${unit} | ${cell(ours)} | ${cell(peer)} | ${cell(limit)} | ${ratio(peer)} | ${ratio(limit)} |`);
-    }
-    process.stdout.write(`${lines.join('\n')}\n`);
   } finally {
-    for (const s of systems.reverse()) await s.teardown().catch((e: Error) => process.stderr.write(`teardown ${s.name}: ${e.message}\n`));
+    for (const s of [...systems].reverse()) await s.teardown().catch((e: Error) => log(`teardown ${s.name}: ${e.message}\n`));
   }
+  const scaled = await scaling(Number(values['scaling-runtime']), log);
+  log('\n');
+
+  const names = (path: string) => systems.filter((s) => s.path === path).map((s) => s.name);
+  const targets = targetLines(results);
+  const lines = [
+    '# Benchmarks',
+    '',
+    `Generated by \`npm run bench -- --reps ${reps} --runtime ${runtime} --scaling-runtime ${values['scaling-runtime']}\` (\`bench/run.ts\`) on ${started.toISOString().slice(0, 10)}; do not edit by hand.`,
+    `The chart is \`docs/benchmarks.svg\`, the raw numbers \`docs/benchmarks.json\`.`,
+    '',
+    `Machine: ${await machine()}.`,
+    '',
+    `fio, direct I/O, 1 GiB RAM-backed systems filled with data first; every job ${runtime} s after a 1 s ramp, ${reps} repetitions interleaved`,
+    'system by system and job by job; median (min-max).',
+    '',
+    ...table(results, names('FUSE+loop'), 'FUSE+loop'),
+    '',
+    ...table(results, names('NBD'), 'NBD'),
+    '',
+    `## Targets (${targets.met} of ${targets.total} met)`,
+    '',
+    'Speed ratio: bdus over the other system for throughput; for latency, bdus\'s latency as a multiple of the other\'s.',
+    '',
+    ...targets.lines,
+    '',
+    '![bdus speed relative to each peer](benchmarks.svg)',
+    '',
+    '## Scaling',
+    '',
+    ...scalingLines(scaled),
+    '',
+  ];
+  writeFileSync(`${values.out}.md`, lines.join('\n'));
+  writeFileSync(`${values.out}.svg`, chart(results));
+  writeFileSync(`${values.out}.json`, `${JSON.stringify({ started, reps, runtime, results: Object.fromEntries(results), scaling: scaled }, null, 1)}\n`);
+  process.stdout.write(`${readFileSync(`${values.out}.md`, 'utf8')}`);
 }
 
 await main();
