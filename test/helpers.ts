@@ -4,7 +4,7 @@
  * may be the one serving the device).
  */
 import { execFile, spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { TestContext } from 'node:test';
 
@@ -107,4 +107,20 @@ export async function leftovers(): Promise<string[]> {
 /** A field of `bdus info`. */
 export async function info(dev: string, field: string): Promise<string> {
   return (await must(process.execPath, [BIN, 'info', dev, `--${field}`])).trim();
+}
+
+/** A fresh sparse image file of `size` bytes (default 64 MiB), removed after the test. */
+export function image(t: TestContext, size = 64 << 20): string {
+  const path = scratch('image');
+  writeFileSync(path, '');
+  truncateSync(path, size);
+  t.after(() => rmSync(path, { force: true }));
+  return path;
+}
+
+/** Reads one 4 KiB block at `offset`, bypassing the page cache. */
+export function readBlock(dev: string, offset: number): Promise<Result> {
+  return sh('dd', [`if=${dev}`, 'of=/dev/null', 'iflag=direct,skip_bytes', `skip=${offset}`, 'bs=4096', 'count=1', 'status=none'], {
+    timeoutMs: 120_000,
+  });
 }

@@ -10,9 +10,9 @@
  * And the kernel's NBD client attached to a `bdus export` by nbd-client (its own handshake).
  */
 import assert from 'node:assert/strict';
-import { existsSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { test, type TestContext } from 'node:test';
-import { background, bdus, BIN, device, DRIVERS, info, leftovers, must, records, ROOT, scratch, sh, sleep, type Result } from './helpers.js';
+import { background, bdus, BIN, device, DRIVERS, image, info, leftovers, must, readBlock, records, ROOT, scratch, sh, sleep } from './helpers.js';
 
 const inVm = process.env.BDUS_IN_VM === '1';
 const nbdHere = inVm || existsSync('/sys/module/nbd') || (await sh('modprobe', ['-q', 'nbd'])).code === 0;
@@ -34,20 +34,6 @@ if (!nbdHere) {
 const MiB = 1 << 20;
 const RECORDER = `${DRIVERS}/recorder.js`;
 const RECOVERABLE = `${DRIVERS}/recoverable.js`;
-
-function image(t: TestContext): string {
-  const path = scratch('image');
-  writeFileSync(path, '');
-  truncateSync(path, 64 * MiB);
-  t.after(() => rmSync(path, { force: true }));
-  return path;
-}
-
-function readBlock(dev: string, offset: number): Promise<Result> {
-  return sh('dd', [`if=${dev}`, 'of=/dev/null', 'iflag=direct,skip_bytes', `skip=${offset}`, 'bs=4096', 'count=1', 'status=none'], {
-    timeoutMs: 120_000,
-  });
-}
 
 async function kill(dev: string): Promise<void> {
   process.kill(Number(await info(dev, 'pid')), 'SIGKILL');

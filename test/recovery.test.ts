@@ -7,28 +7,12 @@
  * outlives each driver instance, with misbehaviours chosen by argument.
  */
 import assert from 'node:assert/strict';
-import { rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { test, type TestContext } from 'node:test';
-import { background, bdus, device, DRIVERS, info, leftovers, records, scratch, sh, sleep, type Result } from './helpers.js';
+import { rmSync } from 'node:fs';
+import { background, bdus, device, DRIVERS, image, info, leftovers, readBlock, records, scratch, sleep, type Result } from './helpers.js';
 
 const DRIVER = `${DRIVERS}/recoverable.js`;
 const MiB = 1 << 20;
-
-/** A fresh 64 MiB image file, removed after the test. */
-function image(t: TestContext): string {
-  const path = scratch('image');
-  writeFileSync(path, '');
-  truncateSync(path, 64 * MiB);
-  t.after(() => rmSync(path, { force: true }));
-  return path;
-}
-
-/** Reads one 4 KiB block at `offset`, bypassing the page cache. */
-function readBlock(dev: string, offset: number): Promise<Result> {
-  return sh('dd', [`if=${dev}`, 'of=/dev/null', 'iflag=direct,skip_bytes', `skip=${offset}`, 'bs=4096', 'count=1', 'status=none'], {
-    timeoutMs: 60_000,
-  });
-}
 
 function readBlockInBackground(dev: string, offset: number) {
   return background('dd', [`if=${dev}`, 'of=/dev/null', 'iflag=direct,skip_bytes', `skip=${offset}`, 'bs=4096', 'count=1', 'status=none']);

@@ -68,23 +68,16 @@ export class KernelNbdFrontend implements Frontend {
 
   async start(): Promise<KernelDevice> {
     const { attributes } = this.options;
-    const [ours, theirs] = native.socketPair();
-    try {
+    await this.serveNewSocket(async (socket) => {
       this.index = await nbdConnect({
-        socket: theirs,
+        socket,
         sizeBytes: attributes.size,
         blockSize: attributes.logicalBlockSize,
         serverFlags: transmissionFlags(this.options, false),
         ...kernelTimeouts(attributes),
         backend: backendOf(this.options.id),
       });
-    } catch (error) {
-      closeSync(ours);
-      throw error;
-    } finally {
-      closeSync(theirs);
-    }
-    this.serve(ours, undefined);
+    });
     return this.kernelDevice();
   }
 
@@ -108,14 +101,21 @@ export class KernelNbdFrontend implements Frontend {
       return;
     }
     rmSync(unread, { force: true }); // from a driver that handed over and then died
+    await this.serveNewSocket((socket) =>
+      nbdReconfigure(this.index, { socket, ...kernelTimeouts(this.options.attributes), backend: backendOf(this.options.id) }),
+    );
+  }
+
+  /** Makes a socket pair, has `give` hand the kernel its end, and serves ours. */
+  private async serveNewSocket(give: (kernelEnd: number) => Promise<void>): Promise<void> {
     const [ours, theirs] = native.socketPair();
     try {
-      await nbdReconfigure(this.index, { socket: theirs, ...kernelTimeouts(this.options.attributes), backend: backendOf(this.options.id) });
+      await give(theirs);
     } catch (error) {
       closeSync(ours);
       throw error;
     } finally {
-      closeSync(theirs);
+      closeSync(theirs); // the kernel holds its own reference
     }
     this.serve(ours, undefined);
   }
