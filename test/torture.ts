@@ -41,7 +41,7 @@ export async function torture(seconds: number, log: (line: string) => void = () 
     mkdirSync(mountpoint, { recursive: true });
     await must('mount', [dev, mountpoint]);
     mounted = true;
-    const ioErrorsBefore = await kernelIoErrors(kernel);
+    const marker = markKernelLog();
 
     const fio = background('fio', [
       '--name=torture', `--directory=${mountpoint}`, '--rw=randwrite', '--bs=4k', '--direct=1', '--ioengine=libaio',
@@ -79,7 +79,7 @@ export async function torture(seconds: number, log: (line: string) => void = () 
       replacements,
       kills,
       fioErrors: fields[4]!,
-      kernelIoErrors: (await kernelIoErrors(kernel)) - ioErrorsBefore,
+      kernelIoErrors: await kernelIoErrorsSince(marker, kernel),
       writtenMiB: Math.round(Number(fields[46]) / 1024),
     };
   } finally {
@@ -90,10 +90,21 @@ export async function torture(seconds: number, log: (line: string) => void = () 
   }
 }
 
-/** I/O errors the kernel logged for block device `name` so far. */
-async function kernelIoErrors(name: string): Promise<number> {
-  const log = (await sh('dmesg', [])).stdout;
-  return log.split('\n').filter((line) => line.includes(`error, dev ${name},`)).length;
+/**
+ * Writes a unique line into the kernel log: errors are counted after it. (Counting all lines
+ * before and after does not work: the ring buffer drops old lines while the test runs.)
+ */
+function markKernelLog(): string {
+  const marker = `bdus torture ${process.pid} ${Date.now()}`;
+  writeFileSync('/dev/kmsg', `${marker}\n`);
+  return marker;
+}
+
+/** I/O errors the kernel logged for block device `name` since `marker`. */
+async function kernelIoErrorsSince(marker: string, name: string): Promise<number> {
+  const lines = (await sh('dmesg', [])).stdout.split('\n');
+  const start = lines.findIndex((line) => line.includes(marker));
+  return lines.slice(start + 1).filter((line) => line.includes(`error, dev ${name},`)).length;
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
