@@ -1,8 +1,9 @@
 /** bdus: block devices in user space, written in TypeScript. The public API. */
-export type { Context, Driver } from './driver/driver.js';
+export type { Context, Driver, Extent } from './driver/driver.js';
 export { ATTRIBUTES, RECOVERY_MODES, type Attributes, type EffectiveAttributes, type RecoveryMode } from './driver/attributes.js';
 export { abort, AttributeError, BdusError, DriverAbort, DriverError } from './driver/errors.js';
-export { Device, rerun, run, serve, start, type RunOptions } from './device/device.js';
+export { Device, rerun, run, serve, start, type DeviceExport, type DeviceExportOptions, type RunOptions } from './device/device.js';
+export { FRONTENDS, type FrontendChoice } from './frontend/select.js';
 export {
   daemonVersion,
   destroyDevice,
@@ -17,7 +18,7 @@ export {
   type DeviceName,
 } from './control/manage.js';
 export { Daemon, type DaemonOptions } from './control/daemon.js';
-export { Export, exportUri, runExport, startExport, type ExportOptions } from './nbd/export.js';
+export { Export, exportUri, runExport, startExport, type ExportOptions, type TlsOptions } from './nbd/export.js';
 export type { ListenAddress } from './nbd/server.js';
 export type { DeviceState } from './control/protocol.js';
 export { packageVersion as version } from './version.js';

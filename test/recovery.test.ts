@@ -7,7 +7,7 @@
  * outlives each driver instance, with misbehaviours chosen by argument.
  */
 import assert from 'node:assert/strict';
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import { rmSync } from 'node:fs';
 import { background, bdus, device, DRIVERS, image, info, leftovers, readBlock, records, scratch, sleep, type Result } from './helpers.js';
 

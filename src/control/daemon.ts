@@ -29,7 +29,7 @@ import { checkReplacement, type EffectiveAttributes } from '../driver/attributes
 import { BdusError } from '../driver/errors.js';
 import { reclaimFuseLoop } from '../frontend/fuse/fuse-loop.js';
 import { FuseKeeper, type KeeperMode } from '../frontend/fuse/keeper.js';
-import { kernelTimeouts, unreadPath } from '../frontend/nbd/kernel-nbd.js';
+import { unreadPath } from '../frontend/nbd/kernel-nbd.js';
 import { backendOf, connectedBackend, nbdDisconnect, nbdIndexOf, nbdReconfigure } from '../frontend/nbd/netlink.js';
 import { native } from '../native.js';
 import { RestartTable } from '../request/restart-table.js';

@@ -55,7 +55,8 @@ export interface DeviceExportOptions {
   tls?: TlsOptions;
 }
 
-export interface NbdServerHandle {
+/** A device's NBD export (Device.export). */
+export interface DeviceExport {
   /** The URI clients use. */
   readonly uri: string;
   readonly address: ListenAddress;
@@ -117,7 +118,7 @@ export class Device<State = unknown> {
    * layer (so a flush on either covers writes completed on both). The export ends with this
    * driver instance: when the device is destroyed, aborted or handed to a new driver.
    */
-  async export(options: DeviceExportOptions): Promise<NbdServerHandle> {
+  async export(options: DeviceExportOptions): Promise<DeviceExport> {
     const tls = options.tls ? loadTls(options.tls) : undefined;
     const name = options.name ?? '';
     const server = new NbdServer({
@@ -130,8 +131,13 @@ export class Device<State = unknown> {
       log: this.log,
       tls,
     });
-    if (this.ending) throw new BdusError('ENODEV', `${this.path}: its driver instance is ending`);
+    const ended = () => new BdusError('ENODEV', `${this.path}: its driver instance is ending`);
+    if (this.ending) throw ended();
     const address = await server.listen(options.listen);
+    if (this.ending) {
+      await server.close();
+      throw ended();
+    }
     this.servers.add(server);
     return {
       uri: exportUri(address, name),
