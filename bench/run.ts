@@ -70,7 +70,8 @@ async function fio(target: string[], args: string[], runtime: number): Promise<M
     '--name=bench', ...target, '--direct=1', `--size=${SIZE}`, '--time_based', `--runtime=${runtime}`, '--ramp_time=1',
     '--norandommap', '--randrepeat=0', '--output-format=json', ...args,
   ]);
-  const job = (JSON.parse(out) as { jobs: Array<{ read: FioSide; write: FioSide }> }).jobs[0]!;
+  // The nbd engine prints a line of its own before the report.
+  const job = (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: Array<{ read: FioSide; write: FioSide }> }).jobs[0]!;
   const sides = [job.read, job.write].filter((s) => s.iops > 0);
   const latency = sides[0]!;
   return {
@@ -319,7 +320,7 @@ function chart(results: Results): string {
   const top = 40;
   const height = top + rows.length * rowHeight + 30;
   const [lo, hi] = [0.05, 8];
-  const x = (ratio: number) => left + (Math.log(Math.min(Math.max(ratio, lo), hi) / lo) / Math.log(hi / lo)) * width;
+  const x = (ratio: number) => Math.round((left + (Math.log(Math.min(Math.max(ratio, lo), hi) / lo) / Math.log(hi / lo)) * width) * 10) / 10;
   const escape = (text: string) => text.replace(/&/g, '&amp;').replace(/</g, '&lt;');
   const parts = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${left + width + 80}" height="${height}" font-family="sans-serif" font-size="11">`,
