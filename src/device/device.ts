@@ -40,10 +40,10 @@ import { chooseFrontend, frontendAttributes, type FrontendChoice } from '../fron
 import { native } from '../native.js';
 import { RequestLayer } from '../request/request-layer.js';
 import { RestartTable } from '../request/restart-table.js';
-import { exportUri, loadTls, type TlsOptions } from '../nbd/export.js';
-import { NbdServer, type ListenAddress } from '../nbd/server.js';
+import { exportServer, exportUri, loadTls, type TlsOptions } from '../nbd/export.js';
+import type { ListenAddress, NbdServer } from '../nbd/server.js';
 import { Outcome } from '../util/outcome.js';
-import { sleep } from '../util/process.js';
+import { sleep, untilClosed } from '../util/process.js';
 
 /** An NBD export of a device's driver instance (see Device.export). */
 export interface DeviceExportOptions {
@@ -121,16 +121,7 @@ export class Device<State = unknown> {
   async export(options: DeviceExportOptions): Promise<DeviceExport> {
     const tls = options.tls ? loadTls(options.tls) : undefined;
     const name = options.name ?? '';
-    const server = new NbdServer({
-      name,
-      description: options.description ?? '',
-      attributes: this.ctx.attributes,
-      readOnly: this.ctx.readOnly,
-      callbacks: requestCallbacks(this.driver as Driver<never>),
-      requests: this.requests,
-      log: this.log,
-      tls,
-    });
+    const server = exportServer(this.driver, this.ctx, this.requests, this.log, { ...options, tls });
     const ended = () => new BdusError('ENODEV', `${this.path}: its driver instance is ending`);
     if (this.ending) throw ended();
     const address = await server.listen(options.listen);
@@ -508,13 +499,10 @@ export async function run<State>(driver: Driver<State>, options: RunOptions<Stat
  * Serves `device` until it is closed, destroying it on SIGTERM or SIGINT and aborting it on an
  * uncaught exception.
  */
-export async function serve(device: Device<any>): Promise<void> {
-  const stop = () => void device.destroy();
-  const crash = (error: Error) => void device.abort(error);
-  process.on('SIGTERM', stop).on('SIGINT', stop).on('uncaughtException', crash);
-  try {
-    await device.closed;
-  } finally {
-    process.off('SIGTERM', stop).off('SIGINT', stop).off('uncaughtException', crash);
-  }
+export function serve(device: Device<any>): Promise<void> {
+  return untilClosed(
+    device.closed,
+    () => void device.destroy(),
+    (error) => void device.abort(error),
+  );
 }

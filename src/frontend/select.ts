@@ -7,7 +7,6 @@
 import { existsSync } from 'node:fs';
 import { AttributeError, BdusError } from '../driver/errors.js';
 import type { EffectiveAttributes } from '../driver/attributes.js';
-import { fuseLoopAttributes } from './fuse/fuse-loop.js';
 import { nbdAvailable } from './nbd/netlink.js';
 
 export const FRONTENDS = ['auto', 'fuse', 'nbd'] as const;
@@ -41,6 +40,10 @@ export function frontendAttributes(frontend: string, attributes: EffectiveAttrib
       'invalid attribute recoveryMode=fail-received: the kernel NBD frontend cannot offer it (the kernel does not say which requests a dead driver had received); use reissue or fail-all',
     );
   }
-  // Both set one block size for logical and physical (LOOP_CONFIGURE; NBD's blksize).
-  return fuseLoopAttributes(attributes);
+  // Both kernel paths take one block size for logical and physical (LOOP_CONFIGURE; NBD's
+  // blksize), so a larger physical block size is lowered to the logical one, visibly in
+  // ctx.attributes: a hint lost, never a guarantee broken (requests stay aligned to the
+  // logical block size).
+  if (attributes.physicalBlockSize === attributes.logicalBlockSize) return attributes;
+  return Object.freeze({ ...attributes, physicalBlockSize: attributes.logicalBlockSize });
 }

@@ -13,6 +13,7 @@ import { isReadOnly, requestCallbacks, type Context, type Driver } from '../driv
 import { RequestLayer } from '../request/request-layer.js';
 import type { RunOptions } from '../device/device.js';
 import { Outcome } from '../util/outcome.js';
+import { untilClosed } from '../util/process.js';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createSecureContext } from 'node:tls';
@@ -123,6 +124,26 @@ export class Export<State = unknown> {
   }
 }
 
+/** An NBD server for one driver instance, through its request layer (not listening yet). */
+export function exportServer(
+  driver: Driver<any>,
+  ctx: Pick<Context, 'attributes' | 'readOnly'>,
+  requests: RequestLayer,
+  log: (line: string) => void,
+  options: { name?: string; description?: string; tls?: NbdTls | undefined },
+): NbdServer {
+  return new NbdServer({
+    name: options.name ?? '',
+    description: options.description ?? '',
+    attributes: ctx.attributes,
+    readOnly: ctx.readOnly,
+    callbacks: requestCallbacks(driver as Driver<never>),
+    requests,
+    log,
+    tls: options.tls,
+  });
+}
+
 /** Starts exporting `driver` and resolves once it listens (after onDeviceAvailable). */
 export async function startExport<State>(driver: Driver<State>, options: ExportOptions<State>): Promise<Export<State>> {
   const given: Attributes = { ...driver.attributes, ...options.attributes };
@@ -147,16 +168,7 @@ export async function startExport<State>(driver: Driver<State>, options: ExportO
   let exported: Export<State> | undefined;
   const requests = new RequestLayer(driver, ctx, { abort: (error) => void exported?.abort(error), log });
   await driver.initialize?.(ctx);
-  const server = new NbdServer({
-    name,
-    description: options.description ?? '',
-    attributes,
-    readOnly,
-    callbacks: requestCallbacks(driver as Driver<never>),
-    requests,
-    log,
-    tls,
-  });
+  const server = exportServer(driver, ctx, requests, log, { ...options, tls });
   let address: ListenAddress;
   try {
     address = await server.listen(options.listen);
@@ -182,12 +194,9 @@ export async function startExport<State>(driver: Driver<State>, options: ExportO
  */
 export async function runExport<State>(driver: Driver<State>, options: ExportOptions<State>): Promise<void> {
   const exported = await startExport(driver, options);
-  const stop = () => void exported.close();
-  const crash = (error: Error) => void exported.abort(error);
-  process.on('SIGTERM', stop).on('SIGINT', stop).on('uncaughtException', crash);
-  try {
-    await exported.closed;
-  } finally {
-    process.off('SIGTERM', stop).off('SIGINT', stop).off('uncaughtException', crash);
-  }
+  await untilClosed(
+    exported.closed,
+    () => void exported.close(),
+    (error) => void exported.abort(error),
+  );
 }

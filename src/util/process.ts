@@ -16,3 +16,16 @@ export function isAlive(pid: number, start: string): boolean {
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Waits for `closed`, meanwhile handing SIGTERM and SIGINT to `stop` and an uncaught exception
+ * to `crash` (the shared shape of serving a device and serving an export in the foreground).
+ */
+export async function untilClosed(closed: Promise<void>, stop: () => void, crash: (error: Error) => void): Promise<void> {
+  process.on('SIGTERM', stop).on('SIGINT', stop).on('uncaughtException', crash);
+  try {
+    await closed;
+  } finally {
+    process.off('SIGTERM', stop).off('SIGINT', stop).off('uncaughtException', crash);
+  }
+}

@@ -17,7 +17,6 @@
  */
 import { closeSync, mkdirSync, openSync, promises as fsp, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { constants } from 'node:os';
-import type { EffectiveAttributes } from '../../driver/attributes.js';
 import type { Frontend, FrontendOptions, KernelDevice } from '../frontend.js';
 import type { RequestLayer } from '../../request/request-layer.js';
 import { Holder, isResent, restartLimitOf, type RestartTable } from '../../request/restart-table.js';
@@ -289,16 +288,6 @@ export class FuseLoopFrontend implements Frontend {
     slot.ok(out + InitOut.SIZE);
     this.initialized();
   }
-}
-
-/**
- * What this frontend can show the kernel. Loop sets the physical block size to the logical one
- * (LOOP_CONFIGURE has one block size), so a larger physical block size is lowered to it: a hint
- * lost, never a guarantee broken (requests stay aligned to the logical block size).
- */
-export function fuseLoopAttributes(attributes: EffectiveAttributes): EffectiveAttributes {
-  if (attributes.physicalBlockSize === attributes.logicalBlockSize) return attributes;
-  return Object.freeze({ ...attributes, physicalBlockSize: attributes.logicalBlockSize });
 }
 
 export function mountpointOf(index: number): string {
