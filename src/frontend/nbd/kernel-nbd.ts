@@ -27,8 +27,13 @@ export interface KernelNbdOptions extends FrontendOptions {
   readonly callbacks: readonly RequestCallback[];
 }
 
-/** Bytes per read from the socket; a fresh buffer each time, so requests keep views into it. */
-const READ_SIZE = 256 << 10;
+/**
+ * Socket reads go into a slab, one after the other, so that a request's header and payload are
+ * views into it (no copy) and a small read does not cost a buffer of its own; a fresh slab is
+ * taken when less than MIN_READ is left (the old one lives while requests still view it).
+ */
+const SLAB_SIZE = 1 << 20;
+const MIN_READ = 64 << 10;
 
 /** Where a driver handing over leaves the bytes it read but did not parse. */
 export function unreadPath(id: bigint | string): string {
@@ -57,6 +62,8 @@ export class KernelNbdFrontend implements Frontend {
   private fd = -1;
   private reading = true;
   private stopping = false;
+  private slab = Buffer.alloc(0);
+  private slabUsed = 0;
 
   constructor(private readonly options: KernelNbdOptions) {
     this.ended = new Promise((resolve) => (this.endWith = resolve));
@@ -129,9 +136,17 @@ export class KernelNbdFrontend implements Frontend {
       readable: true,
       writable: true,
       onread: {
-        buffer: () => Buffer.allocUnsafe(READ_SIZE),
-        callback: (n: number, buffer: Uint8Array) => {
-          this.connection?.push(Buffer.from(buffer.buffer, buffer.byteOffset, n));
+        buffer: () => {
+          if (this.slab.length - this.slabUsed < MIN_READ) {
+            this.slab = Buffer.allocUnsafe(SLAB_SIZE);
+            this.slabUsed = 0;
+          }
+          return this.slab.subarray(this.slabUsed);
+        },
+        callback: (n: number) => {
+          const chunk = this.slab.subarray(this.slabUsed, this.slabUsed + n);
+          this.slabUsed += n;
+          this.connection?.push(chunk);
           return this.reading;
         },
       },
