@@ -11,6 +11,10 @@
 //   mapShared(fd, length) -> Buffer                       mmap(MAP_SHARED), unmapped when collected
 //   socketPair() -> [fd, fd]                              socketpair(AF_UNIX, SOCK_STREAM), sync
 //   nbdNetlink(request, callback(errno, index))           the kernel NBD client's netlink, async
+//   watch(fd, callback(status)) -> watcher                 uv_poll for readability on the event loop
+//   unwatch(watcher)                                       stops and frees a watcher
+//   readFd(fd, buffer) -> n | -errno                       read(2) without throwing, sync
+//   writeFd(fd, buffer, length) -> n | -errno              write(2) without throwing, sync
 //   pageSize                                              sysconf(_SC_PAGESIZE)
 
 #define _GNU_SOURCE
@@ -18,6 +22,7 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <node_api.h>
+#include <uv.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -325,6 +330,126 @@ static napi_value js_nbd_netlink(napi_env env, napi_callback_info info)
 
 /* ------------------------------------------------------------------------- */
 
+// /dev/fuse is a character device: Node can only read it with blocking reads on the libuv pool,
+// which costs two thread hand-offs per request. Watched on the event loop instead (the fd is
+// non-blocking), a request costs one read and one write, and a busy loop never sleeps.
+struct watcher {
+    uv_poll_t poll;
+    napi_env env;
+    napi_ref callback;
+    napi_async_context context;
+    int closing;
+};
+
+static void watcher_closed(uv_handle_t *handle)
+{
+    free(handle->data);
+}
+
+static void watcher_ready(uv_poll_t *poll, int status, int events)
+{
+    (void)events;
+    struct watcher *w = poll->data;
+    napi_env env = w->env;
+    napi_handle_scope scope;
+    napi_value callback, resource, arg;
+    if (napi_open_handle_scope(env, &scope) != napi_ok)
+        return;
+    napi_get_reference_value(env, w->callback, &callback);
+    napi_create_object(env, &resource);
+    napi_create_int32(env, status, &arg);
+    // make_callback, not call_function: promises the callback settles run before the loop waits.
+    napi_make_callback(env, w->context, resource, callback, 1, &arg, NULL);
+    napi_close_handle_scope(env, scope);
+}
+
+static napi_value js_watch(napi_env env, napi_callback_info info)
+{
+    size_t argc = 2;
+    napi_value argv[2], name, result;
+    int fd;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    if (argc != 2) {
+        napi_throw_type_error(env, NULL, "watch(fd, callback)");
+        return NULL;
+    }
+    CHECK(napi_get_value_int32(env, argv[0], &fd));
+    uv_loop_t *loop;
+    CHECK(napi_get_uv_event_loop(env, &loop));
+    struct watcher *w = calloc(1, sizeof(*w));
+    if (!w)
+        return throw_errno(env, ENOMEM, "watch");
+    w->env = env;
+    int err = uv_poll_init(loop, &w->poll, fd);
+    if (err < 0) {
+        free(w);
+        return throw_errno(env, -err, "uv_poll_init");
+    }
+    w->poll.data = w;
+    CHECK(napi_create_reference(env, argv[1], 1, &w->callback));
+    CHECK(napi_create_string_utf8(env, "bdus:watch", NAPI_AUTO_LENGTH, &name));
+    CHECK(napi_async_init(env, NULL, name, &w->context));
+    err = uv_poll_start(&w->poll, UV_READABLE, watcher_ready);
+    if (err < 0) {
+        napi_delete_reference(env, w->callback);
+        napi_async_destroy(env, w->context);
+        uv_close((uv_handle_t *)&w->poll, watcher_closed);
+        return throw_errno(env, -err, "uv_poll_start");
+    }
+    CHECK(napi_create_external(env, w, NULL, NULL, &result));
+    return result;
+}
+
+static napi_value js_unwatch(napi_env env, napi_callback_info info)
+{
+    size_t argc = 1;
+    napi_value argv[1];
+    struct watcher *w;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    CHECK(napi_get_value_external(env, argv[0], (void **)&w));
+    if (w->closing)
+        return NULL;
+    w->closing = 1;
+    uv_poll_stop(&w->poll);
+    napi_delete_reference(env, w->callback);
+    napi_async_destroy(env, w->context);
+    uv_close((uv_handle_t *)&w->poll, watcher_closed);
+    return NULL;
+}
+
+static napi_value fd_io(napi_env env, napi_callback_info info, int writing)
+{
+    size_t argc = 3;
+    napi_value argv[3], result;
+    int fd;
+    void *data;
+    size_t length;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    CHECK(napi_get_value_int32(env, argv[0], &fd));
+    CHECK(napi_get_buffer_info(env, argv[1], &data, &length));
+    if (argc >= 3) {
+        uint32_t wanted;
+        CHECK(napi_get_value_uint32(env, argv[2], &wanted));
+        if (wanted < length)
+            length = wanted;
+    }
+    ssize_t n = writing ? write(fd, data, length) : read(fd, data, length);
+    CHECK(napi_create_int32(env, n < 0 ? -errno : (int32_t)n, &result));
+    return result;
+}
+
+static napi_value js_read_fd(napi_env env, napi_callback_info info)
+{
+    return fd_io(env, info, 0);
+}
+
+static napi_value js_write_fd(napi_env env, napi_callback_info info)
+{
+    return fd_io(env, info, 1);
+}
+
+/* ------------------------------------------------------------------------- */
+
 static napi_value init(napi_env env, napi_value exports)
 {
     napi_value page_size;
@@ -339,6 +464,10 @@ static napi_value init(napi_env env, napi_value exports)
         {"mapShared", NULL, js_map_shared, NULL, NULL, NULL, napi_default, NULL},
         {"socketPair", NULL, js_socket_pair, NULL, NULL, NULL, napi_default, NULL},
         {"nbdNetlink", NULL, js_nbd_netlink, NULL, NULL, NULL, napi_default, NULL},
+        {"watch", NULL, js_watch, NULL, NULL, NULL, napi_default, NULL},
+        {"unwatch", NULL, js_unwatch, NULL, NULL, NULL, napi_default, NULL},
+        {"readFd", NULL, js_read_fd, NULL, NULL, NULL, napi_default, NULL},
+        {"writeFd", NULL, js_write_fd, NULL, NULL, NULL, napi_default, NULL},
     };
     CHECK(napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props));
     return exports;

@@ -24,7 +24,22 @@ interface NativeAddon {
   socketPair(): [number, number];
   /** One command of the kernel NBD client's generic netlink, on the libuv pool (see src/frontend/nbd/netlink.ts). */
   nbdNetlink(request: NbdNetlinkRequest, callback: (errno: number, index: number) => void): void;
+  /**
+   * Calls `callback` on the event loop whenever `fd` is readable (uv_poll; makes `fd`
+   * non-blocking). `status` is 0, or a negative libuv error (the fd is in error: read it to
+   * learn why). Stop it with unwatch().
+   */
+  watch(fd: number, callback: (status: number) => void): Watcher;
+  /** Stops a watcher for good; a second call does nothing. */
+  unwatch(watcher: Watcher): void;
+  /** read(2) into `buffer`: the bytes read, or -errno (never throws on a failed read). */
+  readFd(fd: number, buffer: Buffer): number;
+  /** write(2) of the first `length` bytes of `buffer`: the bytes written, or -errno. */
+  writeFd(fd: number, buffer: Buffer, length: number): number;
 }
+
+/** An fd watched for readability on the event loop. */
+export type Watcher = { readonly __watcher: unique symbol };
 
 /** Fields left out are not sent. Sizes in bytes, timeouts in seconds. */
 export interface NbdNetlinkRequest {

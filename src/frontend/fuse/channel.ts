@@ -1,18 +1,27 @@
 /**
  * One open /dev/fuse file: reading requests and writing replies.
  *
- * Reads are decoupled from handling: `readers` reads are always outstanding (each blocks one
- * libuv pool thread inside the kernel), and a completed read is re-armed at once with another
- * buffer from the pool while the request it brought is handled. A slow callback therefore never
- * stops new requests from being read. Buffers are reused: the handler owns a buffer from delivery
- * until it calls release(); the reply is built in the same buffer, so a request costs no
- * allocation and no copy here.
+ * The file is watched on the event loop (non-blocking; native watch(), as Node cannot poll a
+ * character device): when the kernel has requests, they are read one after another until none
+ * is left, each into a buffer from the pool, and handed to the handler, which starts the
+ * request's callback and returns. Replies are written synchronously (a write to /dev/fuse never
+ * blocks). A busy device therefore costs one read and one write per request and no thread
+ * hand-off; the replies to a batch of requests leave together when its promises settle.
  *
- * Replies are written synchronously: a write to /dev/fuse never blocks, and an async write could
- * queue behind the pool threads blocked in reads.
+ * Buffers are reused: the handler owns a buffer from delivery until it calls release(); the reply
+ * is built in the same buffer, so a request costs no allocation and no copy here.
+ *
+ * The non-blocking flag belongs to the open file, which the daemon's duplicate shares: every
+ * reader of a device's connection (driver or keeper) uses this class.
  */
-import { read, writeSync } from 'node:fs';
+import { constants } from 'node:os';
+import { errnoName, native, type Watcher } from '../../native.js';
 import { InHeader, OutHeader } from './protocol.js';
+
+const { EAGAIN, EINTR, ENOENT, ENODEV, ECONNABORTED } = constants.errno;
+
+/** Requests read per readiness callback at most, so timers and the control socket get turns. */
+const BATCH = 64;
 
 /** What the pool holds: a request buffer, plus whatever per-buffer state the frontend keeps. */
 export interface ChannelSlot {
@@ -28,14 +37,12 @@ export function bufferSizeFor(maxWrite: number): number {
 const NOTIFY_RESEND = 7;
 
 export class FuseChannel<S extends ChannelSlot> {
-  /** Reads outstanding right now. */
-  readersRunning = 0;
   /** Set when this process must not answer anything any more (it is giving the device up). */
   muted = false;
   private readonly pool: S[] = [];
-  private stopped = false;
+  private watcher: Watcher | undefined;
   private resolveEnded!: (error: Error | undefined) => void;
-  /** Resolves when every reader has stopped: undefined after unmount/abort (ENODEV), else the error. */
+  /** Resolves when reading has stopped: undefined after unmount/abort (ENODEV) or stop(), else the error. */
   readonly ended = new Promise<Error | undefined>((resolve) => (this.resolveEnded = resolve));
 
   constructor(
@@ -44,11 +51,9 @@ export class FuseChannel<S extends ChannelSlot> {
     private readonly handler: (slot: S, length: number) => void,
   ) {}
 
-  start(readers: number): void {
-    for (let i = 0; i < readers; i++) {
-      this.readersRunning++;
-      this.arm(this.take());
-    }
+  /** Starts reading; the connection must be mounted (an unattached /dev/fuse file polls as an error). */
+  start(): void {
+    this.watcher = native.watch(this.fd, this.readable);
   }
 
   /** Gives a slot back once its request is answered (or dropped). */
@@ -60,13 +65,11 @@ export class FuseChannel<S extends ChannelSlot> {
   reply(buffer: Buffer, length: number): void {
     if (this.muted) return;
     buffer.writeUInt32LE(length, OutHeader.len);
-    try {
-      writeSync(this.fd, buffer, 0, length);
-    } catch (error) {
-      // ENOENT: the request is gone (interrupted or the connection was aborted); ENODEV: the
-      // connection is gone. Either way nobody waits for this reply any more.
-      const code = (error as NodeJS.ErrnoException).code;
-      if (code !== 'ENOENT' && code !== 'ENODEV' && code !== 'ECONNABORTED') throw error;
+    const result = native.writeFd(this.fd, buffer, length);
+    // ENOENT: the request is gone (interrupted or the connection was aborted); ENODEV: the
+    // connection is gone. Either way nobody waits for this reply any more.
+    if (result < 0 && result !== -ENOENT && result !== -ENODEV && result !== -ECONNABORTED) {
+      throw errnoError(-result, 'write to /dev/fuse');
     }
   }
 
@@ -76,21 +79,12 @@ export class FuseChannel<S extends ChannelSlot> {
     this.reply(buffer, OutHeader.SIZE);
   }
 
-  /** Stops re-arming reads; outstanding reads end when the connection ends. */
-  stop(): void {
-    this.stopped = true;
-  }
-
   /**
-   * Stops reading while the connection lives on for another reader, and resolves once every
-   * outstanding read has returned. A read blocked in the kernel returns only with a request, so
-   * `poke` makes one per reader (a statfs of the mount): each reader gets a request (ours or a
-   * client's) and does not read again. Extra pokes are answered by the next reader.
+   * Stops reading (the connection lives on for another reader, or is being torn down). Requests
+   * already read stay with their handlers; nothing is read after this returns.
    */
-  async stopReading(poke: () => Promise<unknown>): Promise<void> {
-    this.stopped = true;
-    for (let i = 0; i < this.readersRunning; i++) void poke().catch(() => undefined);
-    await this.ended;
+  stop(): void {
+    this.end(undefined);
   }
 
   /**
@@ -103,38 +97,34 @@ export class FuseChannel<S extends ChannelSlot> {
     this.reply(notify, OutHeader.SIZE);
   }
 
-  private take(): S {
-    return this.pool.pop() ?? this.newSlot(this);
-  }
-
-  private arm(slot: S): void {
-    const buffer = slot.buffer;
-    read(this.fd, buffer, 0, buffer.length, null, (error, length) => {
-      if (error) return this.readFailed(slot, error);
-      if (!this.stopped) this.arm(this.take());
-      else this.readerDone(undefined);
-      if (length >= InHeader.SIZE) this.handler(slot, length);
-      else this.release(slot);
-    });
-  }
-
-  private readFailed(slot: S, error: NodeJS.ErrnoException): void {
-    switch (error.code) {
-      case 'ENOENT': // the request was interrupted before we read it
-      case 'EINTR':
-      case 'EAGAIN':
-        if (!this.stopped) return this.arm(slot);
-        break;
-      case 'ENODEV': // unmounted or aborted: the normal end
-        this.release(slot);
-        return this.readerDone(undefined);
+  private readonly readable = (status: number): void => {
+    // A poll error (aborted connection) is learnt from the read itself: ENODEV.
+    for (let i = 0; i < BATCH && this.watcher; i++) {
+      const slot = this.pool.pop() ?? this.newSlot(this);
+      const length = native.readFd(this.fd, slot.buffer);
+      if (length >= InHeader.SIZE) {
+        this.handler(slot, length);
+        continue;
+      }
+      this.pool.push(slot);
+      if (length >= 0 || length === -ENOENT || length === -EINTR) continue; // ENOENT: interrupted before we read it
+      if (length === -EAGAIN) {
+        // libuv stops watching after a poll error, so an error that reads as "nothing yet" ends it.
+        if (status < 0) this.end(errnoError(EAGAIN, 'poll of /dev/fuse'));
+        return;
+      }
+      return this.end(length === -ENODEV ? undefined : errnoError(-length, 'read from /dev/fuse'));
     }
-    this.release(slot);
-    this.readerDone(this.stopped ? undefined : error);
-  }
+  };
 
-  private readerDone(error: Error | undefined): void {
-    this.stopped = true;
-    if (--this.readersRunning === 0 || error) this.resolveEnded(error);
+  private end(error: Error | undefined): void {
+    if (this.watcher) native.unwatch(this.watcher);
+    this.watcher = undefined;
+    this.resolveEnded(error);
   }
+}
+
+function errnoError(errno: number, what: string): NodeJS.ErrnoException {
+  const code = errnoName(errno);
+  return Object.assign(new Error(`${what}: ${code}`), { code, errno: -errno });
 }

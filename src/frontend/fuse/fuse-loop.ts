@@ -15,7 +15,7 @@
  *   write-zeroes, no unmap       FALLOCATE(ZERO_RANGE)       writeZeros(mayUnmap=false)
  * Loop never sends FUA writes (it reports no FUA), secure erase, write-same or ioctls to the file.
  */
-import { closeSync, mkdirSync, openSync, promises as fsp, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import type { Frontend, FrontendOptions, KernelDevice } from '../frontend.js';
 import type { RequestLayer } from '../../request/request-layer.js';
@@ -48,12 +48,6 @@ const MAX_WRITE = 1 << 20;
 const MAX_PAGES = MAX_WRITE / 4096;
 /** Requests the kernel keeps in flight to us; bounds the buffers we hold. */
 const MAX_BACKGROUND = 256;
-
-/** How many reads stay outstanding on /dev/fuse: each blocks a libuv pool thread, so leave some. */
-function readerCount(): number {
-  const pool = Number(process.env.UV_THREADPOOL_SIZE) || 4;
-  return Math.max(1, Math.min(8, pool >> 1));
-}
 
 export interface FuseLoopOptions extends FrontendOptions {
   /** Where re-sent requests' restart counts are kept across driver deaths. */
@@ -132,7 +126,7 @@ export class FuseLoopFrontend implements Frontend {
 
   async detach(): Promise<void> {
     this.leaving = true;
-    await this.channel?.stopReading(() => statfs(this.mountpoint));
+    this.channel?.stop();
   }
 
   async abandon(): Promise<void> {
@@ -140,11 +134,7 @@ export class FuseLoopFrontend implements Frontend {
     if (this.channel) this.channel.muted = true;
     // Waiting requests now end at once; their answers (EIO) are not sent: the next reader gets them.
     this.requests.abortAll();
-    if (this.channel) {
-      await withTimeout(this.channel.stopReading(() => statfs(this.mountpoint)), 5_000, 'FUSE readers did not stop').catch((e) =>
-        this.options.log((e as Error).message),
-      );
-    }
+    this.channel?.stop();
     this.release();
   }
 
@@ -168,7 +158,7 @@ export class FuseLoopFrontend implements Frontend {
       if (this.leaving && !this.stopping) return;
       this.resolveEnded(error ?? (this.stopping ? undefined : new Error('FUSE connection ended')));
     });
-    channel.start(readerCount());
+    channel.start();
   }
 
   stop(): Promise<void> {
@@ -185,7 +175,6 @@ export class FuseLoopFrontend implements Frontend {
     if (this.mounted) await execute('umount', ['-f', '-l', this.mountpoint]).catch((e) => errors.push(e));
     if (this.loopPath) await execute('losetup', ['-d', this.loopPath]).catch((e) => errors.push(e));
     this.channel?.stop();
-    if (this.channel) await withTimeout(this.channel.ended, 5_000, 'FUSE readers did not stop').catch((e) => errors.push(e));
     this.release();
     rmSync(this.mountpoint, { force: true });
     for (const e of errors) this.options.log(`teardown: ${(e as Error).message}`);
@@ -311,11 +300,6 @@ export async function reclaimFuseLoop(index: number, kernelPath: string): Promis
   if (mounted) await execute('umount', ['-f', '-l', mountpoint]).catch(() => undefined);
   if (kernelPath && backing.startsWith(mountpoint)) await execute('losetup', ['-d', kernelPath]).catch(() => undefined);
   rmSync(mountpoint, { force: true });
-}
-
-/** A statfs of the mount: one STATFS request to whoever reads the connection. */
-export function statfs(mountpoint: string): Promise<unknown> {
-  return fsp.statfs(mountpoint);
 }
 
 function withTimeout<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {

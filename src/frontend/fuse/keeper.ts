@@ -18,7 +18,6 @@ import { constants } from 'node:os';
 import { EXPIRED, IDLE, RequestTimer, type TimedRequest } from '../../request/request-timer.js';
 import { Holder, isResent, restartLimitOf, type RestartTable } from '../../request/restart-table.js';
 import { bufferSizeFor, FuseChannel } from './channel.js';
-import { mountpointOf, statfs } from './fuse-loop.js';
 import { answerFileRequest, type ImageFile } from './image-file.js';
 import { InHeader, Opcode, OutHeader } from './protocol.js';
 import { Slot } from './slot.js';
@@ -90,7 +89,7 @@ export class FuseKeeper {
     this.channel = channel;
     void channel.ended.then((error) => error && this.log(`keeper: ${error.message}`));
     channel.resend();
-    channel.start(1);
+    channel.start();
   }
 
   /** Stops reading, for a driver that is about to attach; held requests stay with the kernel. */
@@ -100,7 +99,7 @@ export class FuseKeeper {
     this.channel = undefined;
     this.timer?.stop();
     for (const request of this.held) request.startedAt = IDLE;
-    await channel.stopReading(() => statfs(mountpointOf(this.device.index)));
+    channel.stop();
   }
 
   /** Stops at once (the device is being removed: its connection is about to be aborted). */
