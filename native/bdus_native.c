@@ -28,7 +28,9 @@
 #include <stdlib.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
+#include <poll.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <sys/syscall.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -335,6 +337,8 @@ static napi_value js_nbd_netlink(napi_env env, napi_callback_info info)
 // non-blocking), a request costs one read and one write, and a busy loop never sleeps.
 struct watcher {
     uv_poll_t poll;
+    int fd;
+    int64_t spin_ns;
     napi_env env;
     napi_ref callback;
     napi_async_context context;
@@ -346,47 +350,74 @@ static void watcher_closed(uv_handle_t *handle)
     free(handle->data);
 }
 
+static int64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+// A client that waits for each answer (queue depth 1) sends its next request a few microseconds
+// after the reply: waiting for it here, briefly, spares the sleep and wake-up of the event loop,
+// which costs more than the rest of the request on a virtual machine. Returns as soon as the fd
+// is readable (the event loop then finds it ready without sleeping) or the time is up.
+static void spin(int fd, int64_t ns)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int64_t deadline = now_ns() + ns;
+    do {
+        if (poll(&p, 1, 0) != 0)
+            return;
+    } while (now_ns() < deadline);
+}
+
 static void watcher_ready(uv_poll_t *poll, int status, int events)
 {
     (void)events;
     struct watcher *w = poll->data;
     napi_env env = w->env;
     napi_handle_scope scope;
-    napi_value callback, resource, arg;
+    napi_value callback, global, arg;
     if (napi_open_handle_scope(env, &scope) != napi_ok)
         return;
     napi_get_reference_value(env, w->callback, &callback);
-    napi_create_object(env, &resource);
+    napi_get_global(env, &global);
     napi_create_int32(env, status, &arg);
     // make_callback, not call_function: promises the callback settles run before the loop waits.
-    napi_make_callback(env, w->context, resource, callback, 1, &arg, NULL);
+    napi_make_callback(env, w->context, global, callback, 1, &arg, NULL);
     napi_close_handle_scope(env, scope);
+    if (w->spin_ns > 0 && !w->closing && status == 0)
+        spin(w->fd, w->spin_ns);
 }
 
 static napi_value js_watch(napi_env env, napi_callback_info info)
 {
-    size_t argc = 2;
-    napi_value argv[2], name, result;
+    size_t argc = 3;
+    napi_value argv[3], name, result;
     int fd;
+    int64_t spin_us;
     CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-    if (argc != 2) {
-        napi_throw_type_error(env, NULL, "watch(fd, callback)");
+    if (argc != 3) {
+        napi_throw_type_error(env, NULL, "watch(fd, spinMicroseconds, callback)");
         return NULL;
     }
     CHECK(napi_get_value_int32(env, argv[0], &fd));
+    CHECK(napi_get_value_int64(env, argv[1], &spin_us));
     uv_loop_t *loop;
     CHECK(napi_get_uv_event_loop(env, &loop));
     struct watcher *w = calloc(1, sizeof(*w));
     if (!w)
         return throw_errno(env, ENOMEM, "watch");
     w->env = env;
+    w->fd = fd;
+    w->spin_ns = spin_us * 1000;
     int err = uv_poll_init(loop, &w->poll, fd);
     if (err < 0) {
         free(w);
         return throw_errno(env, -err, "uv_poll_init");
     }
     w->poll.data = w;
-    CHECK(napi_create_reference(env, argv[1], 1, &w->callback));
+    CHECK(napi_create_reference(env, argv[2], 1, &w->callback));
     CHECK(napi_create_string_utf8(env, "bdus:watch", NAPI_AUTO_LENGTH, &name));
     CHECK(napi_async_init(env, NULL, name, &w->context));
     err = uv_poll_start(&w->poll, UV_READABLE, watcher_ready);

@@ -29,7 +29,7 @@ interface NativeAddon {
    * non-blocking). `status` is 0, or a negative libuv error (the fd is in error: read it to
    * learn why). Stop it with unwatch().
    */
-  watch(fd: number, callback: (status: number) => void): Watcher;
+  watch(fd: number, spinMicroseconds: number, callback: (status: number) => void): Watcher;
   /** Stops a watcher for good; a second call does nothing. */
   unwatch(watcher: Watcher): void;
   /** read(2) into `buffer`: the bytes read, or -errno (never throws on a failed read). */
