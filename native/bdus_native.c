@@ -15,6 +15,9 @@
 //   unwatch(watcher)                                       stops and frees a watcher
 //   readFd(fd, buffer) -> n | -errno                       read(2) without throwing, sync
 //   writeFd(fd, buffer, length) -> n | -errno              write(2) without throwing, sync
+//   waitReadable(fd, microseconds) -> boolean              spins until fd is readable, or the time is up
+//   dup(fd) -> fd                                          dup(2), close-on-exec, sync
+//   growUnixSendBuffer(fd, bytes) -> boolean               SO_SNDBUF, on Unix sockets only
 //   pageSize                                              sysconf(_SC_PAGESIZE)
 
 #define _GNU_SOURCE
@@ -361,14 +364,15 @@ static int64_t now_ns(void)
 // after the reply: waiting for it here, briefly, spares the sleep and wake-up of the event loop,
 // which costs more than the rest of the request on a virtual machine. Returns as soon as the fd
 // is readable (the event loop then finds it ready without sleeping) or the time is up.
-static void spin(int fd, int64_t ns)
+static bool spin(int fd, int64_t ns)
 {
     struct pollfd p = {.fd = fd, .events = POLLIN};
     int64_t deadline = now_ns() + ns;
     do {
         if (poll(&p, 1, 0) != 0)
-            return;
+            return true;
     } while (now_ns() < deadline);
+    return false;
 }
 
 static void watcher_ready(uv_poll_t *poll, int status, int events)
@@ -448,6 +452,51 @@ static napi_value js_unwatch(napi_env env, napi_callback_info info)
     return NULL;
 }
 
+static napi_value js_wait_readable(napi_env env, napi_callback_info info)
+{
+    size_t argc = 2;
+    napi_value argv[2], result;
+    int fd;
+    int64_t us;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    CHECK(napi_get_value_int32(env, argv[0], &fd));
+    CHECK(napi_get_value_int64(env, argv[1], &us));
+    CHECK(napi_get_boolean(env, spin(fd, us * 1000), &result));
+    return result;
+}
+
+static napi_value js_dup(napi_env env, napi_callback_info info)
+{
+    size_t argc = 1;
+    napi_value argv[1], result;
+    int fd;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    CHECK(napi_get_value_int32(env, argv[0], &fd));
+    int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (copy < 0)
+        return throw_errno(env, errno, "dup");
+    CHECK(napi_create_int32(env, copy, &result));
+    return result;
+}
+
+// A Unix socket's send buffer (wmem_default, about 200 KiB) takes a fifth of a 1 MiB reply per
+// write: the rest waits for the reader, a wake-up each time. A larger one takes whole replies.
+// TCP sockets are left alone: setting SO_SNDBUF would turn off the kernel's own tuning.
+static napi_value js_grow_unix_send_buffer(napi_env env, napi_callback_info info)
+{
+    size_t argc = 2;
+    napi_value argv[2], result;
+    int fd, bytes, domain = -1;
+    socklen_t length = sizeof(domain);
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    CHECK(napi_get_value_int32(env, argv[0], &fd));
+    CHECK(napi_get_value_int32(env, argv[1], &bytes));
+    bool grown = getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) == 0 && domain == AF_UNIX &&
+                 setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes)) == 0;
+    CHECK(napi_get_boolean(env, grown, &result));
+    return result;
+}
+
 static napi_value fd_io(napi_env env, napi_callback_info info, int writing)
 {
     size_t argc = 3;
@@ -499,6 +548,9 @@ static napi_value init(napi_env env, napi_value exports)
         {"unwatch", NULL, js_unwatch, NULL, NULL, NULL, napi_default, NULL},
         {"readFd", NULL, js_read_fd, NULL, NULL, NULL, napi_default, NULL},
         {"writeFd", NULL, js_write_fd, NULL, NULL, NULL, napi_default, NULL},
+        {"waitReadable", NULL, js_wait_readable, NULL, NULL, NULL, napi_default, NULL},
+        {"dup", NULL, js_dup, NULL, NULL, NULL, napi_default, NULL},
+        {"growUnixSendBuffer", NULL, js_grow_unix_send_buffer, NULL, NULL, NULL, napi_default, NULL},
     };
     CHECK(napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props));
     return exports;

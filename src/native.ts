@@ -36,6 +36,12 @@ interface NativeAddon {
   readFd(fd: number, buffer: Buffer): number;
   /** write(2) of the first `length` bytes of `buffer`: the bytes written, or -errno. */
   writeFd(fd: number, buffer: Buffer, length: number): number;
+  /** Spins (poll with no timeout, in a loop) until `fd` is readable or `microseconds` passed; true if readable. */
+  waitReadable(fd: number, microseconds: number): boolean;
+  /** dup(2), close-on-exec. */
+  dup(fd: number): number;
+  /** setsockopt(SO_SNDBUF) if `fd` is a Unix socket (capped by net.core.wmem_max); true if set. */
+  growUnixSendBuffer(fd: number, bytes: number): boolean;
 }
 
 /** An fd watched for readability on the event loop. */

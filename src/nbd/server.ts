@@ -10,12 +10,14 @@
  * In transmission, a bad request gets an error reply; a bad magic or an oversized write payload
  * (whose length cannot be trusted) ends the connection. Other connections never notice.
  */
-import { createServer, type Server, type Socket } from 'node:net';
+import { createServer, Socket, type Server, type SocketConstructorOpts } from 'node:net';
 import { TLSSocket, type SecureContext } from 'node:tls';
 import { rmSync } from 'node:fs';
 import type { EffectiveAttributes } from '../driver/attributes.js';
 import type { Extent, RequestCallback } from '../driver/driver.js';
+import { native } from '../native.js';
 import type { RequestLayer } from '../request/request-layer.js';
+import { BufferPool, MessageInput, type PooledBuffer, type Slab } from './input.js';
 import {
   BASE_ALLOCATION,
   BASE_ALLOCATION_ID,
@@ -86,8 +88,12 @@ export class NbdServer {
 
   /** Starts listening; resolves with the address actually bound (the port, if 0 was asked). */
   async listen(address: ListenAddress): Promise<ListenAddress> {
-    const server = createServer((socket) => {
-      const connection: Connection = new Connection(socket, this.exported, { onClose: () => this.connections.delete(connection) });
+    // Paused: a connection without TLS moves to a socket reading into our buffers (ownSocket).
+    const server = createServer({ pauseOnConnect: true }, (accepted) => {
+      const own = this.exported.tls ? undefined : ownSocket(accepted);
+      const onClose = () => this.connections.delete(connection);
+      const connection: Connection = new Connection(own?.socket ?? accepted, this.exported, { onClose, ...own });
+      if (!own) accepted.resume();
       this.connections.add(connection);
     });
     this.server = server;
@@ -121,8 +127,6 @@ export class NbdServer {
   }
 }
 
-type Waiting = { size: number; then: (data: Buffer) => void };
-
 export interface ConnectionOptions {
   /**
    * A connection from the kernel's NBD client (the kernel NBD frontend): no handshake, simple
@@ -134,17 +138,67 @@ export interface ConnectionOptions {
   unread?: Buffer;
   /** Called once when the connection has closed. */
   onClose?: () => void;
+  /**
+   * Where the socket reads into through net.Socket's `onread` (readBuffer() and didRead()), not
+   * 'data' events; the socket asks for its first buffer before the connection exists.
+   */
+  input?: MessageInput;
+  /** The socket's file descriptor, where known: the connection spins on it briefly when idle (see uncork). */
+  fd?: number;
+}
+
+/** A Unix socket's send buffer: room for a few 1 MiB replies at once (see growUnixSendBuffer). */
+const SEND_BUFFER = 4 << 20;
+
+/** How long an idle connection spins for the client's next request before the event loop sleeps. */
+const SPIN_MICROSECONDS = 20;
+
+/**
+ * The accepted connection's descriptor, as a socket that reads into the connection's own buffers
+ * (net.Socket's `onread`, which a server's sockets cannot be given): a duplicate of it, the
+ * accepted socket closed. Undefined where Node does not show the descriptor (then the accepted
+ * socket is used as it is).
+ */
+function ownSocket(accepted: Socket): { socket: Socket; fd: number; input: MessageInput } | undefined {
+  const fd = (accepted as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) return undefined;
+  const copy = native.dup(fd);
+  accepted.destroy(); // closes its descriptor only: the connection lives on in the copy
+  const input = new MessageInput();
+  const socket = readingSocket(copy, input, () => true);
+  return { socket, fd: copy, input };
+}
+
+/**
+ * A socket on `fd` that reads into `input`'s buffers (net.Socket's `onread`): requests are views
+ * into them, and once `reading()` is false it stops at once (a hand-over knows exactly which
+ * bytes it leaves in the socket).
+ */
+export function readingSocket(fd: number, input: MessageInput, reading: () => boolean): Socket {
+  native.growUnixSendBuffer(fd, SEND_BUFFER);
+  return new Socket({
+    fd,
+    readable: true,
+    writable: true,
+    onread: {
+      buffer: () => input.readBuffer(),
+      callback: (n: number) => {
+        input.didRead(n);
+        return reading();
+      },
+    },
+  } as SocketConstructorOpts);
 }
 
 const WRITES = new Set<number>([Command.WRITE, Command.TRIM, Command.WRITE_ZEROES]);
 
 /** One client's connection: its handshake, then its requests and their replies. */
 export class Connection {
-  private readonly chunks: Buffer[] = [];
+  private readonly input: MessageInput;
+  private readonly buffers: BufferPool;
+  private corked = false;
+  private readonly fd: number;
   private secure = false;
-  private buffered = 0;
-  private waiting: Waiting | undefined;
-  private draining = false;
   private noZeroes = false;
   private structured = false;
   private allocationContext = false;
@@ -161,6 +215,10 @@ export class Connection {
     options: ConnectionOptions = {},
   ) {
     this.onClose = options.onClose;
+    this.input = options.input ?? new MessageInput();
+    this.input.open = () => !this.socket.destroyed;
+    this.buffers = this.input.buffers;
+    this.fd = options.fd ?? -1;
     socket.on('error', () => undefined); // 'close' follows
     socket.on('close', () => this.closed());
     if (options.unread?.length) this.push(options.unread);
@@ -171,7 +229,7 @@ export class Connection {
     }
     socket.setNoDelay(true);
     socket.setTimeout(HANDSHAKE_TIMEOUT_MS, () => this.hangUp('the client did not finish the handshake in time'));
-    socket.on('data', (chunk: Buffer) => this.push(chunk));
+    if (!options.input) socket.on('data', (chunk: Buffer) => this.push(chunk));
     const greeting = Buffer.alloc(18);
     greeting.writeBigUInt64BE(NBDMAGIC, 0);
     greeting.writeBigUInt64BE(IHAVEOPT, 8);
@@ -183,7 +241,7 @@ export class Connection {
   /** Ends the connection once the requests in progress are answered (server shutdown). */
   shutdown(): Promise<void> {
     this.ending = true;
-    this.waiting = undefined; // no more requests are read
+    this.input.stop(); // no more requests are read
     if (!this.transmitting) {
       this.socket.destroy();
       return Promise.resolve();
@@ -204,18 +262,14 @@ export class Connection {
    */
   stopReading(): Buffer {
     this.ending = true;
-    this.waiting = undefined;
-    const unread = Buffer.concat(this.chunks);
-    this.chunks.length = 0;
-    this.buffered = 0;
-    return unread;
+    return this.input.takeUnread();
   }
 
   /** Writes nothing more, however requests end (the driver aborted: the next one answers them). */
   mute(): void {
     this.muted = true;
     this.ending = true;
-    this.waiting = undefined;
+    this.input.stop();
   }
 
   /** Resolves once every reply written so far has left for the socket. */
@@ -226,50 +280,13 @@ export class Connection {
 
   // ---- Input ------------------------------------------------------------------------------------
 
-  /** Takes the socket's next bytes (the kernel frontend calls this; a client connection's socket does). */
+  /** Takes the socket's next bytes (a socket that does not read through readBuffer()). */
   push(chunk: Buffer): void {
-    this.chunks.push(chunk);
-    this.buffered += chunk.length;
-    this.drain();
+    this.input.push(chunk);
   }
 
-  /** Hands complete messages to whoever waits for them; a loop, not recursion, however many arrived at once. */
-  private drain(): void {
-    if (this.draining) return;
-    this.draining = true;
-    while (this.waiting && this.buffered >= this.waiting.size && !this.socket.destroyed) {
-      const { size, then } = this.waiting;
-      this.waiting = undefined;
-      then(this.take(size));
-    }
-    this.draining = false;
-  }
-
-  /** Calls `then` with the next `size` bytes, once they have arrived. */
   private expect(size: number, then: (data: Buffer) => void): void {
-    this.waiting = { size, then };
-    this.drain();
-  }
-
-  private take(size: number): Buffer {
-    if (size === 0) return Buffer.alloc(0);
-    this.buffered -= size;
-    const first = this.chunks[0]!;
-    if (first.length === size) return this.chunks.shift()!;
-    if (first.length > size) {
-      this.chunks[0] = first.subarray(size);
-      return first.subarray(0, size);
-    }
-    const out = Buffer.allocUnsafe(size);
-    for (let at = 0; at < size; ) {
-      const chunk = this.chunks[0]!;
-      const n = Math.min(chunk.length, size - at);
-      chunk.copy(out, at, 0, n);
-      at += n;
-      if (n === chunk.length) this.chunks.shift();
-      else this.chunks[0] = chunk.subarray(n);
-    }
-    return out;
+    this.input.expect(size, then);
   }
 
   private closed(): void {
@@ -365,8 +382,7 @@ export class Connection {
     const plain = this.socket;
     plain.removeAllListeners('data');
     plain.removeAllListeners('timeout');
-    this.chunks.length = 0; // a client sends nothing after STARTTLS before its handshake
-    this.buffered = 0;
+    this.input.clear(); // a client sends nothing after STARTTLS before its handshake
     this.structured = false;
     this.allocationContext = false;
     this.secure = true;
@@ -486,7 +502,7 @@ export class Connection {
         if (length > MAX_PAYLOAD) return this.hangUp(`a write of ${length} bytes (the maximum is ${MAX_PAYLOAD})`);
         // Socket chunks are never reused, so the header (a view into one) stays valid meanwhile.
         return this.expect(length, (data) => {
-          this.request(header, data);
+          this.request(header, data, this.input.gathered);
           this.nextRequest();
         });
       }
@@ -494,12 +510,16 @@ export class Connection {
         this.ending = true;
         return void this.shutdown();
       }
-      this.request(header, undefined);
+      this.request(header, undefined, undefined);
       this.nextRequest();
     });
   }
 
-  private request(header: Buffer, data: Buffer | undefined): void {
+  /**
+   * A request's payload or a reply, when it needs a buffer of its own; `payload`: the pooled
+   * buffer holding `data`, if it was gathered from several socket chunks.
+   */
+  private request(header: Buffer, data: Buffer | undefined, payload: PooledBuffer | undefined): void {
     const flags = header.readUInt16BE(RequestHeader.flags);
     const type = header.readUInt16BE(RequestHeader.type);
     // Two 32-bit reads, not a BigInt per request; past 2^53 the value is inexact but still outside.
@@ -539,17 +559,19 @@ export class Connection {
       default:
         return this.replyError(cookie, NbdError.EINVAL);
     }
-    this.inFlight++;
+    const slab = this.begin();
     void pending.then((errno) => {
+      payload?.release();
       this.replyStatus(cookie, nbdError(errno));
-      this.done();
+      this.done(slab);
     });
   }
 
   /** Reads straight into the reply: the callback fills the bytes after the header in place. */
   private read(cookie: Buffer, offset: number, length: number): void {
     const headerSize = this.structured ? ChunkHeader.SIZE + 8 : SimpleReply.SIZE;
-    const reply = Buffer.allocUnsafe(headerSize + length);
+    const pooled = this.buffers.take(headerSize + length);
+    const reply = pooled.buffer;
     if (this.structured) {
       writeChunkHeader(reply, cookie, ReplyFlag.DONE, ReplyType.OFFSET_DATA, 8 + length);
       reply.writeBigUInt64BE(BigInt(offset), ChunkHeader.SIZE);
@@ -558,18 +580,21 @@ export class Connection {
       reply.writeUInt32BE(0, SimpleReply.error);
       cookie.copy(reply, SimpleReply.cookie);
     }
-    this.inFlight++;
+    const slab = this.begin();
     void this.exported.requests.read(reply.subarray(headerSize), offset).then((errno) => {
-      if (errno === 0) this.send(reply);
-      else this.replyError(cookie, nbdError(errno));
-      this.done();
+      if (errno === 0) this.send(reply, pooled.release);
+      else {
+        this.replyError(cookie, nbdError(errno));
+        pooled.release();
+      }
+      this.done(slab);
     });
   }
 
   /** base:allocation: the driver's extents (everything is data without an extents callback). */
   private blockStatus(cookie: Buffer, offset: number, length: number, one: boolean): void {
     const extents: Extent[] = [];
-    this.inFlight++;
+    const slab = this.begin();
     void this.exported.requests.extents(offset, length, extents).then((errno) => {
       if (errno !== 0) this.replyError(cookie, nbdError(errno));
       else {
@@ -584,7 +609,7 @@ export class Connection {
         }
         this.send(reply);
       }
-      this.done();
+      this.done(slab);
     });
   }
 
@@ -607,11 +632,38 @@ export class Connection {
     this.send(reply);
   }
 
-  private send(reply: Buffer): void {
-    if (!this.muted && !this.socket.destroyed && this.socket.writable) this.socket.write(reply);
+  /**
+   * Queues a reply; `written` runs once the socket took it (or never will). Replies made in one
+   * turn of the event loop leave in one system call: the socket is corked until the promises
+   * settled in this turn have run.
+   */
+  private send(reply: Buffer, written?: () => void): void {
+    if (this.muted || this.socket.destroyed || !this.socket.writable) return written?.();
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(this.uncork);
+    }
+    this.socket.write(reply, written);
   }
 
-  private done(): void {
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.socket.uncork();
+    // Nothing left to do but wait for the client: a client at queue depth 1 sends its next
+    // request within microseconds, and catching it spinning spares the event loop a sleep and a
+    // wake-up, which cost more than the request on a virtual machine.
+    if (this.inFlight === 0 && this.fd >= 0 && !this.ending) native.waitReadable(this.fd, SPIN_MICROSECONDS);
+  };
+
+  /** A request goes to the driver; the slab its header (and payload) lie in stays untouched until done(). */
+  private begin(): Slab | undefined {
+    this.inFlight++;
+    return this.input.hold();
+  }
+
+  private done(slab: Slab | undefined): void {
+    this.input.release(slab);
     if (--this.inFlight === 0 && this.ending) this.endWhenIdle?.();
   }
 }

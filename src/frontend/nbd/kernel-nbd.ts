@@ -12,11 +12,12 @@
  * down the socket the next driver gives it with a netlink reconfigure.
  */
 import { closeSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { Socket, type SocketConstructorOpts } from 'node:net';
+import type { Socket } from 'node:net';
 import type { RequestCallback } from '../../driver/driver.js';
 import type { EffectiveAttributes } from '../../driver/attributes.js';
 import { native } from '../../native.js';
-import { Connection, transmissionFlags } from '../../nbd/server.js';
+import { MessageInput } from '../../nbd/input.js';
+import { Connection, readingSocket, transmissionFlags } from '../../nbd/server.js';
 import { RUN_DIR } from '../../util/paths.js';
 import type { Frontend, FrontendOptions, KernelDevice } from '../frontend.js';
 import { backendOf, nbdConnect, nbdDisconnect, nbdIndexOf, nbdReconfigure } from './netlink.js';
@@ -26,14 +27,6 @@ export interface KernelNbdOptions extends FrontendOptions {
   readonly id: bigint;
   readonly callbacks: readonly RequestCallback[];
 }
-
-/**
- * Socket reads go into a slab, one after the other, so that a request's header and payload are
- * views into it (no copy) and a small read does not cost a buffer of its own; a fresh slab is
- * taken when less than MIN_READ is left (the old one lives while requests still view it).
- */
-const SLAB_SIZE = 1 << 20;
-const MIN_READ = 64 << 10;
 
 /** Where a driver handing over leaves the bytes it read but did not parse. */
 export function unreadPath(id: bigint | string): string {
@@ -62,8 +55,6 @@ export class KernelNbdFrontend implements Frontend {
   private fd = -1;
   private reading = true;
   private stopping = false;
-  private slab = Buffer.alloc(0);
-  private slabUsed = 0;
 
   constructor(private readonly options: KernelNbdOptions) {
     this.ended = new Promise((resolve) => (this.endWith = resolve));
@@ -129,30 +120,11 @@ export class KernelNbdFrontend implements Frontend {
 
   private serve(fd: number, unread: Buffer | undefined): void {
     this.fd = fd;
-    // onread, not 'data': pausing then stops reading at once, so a hand-over knows exactly
-    // which bytes it leaves in the socket.
-    const socket = new Socket({
-      fd,
-      readable: true,
-      writable: true,
-      onread: {
-        buffer: () => {
-          if (this.slab.length - this.slabUsed < MIN_READ) {
-            this.slab = Buffer.allocUnsafe(SLAB_SIZE);
-            this.slabUsed = 0;
-          }
-          return this.slab.subarray(this.slabUsed);
-        },
-        callback: (n: number) => {
-          const chunk = this.slab.subarray(this.slabUsed, this.slabUsed + n);
-          this.slabUsed += n;
-          this.connection?.push(chunk);
-          return this.reading;
-        },
-      },
-    } as SocketConstructorOpts);
+    const input = new MessageInput();
+    const socket = readingSocket(fd, input, () => this.reading);
     this.socket = socket;
-    this.connection = new Connection(socket, { name: '', description: '', ...this.options }, { kernel: true, unread });
+    const connection = new Connection(socket, { name: '', description: '', ...this.options }, { kernel: true, unread, input, fd });
+    this.connection = connection;
     socket.on('close', () => {
       if (this.reading && !this.stopping) this.endWith(new Error(`the kernel ended the NBD connection of ${this.path}`));
     });

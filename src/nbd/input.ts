@@ -1,0 +1,201 @@
+/**
+ * The bytes a connection receives, cut into the messages its parser waits for.
+ *
+ * Two ways in. A socket that reads into buffers we give it (net.Socket's `onread`) reads into a
+ * slab: every byte not yet taken lies contiguous in the current slab, so a request's header and
+ * payload are views into it (no copy, no allocation per read), and when the awaited message will
+ * not fit in what is left, the part already read moves to a fresh slab (a short copy) and the
+ * rest is read behind it. A slab is used again once the requests viewing it have ended. Any
+ * other socket (TLS, or a handshake's 'data' events) pushes its chunks; a message spread over
+ * several is gathered into a pooled buffer.
+ */
+
+/** A message's `then` runs once its `size` bytes have arrived. */
+type Waiting = { size: number; then: (data: Buffer) => void };
+
+const SLAB_SIZE = 1 << 20;
+/** A read gets at least this much room, or a fresh slab is taken. */
+const MIN_READ = 64 << 10;
+/** Slabs kept for reuse. */
+const KEEP_SLABS = 2;
+/** Messages gathered from several chunks go into a pooled buffer from this size on (payloads). */
+const POOLED_MESSAGE = 4096;
+
+/** A slab and the requests still viewing it (+1 while it is the one being read into). */
+export class Slab {
+  refs = 1;
+  constructor(readonly buffer: Buffer) {}
+}
+
+/**
+ * A reusable buffer for a read's reply or a gathered payload: allocating a fresh one per request
+ * costs more than the request (a large one is fresh memory: a page fault per 4 KiB).
+ */
+export class PooledBuffer {
+  readonly buffer: Buffer;
+  constructor(
+    private readonly pool: BufferPool,
+    size: number,
+  ) {
+    this.buffer = Buffer.allocUnsafeSlow(size);
+  }
+  /** Gives the buffer back; bound once, so that it can be a write's callback. */
+  readonly release = (): void => this.pool.put(this);
+}
+
+/** Buffers by exact size: a client's requests come in few sizes. */
+export class BufferPool {
+  private readonly free = new Map<number, PooledBuffer[]>();
+  /** Most buffers kept of one size; more are left to the collector. */
+  private static readonly KEEP = 64;
+
+  take(size: number): PooledBuffer {
+    return this.free.get(size)?.pop() ?? new PooledBuffer(this, size);
+  }
+
+  put(buffer: PooledBuffer): void {
+    const size = buffer.buffer.length;
+    let list = this.free.get(size);
+    if (!list) this.free.set(size, (list = []));
+    if (list.length < BufferPool.KEEP) list.push(buffer);
+  }
+}
+
+export class MessageInput {
+  private readonly chunks: Buffer[] = [];
+  private buffered = 0;
+  private waiting: Waiting | undefined;
+  private draining = false;
+  private slab: Slab | undefined;
+  private slabUsed = 0;
+  private readonly freeSlabs: Slab[] = [];
+  /** The pooled buffer the message just taken was gathered into, if it was: its request releases it. */
+  gathered: PooledBuffer | undefined;
+
+  /** Whether messages may still be delivered (the connection sets it: its socket is not destroyed). */
+  open: () => boolean = () => true;
+
+  constructor(readonly buffers = new BufferPool()) {}
+
+  /** Calls `then` with the next `size` bytes, once they have arrived. */
+  expect(size: number, then: (data: Buffer) => void): void {
+    this.waiting = { size, then };
+    this.drain();
+  }
+
+  /** Delivers nothing more. */
+  stop(): void {
+    this.waiting = undefined;
+  }
+
+  /** Takes a socket's chunk (one that did not read into our slabs). */
+  push(chunk: Buffer): void {
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+    this.drain();
+  }
+
+  /** `onread`'s buffer: where the socket's next bytes go. */
+  readBuffer(): Buffer {
+    const missing = this.waiting ? this.waiting.size - this.buffered : 0;
+    const slab = this.slab;
+    if (!slab || slab.buffer.length - this.slabUsed < Math.max(MIN_READ, missing)) this.newSlab(missing);
+    return this.slab!.buffer.subarray(this.slabUsed);
+  }
+
+  /** `onread`'s callback: `n` bytes arrived where readBuffer() said. */
+  didRead(n: number): void {
+    const slab = this.slab!.buffer;
+    const start = this.slabUsed;
+    this.slabUsed += n;
+    const last = this.chunks.length - 1;
+    const previous = this.chunks[last];
+    // Bytes not yet taken are contiguous in the slab: extend the chunk they are in.
+    if (previous && previous.buffer === slab.buffer && previous.byteOffset + previous.length === slab.byteOffset + start) {
+      this.chunks[last] = slab.subarray(previous.byteOffset - slab.byteOffset, this.slabUsed);
+    } else this.chunks.push(slab.subarray(start, this.slabUsed));
+    this.buffered += n;
+    this.drain();
+  }
+
+  /** The slab the message just taken lies in, held until release(): its bytes are not overwritten meanwhile. */
+  hold(): Slab | undefined {
+    if (this.slab) this.slab.refs++;
+    return this.slab;
+  }
+
+  release(slab: Slab | undefined): void {
+    if (slab && --slab.refs === 0 && this.freeSlabs.length < KEEP_SLABS) this.freeSlabs.push(slab);
+  }
+
+  /** The bytes received but not taken, which belong to whoever reads the socket next; stops delivering. */
+  takeUnread(): Buffer {
+    this.waiting = undefined;
+    const unread = Buffer.concat(this.chunks);
+    this.chunks.length = 0;
+    this.buffered = 0;
+    return unread;
+  }
+
+  /** Forgets what was received (STARTTLS: a client sends nothing more in the clear). */
+  clear(): void {
+    this.chunks.length = 0;
+    this.buffered = 0;
+  }
+
+  /** Moves on to a fresh slab with room for `missing` more bytes of the awaited message, which stays contiguous. */
+  private newSlab(missing: number): void {
+    const size = Math.max(SLAB_SIZE, this.buffered + missing + MIN_READ);
+    let next = this.freeSlabs.pop();
+    if (next && next.buffer.length < size) next = undefined;
+    if (next) next.refs = 1;
+    else next = new Slab(Buffer.allocUnsafeSlow(size));
+    let used = 0;
+    for (const chunk of this.chunks) used += chunk.copy(next.buffer, used);
+    this.chunks.length = 0;
+    if (used > 0) this.chunks.push(next.buffer.subarray(0, used));
+    this.release(this.slab);
+    this.slab = next;
+    this.slabUsed = used;
+  }
+
+  /** Hands complete messages to whoever waits for them; a loop, not recursion, however many arrived at once. */
+  private drain(): void {
+    if (this.draining) return;
+    this.draining = true;
+    while (this.waiting && this.buffered >= this.waiting.size && this.open()) {
+      const { size, then } = this.waiting;
+      this.waiting = undefined;
+      then(this.take(size));
+    }
+    this.draining = false;
+  }
+
+  private take(size: number): Buffer {
+    this.gathered = undefined;
+    if (size === 0) return Buffer.alloc(0);
+    this.buffered -= size;
+    const first = this.chunks[0]!;
+    if (first.length === size) return this.chunks.shift()!;
+    if (first.length > size) {
+      this.chunks[0] = first.subarray(size);
+      return first.subarray(0, size);
+    }
+    // Spread over several chunks. A payload is gathered into a pooled buffer (its request gives
+    // it back when it ends); a header's cookie is still needed when the reply leaves, so not it.
+    let out: Buffer;
+    if (size >= POOLED_MESSAGE) {
+      this.gathered = this.buffers.take(size);
+      out = this.gathered.buffer;
+    } else out = Buffer.allocUnsafe(size);
+    for (let at = 0; at < size; ) {
+      const chunk = this.chunks[0]!;
+      const n = Math.min(chunk.length, size - at);
+      chunk.copy(out, at, 0, n);
+      at += n;
+      if (n === chunk.length) this.chunks.shift();
+      else this.chunks[0] = chunk.subarray(n);
+    }
+    return out;
+  }
+}
