@@ -27,7 +27,9 @@ interface NativeAddon {
   /**
    * Calls `callback` on the event loop whenever `fd` is readable (uv_poll; makes `fd`
    * non-blocking). `status` is 0, or a negative libuv error (the fd is in error: read it to
-   * learn why). Stop it with unwatch().
+   * learn why). After each call, polls `fd` for up to `spinMicroseconds` without sleeping and,
+   * if it turns readable, calls again at once (up to 8 calls before the event loop's next turn);
+   * 0: never spins. Stop it with unwatch().
    */
   watch(fd: number, spinMicroseconds: number, callback: (status: number) => void): Watcher;
   /** Stops a watcher for good; a second call does nothing. */

@@ -500,7 +500,8 @@ export class Connection {
       if (type === Command.WRITE) {
         // A write's payload follows its header; a length we would not accept cannot be skipped safely.
         if (length > MAX_PAYLOAD) return this.hangUp(`a write of ${length} bytes (the maximum is ${MAX_PAYLOAD})`);
-        // Socket chunks are never reused, so the header (a view into one) stays valid meanwhile.
+        // The header stays a view into its slab: no slab is reused before this payload is
+        // complete (input.ts keeps room for it), and request() reads the header at once.
         return this.expect(length, (data) => {
           this.request(header, data, this.input.gathered);
           this.nextRequest();
@@ -525,7 +526,8 @@ export class Connection {
     // Two 32-bit reads, not a BigInt per request; past 2^53 the value is inexact but still outside.
     const offset = header.readUInt32BE(RequestHeader.offset) * 0x1_0000_0000 + header.readUInt32BE(RequestHeader.offset + 4);
     const length = header.readUInt32BE(RequestHeader.length);
-    const cookie = header.subarray(RequestHeader.cookie, RequestHeader.cookie + 8);
+    // Copied out: the header's bytes may be reused (a slab) before the reply leaves.
+    const cookie: Cookie = { high: header.readUInt32BE(RequestHeader.cookie), low: header.readUInt32BE(RequestHeader.cookie + 4) };
     const { requests } = this.exported;
     const size = this.exported.attributes.size;
     const outside = offset + length > size;
@@ -559,7 +561,9 @@ export class Connection {
       default:
         return this.replyError(cookie, NbdError.EINVAL);
     }
-    const slab = this.begin();
+    // A write's payload is a view into a slab (unless it was gathered): it stays untouched until the callback ends.
+    const slab = payload ? undefined : this.input.hold();
+    this.inFlight++;
     void pending.then((errno) => {
       payload?.release();
       this.replyStatus(cookie, nbdError(errno));
@@ -568,7 +572,7 @@ export class Connection {
   }
 
   /** Reads straight into the reply: the callback fills the bytes after the header in place. */
-  private read(cookie: Buffer, offset: number, length: number): void {
+  private read(cookie: Cookie, offset: number, length: number): void {
     const headerSize = this.structured ? ChunkHeader.SIZE + 8 : SimpleReply.SIZE;
     const pooled = this.buffers.take(headerSize + length);
     const reply = pooled.buffer;
@@ -578,23 +582,23 @@ export class Connection {
     } else {
       reply.writeUInt32BE(SIMPLE_REPLY_MAGIC, SimpleReply.magic);
       reply.writeUInt32BE(0, SimpleReply.error);
-      cookie.copy(reply, SimpleReply.cookie);
+      writeCookie(reply, cookie, SimpleReply.cookie);
     }
-    const slab = this.begin();
+    this.inFlight++;
     void this.exported.requests.read(reply.subarray(headerSize), offset).then((errno) => {
       if (errno === 0) this.send(reply, pooled.release);
       else {
         this.replyError(cookie, nbdError(errno));
         pooled.release();
       }
-      this.done(slab);
+      this.done(undefined);
     });
   }
 
   /** base:allocation: the driver's extents (everything is data without an extents callback). */
-  private blockStatus(cookie: Buffer, offset: number, length: number, one: boolean): void {
+  private blockStatus(cookie: Cookie, offset: number, length: number, one: boolean): void {
     const extents: Extent[] = [];
-    const slab = this.begin();
+    this.inFlight++;
     void this.exported.requests.extents(offset, length, extents).then((errno) => {
       if (errno !== 0) this.replyError(cookie, nbdError(errno));
       else {
@@ -609,11 +613,11 @@ export class Connection {
         }
         this.send(reply);
       }
-      this.done(slab);
+      this.done(undefined);
     });
   }
 
-  private replyStatus(cookie: Buffer, error: number): void {
+  private replyStatus(cookie: Cookie, error: number): void {
     if (error !== 0) return this.replyError(cookie, error);
     if (this.structured) {
       const reply = Buffer.alloc(ChunkHeader.SIZE);
@@ -623,7 +627,7 @@ export class Connection {
     this.send(simpleReply(cookie, 0));
   }
 
-  private replyError(cookie: Buffer, error: number): void {
+  private replyError(cookie: Cookie, error: number): void {
     if (!this.structured) return this.send(simpleReply(cookie, error));
     const reply = Buffer.alloc(ChunkHeader.SIZE + 6);
     writeChunkHeader(reply, cookie, ReplyFlag.DONE, ReplyType.ERROR, 6);
@@ -656,12 +660,7 @@ export class Connection {
     if (this.inFlight === 0 && this.fd >= 0 && !this.ending) native.waitReadable(this.fd, SPIN_MICROSECONDS);
   };
 
-  /** A request goes to the driver; the slab its header (and payload) lie in stays untouched until done(). */
-  private begin(): Slab | undefined {
-    this.inFlight++;
-    return this.input.hold();
-  }
-
+  /** A request's callback ended; `slab` held its payload. */
   private done(slab: Slab | undefined): void {
     this.input.release(slab);
     if (--this.inFlight === 0 && this.ending) this.endWhenIdle?.();
@@ -682,19 +681,27 @@ export function transmissionFlags(exported: Pick<NbdExport, 'callbacks' | 'readO
   return flags;
 }
 
-function simpleReply(cookie: Buffer, error: number): Buffer {
+/** A request's cookie, echoed in its reply: two 32-bit halves (no BigInt per request). */
+type Cookie = { readonly high: number; readonly low: number };
+
+function writeCookie(buffer: Buffer, cookie: Cookie, at: number): void {
+  buffer.writeUInt32BE(cookie.high, at);
+  buffer.writeUInt32BE(cookie.low, at + 4);
+}
+
+function simpleReply(cookie: Cookie, error: number): Buffer {
   const reply = Buffer.alloc(SimpleReply.SIZE);
   reply.writeUInt32BE(SIMPLE_REPLY_MAGIC, SimpleReply.magic);
   reply.writeUInt32BE(error, SimpleReply.error);
-  cookie.copy(reply, SimpleReply.cookie);
+  writeCookie(reply, cookie, SimpleReply.cookie);
   return reply;
 }
 
-function writeChunkHeader(buffer: Buffer, cookie: Buffer, flags: number, type: number, length: number): void {
+function writeChunkHeader(buffer: Buffer, cookie: Cookie, flags: number, type: number, length: number): void {
   buffer.writeUInt32BE(STRUCTURED_REPLY_MAGIC, ChunkHeader.magic);
   buffer.writeUInt16BE(flags, ChunkHeader.flags);
   buffer.writeUInt16BE(type, ChunkHeader.type);
-  cookie.copy(buffer, ChunkHeader.cookie);
+  writeCookie(buffer, cookie, ChunkHeader.cookie);
   buffer.writeUInt32BE(length, ChunkHeader.length);
 }
 

@@ -22,6 +22,13 @@ const { EAGAIN, EINTR, ENOENT, ENODEV, ECONNABORTED } = constants.errno;
 
 /** Requests read per readiness callback at most, so timers and the control socket get turns. */
 const BATCH = 64;
+/**
+ * Data read or to be read per readiness callback at most. The replies to a batch leave after the
+ * whole batch is read: for large requests the callbacks' copies and the kernel's copies of the
+ * same bytes would be a batch apart, and a batch of 1 MiB requests no longer fits in the caches
+ * (1M reads at QD16: 3.4 GB/s unbounded, against 6.2 GB/s at QD4).
+ */
+const BATCH_BYTES = 1 << 20;
 
 /** What the pool holds: a request buffer, plus whatever per-buffer state the frontend keeps. */
 export interface ChannelSlot {
@@ -48,7 +55,8 @@ export class FuseChannel<S extends ChannelSlot> {
   constructor(
     readonly fd: number,
     private readonly newSlot: (channel: FuseChannel<S>) => S,
-    private readonly handler: (slot: S, length: number) => void,
+    /** Starts a request; returns the bytes of data it moves (for a read, the size asked for). */
+    private readonly handler: (slot: S, length: number) => number,
     /**
      * How long to wait for the next request, spinning, after handling some, before the event
      * loop sleeps: a client at queue depth 1 sends its next request within microseconds of a
@@ -105,11 +113,12 @@ export class FuseChannel<S extends ChannelSlot> {
 
   private readonly readable = (status: number): void => {
     // A poll error (aborted connection) is learnt from the read itself: ENODEV.
-    for (let i = 0; i < BATCH && this.watcher; i++) {
+    let bytes = 0;
+    for (let i = 0; i < BATCH && bytes < BATCH_BYTES && this.watcher; i++) {
       const slot = this.pool.pop() ?? this.newSlot(this);
       const length = native.readFd(this.fd, slot.buffer);
       if (length >= InHeader.SIZE) {
-        this.handler(slot, length);
+        bytes += this.handler(slot, length);
         continue;
       }
       this.pool.push(slot);

@@ -187,42 +187,46 @@ export class FuseLoopFrontend implements Frontend {
 
   // ---- Request decoding -----------------------------------------------------------------------
 
-  private handle(slot: Slot, length: number): void {
+  /** Decodes and starts one request; returns the bytes of data it moves (FuseChannel bounds batches by them). */
+  private handle(slot: Slot, length: number): number {
     const buf = slot.buffer;
     const opcode = buf.readUInt32LE(InHeader.opcode);
     switch (opcode) {
       case Opcode.READ: {
-        if (isResent(buf, InHeader.unique) && !this.admitResent(slot)) return;
+        if (isResent(buf, InHeader.unique) && !this.admitResent(slot)) return 0;
         slot.startedAt = this.requests.timer.now; // back to IDLE when answered
         const size = buf.readUInt32LE(BODY + ReadIn.size);
         slot.size = size;
-        if (size === 0) return slot.readDone(0);
-        void this.requests.read(slot.readData(size), readU64(buf, BODY + ReadIn.offset)).then(slot.readDone);
-        return;
+        if (size === 0) slot.readDone(0);
+        else void this.requests.read(slot.readData(size), readU64(buf, BODY + ReadIn.offset)).then(slot.readDone);
+        return size;
       }
       case Opcode.WRITE: {
-        if (isResent(buf, InHeader.unique) && !this.admitResent(slot)) return;
+        if (isResent(buf, InHeader.unique) && !this.admitResent(slot)) return 0;
         slot.startedAt = this.requests.timer.now;
         const size = buf.readUInt32LE(BODY + WriteIn.size);
         slot.size = size;
-        if (length < WRITE_DATA + size) return slot.done(EPROTO);
-        if (size === 0) return slot.writeDone(0);
-        void this.requests.write(slot.writeData(size), readU64(buf, BODY + WriteIn.offset)).then(slot.writeDone);
-        return;
+        if (length < WRITE_DATA + size) slot.done(EPROTO);
+        else if (size === 0) slot.writeDone(0);
+        else void this.requests.write(slot.writeData(size), readU64(buf, BODY + WriteIn.offset)).then(slot.writeDone);
+        return size;
       }
       case Opcode.FSYNC:
-        if (isResent(buf, InHeader.unique) && !this.admitResent(slot)) return;
+        if (isResent(buf, InHeader.unique) && !this.admitResent(slot)) return 0;
         slot.startedAt = this.requests.timer.now;
         void this.requests.flush().then(slot.done);
-        return;
+        return 0;
       case Opcode.FALLOCATE:
-        if (isResent(buf, InHeader.unique) && !this.admitResent(slot)) return;
+        if (isResent(buf, InHeader.unique) && !this.admitResent(slot)) return 0;
         slot.startedAt = this.requests.timer.now;
-        return this.fallocate(slot);
+        this.fallocate(slot);
+        return 0;
       case Opcode.INIT:
-        return this.init(slot);
+        this.init(slot);
+        return 0;
       default:
-        return answerFileRequest(slot, opcode, this.image);
+        answerFileRequest(slot, opcode, this.image);
+        return 0;
     }
   }
 

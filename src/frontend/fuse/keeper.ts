@@ -84,7 +84,10 @@ export class FuseKeeper {
     const channel = new FuseChannel<Slot>(
       this.fd,
       (c) => new Slot(Buffer.allocUnsafeSlow(bufferSizeFor(MAX_WRITE)), c, this.expiryReply, this.restarts),
-      (slot) => this.handle(slot),
+      (slot) => {
+        this.handle(slot);
+        return 0; // nothing is answered here: no batch to bound
+      },
     );
     this.channel = channel;
     void channel.ended.then((error) => error && this.log(`keeper: ${error.message}`));
