@@ -17,7 +17,7 @@ import type { EffectiveAttributes } from '../driver/attributes.js';
 import type { Extent, RequestCallback } from '../driver/driver.js';
 import { native } from '../native.js';
 import type { RequestLayer } from '../request/request-layer.js';
-import { BufferPool, MessageInput, type PooledBuffer, type Slab } from './input.js';
+import { MessageInput, type PooledBuffer, type Slab } from './input.js';
 import {
   BASE_ALLOCATION,
   BASE_ALLOCATION_ID,
@@ -195,7 +195,6 @@ const WRITES = new Set<number>([Command.WRITE, Command.TRIM, Command.WRITE_ZEROE
 /** One client's connection: its handshake, then its requests and their replies. */
 export class Connection {
   private readonly input: MessageInput;
-  private readonly buffers: BufferPool;
   private corked = false;
   private readonly fd: number;
   private secure = false;
@@ -217,7 +216,6 @@ export class Connection {
     this.onClose = options.onClose;
     this.input = options.input ?? new MessageInput();
     this.input.open = () => !this.socket.destroyed;
-    this.buffers = this.input.buffers;
     this.fd = options.fd ?? -1;
     socket.on('error', () => undefined); // 'close' follows
     socket.on('close', () => this.closed());
@@ -574,7 +572,7 @@ export class Connection {
   /** Reads straight into the reply: the callback fills the bytes after the header in place. */
   private read(cookie: Cookie, offset: number, length: number): void {
     const headerSize = this.structured ? ChunkHeader.SIZE + 8 : SimpleReply.SIZE;
-    const pooled = this.buffers.take(headerSize + length);
+    const pooled = this.input.buffers.take(headerSize + length);
     const reply = pooled.buffer;
     if (this.structured) {
       writeChunkHeader(reply, cookie, ReplyFlag.DONE, ReplyType.OFFSET_DATA, 8 + length);
@@ -620,7 +618,8 @@ export class Connection {
   private replyStatus(cookie: Cookie, error: number): void {
     if (error !== 0) return this.replyError(cookie, error);
     if (this.structured) {
-      const reply = Buffer.alloc(ChunkHeader.SIZE);
+      // Every byte is written: from Node's buffer pool, not a zeroed ArrayBuffer per reply.
+      const reply = Buffer.allocUnsafe(ChunkHeader.SIZE);
       writeChunkHeader(reply, cookie, ReplyFlag.DONE, ReplyType.NONE, 0);
       return this.send(reply);
     }
@@ -629,7 +628,7 @@ export class Connection {
 
   private replyError(cookie: Cookie, error: number): void {
     if (!this.structured) return this.send(simpleReply(cookie, error));
-    const reply = Buffer.alloc(ChunkHeader.SIZE + 6);
+    const reply = Buffer.allocUnsafe(ChunkHeader.SIZE + 6);
     writeChunkHeader(reply, cookie, ReplyFlag.DONE, ReplyType.ERROR, 6);
     reply.writeUInt32BE(error, ChunkHeader.SIZE);
     reply.writeUInt16BE(0, ChunkHeader.SIZE + 4); // no message
@@ -690,7 +689,7 @@ function writeCookie(buffer: Buffer, cookie: Cookie, at: number): void {
 }
 
 function simpleReply(cookie: Cookie, error: number): Buffer {
-  const reply = Buffer.alloc(SimpleReply.SIZE);
+  const reply = Buffer.allocUnsafe(SimpleReply.SIZE);
   reply.writeUInt32BE(SIMPLE_REPLY_MAGIC, SimpleReply.magic);
   reply.writeUInt32BE(error, SimpleReply.error);
   writeCookie(reply, cookie, SimpleReply.cookie);
