@@ -102,7 +102,7 @@ async function bdusDevice(name: string, args: string[]): Promise<System> {
     name,
     path: 'FUSE+loop',
     target: blockTarget(device),
-    teardown: async () => void (await sh(process.execPath, [BIN, 'destroy', '--no-flush', device])),
+    teardown: async () => void (await sh(process.execPath, [BIN, 'destroy', '--force', '--no-flush', device])),
   };
 }
 

@@ -9,6 +9,8 @@
 //   tryLock(fd) -> boolean                                flock(LOCK_EX | LOCK_NB), sync
 //   getFd(pid, fd) -> fd                                  pidfd_open + pidfd_getfd, sync
 //   mapShared(fd, length) -> Buffer                       mmap(MAP_SHARED), unmapped when collected
+//   mapAnonymous(length) -> Buffer                        mmap(MAP_PRIVATE | MAP_ANONYMOUS), idem
+//   dropPages(buffer, offset, length)                     madvise(MADV_DONTNEED) of whole pages
 //   socketPair() -> [fd, fd]                              socketpair(AF_UNIX, SOCK_STREAM), sync
 //   nbdNetlink(request, callback(errno, index))           the kernel NBD client's netlink, async
 //   watch(fd, callback(status)) -> watcher                 uv_poll for readability on the event loop
@@ -213,18 +215,12 @@ static void unmap(napi_env env, void *data, void *hint)
     munmap(data, (size_t)(uintptr_t)hint);
 }
 
-static napi_value js_map_shared(napi_env env, napi_callback_info info)
+static napi_value map_buffer(napi_env env, int64_t length, int flags, int fd)
 {
-    size_t argc = 2;
-    napi_value argv[2], result;
-    int fd;
-    int64_t length;
-    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-    CHECK(napi_get_value_int32(env, argv[0], &fd));
-    CHECK(napi_get_value_int64(env, argv[1], &length));
+    napi_value result;
     if (length <= 0)
         return throw_errno(env, EINVAL, "mmap");
-    void *p = mmap(NULL, (size_t)length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    void *p = mmap(NULL, (size_t)length, PROT_READ | PROT_WRITE, flags, fd, 0);
     if (p == MAP_FAILED)
         return throw_errno(env, errno, "mmap");
     if (napi_create_external_buffer(env, (size_t)length, p, unmap, (void *)(uintptr_t)length,
@@ -234,6 +230,49 @@ static napi_value js_map_shared(napi_env env, napi_callback_info info)
         return NULL;
     }
     return result;
+}
+
+static napi_value js_map_shared(napi_env env, napi_callback_info info)
+{
+    size_t argc = 2;
+    napi_value argv[2];
+    int fd;
+    int64_t length;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    CHECK(napi_get_value_int32(env, argv[0], &fd));
+    CHECK(napi_get_value_int64(env, argv[1], &length));
+    return map_buffer(env, length, MAP_SHARED, fd);
+}
+
+// Memory that is committed only as it is written and handed back at once when dropped: Node's
+// buffers are malloc'd (a freed one may stay in the heap) and freed only when collected.
+static napi_value js_map_anonymous(napi_env env, napi_callback_info info)
+{
+    size_t argc = 1;
+    napi_value argv[1];
+    int64_t length;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    CHECK(napi_get_value_int64(env, argv[0], &length));
+    return map_buffer(env, length, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1);
+}
+
+static napi_value js_drop_pages(napi_env env, napi_callback_info info)
+{
+    size_t argc = 3;
+    napi_value argv[3];
+    void *data;
+    size_t size;
+    int64_t offset, length;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    CHECK(napi_get_buffer_info(env, argv[0], &data, &size));
+    CHECK(napi_get_value_int64(env, argv[1], &offset));
+    CHECK(napi_get_value_int64(env, argv[2], &length));
+    long page = sysconf(_SC_PAGESIZE);
+    if (offset < 0 || length < 0 || (size_t)(offset + length) > size || ((uintptr_t)data + offset) % page || length % page)
+        return throw_errno(env, EINVAL, "madvise");
+    if (length > 0 && madvise((char *)data + offset, (size_t)length, MADV_DONTNEED) != 0)
+        return throw_errno(env, errno, "madvise");
+    return NULL;
 }
 
 /* ------------------------------------------------------------------------- */
@@ -548,6 +587,8 @@ static napi_value init(napi_env env, napi_value exports)
         {"tryLock", NULL, js_try_lock, NULL, NULL, NULL, napi_default, NULL},
         {"getFd", NULL, js_get_fd, NULL, NULL, NULL, napi_default, NULL},
         {"mapShared", NULL, js_map_shared, NULL, NULL, NULL, napi_default, NULL},
+        {"mapAnonymous", NULL, js_map_anonymous, NULL, NULL, NULL, napi_default, NULL},
+        {"dropPages", NULL, js_drop_pages, NULL, NULL, NULL, napi_default, NULL},
         {"socketPair", NULL, js_socket_pair, NULL, NULL, NULL, napi_default, NULL},
         {"nbdNetlink", NULL, js_nbd_netlink, NULL, NULL, NULL, napi_default, NULL},
         {"watch", NULL, js_watch, NULL, NULL, NULL, napi_default, NULL},

@@ -1,5 +1,6 @@
 /** bdus: block devices in user space, written in TypeScript. The public API. */
 export type { Context, Driver, Extent } from './driver/driver.js';
+export type { DriverFactory, DriverModule, DriverOption, DriverOptions, DriverOptionValues } from './driver/module.js';
 export { ATTRIBUTES, RECOVERY_MODES, type Attributes, type EffectiveAttributes, type RecoveryMode } from './driver/attributes.js';
 export { abort, AttributeError, BdusError, DriverAbort, DriverError } from './driver/errors.js';
 export { Device, rerun, run, serve, start, type DeviceExport, type DeviceExportOptions, type RunOptions } from './device/device.js';
@@ -21,4 +22,6 @@ export { Daemon, type DaemonOptions } from './control/daemon.js';
 export { Export, exportUri, runExport, startExport, type ExportOptions, type TlsOptions } from './nbd/export.js';
 export type { ListenAddress } from './nbd/server.js';
 export type { DeviceState } from './control/protocol.js';
-export { packageVersion as version } from './version.js';
+import { packageVersion } from './version.js';
+/** This package's version, e.g. "0.1.0" (the library's, the CLI's and the daemon's: they ship together). */
+export const version: string = packageVersion();

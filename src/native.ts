@@ -20,6 +20,16 @@ interface NativeAddon {
   getFd(pid: number, fd: number): number;
   /** The first `length` bytes of the file open as `fd`, mapped shared; unmapped when the Buffer is collected. */
   mapShared(fd: number, length: number): Buffer;
+  /**
+   * `length` bytes of private anonymous memory (MAP_NORESERVE), committed page by page as it is
+   * written (reads of untouched pages cost nothing); unmapped when the Buffer is collected.
+   */
+  mapAnonymous(length: number): Buffer;
+  /**
+   * madvise(MADV_DONTNEED) on whole pages of a mapAnonymous buffer: their memory goes back to
+   * the system at once and they read as zeros. `offset` and `length` must be page-aligned.
+   */
+  dropPages(buffer: Buffer, offset: number, length: number): void;
   /** socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC). */
   socketPair(): [number, number];
   /** One command of the kernel NBD client's generic netlink, on the libuv pool (see src/frontend/nbd/netlink.ts). */

@@ -50,7 +50,7 @@ test('physicalBlockSize must be a power of two from the logical block size to th
 });
 
 test('size must be a positive multiple of the physical block size', () => {
-  refused({}, /invalid attribute size=0: must be a positive multiple of the physical block size \(512\)/);
+  refused({}, /the device needs a size: this driver gives none/);
   refused({ size: 1000 }, /size=1000/);
   refused({ size: MiB + 512, physicalBlockSize: 4096 }, /size=1049088: .*\(4096\)/);
   refused({ size: -4096 }, /size=-4096: must be a non-negative integer/);

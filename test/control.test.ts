@@ -86,8 +86,11 @@ test('destroy during heavy I/O: completes, the I/O ends, nothing is left', async
     '--bs=4k', '--size=256M', '--time_based', '--runtime=30', '--group_reporting', '--output-format=terse',
   ]);
   await sleep(1000);
+  const refused = await bdus(['destroy', dev]);
+  assert.equal(refused.code, 1);
+  assert.match(refused.stderr, /is in use: open by pid \d+ \(fio\).*--force/);
   const started = Date.now();
-  const destroyed = await bdus(['destroy', dev]);
+  const destroyed = await bdus(['destroy', '--force', dev]);
   assert.equal(destroyed.code, 0, destroyed.stderr);
   const result = await fio.done;
   assert.ok(Date.now() - started < 10_000, 'fio ended soon after the destroy');
@@ -102,7 +105,10 @@ test('destroy while a client holds the device open: the device goes, the kernel 
   // The holder keeps the node open on fd 3, then tries I/O through it after the destroy.
   const holder = background('sh', ['-c', `exec 3<${loop}; sleep 2; dd if=/dev/fd/3 of=/dev/null bs=4k count=1 iflag=direct status=none`]);
   await sleep(300);
-  const destroyed = await bdus(['destroy', dev]);
+  const refused = await bdus(['destroy', dev]);
+  assert.equal(refused.code, 1);
+  assert.match(refused.stderr, /is in use: open by pid \d+ \(sh\)/);
+  const destroyed = await bdus(['destroy', '-f', dev]);
   assert.equal(destroyed.code, 0, destroyed.stderr);
   await waitUntilDestroyed(id);
   assert.equal(existsSync(dev), false);
@@ -111,6 +117,27 @@ test('destroy while a client holds the device open: the device goes, the kernel 
   assert.notEqual(held.code, 0, 'I/O on the held node fails');
   for (let i = 0; i < 100 && existsSync(`/sys/block/${loop.slice(5)}/loop`); i++) await sleep(20);
   assert.deepEqual(await leftovers(), [], 'the loop device went with its last holder');
+});
+
+test('destroy refuses a mounted device, naming the mount point; the API has the same choice', async (t) => {
+  const dev = await device(t, ['ram', '--size', '64M']);
+  await must('mkfs.ext4', ['-q', dev]);
+  const mnt = scratch('mnt');
+  await must('mkdir', ['-p', mnt]);
+  await must('mount', [dev, mnt]);
+  t.after(async () => {
+    await sh('umount', [mnt]);
+    await sh('rmdir', [mnt]);
+  });
+  const refused = await bdus(['destroy', dev]);
+  assert.equal(refused.code, 1);
+  assert.match(refused.stderr, new RegExp(`^bdus: error: ${dev} is in use: mounted on ${mnt}\\. .*--force`));
+  await assert.rejects(destroyDevice(dev), (error: Error & { code?: string }) => error.code === 'EBUSY');
+  assert.equal(await info(dev, 'state'), 'available', 'the refused device serves on');
+  await must('sh', ['-c', `echo data > ${mnt}/file && sync`]);
+  await must('umount', [mnt]);
+  await destroyDevice(dev);
+  assert.equal(existsSync(dev), false);
 });
 
 test('an open racing with destruction fails cleanly and never revives the device', async (t) => {
@@ -138,9 +165,9 @@ test('list and info, in both forms', async (t) => {
   const b = await device(t, ['zero', '--size', '1G']);
   const list = await must(process.execPath, [BIN, 'list']);
   const lines = list.trim().split('\n');
-  assert.match(lines[0]!, /^ID\s+INDEX\s+PATH\s+KERNEL\s+STATE\s+PID\s+SIZE\s+ATTRIBUTES$/);
-  assert.match(lines[1]!, /^\d+\s+0\s+\/dev\/bdus-0\s+\/dev\/loop\d+\s+available\s+\d+\s+64 MiB\s+lbs 4096, pbs 4096, concurrency 64$/);
-  assert.match(lines[2]!, /^\d+\s+1\s+\/dev\/bdus-1\s+\/dev\/loop\d+\s+available\s+\d+\s+1 GiB\s+.*read-only$/);
+  assert.match(lines[0]!, /^ID\s+INDEX\s+PATH\s+KERNEL\s+STATE\s+PID\s+SIZE\s+ATTRIBUTES\s+DRIVER$/);
+  assert.match(lines[1]!, /^\d+\s+0\s+\/dev\/bdus-0\s+\/dev\/loop\d+\s+available\s+\d+\s+64 MiB\s+lbs 4096, pbs 4096, concurrency 64\s+\S+\/examples\/ram\.js --size 64M --logical-block-size 4096$/);
+  assert.match(lines[2]!, /^\d+\s+1\s+\/dev\/bdus-1\s+\/dev\/loop\d+\s+available\s+\d+\s+1 GiB\s+.*read-only\s+\S+\/examples\/zero\.js --size 1G$/);
   const json = JSON.parse(await must(process.execPath, [BIN, 'list', '--json'])) as Array<Record<string, any>>;
   assert.deepEqual(json.map((d) => [d.path, d.state, d.readOnly, d.attributes.size]), [
     [a, 'available', false, 64 * MiB],

@@ -48,7 +48,7 @@ export async function device(t: TestContext, args: readonly string[]): Promise<s
   if (r.code !== 0) throw new Error(`bdus run ${args.join(' ')} failed (${r.code}): ${r.stderr}`);
   const path = r.stdout.trim();
   t.after(async () => {
-    if (existsSync(path)) await bdus(['destroy', '--no-flush', path], { timeoutMs: 30_000 });
+    if (existsSync(path)) await bdus(['destroy', '--force', '--no-flush', path], { timeoutMs: 30_000 });
   });
   return path;
 }

@@ -256,7 +256,7 @@ test('bdus run --export: one driver instance serves the device and NBD clients; 
   const r = await bdus(['run', 'ram', '--size', '16M', '--export', `unix:${socket}`]);
   assert.equal(r.code, 0, r.stderr);
   const dev = r.stdout.trim();
-  t.after(() => bdus(['destroy', '--no-flush', dev]));
+  t.after(() => bdus(['destroy', '--force', '--no-flush', dev]));
   const uri = `nbd+unix:///?socket=${socket}`;
   assert.match(r.stderr, new RegExp(`exported over NBD at ${uri.replace(/[?+]/g, '\\$&')}`));
   writeFileSync(data, randomBytes(16 * MiB));

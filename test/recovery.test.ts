@@ -263,6 +263,40 @@ test('a driver that cannot stand in for the current one is refused, and the curr
   assert.equal((await readBlock(dev, 0)).code, 0);
 });
 
+test('a rerun checks before it hands over: a bad module, arguments or validate leave the current driver serving', async (t) => {
+  const img = image(t);
+  const dev = await device(t, [DRIVER, img]);
+  const before = await pid(dev);
+  const cases: Array<[string[], RegExp]> = [
+    [['rerun', dev, '/nonexistent/driver.js'], /no driver module at \/nonexistent\/driver\.js/],
+    [['rerun', dev, DRIVER, '/nonexistent/image'], /ENOENT.*\/nonexistent\/image/],
+    [['rerun', dev, DRIVER, img, 'fail-validate'], /^bdus: error: the driver's validate failed: validate refuses, as asked$/m],
+    [['rerun', dev, DRIVER, img, '--frobnicate'], /unknown option '--frobnicate'/],
+  ];
+  for (const [args, pattern] of cases) {
+    const r = await bdus(args, { timeoutMs: 60_000 });
+    assert.notEqual(r.code, 0, args.join(' '));
+    assert.match(r.stderr, pattern);
+    assert.equal(await pid(dev), before, 'the current driver still serves');
+    assert.equal((await readBlock(dev, 0)).code, 0);
+  }
+});
+
+test('a rerun whose driver fails after the hand-over says what became of the device', async (t) => {
+  const img = image(t);
+  const kept = await device(t, [DRIVER, img, '--recoverable']);
+  const waits = await rerun(kept, [img, 'fail-initialize']);
+  assert.equal(waits.code, 1);
+  assert.match(waits.stderr, new RegExp(`the driver's initialize failed: initialize fails, as asked; ${kept} stays without a driver \\(recoverable\\).*bdus rerun ${kept} DRIVER`));
+  assert.equal(await pid(kept), 0);
+  assert.equal((await rerun(kept, [img])).code, 0, 'a good driver takes it back');
+  const other = image(t);
+  const lost = await device(t, [DRIVER, other]);
+  const destroyed = await rerun(lost, [other, 'fail-initialize']);
+  assert.equal(destroyed.code, 1);
+  assert.match(destroyed.stderr, new RegExp(`${lost} is not recoverable, so it is destroyed`));
+});
+
 test('a recoverable device waiting for a driver can be destroyed; its waiting requests fail, nothing is left', async (t) => {
   const img = image(t);
   const dev = await device(t, [DRIVER, img, '--recoverable']);

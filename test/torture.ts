@@ -85,7 +85,7 @@ export async function torture(seconds: number, log: (line: string) => void = () 
   } finally {
     if (mounted) await sh('umount', ['-l', mountpoint]);
     rmSync(mountpoint, { recursive: true, force: true });
-    if (dev) await bdus(['destroy', '--no-flush', dev], { timeoutMs: 60_000 });
+    if (dev) await bdus(['destroy', '--force', '--no-flush', dev], { timeoutMs: 60_000 });
     rmSync(image, { force: true });
   }
 }

@@ -1,10 +1,10 @@
 /** `bdus daemon run|start|stop|status`: the control daemon from the command line. */
-import { parseArgs } from 'node:util';
 import { startDaemon } from '../control/client.js';
 import { Daemon } from '../control/daemon.js';
 import { daemonVersion, stopDaemon } from '../control/manage.js';
 import { DAEMON_LOG_PATH, DEFAULT_MAX_DEVICES } from '../control/protocol.js';
 import { BdusError } from '../driver/errors.js';
+import { parseCommandLine } from './suggest.js';
 import { UsageError } from './usage.js';
 
 export const DAEMON_HELP = `usage: bdus daemon <run | start | stop | status> [--max-devices N]
@@ -29,7 +29,7 @@ function maxDevices(text: string | undefined): string[] {
 }
 
 export async function daemonCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, options: { 'max-devices': { type: 'string' } }, allowPositionals: true });
+  const { values, positionals } = parseCommandLine('daemon', { args: argv, options: { 'max-devices': { type: 'string' } }, allowPositionals: true });
   const settings = maxDevices(values['max-devices']);
   switch (positionals[0]) {
     case 'run': {

@@ -1,15 +1,14 @@
 /**
  * `bdus export`: serve a driver over NBD, in the foreground, until SIGTERM or SIGINT.
  */
-import { parseArgs } from 'node:util';
 import { BdusError } from '../driver/errors.js';
 import { runExport, type TlsOptions } from '../nbd/export.js';
 import type { ListenAddress } from '../nbd/server.js';
-import { loadDriver } from './load-driver.js';
+import { parseDriverCommand } from './driver-command.js';
+import { driverHelp, makeDriver } from './load-driver.js';
 import { attributeHelp, attributeOptions, attributesFromFlags } from './options.js';
-import { UsageError } from './usage.js';
 
-export const EXPORT_HELP = `usage: bdus export <driver> [ARGS...] [--listen ADDRESS] [--name NAME] [--description TEXT] [--<attribute> VALUE ...]
+export const EXPORT_HELP = `usage: bdus export <driver> [ARGS...] [--listen ADDRESS] [--name NAME] [--description TEXT] [--<attribute> VALUE ...] [driver options] [-- ARGS...]
 
 Serves <driver> (a module path, or an example: ram, zero, loop) over NBD, in the foreground, until
 SIGTERM or SIGINT. Prints the export's URI once it listens. Any NBD client can use it: qemu-img,
@@ -30,6 +29,16 @@ ${attributeHelp()}
 `;
 
 const DEFAULT_PORT = 10809;
+
+const EXPORT_OPTIONS = {
+  ...attributeOptions(),
+  listen: { type: 'string' },
+  name: { type: 'string' },
+  description: { type: 'string' },
+  tls: { type: 'string' },
+  'tls-certificates': { type: 'string' },
+  'tls-verify-peer': { type: 'boolean' },
+} as const;
 
 /** "unix:/run/x.sock", "127.0.0.1:10809", "[::1]:10809", "10809" -> an address. */
 export function parseListen(text: string): ListenAddress {
@@ -55,25 +64,16 @@ export function tlsFromFlags(mode = 'off', certificates?: string, verifyPeer?: b
 }
 
 export async function exportCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    options: {
-      ...attributeOptions(),
-      listen: { type: 'string' },
-      name: { type: 'string' },
-      description: { type: 'string' },
-      tls: { type: 'string' },
-      'tls-certificates': { type: 'string' },
-      'tls-verify-peer': { type: 'boolean' },
-    },
-    allowPositionals: true,
-  });
-  const [specifier, ...driverArgs] = positionals;
-  if (!specifier) throw new UsageError('bdus export: missing the driver (a module path or an example: ram, zero, loop)');
-  const attributes = attributesFromFlags(values);
+  const line = await parseDriverCommand('export', argv, EXPORT_OPTIONS, 0);
+  if (line.help) {
+    process.stdout.write(`${EXPORT_HELP}${line.driver ? `\n${driverHelp(line.driver)}` : ''}`);
+    return 0;
+  }
+  const values = line.values as Record<string, string | undefined>;
+  const attributes = attributesFromFlags(line.values);
   const listen = parseListen(values.listen ?? `127.0.0.1:${DEFAULT_PORT}`);
-  const driver = await loadDriver(specifier, driverArgs);
-  const tls = tlsFromFlags(values.tls, values['tls-certificates'], values['tls-verify-peer']);
+  const tls = tlsFromFlags(values.tls, values['tls-certificates'], line.values['tls-verify-peer'] as boolean | undefined);
+  const driver = await makeDriver(line.driver!, line.args, line.options);
   await runExport(driver, { attributes, listen, name: values.name ?? '', description: values.description ?? '', tls });
   return 0;
 }

@@ -2,44 +2,12 @@
 import { daemonVersion } from '../control/manage.js';
 import { packageVersion } from '../version.js';
 import { DAEMON_HELP, daemonCommand } from './daemon.js';
+import { LOGS_HELP, logsCommand } from './logs.js';
 import { EXPORT_HELP, exportCommand } from './export.js';
 import { DESTROY_HELP, destroyCommand, FLUSH_HELP, flushCommand, INFO_HELP, infoCommand, LIST_HELP, listCommand } from './manage.js';
-import { attributeHelp } from './options.js';
-import { rerunCommand, runCommand } from './run.js';
+import { RERUN_HELP, RUN_HELP, rerunCommand, runCommand } from './run.js';
+import { suggest } from './suggest.js';
 import { UsageError } from './usage.js';
-
-const RUN_HELP = `usage: bdus run <driver> [ARGS...] [--size SIZE] [--<attribute> VALUE ...] [--frontend KIND] [--foreground]
-
-Creates a device served by <driver>: a module path, or an example (ram, zero, loop). Prints the
-device's path once it is available; without --foreground the driver then keeps running in the
-background (its log: /run/bdus/log/bdus-N.log). ARGS go to the driver module.
-
-  --frontend KIND   the kernel path: fuse (FUSE+loop), nbd (the kernel NBD client, /dev/nbdN),
-                    or auto (default: fuse where the kernel has FUSE and loop, else nbd)
-  --export ADDRESS  also serve the driver over NBD (unix:PATH, HOST:PORT or PORT), for as long
-                    as this driver instance runs; with --export-name NAME, and --tls MODE,
-                    --tls-certificates DIR, --tls-verify-peer as for \`bdus export\`
-
-attributes:
-${attributeHelp()}
-`;
-
-const RERUN_HELP = `usage: bdus rerun <path or id> <driver> [ARGS...] [--<attribute> VALUE ...] [--foreground]
-
-Attaches <driver> to an existing device as its new driver. If a driver runs the device, it stops
-taking requests, finishes those it took, is flushed and terminated, and only then does the new
-driver initialize: clients see a delay, not an error. A recoverable device whose driver died gets
-its driver back this way, with the requests the dead driver had not answered.
-
-Attributes left out (or 0) keep the device's values. Size and block sizes cannot change, max
-sizes cannot shrink, and the new driver needs every request callback the current one has.
-Prints the device's path once the new driver serves; without --foreground the driver then keeps
-running in the background (its log: /run/bdus/log/bdus-N.log). --export and its options work as
-for \`bdus run\`.
-
-attributes:
-${attributeHelp()}
-`;
 
 const VERSION_HELP = `usage: bdus version
 
@@ -55,7 +23,8 @@ commands:
   list [--json]                                      the devices on this machine
   info <path or id> [--<field> ...]                  everything about one device
   flush <path or id>...                              flush devices
-  destroy [--no-flush] [--quiet] <path or id>...     destroy devices
+  destroy [--force] [--no-flush] <path or id>...     destroy devices (refused while in use)
+  logs [--follow] <path or id>                       a device's log, across its drivers
   daemon <run | start | stop | status>               the control daemon
   version                                            versions of the CLI, library and daemon
 `;
@@ -67,15 +36,17 @@ async function versionCommand(): Promise<number> {
   return 0;
 }
 
-const COMMANDS: Record<string, { help: string; run: (argv: string[]) => Promise<number> }> = {
-  run: { help: RUN_HELP, run: runCommand },
-  rerun: { help: RERUN_HELP, run: rerunCommand },
-  export: { help: EXPORT_HELP, run: exportCommand },
+/** `ownHelp`: the command answers --help itself (with its driver's options when one is named). */
+const COMMANDS: Record<string, { help: string; run: (argv: string[]) => Promise<number>; ownHelp?: boolean }> = {
+  run: { help: RUN_HELP, run: runCommand, ownHelp: true },
+  rerun: { help: RERUN_HELP, run: rerunCommand, ownHelp: true },
+  export: { help: EXPORT_HELP, run: exportCommand, ownHelp: true },
   list: { help: LIST_HELP, run: listCommand },
   info: { help: INFO_HELP, run: infoCommand },
   flush: { help: FLUSH_HELP, run: flushCommand },
   destroy: { help: DESTROY_HELP, run: destroyCommand },
   daemon: { help: DAEMON_HELP, run: daemonCommand },
+  logs: { help: LOGS_HELP, run: logsCommand },
   version: { help: VERSION_HELP, run: versionCommand },
 };
 
@@ -89,8 +60,13 @@ export async function main(argv: string[]): Promise<number> {
     }
     if (name === '--version') return await versionCommand();
     const command = COMMANDS[name];
-    if (!command) throw new UsageError(`unknown command '${name}'`);
-    if (rest.includes('--help') || rest.includes('-h')) {
+    if (!command) {
+      const nearest = suggest(name, Object.keys(COMMANDS));
+      throw new UsageError(`unknown command '${name}'${nearest ? `; did you mean '${nearest}'?` : ''}`);
+    }
+    // Only before `--`: what follows it belongs to a driver.
+    const options = rest.includes('--') ? rest.slice(0, rest.indexOf('--')) : rest;
+    if (!command.ownHelp && (options.includes('--help') || options.includes('-h'))) {
       process.stdout.write(command.help);
       return 0;
     }

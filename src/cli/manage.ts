@@ -1,19 +1,20 @@
 /** `bdus list`, `info`, `flush`, `destroy`: the management commands, over the typed API. */
-import { parseArgs } from 'node:util';
 import { ATTRIBUTE_NAMES } from '../driver/attributes.js';
 import { destroyDevice, deviceInfo, flushDevice, listDevices, type DeviceInfo } from '../control/manage.js';
 import { flagName } from './options.js';
+import { parseCommandLine } from './suggest.js';
 import { UsageError } from './usage.js';
 
 export const LIST_HELP = `usage: bdus list [--json]
 
 The devices on this machine: id, index, path, kernel node, state, driver pid ("none" while a
-recoverable device waits for a new driver), size and a summary
-of the attributes. --json prints every field of every device.
+recoverable device waits for a new driver), size, a summary of the attributes, and the driver
+module with its arguments (what to give \`bdus rerun\`). --json prints every field of every
+device.
 `;
 
 export const INFO_FIELDS = [
-  'id', 'index', 'path', 'kernel-path', 'major', 'minor', 'state', 'frontend', 'pid', 'read-only', 'created',
+  'id', 'index', 'path', 'kernel-path', 'major', 'minor', 'state', 'frontend', 'pid', 'driver', 'read-only', 'created',
   ...ATTRIBUTE_NAMES.map(flagName),
 ] as const;
 
@@ -30,11 +31,18 @@ export const FLUSH_HELP = `usage: bdus flush <path or id>...
 Flushes each device: the OS cache for it, then a flush request to its driver.
 `;
 
-export const DESTROY_HELP = `usage: bdus destroy [--no-flush] [--quiet] <path or id>...
+export const DESTROY_HELP = `usage: bdus destroy [--force] [--no-flush] [--quiet] <path or id>...
 
 Destroys each device in order: flushes it (unless --no-flush), lets its driver finish the
-requests in progress and terminate, and waits until the device is gone. If the flush takes more
-than a few seconds, says so (unless --quiet): a stuck driver can be skipped with --no-flush.
+requests in progress and terminate, and waits until the device is gone. A device in use
+(mounted, used by another block device such as dm or md, or open in a process other than its
+driver) is refused with EBUSY naming what holds it, unless --force: its users then get I/O
+errors. If the flush takes more than a few seconds, says so (unless --quiet): a stuck driver can
+be skipped with --no-flush.
+
+  -f, --force      destroy it even while it is in use
+  --no-flush       do not flush before the driver terminates
+  -q, --quiet      no word about a slow flush
 `;
 
 const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
@@ -63,19 +71,25 @@ function table(rows: string[][]): string {
 }
 
 export async function listCommand(argv: string[]): Promise<number> {
-  const { values } = parseArgs({ args: argv, options: { json: { type: 'boolean' } } });
+  const { values } = parseCommandLine('list', { args: argv, options: { json: { type: 'boolean' } } });
   const devices = await listDevices();
   if (values.json) {
     process.stdout.write(`${JSON.stringify(devices, (_, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2)}\n`);
     return 0;
   }
   if (devices.length === 0) return 0;
-  const header = ['ID', 'INDEX', 'PATH', 'KERNEL', 'STATE', 'PID', 'SIZE', 'ATTRIBUTES'];
+  const header = ['ID', 'INDEX', 'PATH', 'KERNEL', 'STATE', 'PID', 'SIZE', 'ATTRIBUTES', 'DRIVER'];
   const rows = devices.map((d) => [
     String(d.id), String(d.index), d.path, d.kernelPath || '-', d.state, d.pid === 0 ? 'none' : String(d.pid), formatSize(Number(d.attributes.size)), summary(d),
+    driverCommand(d) || '-',
   ]);
   process.stdout.write(`${table([header, ...rows])}\n`);
   return 0;
+}
+
+/** The driver's module and arguments as a shell would take them back. */
+export function driverCommand(d: DeviceInfo): string {
+  return d.command.map((word) => (/^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`)).join(' ');
 }
 
 function field(d: DeviceInfo, name: (typeof INFO_FIELDS)[number]): string {
@@ -86,6 +100,8 @@ function field(d: DeviceInfo, name: (typeof INFO_FIELDS)[number]): string {
       return d.kernelPath;
     case 'read-only':
       return String(d.readOnly);
+    case 'driver':
+      return driverCommand(d);
     case 'created':
       return d.createdAt.toISOString();
     case 'index':
@@ -103,7 +119,7 @@ function field(d: DeviceInfo, name: (typeof INFO_FIELDS)[number]): string {
 
 export async function infoCommand(argv: string[]): Promise<number> {
   const options = Object.fromEntries(INFO_FIELDS.map((f) => [f, { type: 'boolean' as const }]));
-  const { positionals, tokens } = parseArgs({ args: argv, options, allowPositionals: true, tokens: true });
+  const { positionals, tokens } = parseCommandLine('info', { args: argv, options, allowPositionals: true, tokens: true });
   if (positionals.length !== 1) throw new UsageError('bdus info: give exactly one device (a path or an id)');
   const d = await deviceInfo(positionals[0]!);
   const asked = tokens.filter((t) => t.kind === 'option').map((t) => t.name as (typeof INFO_FIELDS)[number]);
@@ -119,6 +135,7 @@ export async function infoCommand(argv: string[]): Promise<number> {
     ['state', d.state],
     ['frontend', d.frontend],
     ['driver pid', d.pid === 0 ? 'none (a recoverable device waiting for bdus rerun)' : String(d.pid)],
+    ['driver', driverCommand(d) || '- (started through the API)'],
     ['read-only', d.readOnly ? 'yes' : 'no'],
     ['created', d.createdAt.toISOString()],
     ...ATTRIBUTE_NAMES.map((a): [string, string] => {
@@ -133,22 +150,23 @@ export async function infoCommand(argv: string[]): Promise<number> {
 }
 
 export async function flushCommand(argv: string[]): Promise<number> {
-  const { positionals } = parseArgs({ args: argv, allowPositionals: true });
+  const { positionals } = parseCommandLine('flush', { args: argv, options: {}, allowPositionals: true });
   if (positionals.length === 0) throw new UsageError('bdus flush: missing the device (a path or an id)');
   for (const target of positionals) await flushDevice(target);
   return 0;
 }
 
 export async function destroyCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
+  const { values, positionals } = parseCommandLine('destroy', {
     args: argv,
-    options: { 'no-flush': { type: 'boolean' }, quiet: { type: 'boolean' } },
+    options: { 'no-flush': { type: 'boolean' }, quiet: { type: 'boolean', short: 'q' }, force: { type: 'boolean', short: 'f' } },
     allowPositionals: true,
   });
   if (positionals.length === 0) throw new UsageError('bdus destroy: missing the device (a path or an id)');
   for (const target of positionals) {
     await destroyDevice(target, {
       flush: !values['no-flush'],
+      force: values.force ?? false,
       onSlowFlush: values.quiet
         ? undefined
         : () => process.stderr.write(`bdus: still flushing ${target}; the driver may be stuck (use --no-flush to skip the flush)\n`),

@@ -1,26 +1,82 @@
 /**
- * `bdus run`: create a device served by a driver module; `bdus rerun`: attach one to an
- * existing device, replacing its driver (or giving a recoverable device a new one). Without --foreground the driver keeps
- * running in the background once the device is available, as BDUS drivers daemonize: the command
- * prints the device's path and exits, so `dev=$(bdus run ram)` works.
+ * `bdus run`: create a device served by a driver module; `bdus rerun`: attach one to an existing
+ * device, replacing its driver (or giving a recoverable device a new one). Without --foreground
+ * the driver keeps running in the background once the device is available, as BDUS drivers
+ * daemonize: the command prints the device's path and exits, so `dev=$(bdus run ram)` works.
  *
- * Background mode re-runs this command with --foreground in a detached child that shares our
- * stdout and stderr until the device is available; it then points them away (stdout to
- * /dev/null, stderr to RUN_DIR/log/bdus-N.log) and says "ready" on a pipe.
+ * Background mode runs this same command line again in a detached child, unchanged: the child
+ * learns that it is the background half from READY_FD_ENV alone, never from its arguments (an
+ * argument appended to the user's could land after their `--` and be taken for a driver
+ * argument, and the child would go into the background again, without end). The child shares
+ * our stdout and stderr until the device is available; it then points them away (stdout to
+ * /dev/null, stderr to the device's log) and says "ready" on a pipe.
  */
 import { spawn } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
-import { parseArgs } from 'node:util';
+import { closeSync, openSync, writeSync } from 'node:fs';
 import { rerun, serve, start, type Device } from '../device/device.js';
+import { BdusError } from '../driver/errors.js';
 import type { FrontendChoice } from '../frontend/select.js';
 import { native } from '../native.js';
-import { RUN_DIR } from '../util/paths.js';
+import { logStderrTo } from '../util/device-log.js';
+import { packageVersion } from '../version.js';
+import { parseDriverCommand } from './driver-command.js';
 import { parseListen, tlsFromFlags } from './export.js';
-import { loadDriver } from './load-driver.js';
-import { attributeOptions, attributesFromFlags } from './options.js';
+import { driverHelp, makeDriver } from './load-driver.js';
+import { attributeHelp, attributeOptions, attributesFromFlags } from './options.js';
 import { UsageError } from './usage.js';
 
-const READY_FD_ENV = 'BDUS_READY_FD';
+/** Set only in the background child: the descriptor of the pipe on which it says "ready". */
+const READY_FD_ENV = 'BDUS_BACKGROUND_READY_FD';
+
+export const RUN_HELP = `usage: bdus run <driver> [ARGS...] [--size SIZE] [--<attribute> VALUE ...] [driver options] [--frontend KIND] [--foreground] [-- ARGS...]
+
+Creates a device served by <driver>: a module path (.js, or .ts where Node or the driver's
+project can load TypeScript), or an example (ram, zero, loop). Prints the device's path once it
+is available; without --foreground the driver then keeps running in the background (its log:
+bdus logs DEVICE). ARGS and the driver's own options go to the driver module; everything after
+\`--\` goes to the driver as it is. \`bdus run DRIVER --help\` lists the driver's options.
+
+  --frontend KIND   the kernel path: fuse (FUSE+loop), nbd (the kernel NBD client, /dev/nbdN),
+                    or auto (default: fuse where the kernel has FUSE and loop, else nbd)
+  --export ADDRESS  also serve the driver over NBD (unix:PATH, HOST:PORT or PORT), for as long
+                    as this driver instance runs; with --export-name NAME, and --tls MODE,
+                    --tls-certificates DIR, --tls-verify-peer as for \`bdus export\`
+  --foreground      serve in this process until the device is destroyed (SIGTERM, SIGINT or
+                    bdus destroy), logging to stderr
+
+attributes:
+${attributeHelp()}
+`;
+
+export const RERUN_HELP = `usage: bdus rerun <path or id> <driver> [ARGS...] [--<attribute> VALUE ...] [driver options] [--foreground] [-- ARGS...]
+
+Attaches <driver> to an existing device as its new driver. Everything that can be checked
+without the current driver's resources is checked first: the module loads, its arguments
+parse, the attributes fit the device, and the driver's validate callback (if it has one)
+accepts; a failure there leaves the current driver serving, untouched. Then, if a driver runs
+the device, it stops taking requests, finishes those it took, is flushed and terminated, and
+only then does the new driver initialize: clients see a delay, not an error. A recoverable
+device whose driver died gets its driver back this way, with the requests the dead driver had
+not answered.
+
+Attributes left out (or 0) keep the device's values. Size and block sizes cannot change, max
+sizes cannot shrink, and the new driver needs every request callback the current one has.
+Prints the device's path once the new driver serves; without --foreground the driver then keeps
+running in the background (bdus logs DEVICE). --export and its options work as for \`bdus run\`.
+
+attributes:
+${attributeHelp()}
+`;
+
+const SHARED_OPTIONS = {
+  ...attributeOptions(),
+  foreground: { type: 'boolean' },
+  export: { type: 'string' },
+  'export-name': { type: 'string' },
+  tls: { type: 'string' },
+  'tls-certificates': { type: 'string' },
+  'tls-verify-peer': { type: 'boolean' },
+} as const;
 
 export function runCommand(argv: string[]): Promise<number> {
   return runDriver('run', argv);
@@ -31,62 +87,59 @@ export function rerunCommand(argv: string[]): Promise<number> {
 }
 
 async function runDriver(command: 'run' | 'rerun', argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    options: {
-      ...attributeOptions(),
-      foreground: { type: 'boolean' },
-      ...(command === 'run' ? { frontend: { type: 'string' } } : {}),
-      export: { type: 'string' },
-      'export-name': { type: 'string' },
-      tls: { type: 'string' },
-      'tls-certificates': { type: 'string' },
-      'tls-verify-peer': { type: 'boolean' },
-    },
-    allowPositionals: true,
-  });
-  const target = command === 'rerun' ? positionals.shift() : undefined;
-  if (command === 'rerun' && !target) throw new UsageError('bdus rerun: missing the device (a path or an id)');
-  const [specifier, ...driverArgs] = positionals;
-  if (!specifier) throw new UsageError(`bdus ${command}: missing the driver (a module path or an example: ram, zero, loop)`);
+  const own = command === 'run' ? { ...SHARED_OPTIONS, frontend: { type: 'string' } as const } : SHARED_OPTIONS;
+  const line = await parseDriverCommand(command, argv, own, command === 'rerun' ? 1 : 0);
+  if (line.help) {
+    process.stdout.write(`${command === 'run' ? RUN_HELP : RERUN_HELP}${line.driver ? `\n${driverHelp(line.driver)}` : ''}`);
+    return 0;
+  }
+  const { values, driver: module } = line;
   const attributes = attributesFromFlags(values);
-  const listen = values.export === undefined ? undefined : parseListen(values.export);
-  const tls = tlsFromFlags(values.tls, values['tls-certificates'], values['tls-verify-peer']);
+  const listen = values.export === undefined ? undefined : parseListen(values.export as string);
+  const tls = tlsFromFlags(values.tls as string | undefined, values['tls-certificates'] as string | undefined, values['tls-verify-peer'] as boolean | undefined);
   if (!listen && (tls || values['export-name'] !== undefined)) throw new UsageError(`bdus ${command}: --export-name and --tls need --export`);
-  if (!values.foreground) return runInBackground(command, argv);
+  const readyFd = process.env[READY_FD_ENV];
+  if (!values.foreground && readyFd === undefined) return runInBackground(command, argv);
 
-  const driver = await loadDriver(specifier, driverArgs);
+  const driver = await makeDriver(module!, line.args, line.options);
+  // What to type to run this driver again: shown by list and info.
+  const driverCommand = [module!.file, ...argv.slice(line.driverIndex + 1)];
   const frontend = values.frontend as FrontendChoice | undefined;
-  const device = target === undefined ? await start(driver, { attributes, frontend }) : await rerun(target, driver, { attributes });
+  const options = { attributes, command: driverCommand };
+  const device = command === 'run' ? await start(driver, { ...options, frontend }) : await rerun(line.leading[0]!, driver, options);
   if (listen) {
     try {
-      const exported = await device.export({ listen, name: values['export-name'] ?? '', tls });
+      const exported = await device.export({ listen, name: (values['export-name'] as string | undefined) ?? '', tls });
       process.stderr.write(`${device.path}: exported over NBD at ${exported.uri}\n`);
     } catch (error) {
       await device.destroy();
       throw error;
     }
   }
-  if (process.env[READY_FD_ENV]) detachFromCaller(device, Number(process.env[READY_FD_ENV]));
+  if (readyFd !== undefined) detachFromCaller(device, Number(readyFd), driverCommand);
   await serve(device);
   return 0;
 }
 
-function detachFromCaller(device: Device<any>, readyFd: number): void {
+/** The background child is ready: stdout goes away, stderr to the device's log, and the caller may exit. */
+function detachFromCaller(device: Device<any>, readyFd: number, driverCommand: readonly string[]): void {
   delete process.env[READY_FD_ENV];
-  mkdirSync(`${RUN_DIR}/log`, { recursive: true, mode: 0o700 });
   const devNull = openSync('/dev/null', 'r+');
-  const log = openSync(`${RUN_DIR}/log/bdus-${device.ctx.index}.log`, 'w', 0o600);
   native.dup2(devNull, 1);
-  native.dup2(log, 2);
   closeSync(devNull);
-  closeSync(log);
-  writeSync(readyFd, 'ready\n');
-  closeSync(readyFd);
+  const banner = `${device.path}: driver pid ${process.pid} (bdus ${packageVersion()}) serves it: ${driverCommand.join(' ')}`;
+  logStderrTo(device.id, banner, (from, to) => native.dup2(from, to));
+  try {
+    writeSync(readyFd, 'ready\n');
+    closeSync(readyFd);
+  } catch (error) {
+    throw new BdusError('EBADF', `${READY_FD_ENV}=${readyFd} names no pipe: ${(error as Error).message}`);
+  }
 }
 
+/** Runs the same command line again in a detached child, and returns once its device is ready or it failed. */
 function runInBackground(command: string, argv: string[]): Promise<number> {
-  const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, command, ...argv, '--foreground'], {
+  const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, command, ...argv], {
     detached: true,
     stdio: ['ignore', 'inherit', 'inherit', 'pipe'],
     env: { ...process.env, [READY_FD_ENV]: '3' },

@@ -34,6 +34,8 @@ import { backendOf, connectedBackend, nbdDisconnect, nbdIndexOf, nbdReconfigure 
 import { native } from '../native.js';
 import { RestartTable } from '../request/restart-table.js';
 import { Lock } from '../util/lock.js';
+import { deviceHolders } from './holders.js';
+import { appendDeviceLog, pruneDeviceLogs } from '../util/device-log.js';
 import { RUN_DIR } from '../util/paths.js';
 import { isAlive, processStart } from '../util/process.js';
 import { packageVersion } from '../version.js';
@@ -227,7 +229,7 @@ export class Daemon {
         return record;
       }
       case 'destroy':
-        return this.destroy(this.registry.get(parseId(m.id)));
+        return this.destroy(this.registry.get(parseId(m.id)), m.force === undefined ? false : boolean(m, 'force'));
       case 'wait':
         return this.registry.untilGone(parseId(m.id));
       case 'shutdown':
@@ -277,9 +279,11 @@ export class Daemon {
       readOnly: boolean(m, 'readOnly'),
       attributes: plainObject(m, 'attributes') as DeviceRecord['attributes'],
       callbacks: strings(m, 'callbacks'),
+      command: m.command === undefined ? [] : strings(m, 'command'),
     };
     return this.lock.run(() => {
       const record = this.registry.create(fields);
+      pruneDeviceLogs(new Set(this.registry.list().map((r) => r.id)));
       connection.device = record.id;
       this.drivers.set(record.id, connection);
       this.log(`created device ${record.id} at ${record.path} for driver pid ${pid}`);
@@ -333,7 +337,13 @@ export class Daemon {
    * cleanly instead of reaching a half-destroyed device), its driver is asked to end, and this
    * resolves once the device is gone. Concurrent destroys of one device all wait for the one end.
    */
-  private async destroy(record: DeviceRecord): Promise<null> {
+  private async destroy(record: DeviceRecord, force: boolean): Promise<null> {
+    if (!force && record.state === 'available') {
+      const holders = await deviceHolders(record.major, record.minor, new Set([record.pid]));
+      if (holders.length > 0) {
+        throw new BdusError('EBUSY', `${record.path} is in use: ${holders.join('; ')}. Unmount or close it first, or destroy it anyway with --force (its users then get I/O errors)`);
+      }
+    }
     const gone = this.registry.untilGone(record.id);
     await this.lock.run(() => this.beginTermination(record));
     const driver = this.drivers.get(record.id);
@@ -362,6 +372,7 @@ export class Daemon {
   private driverDied(record: DeviceRecord): Promise<null> {
     return this.lock.run(async () => {
       if (!this.registry.has(record)) return null;
+      appendDeviceLog(record.id, `the driver in pid ${record.pid} ended without removing the device`);
       const holding = this.holdings.get(record.id);
       // FUSE+loop needs our duplicate to keep the device; the kernel keeps an NBD device itself.
       const kept = holding && (holding.fd >= 0 || record.frontend === 'nbd');
@@ -469,6 +480,7 @@ export class Daemon {
     if (pidStart === undefined) throw new BdusError('ESRCH', `no process ${pid}`);
     const attributes = plainObject(m, 'attributes') as DeviceRecord['attributes'];
     const callbacks = strings(m, 'callbacks');
+    const command = m.command === undefined ? [] : strings(m, 'command');
     if (connection.device !== undefined) throw new BdusError('EBUSY', 'this connection already runs a device');
     if (record.state === 'terminated') throw new BdusError('ENODEV', `device ${id} is being destroyed`);
     if (record.state !== 'available') throw new BdusError('EBUSY', `device ${id} is not available yet`);
@@ -513,7 +525,7 @@ export class Daemon {
       if (!this.registry.has(record) || record.state !== 'available') {
         throw new BdusError('ENODEV', `device ${id} was destroyed while its driver was being replaced`);
       }
-      Object.assign(record, { pid, pidStart, attributes, callbacks });
+      Object.assign(record, { pid, pidStart, attributes, callbacks, command });
       this.registry.update(record);
       if (connection.socket.destroyed) {
         // The new driver is gone already; its connection's end was seen while it ran nothing.

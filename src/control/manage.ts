@@ -8,6 +8,7 @@
 import { promises as fsp, statSync } from 'node:fs';
 import type { EffectiveAttributes } from '../driver/attributes.js';
 import type { Context } from '../driver/driver.js';
+import { splitDeviceNumber } from '../util/device-number.js';
 import { BdusError } from '../driver/errors.js';
 import { withDaemon, type ControlConnection } from './client.js';
 import { processStart, sleep } from '../util/process.js';
@@ -22,6 +23,8 @@ export interface DeviceInfo extends Pick<Context, 'id' | 'index' | 'path' | 'ker
   readonly state: DeviceState;
   /** The driver process; 0 while a recoverable device waits for a new driver (`rerun`). */
   readonly pid: number;
+  /** How its driver was started: the module and the arguments after it (empty if not said). */
+  readonly command: readonly string[];
   readonly createdAt: Date;
 }
 
@@ -40,20 +43,11 @@ function toInfo(record: DeviceRecord): DeviceInfo {
     frontend: record.frontend,
     state: record.state,
     pid: record.pid,
+    command: Object.freeze([...(record.command ?? [])]),
     readOnly: record.readOnly,
     attributes: Object.freeze({ ...record.attributes }) as unknown as EffectiveAttributes,
     createdAt: new Date(record.createdAt),
   });
-}
-
-/** Linux's encoding of a device number in st_rdev. */
-function splitDeviceNumber(rdev: number): { major: number; minor: number } {
-  const high = Math.floor(rdev / 2 ** 32);
-  const low = rdev >>> 0;
-  return {
-    major: ((low >>> 8) & 0xfff) | (high & ~0xfff),
-    minor: (low & 0xff) | ((low >>> 12) & ~0xff),
-  };
 }
 
 /** The record of `device`, looked up through `connection`. */
@@ -130,14 +124,20 @@ async function flushRecord(c: ControlConnection, record: DeviceRecord): Promise<
 export interface DestroyOptions {
   /** Flush the device before its driver terminates (default true). */
   flush?: boolean;
+  /**
+   * Destroy it even while it is in use: mounted, stacked on, or open in another process
+   * (default false: refused with EBUSY naming the holders). Its users then get I/O errors.
+   */
+  force?: boolean;
   /** Called once if the flush has not finished after `slowFlushMs` (default 3000). */
   onSlowFlush?: () => void;
   slowFlushMs?: number;
 }
 
 /**
- * Destroys a device: flushes it (unless told not to, or it has no driver), asks its driver to finish the requests in
- * progress and terminate, and resolves once the device is gone. Destroying a device that is being
+ * Destroys a device: refuses one in use unless `force` (EBUSY), flushes it (unless told not to,
+ * or it has no driver), asks its driver to finish the requests in progress and terminate, and
+ * resolves once the device is gone. Destroying a device that is being
  * destroyed waits for that; destroying one that is gone gives ENODEV.
  */
 export function destroyDevice(device: DeviceName, options: DestroyOptions = {}): Promise<void> {
@@ -155,7 +155,7 @@ export function destroyDevice(device: DeviceName, options: DestroyOptions = {}):
         clearTimeout(timer);
       }
     }
-    await c.request('destroy', { id: record.id }).catch((error: BdusError) => {
+    await c.request('destroy', { id: record.id, force: options.force ?? false }).catch((error: BdusError) => {
       if (error.code !== 'ENODEV') throw error;
     });
   });

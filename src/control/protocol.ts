@@ -63,6 +63,12 @@ export interface DeviceRecord {
   callbacks: string[];
   /** When the device was created (ms since the epoch). */
   createdAt: number;
+  /**
+   * How the current driver was started: its module and the arguments after it, as `bdus run`
+   * got them (empty for a driver started through the API without saying). Absent in records
+   * of older daemons.
+   */
+  command?: string[];
 }
 
 /** Requests, by operation. */
@@ -73,15 +79,19 @@ export interface Requests {
   list: { args: Record<string, never>; result: DeviceRecord[] };
   /** One device, by id or by its node's device number. */
   info: { args: { id: string } | { major: number; minor: number }; result: DeviceRecord };
-  /** Destroys a device; answers once it is gone. The client flushes first if it wants. */
-  destroy: { args: { id: string }; result: null };
+  /**
+   * Destroys a device; answers once it is gone. The client flushes first if it wants. Unless
+   * `force`, a device in use (mounted, stacked on, or open in a process other than its driver)
+   * is refused with EBUSY naming the holders. Daemons before `force` destroy regardless.
+   */
+  destroy: { args: { id: string; force?: boolean }; result: null };
   /** Answers once the device with this id is gone (at once if it already is). */
   wait: { args: { id: string }; result: null };
   /** Asks the daemon to exit (devices keep running). */
   shutdown: { args: Record<string, never>; result: null };
   /** A driver registers a new device; this connection then belongs to it. */
   create: {
-    args: { pid: number; frontend: string; readOnly: boolean; attributes: DeviceRecord['attributes']; callbacks: string[] };
+    args: { pid: number; frontend: string; readOnly: boolean; attributes: DeviceRecord['attributes']; callbacks: string[]; command?: string[] };
     result: DeviceRecord;
   };
   /**
@@ -103,7 +113,7 @@ export interface Requests {
    * device.
    */
   rerun: {
-    args: { id: string; pid: number; attributes: DeviceRecord['attributes']; callbacks: string[] };
+    args: { id: string; pid: number; attributes: DeviceRecord['attributes']; callbacks: string[]; command?: string[] };
     result: { record: DeviceRecord; kernelFd: number; daemonPid: number };
   };
   /** The current driver, asked to `replace`, has stopped: ok unless its flush or terminate failed. */

@@ -30,6 +30,7 @@ import {
 } from '../driver/attributes.js';
 import { isReadOnly, requestCallbacks, type Context, type Driver, type RequestCallback } from '../driver/driver.js';
 import { BdusError } from '../driver/errors.js';
+import { lifeCycle } from '../driver/life-cycle.js';
 import { ControlConnection } from '../control/client.js';
 import { deviceNames, lookUp, type DeviceName } from '../control/manage.js';
 import type { DeviceRecord } from '../control/protocol.js';
@@ -77,6 +78,11 @@ export interface RunOptions<State = unknown> {
    * has it, else NBD). See docs/frontends.md.
    */
   frontend?: FrontendChoice;
+  /**
+   * How this driver was started, for `bdus list` and `bdus info` (what to type to run it again):
+   * the CLI gives the driver module and the arguments that followed it.
+   */
+  command?: readonly string[];
 }
 
 /** Longest pause between attempts to re-attach to a restarted daemon. */
@@ -322,14 +328,15 @@ export async function start<State>(driver: Driver<State>, options: RunOptions<St
   const control = await ControlConnection.open();
   let record;
   try {
-    record = await control.request('create', { pid: process.pid, frontend, readOnly, attributes: { ...attributes }, callbacks });
+    record = await control.request('create', { pid: process.pid, frontend, readOnly, attributes: { ...attributes }, callbacks, command: [...(options.command ?? [])] });
   } catch (error) {
     control.close();
     throw error;
   }
   const instance = new Instance(driver, options, control, record, attributes, given, false);
   try {
-    await driver.initialize?.(instance.ctx);
+    await lifeCycle('validate', () => driver.validate?.(instance.ctx));
+    await lifeCycle('initialize', () => driver.initialize?.(instance.ctx));
     instance.initialized = true;
     await instance.serve(await instance.frontend.start(), instance.frontend.kernelFd);
   } catch (error) {
@@ -370,7 +377,11 @@ export async function rerun<State>(device: DeviceName, driver: Driver<State>, op
     const attributes = frontendAttributes(current.frontend, adjustAttributes(inheritAttributes(given, currentAttributes), driver as Driver<never>));
     // Checked here too, so that a driver that cannot fit never disturbs the current one.
     checkReplacement(currentAttributes, current.callbacks, attributes, callbacks);
-    const answer = await control.request('rerun', { id: current.id, pid: process.pid, attributes: { ...attributes }, callbacks });
+    if (driver.validate) {
+      const ctx = { ...deviceNames(current), attributes, isRerun: true, readOnly: current.readOnly } as Context<State>;
+      await lifeCycle('validate', () => driver.validate!(ctx));
+    }
+    const answer = await control.request('rerun', { id: current.id, pid: process.pid, attributes: { ...attributes }, callbacks, command: [...(options.command ?? [])] });
     // No kernel end to take (-1): the previous driver died and the frontend connects afresh.
     fd = answer.kernelFd >= 0 ? native.getFd(answer.daemonPid, answer.kernelFd) : -1;
     instance = new Instance(driver, options, control, answer.record, attributes, given, true);
@@ -380,7 +391,7 @@ export async function rerun<State>(device: DeviceName, driver: Driver<State>, op
   }
   const { ctx, frontend } = instance;
   try {
-    await driver.initialize?.(ctx);
+    await lifeCycle('initialize', () => driver.initialize?.(ctx));
     instance.initialized = true;
     // Serving is reported before the first request is read: this driver has recovered the
     // device even if a re-sent request then kills it (that request's own limit deals with it).
@@ -397,9 +408,19 @@ export async function rerun<State>(device: DeviceName, driver: Driver<State>, op
     if (!adopted && fd >= 0) closeFd(fd);
     if (instance.initialized) await Promise.resolve(driver.terminate?.(ctx)).catch(() => undefined);
     control.close();
-    throw error;
+    throw afterHandover(error, ctx);
   }
   return instance.available();
+}
+
+/** A rerun's driver failed once the device was handed to it: say what became of the device. */
+function afterHandover(error: unknown, ctx: Context<unknown>): BdusError {
+  const message = error instanceof Error ? error.message : String(error);
+  const code = typeof (error as { code?: unknown })?.code === 'string' ? (error as { code: string }).code : 'EIO';
+  const fate = ctx.attributes.recoverable
+    ? `${ctx.path} stays without a driver (recoverable): its requests wait for the next one; give it one with \`bdus rerun ${ctx.path} DRIVER ...\` or end it with \`bdus destroy ${ctx.path}\``
+    : `${ctx.path} is not recoverable, so it is destroyed with its previous driver gone`;
+  return new BdusError(code, `${message}; ${fate}`, { cause: error });
 }
 
 /** What start() and rerun() share: one driver instance on its way to serving a device. */

@@ -166,8 +166,11 @@ export function adjustAttributes(attrs: Attributes, driver: Driver<never>): Effe
     refuse('physicalBlockSize', pbs, `must be 0 or a power of two from logicalBlockSize (${lbs}) to the page size (${PAGE_SIZE})`);
   }
   const size = integer(attrs, 'size');
-  if (size === 0 || size % pbs !== 0) {
-    refuse('size', attrs.size ?? 0, `must be a positive multiple of the physical block size (${pbs})`);
+  if (size === 0) {
+    throw new AttributeError('the device needs a size: this driver gives none, so give one (bdus run DRIVER --size SIZE, or the size attribute)');
+  }
+  if (size % pbs !== 0) {
+    refuse('size', attrs.size ?? 0, `must be a multiple of the physical block size (${pbs})`);
   }
   const concurrency = integer(attrs, 'maxConcurrentCallbacks');
 

@@ -50,7 +50,17 @@ export interface Driver<State = unknown> {
   readonly attributes?: Attributes;
 
   /**
-   * Runs once, before any other callback and before the device exists. If it fails, the device
+   * Checks that this driver instance can serve the device, before anything changes: its
+   * configuration makes sense, its backing store is reachable. On `bdus rerun` it runs before
+   * the current driver is asked to hand over, so a failure leaves the current driver serving,
+   * untouched; on a new device it runs before `initialize`, and a failure creates nothing.
+   * `ctx.state` is not set yet. It must not take what the current driver may still hold (an
+   * exclusive lock, a port): that belongs in `initialize`, which runs after the hand-over.
+   */
+  validate?(ctx: Context<State>): Promise<void> | void;
+
+  /**
+   * Runs once, before any other callback (but `validate`) and before the device exists. If it fails, the device
    * is never created, `terminate` is not called, and `run()` rejects with the error.
    */
   initialize?(ctx: Context<State>): Promise<void> | void;

@@ -20,6 +20,9 @@ const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
 const FALLOC_FL_ZERO_RANGE = 0x10;
 
+export const usage = 'PATH';
+export const description = 'mirrors PATH, a regular file or a block device, like the kernel\'s loop driver (recoverable)';
+
 interface LoopState {
   fd: number;
 }

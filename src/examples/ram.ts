@@ -1,15 +1,24 @@
 /**
- * ram: a device backed by this process's memory. Memory is committed only as it is written.
+ * ram: a device backed by this process's memory, committed only as it is written.
  *
  *   bdus run ram [--size 1G]
+ *
+ * The memory is anonymous mappings (not Node buffers): an untouched page costs nothing and reads
+ * as zeros, and discard and write-zeroes hand whole pages back to the system at once
+ * (madvise(MADV_DONTNEED)), so mkfs's discard of the whole device frees memory instead of
+ * touching every page, and `blkdiscard` takes what it takes on the kernel's own loop device.
  *
  * Not recoverable: its contents die with the process, and a new instance (`bdus rerun`) starts
  * with a device full of zeros.
  */
 import type { Context, Driver } from '../driver/driver.js';
+import { native } from '../native.js';
+
+export const description = 'a device in this process\'s memory, committed only as written (give --size; default 1 GiB)';
 
 /** Memory is kept in chunks: one Buffer cannot exceed 4 GiB. */
 const CHUNK = 1 << 30;
+const PAGE = native.pageSize;
 
 type Ram = Buffer[];
 
@@ -24,25 +33,38 @@ function forEachPiece(offset: number, size: number, fn: (chunk: Buffer, at: numb
   }
 }
 
+/** Zeros [at, at + length) of a chunk: whole pages are dropped, the partial pages at its ends filled. */
+function zero(chunk: Buffer, at: number, _done: number, length: number): void {
+  const first = Math.ceil(at / PAGE) * PAGE;
+  const last = Math.floor((at + length) / PAGE) * PAGE;
+  if (last <= first) {
+    chunk.fill(0, at, at + length);
+    return;
+  }
+  chunk.fill(0, at, first);
+  native.dropPages(chunk, first, last - first);
+  chunk.fill(0, last, at + length);
+}
+
 const ram: Driver<Ram> = {
   attributes: { size: 1 << 30, maxConcurrentCallbacks: 64 },
 
   initialize(ctx) {
     const { size } = ctx.attributes;
     ctx.state = [];
-    for (let at = 0; at < size; at += CHUNK) ctx.state.push(Buffer.alloc(Math.min(CHUNK, size - at)));
+    for (let at = 0; at < size; at += CHUNK) ctx.state.push(native.mapAnonymous(Math.min(CHUNK, size - at)));
   },
 
   read(buffer, offset, ctx) {
-    if (offset % CHUNK + buffer.length <= CHUNK) {
-      ctx.state[Math.floor(offset / CHUNK)]!.copy(buffer, 0, offset % CHUNK, offset % CHUNK + buffer.length);
+    if ((offset % CHUNK) + buffer.length <= CHUNK) {
+      ctx.state[Math.floor(offset / CHUNK)]!.copy(buffer, 0, offset % CHUNK, (offset % CHUNK) + buffer.length);
       return;
     }
     forEachPiece(offset, buffer.length, (chunk, at, done, length) => chunk.copy(buffer, done, at, at + length), ctx);
   },
 
   write(data, offset, ctx) {
-    if (offset % CHUNK + data.length <= CHUNK) {
+    if ((offset % CHUNK) + data.length <= CHUNK) {
       data.copy(ctx.state[Math.floor(offset / CHUNK)]!, offset % CHUNK);
       return;
     }
@@ -50,11 +72,11 @@ const ram: Driver<Ram> = {
   },
 
   writeZeros(offset, size, _mayUnmap, ctx) {
-    forEachPiece(offset, size, (chunk, at, _done, length) => chunk.fill(0, at, at + length), ctx);
+    forEachPiece(offset, size, zero, ctx);
   },
 
   discard(offset, size, ctx) {
-    forEachPiece(offset, size, (chunk, at, _done, length) => chunk.fill(0, at, at + length), ctx);
+    forEachPiece(offset, size, zero, ctx);
   },
 };
 

@@ -7,6 +7,8 @@
  */
 import type { Driver } from '../driver/driver.js';
 
+export const description = 'a read-only device of zeros (give --size; default 1 GiB)';
+
 const zero: Driver = {
   attributes: { size: 1 << 30, maxConcurrentCallbacks: 64 },
   read(buffer) {

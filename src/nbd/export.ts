@@ -17,6 +17,7 @@ import { untilClosed } from '../util/process.js';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createSecureContext } from 'node:tls';
+import { lifeCycle } from '../driver/life-cycle.js';
 import { BdusError } from '../driver/errors.js';
 import { NbdServer, type ListenAddress, type NbdTls } from './server.js';
 
@@ -167,7 +168,8 @@ export async function startExport<State>(driver: Driver<State>, options: ExportO
   };
   let exported: Export<State> | undefined;
   const requests = new RequestLayer(driver, ctx, { abort: (error) => void exported?.abort(error), log });
-  await driver.initialize?.(ctx);
+  await lifeCycle('validate', () => driver.validate?.(ctx));
+  await lifeCycle('initialize', () => driver.initialize?.(ctx));
   const server = exportServer(driver, ctx, requests, log, { ...options, tls });
   let address: ListenAddress;
   try {

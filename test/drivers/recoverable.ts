@@ -9,6 +9,7 @@
  *     fail-terminate       terminate fails
  *     slow-terminate=MS    terminate takes MS milliseconds
  *     fail-initialize      initialize fails
+ *     fail-validate        validate fails
  */
 import loop from '../../src/examples/loop.js';
 import { abort, DriverError, type Driver } from '../../src/index.js';
@@ -29,6 +30,9 @@ export default function recoverable(args: readonly string[]): Driver<{ fd: numbe
   return {
     ...base,
     attributes: { ...base.attributes, disablePartitionScanning: true },
+    validate() {
+      if (has('fail-validate')) throw new Error('validate refuses, as asked');
+    },
     initialize(ctx) {
       if (has('fail-initialize')) throw new Error('initialize fails, as asked');
       return base.initialize!(ctx);
