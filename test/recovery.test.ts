@@ -304,7 +304,7 @@ test('a recoverable device waiting for a driver can be destroyed; its waiting re
   assert.match((await bdus(['list'])).stdout, /available\s+none\s/);
   const waiting = readBlockInBackground(dev, 0);
   await sleep(300);
-  const r = await bdus(['destroy', dev]);
+  const r = await bdus(['destroy', '--force', dev]);
   assert.equal(r.code, 0, r.stderr);
   assert.notEqual((await waiting.done).code, 0, 'the waiting read fails');
   assert.deepEqual(await leftovers(), []);
