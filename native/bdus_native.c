@@ -5,6 +5,7 @@
 //
 //   fallocate(fd, mode, offset, length, callback(errno))  async, on the libuv pool
 //   blockDeviceSize(fd) -> bigint                         BLKGETSIZE64, sync
+//   loopSetCapacity(fd)                                   LOOP_SET_CAPACITY, sync
 //   dup2(oldfd, newfd)                                    sync
 //   tryLock(fd) -> boolean                                flock(LOCK_EX | LOCK_NB), sync
 //   getFd(pid, fd) -> fd                                  pidfd_open + pidfd_getfd, sync
@@ -26,6 +27,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <linux/loop.h>
 #include <node_api.h>
 #include <uv.h>
 #include <stdint.h>
@@ -141,6 +143,19 @@ static napi_value js_block_device_size(napi_env env, napi_callback_info info)
 
 // Daemonizing needs dup2: after the device is available the driver stops holding its caller's
 // stdout, or `dev=$(bdus run ...)` would wait forever.
+// A FUSE+loop device is resized by growing its image file, then telling loop to read its size.
+static napi_value js_loop_set_capacity(napi_env env, napi_callback_info info)
+{
+    size_t argc = 1;
+    napi_value argv[1];
+    int fd;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    CHECK(napi_get_value_int32(env, argv[0], &fd));
+    if (ioctl(fd, LOOP_SET_CAPACITY, 0) != 0)
+        return throw_errno(env, errno, "ioctl(LOOP_SET_CAPACITY)");
+    return NULL;
+}
+
 static napi_value js_dup2(napi_env env, napi_callback_info info)
 {
     size_t argc = 2;
@@ -584,6 +599,7 @@ static napi_value init(napi_env env, napi_value exports)
         {"fallocate", NULL, js_fallocate, NULL, NULL, NULL, napi_default, NULL},
         {"blockDeviceSize", NULL, js_block_device_size, NULL, NULL, NULL, napi_default, NULL},
         {"dup2", NULL, js_dup2, NULL, NULL, NULL, napi_default, NULL},
+        {"loopSetCapacity", NULL, js_loop_set_capacity, NULL, NULL, NULL, napi_default, NULL},
         {"tryLock", NULL, js_try_lock, NULL, NULL, NULL, napi_default, NULL},
         {"getFd", NULL, js_get_fd, NULL, NULL, NULL, napi_default, NULL},
         {"mapShared", NULL, js_map_shared, NULL, NULL, NULL, napi_default, NULL},

@@ -1,3 +1,5 @@
+/// <reference types="node" preserve="true" />
+// Kept in the emitted .d.ts: the public types use Buffer, and a project need not name node in its tsconfig.
 /** bdus: block devices in user space, written in TypeScript. The public API. */
 export type { Context, Driver, Extent } from './driver/driver.js';
 export type { DriverFactory, DriverModule, DriverOption, DriverOptions, DriverOptionValues } from './driver/module.js';
@@ -12,6 +14,7 @@ export {
   flushDevice,
   getDevIdFromPath,
   listDevices,
+  resizeDevice,
   stopDaemon,
   waitUntilDestroyed,
   type DestroyOptions,

@@ -1,9 +1,12 @@
 /**
  * The typed face of the native addon (native/bdus_native.c): only the system calls Node cannot
- * make. Built by `npm install` (node-gyp, against the local Node headers).
+ * make. node-gyp-build loads it: the local build (build/Release, made by `npm install` in a
+ * checkout) or else the package's prebuild for this platform (prebuilds/linux-x64, linux-arm64;
+ * see native/prebuild), so an installed package needs no compiler on those machines.
  */
 import { createRequire } from 'node:module';
 import { constants } from 'node:os';
+import { fileURLToPath } from 'node:url';
 
 interface NativeAddon {
   /** The system's page size in bytes. */
@@ -12,6 +15,8 @@ interface NativeAddon {
   fallocate(fd: number, mode: number, offset: number, length: number, callback: (errno: number) => void): void;
   /** ioctl(BLKGETSIZE64): a block device's size in bytes. */
   blockDeviceSize(fd: number): bigint;
+  /** ioctl(LOOP_SET_CAPACITY) on a loop device: it takes its backing file's size again. */
+  loopSetCapacity(fd: number): void;
   /** dup2(2). */
   dup2(oldFd: number, newFd: number): void;
   /** flock(LOCK_EX | LOCK_NB): true if this process now holds the lock, false if another does. */
@@ -75,7 +80,8 @@ export interface NbdNetlinkRequest {
 }
 
 const require = createRequire(import.meta.url);
-export const native: NativeAddon = require('../../build/Release/bdus_native.node') as NativeAddon;
+const load = require('node-gyp-build') as (root: string) => unknown;
+export const native = load(fileURLToPath(new URL('../..', import.meta.url))) as NativeAddon;
 
 /** fallocate(2) as a promise; rejects with a Node-style error carrying `code`. */
 export function fallocate(fd: number, mode: number, offset: number, length: number): Promise<void> {

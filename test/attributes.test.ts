@@ -2,7 +2,7 @@
 // never raised, 0 when the callbacks are absent, and a clear refusal naming attribute, value, rule.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { adjustAttributes, checkReplacement, inheritAttributes, PAGE_SIZE, type Attributes } from '../src/driver/attributes.js';
+import { adjustAttributes, checkReplacement, inheritAttributes, PAGE_SIZE, setDeviceSize, type Attributes } from '../src/driver/attributes.js';
 import { requestCallbacks } from '../src/driver/driver.js';
 import { AttributeError, type Driver } from '../src/index.js';
 
@@ -95,8 +95,12 @@ test('a fuaWrite callback needs a flush callback', () => {
   refused({ size: MiB }, /fuaWrite callback must also have a flush callback/, { write: noop, fuaWrite: noop });
 });
 
-test('the adjusted attributes are frozen', () => {
-  assert.ok(Object.isFrozen(adjustAttributes({ size: MiB }, full)));
+test('the adjusted attributes are read-only but for the size, which only a resize changes', () => {
+  const attributes = adjustAttributes({ size: MiB }, full);
+  assert.ok(Object.isSealed(attributes));
+  assert.throws(() => ((attributes as { logicalBlockSize: number }).logicalBlockSize = 4096), TypeError);
+  setDeviceSize(attributes, 2 * MiB);
+  assert.equal(attributes.size, 2 * MiB);
 });
 
 test('recovery settings: modes and limits are checked', () => {

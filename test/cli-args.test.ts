@@ -34,6 +34,7 @@ test('`bdus run ... -- ARGS` starts one driver process, not a chain of them', as
   const mark = `BDUS_TEST_MARK=${process.pid}-${Date.now()}`;
   const env = { ...process.env, [mark.split('=')[0]!]: mark.split('=')[1]! };
   t.after(() => killAll(mark)); // whatever the outcome, nothing of this test survives it
+  await bdus(['daemon', 'start']); // started on demand it would carry the mark too
   const r = await bdus(['run', 'zero', '--size', '1M', '--', 'foo', '--foreground'], { env, timeoutMs: 30_000 });
   assert.equal(r.code, 0, r.stderr);
   const dev = r.stdout.trim();

@@ -19,9 +19,10 @@ export interface Result {
 }
 
 /** Runs a command to completion; never rejects on a non-zero exit. */
-export function sh(file: string, args: readonly string[], options: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Result> {
+export function sh(file: string, args: readonly string[], options: { timeoutMs?: number; env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<Result> {
   return new Promise((resolve) => {
-    execFile(file, args, { timeout: options.timeoutMs ?? 120_000, env: options.env ?? process.env, maxBuffer: 64 << 20 }, (error, stdout, stderr) => {
+    const settings = { timeout: options.timeoutMs ?? 120_000, env: options.env ?? process.env, cwd: options.cwd, maxBuffer: 64 << 20 };
+    execFile(file, args, settings, (error, stdout, stderr) => {
       const code = error ? (typeof error.code === 'number' ? error.code : 1) : 0;
       resolve({ code, stdout: String(stdout), stderr: String(stderr) });
     });
@@ -29,7 +30,7 @@ export function sh(file: string, args: readonly string[], options: { timeoutMs?:
 }
 
 /** Runs a command and throws (with its output) unless it exits 0. */
-export async function must(file: string, args: readonly string[], options: { timeoutMs?: number } = {}): Promise<string> {
+export async function must(file: string, args: readonly string[], options: { timeoutMs?: number; env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<string> {
   const r = await sh(file, args, options);
   if (r.code !== 0) throw new Error(`${file} ${args.join(' ')} exited ${r.code}\n${r.stdout}\n${r.stderr}`);
   return r.stdout;

@@ -7,7 +7,8 @@
  * reach the driver; a SIGKILLed recoverable driver under fio verify is replaced with no error
  * to the client, and so is a live one (hand-over); a driver that is not recoverable takes its
  * device with it (EIO, nothing left); fail-all; fail-received is refused with a clear error.
- * And the kernel's NBD client attached to a `bdus export` by nbd-client (its own handshake).
+ * bdus resize grows the device under a mounted ext4, which resize2fs then grows. And the kernel's
+ * NBD client attached to a `bdus export` by nbd-client (its own handshake).
  */
 import assert from 'node:assert/strict';
 import { existsSync, rmSync } from 'node:fs';
@@ -89,6 +90,28 @@ function kernelTests(): void {
     assert.deepEqual(await leftovers(), []);
   });
 
+  test('bdus resize: the kernel takes the new size at once, and resize2fs grows a mounted ext4', async (t) => {
+    const dev = await device(t, ['ram', '--size', '64M', '--frontend', 'nbd']);
+    const mnt = scratch('mnt');
+    t.after(async () => {
+      await sh('umount', [mnt]);
+      rmSync(mnt, { recursive: true, force: true });
+    });
+    await must('mkfs.ext4', ['-q', dev]);
+    await must('mkdir', ['-p', mnt]);
+    await must('mount', [dev, mnt]);
+    await must('sh', ['-c', `head -c 8M /dev/urandom > ${mnt}/data && sha256sum ${mnt}/data > /run/resize.sum`]);
+    const resized = await bdus(['resize', dev, '256M']);
+    assert.equal(resized.code, 0, resized.stderr);
+    assert.equal((await must('blockdev', ['--getsize64', dev])).trim(), String(256 * MiB));
+    await must('resize2fs', [dev]);
+    const size = Number((await must('df', ['--output=size', '-B1', mnt])).split('\n')[1]);
+    assert.ok(size > 200 * MiB, `the mounted ext4 grew to ${size}`);
+    await must('sha256sum', ['-c', '/run/resize.sum']);
+    await must('umount', [mnt]);
+    await must('e2fsck', ['-fn', dev]);
+  });
+
   test('discard, write-zeroes and flush reach the driver', async (t) => {
     const log = scratch('requests');
     t.after(() => rmSync(log, { force: true }));
@@ -102,7 +125,10 @@ function kernelTests(): void {
 
   test('a recoverable driver killed under fio verify, then replaced live three times: 0 errors', async (t) => {
     const img = image(t);
-    const dev = await device(t, [RECOVERABLE, img, '--recoverable', '--request-timeout', '2s', '--frontend', 'nbd']);
+    // The kernel holds the dead driver's requests for its timeout plus the dead-connection
+    // timeout (each 1.25 request timeouts + 1 s): 12 s here, room for a rerun in the emulated
+    // VM (about 6 s there; 2s left it too little, and fio saw EIO now and then).
+    const dev = await device(t, [RECOVERABLE, img, '--recoverable', '--request-timeout', '4s', '--frontend', 'nbd']);
     const fio = fioVerify(t, dev);
     await sleep(1500);
     await kill(dev);

@@ -50,7 +50,7 @@ test('ram: memory only for what was written; discard and write-zeroes hand it ba
   // The kernel's loop device over /dev/shm, same size and data, side by side.
   const file = scratch('shm-image').replace('/tmp/', '/dev/shm/');
   writeFileSync(file, '');
-  truncateSync(file, 2 << 30);
+  truncateSync(file, 2 * 1024 * MiB);
   t.after(() => rmSync(file, { force: true }));
   const loop = (await must('losetup', ['--find', '--show', '--direct-io=on', file])).trim();
   t.after(() => sh('losetup', ['-d', loop]));

@@ -22,6 +22,8 @@ and a new daemon takes over the registry.
   --max-devices N   most devices at once (default ${DEFAULT_MAX_DEVICES})
 `;
 
+export const DAEMON_OPTIONS = { 'max-devices': { type: 'string' } } as const;
+
 function maxDevices(text: string | undefined): string[] {
   if (text === undefined) return [];
   if (!/^\d+$/.test(text) || Number(text) < 1) throw new UsageError(`invalid --max-devices '${text}': expected a whole number >= 1`);
@@ -29,7 +31,7 @@ function maxDevices(text: string | undefined): string[] {
 }
 
 export async function daemonCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommandLine('daemon', { args: argv, options: { 'max-devices': { type: 'string' } }, allowPositionals: true });
+  const { values, positionals } = parseCommandLine('daemon', { args: argv, options: DAEMON_OPTIONS, allowPositionals: true });
   const settings = maxDevices(values['max-devices']);
   switch (positionals[0]) {
     case 'run': {

@@ -30,7 +30,7 @@ ${attributeHelp()}
 
 const DEFAULT_PORT = 10809;
 
-const EXPORT_OPTIONS = {
+export const EXPORT_OPTIONS = {
   ...attributeOptions(),
   listen: { type: 'string' },
   name: { type: 'string' },

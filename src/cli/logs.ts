@@ -19,8 +19,10 @@ the logs of the last gone devices are kept, so \`bdus logs ID\` still shows why 
 
 const FOLLOW_POLL_MS = 250;
 
+export const LOGS_OPTIONS = { follow: { type: 'boolean', short: 'f' } } as const;
+
 export async function logsCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommandLine('logs', { args: argv, options: { follow: { type: 'boolean', short: 'f' } }, allowPositionals: true });
+  const { values, positionals } = parseCommandLine('logs', { args: argv, options: LOGS_OPTIONS, allowPositionals: true });
   if (positionals.length !== 1) throw new UsageError('bdus logs: give exactly one device (a path or an id)');
   const target = positionals[0]!;
   let id: string;

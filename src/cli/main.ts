@@ -1,11 +1,26 @@
 /** The `bdus` command: dispatch to subcommands and turn errors into one clear line. */
 import { daemonVersion } from '../control/manage.js';
 import { packageVersion } from '../version.js';
-import { DAEMON_HELP, daemonCommand } from './daemon.js';
-import { LOGS_HELP, logsCommand } from './logs.js';
-import { EXPORT_HELP, exportCommand } from './export.js';
-import { DESTROY_HELP, destroyCommand, FLUSH_HELP, flushCommand, INFO_HELP, infoCommand, LIST_HELP, listCommand } from './manage.js';
-import { RERUN_HELP, RUN_HELP, rerunCommand, runCommand } from './run.js';
+import { complete, COMPLETION_HELP, completionScript, type CompletionSpec } from './completion.js';
+import { DAEMON_HELP, DAEMON_OPTIONS, daemonCommand } from './daemon.js';
+import { EXPORT_HELP, EXPORT_OPTIONS, exportCommand } from './export.js';
+import { LOGS_HELP, LOGS_OPTIONS, logsCommand } from './logs.js';
+import {
+  DESTROY_HELP,
+  DESTROY_OPTIONS,
+  destroyCommand,
+  FLUSH_HELP,
+  flushCommand,
+  INFO_HELP,
+  INFO_OPTIONS,
+  infoCommand,
+  LIST_HELP,
+  LIST_OPTIONS,
+  listCommand,
+  RESIZE_HELP,
+  resizeCommand,
+} from './manage.js';
+import { RERUN_HELP, RERUN_OPTIONS, RUN_HELP, RUN_OPTIONS, rerunCommand, runCommand } from './run.js';
 import { suggest } from './suggest.js';
 import { UsageError } from './usage.js';
 
@@ -24,7 +39,9 @@ commands:
   info <path or id> [--<field> ...]                  everything about one device
   flush <path or id>...                              flush devices
   destroy [--force] [--no-flush] <path or id>...     destroy devices (refused while in use)
+  resize <path or id> <size>                         grow or shrink a device while it runs
   logs [--follow] <path or id>                       a device's log, across its drivers
+  completion <bash | zsh | fish>                     the shell completion script
   daemon <run | start | stop | status>               the control daemon
   version                                            versions of the CLI, library and daemon
 `;
@@ -36,18 +53,31 @@ async function versionCommand(): Promise<number> {
   return 0;
 }
 
-/** `ownHelp`: the command answers --help itself (with its driver's options when one is named). */
-const COMMANDS: Record<string, { help: string; run: (argv: string[]) => Promise<number>; ownHelp?: boolean }> = {
-  run: { help: RUN_HELP, run: runCommand, ownHelp: true },
-  rerun: { help: RERUN_HELP, run: rerunCommand, ownHelp: true },
-  export: { help: EXPORT_HELP, run: exportCommand, ownHelp: true },
-  list: { help: LIST_HELP, run: listCommand },
-  info: { help: INFO_HELP, run: infoCommand },
-  flush: { help: FLUSH_HELP, run: flushCommand },
-  destroy: { help: DESTROY_HELP, run: destroyCommand },
-  daemon: { help: DAEMON_HELP, run: daemonCommand },
-  logs: { help: LOGS_HELP, run: logsCommand },
-  version: { help: VERSION_HELP, run: versionCommand },
+interface Command extends CompletionSpec {
+  readonly help: string;
+  readonly run: (argv: string[]) => Promise<number>;
+  /** The command answers --help itself (with its driver's options when one is named). */
+  readonly ownHelp?: boolean;
+}
+
+const COMMANDS: Record<string, Command> = {
+  run: { help: RUN_HELP, run: runCommand, ownHelp: true, options: RUN_OPTIONS, positionals: 'driver' },
+  rerun: { help: RERUN_HELP, run: rerunCommand, ownHelp: true, options: RERUN_OPTIONS, positionals: 'device-then-driver' },
+  export: { help: EXPORT_HELP, run: exportCommand, ownHelp: true, options: EXPORT_OPTIONS, positionals: 'driver' },
+  list: { help: LIST_HELP, run: listCommand, options: LIST_OPTIONS, positionals: 'none' },
+  info: { help: INFO_HELP, run: infoCommand, options: INFO_OPTIONS, positionals: 'devices' },
+  flush: { help: FLUSH_HELP, run: flushCommand, options: {}, positionals: 'devices' },
+  destroy: { help: DESTROY_HELP, run: destroyCommand, options: DESTROY_OPTIONS, positionals: 'devices' },
+  resize: { help: RESIZE_HELP, run: resizeCommand, options: {}, positionals: 'devices' },
+  logs: { help: LOGS_HELP, run: logsCommand, options: LOGS_OPTIONS, positionals: 'devices' },
+  daemon: { help: DAEMON_HELP, run: daemonCommand, options: DAEMON_OPTIONS, positionals: ['run', 'start', 'stop', 'status'] },
+  version: { help: VERSION_HELP, run: versionCommand, options: {}, positionals: 'none' },
+  completion: {
+    help: COMPLETION_HELP,
+    run: async ([shell]) => (process.stdout.write(completionScript(shell)), 0),
+    options: {},
+    positionals: ['bash', 'zsh', 'fish'],
+  },
 };
 
 export async function main(argv: string[]): Promise<number> {
@@ -59,6 +89,11 @@ export async function main(argv: string[]): Promise<number> {
       return name === undefined ? 2 : 0;
     }
     if (name === '--version') return await versionCommand();
+    if (name === '__complete') {
+      const candidates = complete(rest, COMMANDS);
+      process.stdout.write(candidates.length ? `${candidates.join('\n')}\n` : '');
+      return 0;
+    }
     const command = COMMANDS[name];
     if (!command) {
       const nearest = suggest(name, Object.keys(COMMANDS));

@@ -1,7 +1,7 @@
 /** `bdus list`, `info`, `flush`, `destroy`: the management commands, over the typed API. */
 import { ATTRIBUTE_NAMES } from '../driver/attributes.js';
-import { destroyDevice, deviceInfo, flushDevice, listDevices, type DeviceInfo } from '../control/manage.js';
-import { flagName } from './options.js';
+import { destroyDevice, deviceInfo, flushDevice, listDevices, resizeDevice, type DeviceInfo } from '../control/manage.js';
+import { flagName, parseSize } from './options.js';
 import { parseCommandLine } from './suggest.js';
 import { UsageError } from './usage.js';
 
@@ -70,8 +70,12 @@ function table(rows: string[][]): string {
   return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ')).join('\n');
 }
 
+export const LIST_OPTIONS = { json: { type: 'boolean' } } as const;
+export const INFO_OPTIONS = Object.fromEntries(INFO_FIELDS.map((f) => [f, { type: 'boolean' as const }]));
+export const DESTROY_OPTIONS = { 'no-flush': { type: 'boolean' }, quiet: { type: 'boolean', short: 'q' }, force: { type: 'boolean', short: 'f' } } as const;
+
 export async function listCommand(argv: string[]): Promise<number> {
-  const { values } = parseCommandLine('list', { args: argv, options: { json: { type: 'boolean' } } });
+  const { values } = parseCommandLine('list', { args: argv, options: LIST_OPTIONS });
   const devices = await listDevices();
   if (values.json) {
     process.stdout.write(`${JSON.stringify(devices, (_, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2)}\n`);
@@ -118,8 +122,7 @@ function field(d: DeviceInfo, name: (typeof INFO_FIELDS)[number]): string {
 }
 
 export async function infoCommand(argv: string[]): Promise<number> {
-  const options = Object.fromEntries(INFO_FIELDS.map((f) => [f, { type: 'boolean' as const }]));
-  const { positionals, tokens } = parseCommandLine('info', { args: argv, options, allowPositionals: true, tokens: true });
+  const { positionals, tokens } = parseCommandLine('info', { args: argv, options: INFO_OPTIONS, allowPositionals: true, tokens: true });
   if (positionals.length !== 1) throw new UsageError('bdus info: give exactly one device (a path or an id)');
   const d = await deviceInfo(positionals[0]!);
   const asked = tokens.filter((t) => t.kind === 'option').map((t) => t.name as (typeof INFO_FIELDS)[number]);
@@ -159,7 +162,7 @@ export async function flushCommand(argv: string[]): Promise<number> {
 export async function destroyCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parseCommandLine('destroy', {
     args: argv,
-    options: { 'no-flush': { type: 'boolean' }, quiet: { type: 'boolean', short: 'q' }, force: { type: 'boolean', short: 'f' } },
+    options: DESTROY_OPTIONS,
     allowPositionals: true,
   });
   if (positionals.length === 0) throw new UsageError('bdus destroy: missing the device (a path or an id)');
@@ -172,5 +175,22 @@ export async function destroyCommand(argv: string[]): Promise<number> {
         : () => process.stderr.write(`bdus: still flushing ${target}; the driver may be stuck (use --no-flush to skip the flush)\n`),
     });
   }
+  return 0;
+}
+
+export const RESIZE_HELP = `usage: bdus resize <path or id> <size>
+
+Grows or shrinks a device while it runs (sizes as for --size: 4096, 64M, 2G). Its driver's
+resize callback takes the new size or refuses it; then the kernel does (FUSE+loop: loop's
+capacity change; kernel NBD: a netlink reconfigure), and clients see it at once (blockdev
+--getsize64; \`resize2fs DEVICE\` then grows a mounted ext4). Shrinking gives up what lies past
+the new size: shrink the filesystem first. A driver without a resize callback keeps its size.
+`;
+
+export async function resizeCommand(argv: string[]): Promise<number> {
+  const { positionals } = parseCommandLine('resize', { args: argv, options: {}, allowPositionals: true });
+  if (positionals.length !== 2) throw new UsageError('bdus resize: give the device (a path or an id) and its new size');
+  const d = await resizeDevice(positionals[0]!, parseSize(positionals[1]!));
+  process.stdout.write(`${d.path}: ${Number(d.attributes.size)} bytes (${formatSize(Number(d.attributes.size))})\n`);
   return 0;
 }

@@ -68,7 +68,7 @@ attributes:
 ${attributeHelp()}
 `;
 
-const SHARED_OPTIONS = {
+export const RERUN_OPTIONS = {
   ...attributeOptions(),
   foreground: { type: 'boolean' },
   export: { type: 'string' },
@@ -77,6 +77,8 @@ const SHARED_OPTIONS = {
   'tls-certificates': { type: 'string' },
   'tls-verify-peer': { type: 'boolean' },
 } as const;
+
+export const RUN_OPTIONS = { ...RERUN_OPTIONS, frontend: { type: 'string' } } as const;
 
 export function runCommand(argv: string[]): Promise<number> {
   return runDriver('run', argv);
@@ -87,8 +89,14 @@ export function rerunCommand(argv: string[]): Promise<number> {
 }
 
 async function runDriver(command: 'run' | 'rerun', argv: string[]): Promise<number> {
-  const own = command === 'run' ? { ...SHARED_OPTIONS, frontend: { type: 'string' } as const } : SHARED_OPTIONS;
-  const line = await parseDriverCommand(command, argv, own, command === 'rerun' ? 1 : 0);
+  // The background child checks the whole command line and reports on our stdout and stderr;
+  // going there at once keeps a rerun quick (the kernel may be holding requests meanwhile).
+  const ownWords = argv.includes('--') ? argv.slice(0, argv.indexOf('--')) : argv;
+  const inForeground = ownWords.some((word) => word === '--foreground' || word === '--help' || word === '-h');
+  const readyFd = process.env[READY_FD_ENV];
+  if (!inForeground && readyFd === undefined) return runInBackground(command, argv);
+
+  const line = await parseDriverCommand(command, argv, command === 'run' ? RUN_OPTIONS : RERUN_OPTIONS, command === 'rerun' ? 1 : 0);
   if (line.help) {
     process.stdout.write(`${command === 'run' ? RUN_HELP : RERUN_HELP}${line.driver ? `\n${driverHelp(line.driver)}` : ''}`);
     return 0;
@@ -98,8 +106,6 @@ async function runDriver(command: 'run' | 'rerun', argv: string[]): Promise<numb
   const listen = values.export === undefined ? undefined : parseListen(values.export as string);
   const tls = tlsFromFlags(values.tls as string | undefined, values['tls-certificates'] as string | undefined, values['tls-verify-peer'] as boolean | undefined);
   if (!listen && (tls || values['export-name'] !== undefined)) throw new UsageError(`bdus ${command}: --export-name and --tls need --export`);
-  const readyFd = process.env[READY_FD_ENV];
-  if (!values.foreground && readyFd === undefined) return runInBackground(command, argv);
 
   const driver = await makeDriver(module!, line.args, line.options);
   // What to type to run this driver again: shown by list and info.

@@ -103,6 +103,8 @@ export class Daemon {
   private readonly lock = new Lock();
   private readonly drivers = new Map<string, Connection>();
   private readonly holdings = new Map<string, Holding>();
+  /** Devices being resized: takes their driver's answer. */
+  private readonly resizing = new Map<string, (answer: Omit<Requests['resized']['args'], 'id'>) => void>();
   private readonly connections = new Set<Connection>();
   private readonly log: (line: string) => void;
   private server: Server | undefined;
@@ -260,9 +262,48 @@ export class Daemon {
         holding.handover({ id: record.id, ok: boolean(m, 'ok'), message: typeof m.message === 'string' ? m.message : '' });
         return null;
       }
+      case 'resize':
+        return this.resize(this.registry.get(parseId(m.id)), integer(m, 'size'));
+      case 'resized': {
+        const record = this.owned(connection, m);
+        const answer = this.resizing.get(record.id);
+        if (!answer) throw new BdusError('EINVAL', `device ${record.id} is not being resized`);
+        answer({ ok: boolean(m, 'ok'), message: typeof m.message === 'string' ? m.message : '', size: integer(m, 'size') });
+        return null;
+      }
       default:
         throw new BdusError('EINVAL', `unknown operation ${JSON.stringify(m.op)}`);
     }
+  }
+
+  /**
+   * Has the device's driver resize it (its callback, then the kernel), and keeps the new size in
+   * the record: what a later driver must fit, and what the keeper shows while none runs.
+   */
+  private async resize(record: DeviceRecord, size: number): Promise<DeviceRecord> {
+    const driver = this.drivers.get(record.id);
+    if (record.state !== 'available' || !driver) {
+      throw new BdusError('EAGAIN', `${record.path} has no driver serving it right now (${record.state === 'available' ? 'waiting for bdus rerun' : record.state}): resize it once one does`);
+    }
+    if (this.resizing.has(record.id)) throw new BdusError('EBUSY', `${record.path} is already being resized`);
+    type Answer = Requests['resized']['args'] | undefined;
+    const answer = await new Promise<Omit<NonNullable<Answer>, 'id'> | undefined>((resolve) => {
+      const died = () => resolve(undefined);
+      driver.socket.once('close', died);
+      this.resizing.set(record.id, (result) => {
+        driver.socket.off('close', died);
+        resolve(result);
+      });
+      driver.send({ event: 'resize', size } satisfies DaemonEvent);
+    }).finally(() => this.resizing.delete(record.id));
+    if (!answer) throw new BdusError('ESRCH', `the driver of ${record.path} ended while resizing it`);
+    if (!answer.ok) throw new BdusError('EINVAL', `${record.path} keeps its size (${record.attributes.size} bytes): ${answer.message}`);
+    if (this.registry.has(record)) {
+      record.attributes = { ...record.attributes, size: answer.size };
+      this.registry.update(record);
+      this.log(`device ${record.id} resized to ${answer.size} bytes`);
+    }
+    return record;
   }
 
   // ---- Life cycle -----------------------------------------------------------------------------

@@ -161,6 +161,20 @@ export function destroyDevice(device: DeviceName, options: DestroyOptions = {}):
   });
 }
 
+/**
+ * Resizes a device while it runs: its driver's resize callback takes the new size (or refuses),
+ * then the kernel (loop's capacity change on FUSE+loop, a netlink reconfigure on kernel NBD), and
+ * clients see it (blockdev --getsize64; resize2fs can grow a mounted ext4 then). `size` is a
+ * positive multiple of the physical block size. Rejects with the reason, the size unchanged, if
+ * the driver has no resize callback or refuses, or the device has no driver right now.
+ */
+export function resizeDevice(device: DeviceName, size: number): Promise<DeviceInfo> {
+  return withDaemon(async (c) => {
+    const record = await lookUp(c, device);
+    return toInfo(await c.request('resize', { id: record.id, size }));
+  });
+}
+
 /** Resolves once the device with this id has been destroyed (at once if it already has). */
 export function waitUntilDestroyed(id: bigint): Promise<void> {
   return withDaemon(async (c) => {

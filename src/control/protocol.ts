@@ -118,15 +118,22 @@ export interface Requests {
   };
   /** The current driver, asked to `replace`, has stopped: ok unless its flush or terminate failed. */
   handover: { args: { id: string; ok: boolean; message: string }; result: null };
+  /**
+   * Resizes a device (`bdus resize`): the daemon asks its driver (the `resize` event), which
+   * answers with `resized`; the answer comes once clients see the new size, or with why not.
+   */
+  resize: { args: { id: string; size: number }; result: DeviceRecord };
+  /** The driver's answer to a `resize` event: ok once its callback and the kernel took `size`. */
+  resized: { args: { id: string; ok: boolean; message: string; size: number }; result: null };
 }
 
 export type Operation = keyof Requests;
 
 /**
- * Events the daemon sends a driver: destroy its device; or stop serving it and hand over to a
- * replacement (answer with `handover`).
+ * Events the daemon sends a driver: destroy its device; stop serving it and hand over to a
+ * replacement (answer with `handover`); or resize it (answer with `resized`).
  */
-export type DaemonEvent = { event: 'destroy' } | { event: 'replace' };
+export type DaemonEvent = { event: 'destroy' } | { event: 'replace' } | { event: 'resize'; size: number };
 
 export type Reply =
   | { seq: number; ok: true; result: unknown }

@@ -25,6 +25,8 @@ import {
   checkReplacement,
   describeAdjustments,
   inheritAttributes,
+  setDeviceSize,
+  sizeProblem,
   type Attributes,
   type EffectiveAttributes,
 } from '../driver/attributes.js';
@@ -238,10 +240,42 @@ export class Device<State = unknown> {
     }
   }
 
+  /**
+   * The daemon's `resize` event (`bdus resize`): the driver's resize callback, then the kernel;
+   * if the kernel refuses, the callback is asked back to the old size. Answers with `resized`.
+   */
+  private async resize(size: number): Promise<void> {
+    const { attributes } = this.ctx;
+    const old = attributes.size;
+    let message = '';
+    try {
+      if (this.ending) throw new BdusError('ENODEV', 'its driver instance is ending');
+      const problem = sizeProblem(size, attributes);
+      if (problem) throw new BdusError('EINVAL', problem);
+      if (!this.driver.resize) throw new BdusError('EOPNOTSUPP', 'its driver has no resize callback, so its size cannot change');
+      if (size !== old) {
+        await this.driver.resize(size, this.ctx);
+        setDeviceSize(attributes, size);
+        try {
+          await this.frontend.resize(size);
+        } catch (error) {
+          setDeviceSize(attributes, old);
+          await Promise.resolve(this.driver.resize(old, this.ctx)).catch(() => undefined);
+          throw new BdusError('EIO', `the kernel refused the new size: ${(error as Error).message}`);
+        }
+        this.log(`resized from ${old} to ${size} bytes`);
+      }
+    } catch (error) {
+      message = error instanceof Error ? error.message : String(error);
+    }
+    await this.control.request('resized', { id: this.ctx.id.toString(), ok: message === '', message, size: attributes.size }).catch(() => undefined);
+  }
+
   private listen(control: ControlConnection): void {
     control.onEvent = (event) => {
       if (event.event === 'destroy') void this.destroy();
       else if (event.event === 'replace') this.handOver();
+      else void this.resize(event.size);
     };
     void control.closed.then(() => {
       if (!this.ending) void this.reattach();
@@ -459,7 +493,11 @@ class Instance<State> {
     // `available`) are kept for it.
     control.onEvent = (event) => {
       if (event.event === 'destroy') this.destroyAsked = true;
-      else this.replaceAsked = true;
+      else if (event.event === 'replace') this.replaceAsked = true;
+      else {
+        const answer = { id: record.id, ok: false, message: 'its driver is still starting: try again', size: attributes.size };
+        void control.request('resized', answer).catch(() => undefined);
+      }
     };
     this.requests = new RequestLayer(driver, this.ctx, { abort: (error) => void this.device?.abort(error), log });
     const frontendOptions = { index: record.index, attributes, readOnly, requests: this.requests, log };

@@ -197,7 +197,7 @@ export function adjustAttributes(attrs: Attributes, driver: Driver<never>): Effe
     throw new AttributeError('invalid driver: a driver with a fuaWrite callback must also have a flush callback');
   }
 
-  return Object.freeze({
+  return lockAttributes({
     size,
     logicalBlockSize: lbs,
     physicalBlockSize: pbs,
@@ -215,6 +215,30 @@ export function adjustAttributes(attrs: Attributes, driver: Driver<never>): Effe
     transferTries: limits[2] || DEFAULT_TRANSFER_TRIES,
     log: flag(attrs, 'log'),
   });
+}
+
+/**
+ * Makes adjusted attributes read-only, but for `size`: one object is shared by the context, the
+ * request layer and the frontend, and a resize (setDeviceSize) changes its size for all of them.
+ */
+export function lockAttributes(attributes: EffectiveAttributes): EffectiveAttributes {
+  for (const name of Object.keys(attributes)) {
+    if (name !== 'size') Object.defineProperty(attributes, name, { writable: false });
+  }
+  return Object.seal(attributes);
+}
+
+/** The device's new size, once its driver and its kernel path took it (see Device.resize). */
+export function setDeviceSize(attributes: EffectiveAttributes, size: number): void {
+  (attributes as { size: number }).size = size;
+}
+
+/** Why `size` cannot be the size of a device with these attributes, or undefined if it can. */
+export function sizeProblem(size: number, attributes: Pick<EffectiveAttributes, 'physicalBlockSize'>): string | undefined {
+  if (!Number.isSafeInteger(size) || size <= 0 || size % attributes.physicalBlockSize !== 0) {
+    return `invalid size ${size}: must be a positive multiple of the physical block size (${attributes.physicalBlockSize})`;
+  }
+  return undefined;
 }
 
 /**

@@ -1,3 +1,5 @@
+/// <reference types="node" preserve="true" />
+// Kept in the emitted .d.ts: the public types use Buffer, and a project need not name node in its tsconfig.
 /**
  * The driver API: what a driver writer implements and what bdus guarantees to it.
  *
@@ -77,6 +79,19 @@ export interface Driver<State = unknown> {
    * Not called if `initialize` failed, after an abort, or if the process is killed.
    */
   terminate?(ctx: Context<State>): Promise<void> | void;
+
+  /**
+   * The device is asked to become `size` bytes (`bdus resize`, resizeDevice()): make the store
+   * that size, or throw to refuse (the device keeps its size; the error reaches the user). Growing:
+   * the new range must read back as zeros. Shrinking: what lies past `size` is given up.
+   * `size` is a positive multiple of the physical block size, and differs from the current one.
+   * It may run while request callbacks are in progress; requests for the new range reach
+   * callbacks only after it returned, and once it returned, none reach past a smaller size.
+   * `ctx.attributes.size` changes once it returned and the kernel took the new size (the kernel
+   * refusing calls it again with the old size). Without it, the device cannot be resized.
+   * Kernel paths: FUSE+loop (loop's capacity change) and kernel NBD (netlink reconfigure).
+   */
+  resize?(size: number, ctx: Context<State>): Promise<void> | void;
 
   /** Fill `buffer` (exactly the request's size) with the data at `offset`. */
   read?(buffer: Buffer, offset: number, ctx: Context<State>): Promise<void> | void;

@@ -6,7 +6,7 @@
  * Write-zeroes and discard go through fallocate(2) on PATH. Safely recoverable: every byte of the
  * device lives in PATH, and each operation is idempotent.
  */
-import { closeSync, constants, fstatSync, fsync, openSync, read, write } from 'node:fs';
+import { closeSync, constants, fstatSync, fsync, ftruncate, openSync, read, write } from 'node:fs';
 import { promisify } from 'node:util';
 import type { Driver } from '../driver/driver.js';
 import { DriverError } from '../driver/errors.js';
@@ -15,6 +15,7 @@ import { fallocate, native } from '../native.js';
 const readAsync = promisify(read);
 const writeAsync = promisify(write);
 const fsyncAsync = promisify(fsync);
+const ftruncateAsync = promisify(ftruncate);
 
 const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
@@ -74,6 +75,12 @@ export default function loop(args: readonly string[]): Driver<LoopState> {
         await fallocate(ctx.state.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, size);
         await fallocate(ctx.state.fd, FALLOC_FL_KEEP_SIZE, offset, size);
       }
+    },
+
+    // A file grows or shrinks with the device (the new range reads as zeros); a block device cannot.
+    async resize(size, ctx) {
+      if (fstatSync(ctx.state.fd).isBlockDevice()) throw new DriverError('EOPNOTSUPP', `${path} is a block device: its size is its own`);
+      await ftruncateAsync(ctx.state.fd, size);
     },
 
     async discard(offset, size, ctx) {

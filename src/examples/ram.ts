@@ -16,7 +16,10 @@ import { native } from '../native.js';
 
 export const description = 'a device in this process\'s memory, committed only as written (give --size; default 1 GiB)';
 
-/** Memory is kept in chunks: one Buffer cannot exceed 4 GiB. */
+/**
+ * Memory is kept in chunks: one Buffer cannot exceed 4 GiB. Each is mapped whole, whatever the
+ * size: an unwritten page costs nothing, and a resize within a chunk maps nothing new.
+ */
 const CHUNK = 1 << 30;
 const PAGE = native.pageSize;
 
@@ -50,9 +53,16 @@ const ram: Driver<Ram> = {
   attributes: { size: 1 << 30, maxConcurrentCallbacks: 64 },
 
   initialize(ctx) {
-    const { size } = ctx.attributes;
     ctx.state = [];
-    for (let at = 0; at < size; at += CHUNK) ctx.state.push(native.mapAnonymous(Math.min(CHUNK, size - at)));
+    while (ctx.state.length * CHUNK < ctx.attributes.size) ctx.state.push(native.mapAnonymous(CHUNK));
+  },
+
+  // Growing maps chunks (the new range reads as zeros); shrinking drops what lies past the end.
+  resize(size, ctx) {
+    const old = ctx.attributes.size;
+    if (size < old) forEachPiece(size, old - size, zero, ctx);
+    while (ctx.state.length * CHUNK < size) ctx.state.push(native.mapAnonymous(CHUNK));
+    ctx.state.length = Math.ceil(size / CHUNK);
   },
 
   read(buffer, offset, ctx) {

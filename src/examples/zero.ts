@@ -14,6 +14,9 @@ const zero: Driver = {
   read(buffer) {
     buffer.fill(0);
   },
+  resize() {
+    // zeros of any size
+  },
   // NBD clients (qemu-img map, nbdcopy) see that nothing is stored, and copy nothing.
   extents(_offset, size) {
     return [{ length: size, hole: true, zero: true }];

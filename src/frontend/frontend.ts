@@ -63,6 +63,11 @@ export interface Frontend {
    */
   release(): void | Promise<void>;
   /**
+   * Tells the kernel the device is now `size` bytes (the attributes already say so): clients
+   * see the new size when it resolves. Rejects if the kernel refuses.
+   */
+  resize(size: number): Promise<void>;
+  /**
    * Resolves when the kernel side has ended: with undefined after stop(), with the reason if it
    * ended on its own (say, someone unmounted it).
    */

@@ -6,7 +6,7 @@
  */
 import { existsSync } from 'node:fs';
 import { AttributeError, BdusError } from '../driver/errors.js';
-import type { EffectiveAttributes } from '../driver/attributes.js';
+import { lockAttributes, type EffectiveAttributes } from '../driver/attributes.js';
 import { nbdAvailable } from './nbd/netlink.js';
 
 export const FRONTENDS = ['auto', 'fuse', 'nbd'] as const;
@@ -45,5 +45,5 @@ export function frontendAttributes(frontend: string, attributes: EffectiveAttrib
   // ctx.attributes: a hint lost, never a guarantee broken (requests stay aligned to the
   // logical block size).
   if (attributes.physicalBlockSize === attributes.logicalBlockSize) return attributes;
-  return Object.freeze({ ...attributes, physicalBlockSize: attributes.logicalBlockSize });
+  return lockAttributes({ ...attributes, physicalBlockSize: attributes.logicalBlockSize });
 }

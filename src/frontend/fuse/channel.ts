@@ -42,6 +42,9 @@ export function bufferSizeFor(maxWrite: number): number {
 
 /** FUSE_NOTIFY_RESEND: the kernel sends every request read but not yet answered again. */
 const NOTIFY_RESEND = 7;
+/** FUSE_NOTIFY_INVAL_INODE, with struct fuse_notify_inval_inode_out: ino u64, off i64, len i64. */
+const NOTIFY_INVAL_INODE = 2;
+const INVAL_INODE_SIZE = 24;
 
 export class FuseChannel<S extends ChannelSlot> {
   /** Set when this process must not answer anything any more (it is giving the device up). */
@@ -109,6 +112,18 @@ export class FuseChannel<S extends ChannelSlot> {
     const notify = Buffer.alloc(OutHeader.SIZE);
     notify.writeInt32LE(NOTIFY_RESEND, OutHeader.error);
     this.reply(notify, OutHeader.SIZE);
+  }
+
+  /**
+   * Has the kernel forget what it knows of inode `ino`'s attributes (its size, say): the next
+   * look at them asks us again. Offset -1: the page cache stays.
+   */
+  invalidateAttributes(ino: number): void {
+    const notify = Buffer.alloc(OutHeader.SIZE + INVAL_INODE_SIZE);
+    notify.writeInt32LE(NOTIFY_INVAL_INODE, OutHeader.error);
+    notify.writeBigUInt64LE(BigInt(ino), OutHeader.SIZE);
+    notify.writeBigInt64LE(-1n, OutHeader.SIZE + 8);
+    this.reply(notify, notify.length);
   }
 
   private readonly readable = (status: number): void => {

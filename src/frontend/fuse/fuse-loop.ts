@@ -15,16 +15,18 @@
  *   write-zeroes, no unmap       FALLOCATE(ZERO_RANGE)       writeZeros(mayUnmap=false)
  * Loop never sends FUA writes (it reports no FUA), secure erase, write-same or ioctls to the file.
  */
-import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, promises as fsp, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import type { Frontend, FrontendOptions, KernelDevice } from '../frontend.js';
 import type { RequestLayer } from '../../request/request-layer.js';
 import { Holder, isResent, restartLimitOf, type RestartTable } from '../../request/restart-table.js';
+import { native } from '../../native.js';
 import { execute } from '../../util/exec.js';
 import { RUN_DIR } from '../../util/paths.js';
 import { bufferSizeFor, FuseChannel } from './channel.js';
 import { answerFileRequest, readU64, type ImageFile } from './image-file.js';
 import {
+  FUSE_ROOT_ID,
   FallocateIn,
   FallocateMode,
   InHeader,
@@ -71,7 +73,7 @@ export class FuseLoopFrontend implements Frontend {
   private readonly slots: Slot[] = [];
   private readonly expiryReply = Buffer.alloc(OutHeader.SIZE);
   private readonly mountpoint: string;
-  private readonly image: ImageFile;
+  private image: ImageFile;
   private fd = -1;
   private channel: FuseChannel<Slot> | undefined;
   private mounted = false;
@@ -146,6 +148,35 @@ export class FuseLoopFrontend implements Frontend {
   release(): void {
     if (this.fd >= 0) closeSync(this.fd);
     this.fd = -1;
+  }
+
+  /**
+   * The image file takes the new size (the kernel forgets its cached attributes and asks again),
+   * then loop reads its backing file's size again (LOOP_SET_CAPACITY).
+   */
+  async resize(size: number): Promise<void> {
+    if (!this.channel || !this.loopPath) throw new Error('the device is not being served');
+    const before = this.image;
+    try {
+      await this.showImageSize({ ...before, size });
+      const loop = await fsp.open(this.loopPath, 'r');
+      try {
+        native.loopSetCapacity(loop.fd);
+      } finally {
+        await loop.close();
+      }
+    } catch (error) {
+      await this.showImageSize(before).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /** Answers for the image with `image` from now on, and has the kernel ask again. */
+  private async showImageSize(image: ImageFile): Promise<void> {
+    this.image = image;
+    this.channel!.invalidateAttributes(FUSE_ROOT_ID);
+    const stat = await fsp.stat(this.mountpoint);
+    if (stat.size !== image.size) throw new Error(`the kernel still sees ${stat.size} bytes in ${this.mountpoint}`);
   }
 
   /** Starts reading requests; requests the restart table knows of are looked up there. */

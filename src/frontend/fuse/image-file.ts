@@ -10,7 +10,7 @@ import type { Slot } from './slot.js';
 import { Attr, AttrOut, InHeader, Opcode, OpenFlag, OpenOut, OutHeader, S_IFREG, StatfsOut } from './protocol.js';
 
 const { ENOENT, ENOSYS, EROFS } = constants.errno;
-/** Attributes never change while mounted; let the kernel cache them for a day. */
+/** Attributes change only on a resize, which tells the kernel to forget them: let it cache them for a day. */
 const ATTR_VALID_SECONDS = 86400;
 const OUT = OutHeader.SIZE;
 

@@ -47,6 +47,9 @@ export function opcodeName(opcode: number): string {
   return opcodeNames.get(opcode) ?? `OPCODE_${opcode}`;
 }
 
+/** The mount's root, here the image file itself (FUSE_ROOT_ID). */
+export const FUSE_ROOT_ID = 1;
+
 /** struct fuse_in_header: len u32, opcode u32, unique u64, nodeid u64, uid, gid, pid u32, total_extlen u16, padding u16. */
 export const InHeader = { len: 0, opcode: 4, unique: 8, nodeid: 16, uid: 24, gid: 28, pid: 32, SIZE: 40 } as const;
 /** struct fuse_out_header: len u32, error i32 (negative errno), unique u64. */

@@ -169,6 +169,11 @@ export class KernelNbdFrontend implements Frontend {
     this.socket = undefined;
   }
 
+  /** The kernel takes the new size at once (netlink reconfigure, Linux 5.3 and later). */
+  async resize(size: number): Promise<void> {
+    await nbdReconfigure(this.index, { sizeBytes: size, backend: backendOf(this.options.id) });
+  }
+
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;

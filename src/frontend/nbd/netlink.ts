@@ -32,10 +32,10 @@ export function nbdConnect(options: NbdConnect): Promise<number> {
   return call({ command: Command.CONNECT, ...options }, 'connect');
 }
 
-/** Gives a device whose socket died a new one; the requests it held go there. */
+/** Gives a device whose socket died a new one (the requests it held go there), or a new size or timeouts. */
 export async function nbdReconfigure(
   index: number,
-  options: { backend: string; socket?: number; timeout?: number; deadConnTimeout?: number },
+  options: { backend: string; socket?: number; timeout?: number; deadConnTimeout?: number; sizeBytes?: number },
 ): Promise<void> {
   await call({ command: Command.RECONFIGURE, index, ...options }, 'reconfigure');
 }
