@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { adjustAttributes, checkReplacement, inheritAttributes, PAGE_SIZE, setDeviceSize, type Attributes } from '../src/driver/attributes.js';
-import { requestCallbacks } from '../src/driver/driver.js';
+import { requestCallbacks } from '../src/driver/callbacks.js';
 import { AttributeError, type Driver } from '../src/index.js';
 
 const noop = () => undefined;
@@ -125,6 +125,6 @@ test('a rerun inherits what it leaves out, and must fit the device (BDUS)', () =
   const readOnly: Driver<never> = { read: noop };
   assert.throws(
     () => checkReplacement(device, all, adjustAttributes(inheritAttributes({}, device), readOnly), requestCallbacks(readOnly)),
-    /lacks the write, writeSame, writeZeros, fuaWrite, discard, secureErase, flush callbacks the current driver has/,
+    /lacks the write, writeSame, writeZeros, fuaWrite, flush, discard, secureErase callbacks the current driver has/,
   );
 });

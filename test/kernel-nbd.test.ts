@@ -112,6 +112,18 @@ function kernelTests(): void {
     await must('e2fsck', ['-fn', dev]);
   });
 
+  test('a driver that never answers a read: it fails within the request timeout, and the next request is served', async (t) => {
+    const img = image(t);
+    const dev = await device(t, [RECOVERABLE, img, 'hang-read-at=0', '--request-timeout', '2s', '--frontend', 'nbd']);
+    const started = Date.now();
+    const stuck = await readBlock(dev, 0);
+    const seconds = (Date.now() - started) / 1000;
+    assert.notEqual(stuck.code, 0, 'the read fails');
+    assert.match(stuck.stderr, /Input\/output error/, 'nbd.ko turns every error reply into EIO');
+    assert.ok(seconds >= 2 && seconds < 4.5, `it failed after ${seconds} s (timeout 2 s)`);
+    assert.equal((await readBlock(dev, 4096)).code, 0, 'the next read is served');
+  });
+
   test('discard, write-zeroes and flush reach the driver', async (t) => {
     const log = scratch('requests');
     t.after(() => rmSync(log, { force: true }));

@@ -266,3 +266,26 @@ test('bdus run --export: one driver instance serves the device and NBD clients; 
   assert.equal((await bdus(['destroy', dev])).code, 0);
   assert.notEqual((await sh('nbdinfo', [uri])).code, 0, 'the export ended with the device');
 });
+
+test('a driver that never answers: the NBD client gets an error within the request timeout, and the next request is served', async (t) => {
+  const img = scratchFile(t, 'image');
+  writeFileSync(img, Buffer.alloc(MiB));
+  const { uri } = await exportDriver(t, [`${DRIVERS}/recoverable.js`, img, 'hang-read-at=0', '--request-timeout', '2s']);
+  const script = [
+    'import time',
+    'started = time.time()',
+    'try:',
+    '    h.pread(4096, 0)',
+    '    print("answered")',
+    'except nbd.Error as e:',
+    '    print("error", e.errno, round(time.time() - started, 1))',
+    'print("next", len(h.pread(4096, 4096)))',
+  ].join('\n');
+  const r = await nbdsh(uri, script);
+  assert.equal(r.code, 0, r.stderr);
+  const [first, next] = r.stdout.trim().split('\n');
+  const [, errno, seconds] = first!.split(' ');
+  assert.equal(errno, 'EIO', `NBD has no ETIMEDOUT: EIO (${first})`);
+  assert.ok(Number(seconds) >= 2 && Number(seconds) <= 4, `failed after ${seconds} s (timeout 2 s)`);
+  assert.equal(next, 'next 4096');
+});

@@ -7,7 +7,23 @@ import { constants } from 'node:os';
 import { test } from 'node:test';
 import { adjustAttributes } from '../src/driver/attributes.js';
 import { abort, DriverError, type Context, type Driver } from '../src/index.js';
+import { Exchange } from '../src/request/exchange.js';
 import { RequestLayer } from '../src/request/request-layer.js';
+
+/** An exchange that resolves with its answer: a request's outcome as a frontend gets it. */
+class Answered extends Exchange {
+  constructor(private readonly resolve: (errno: number) => void) {
+    super();
+  }
+  answer(errno: number): void {
+    this.resolve(errno);
+  }
+  finish(): void {}
+}
+
+function ask(start: (x: Exchange) => void): Promise<number> {
+  return new Promise((resolve) => start(new Answered(resolve)));
+}
 
 const { EIO, ENOSPC, ENOLINK, ETIMEDOUT, EINVAL, EOPNOTSUPP } = constants.errno;
 
@@ -31,29 +47,29 @@ const recordingWriter: Driver<string[]> = {
 
 test('FUA write without fuaWrite becomes write then flush', async () => {
   const { requests, calls } = layer(recordingWriter);
-  assert.equal(await requests.fuaWrite(Buffer.alloc(4096, 7), 8192), 0);
+  assert.equal(await ask((x) => requests.fuaWrite(x, Buffer.alloc(4096, 7), 8192)), 0);
   assert.deepEqual(calls, ['write 8192 4096 7', 'flush']);
 });
 
 test('write-zeroes without writeZeros becomes writes of zeros, split to maxReadWriteSize', async () => {
   const { requests, calls } = layer(recordingWriter, { maxReadWriteSize: 65536 });
-  assert.equal(await requests.writeZeros(0, 131072 + 4096, false), 0);
+  assert.equal(await ask((x) => requests.writeZeros(x, 0, 131072 + 4096, false)), 0);
   assert.deepEqual(calls, ['write 0 65536 0', 'write 65536 65536 0', 'write 131072 4096 0']);
 });
 
 test('write-same without writeSame becomes writes of the repeated block', async () => {
   const { requests, calls } = layer(recordingWriter);
-  assert.equal(await requests.writeSame(Buffer.alloc(512, 9), 1024, 2048), 0);
+  assert.equal(await ask((x) => requests.writeSame(x, Buffer.alloc(512, 9), 1024, 2048)), 0);
   assert.deepEqual(calls, ['write 1024 2048 9']);
-  assert.equal(await requests.writeSame(Buffer.alloc(100), 0, 512), EINVAL, 'the block must be one logical block');
+  assert.equal(await ask((x) => requests.writeSame(x, Buffer.alloc(100), 0, 512)), EINVAL, 'the block must be one logical block');
 });
 
 test('requests are checked before any callback runs', async () => {
   const { requests, calls } = layer(recordingWriter);
-  assert.equal(await requests.write(Buffer.alloc(4096), 100), EINVAL);
-  assert.equal(await requests.write(Buffer.alloc(4096), (1 << 20) - 512), EINVAL);
-  assert.equal(await requests.writeZeros(0, 0, true), EINVAL);
-  assert.equal(await requests.discard(0, 4096), EOPNOTSUPP);
+  assert.equal(await ask((x) => requests.write(x, Buffer.alloc(4096), 100)), EINVAL);
+  assert.equal(await ask((x) => requests.write(x, Buffer.alloc(4096), (1 << 20) - 512)), EINVAL);
+  assert.equal(await ask((x) => requests.writeZeros(x, 0, 0, true)), EINVAL);
+  assert.equal(await ask((x) => requests.discard(x, 0, 4096)), EOPNOTSUPP);
   assert.deepEqual(calls, []);
 });
 
@@ -69,17 +85,17 @@ test('errors map to ENOLINK, ENOSPC, ETIMEDOUT or EIO', async () => {
   ];
   for (const [thrown, errno] of codes) {
     const { requests } = layer({ read: () => Promise.reject(thrown) });
-    assert.equal(await requests.read(Buffer.alloc(512), 0), errno, String(thrown));
+    assert.equal(await ask((x) => requests.read(x, Buffer.alloc(512), 0)), errno, String(thrown));
   }
 });
 
 test('an abort fails the request with EIO and calls the abort hook once; later requests fail', async () => {
   const { requests, aborts } = layer({ read: () => abort('broken'), write: () => undefined });
-  assert.equal(await requests.read(Buffer.alloc(512), 0), EIO);
+  assert.equal(await ask((x) => requests.read(x, Buffer.alloc(512), 0)), EIO);
   assert.equal(aborts.length, 1);
   assert.equal(aborts[0]!.message, 'broken');
   requests.abortAll();
-  assert.equal(await requests.write(Buffer.alloc(512), 0), EIO);
+  assert.equal(await ask((x) => requests.write(x, Buffer.alloc(512), 0)), EIO);
 });
 
 test('at most maxConcurrentCallbacks callbacks run at once; drain waits for them', async () => {
@@ -92,7 +108,7 @@ test('at most maxConcurrentCallbacks callbacks run at once; drain waits for them
       active--;
     },
   });
-  const all = Array.from({ length: 20 }, (_, i) => requests.read(Buffer.alloc(512), i * 512));
+  const all = Array.from({ length: 20 }, (_, i) => ask((x) => requests.read(x, Buffer.alloc(512), i * 512)));
   const drained = requests.drain();
   assert.deepEqual(await Promise.all(all), Array(20).fill(0));
   await drained;
@@ -118,19 +134,57 @@ test('transfer retries (seed 000): a read or write failing with EIO is called ag
   };
   const { requests, calls } = layer(flaky);
   failures = 4;
-  assert.equal(await requests.read(Buffer.alloc(512), 0), 0, 'the fifth call succeeds');
+  assert.equal(await ask((x) => requests.read(x, Buffer.alloc(512), 0)), 0, 'the fifth call succeeds');
   assert.equal(calls.length, 5);
   calls.length = 0;
   failures = 5;
-  assert.equal(await requests.read(Buffer.alloc(512), 0), EIO, 'five failures: the client sees EIO');
+  assert.equal(await ask((x) => requests.read(x, Buffer.alloc(512), 0)), EIO, 'five failures: the client sees EIO');
   assert.equal(calls.length, 5);
   calls.length = 0;
-  assert.equal(await requests.write(Buffer.alloc(512), 0), ENOSPC);
-  assert.equal(await requests.flush(), EIO);
+  assert.equal(await ask((x) => requests.write(x, Buffer.alloc(512), 0)), ENOSPC);
+  assert.equal(await ask((x) => requests.flush(x)), EIO);
   assert.deepEqual(calls, ['write 0', 'flush'], 'only EIO transfers are retried');
 
   const once = layer(flaky, { transferTries: 1 });
   failures = 1;
-  assert.equal(await once.requests.read(Buffer.alloc(512), 0), EIO);
+  assert.equal(await ask((x) => once.requests.read(x, Buffer.alloc(512), 0)), EIO);
   assert.equal(once.calls.length, 1);
+});
+
+test('a request whose callback never answers gets ETIMEDOUT after requestTimeout; its buffers stay the callback\'s until it ends', async () => {
+  let finishRead!: () => void;
+  const stuck: Driver<string[]> = {
+    read(buffer, offset) {
+      if (offset === 0) return new Promise<void>((resolve) => (finishRead = resolve));
+      buffer.fill(1);
+    },
+  };
+  const { requests } = layer(stuck, { requestTimeout: 200 });
+  const alive = setTimeout(() => undefined, 5000); // the request timer alone does not keep a process alive
+  let finished = false;
+  const started = Date.now();
+  const errno = await new Promise<number>((resolve) =>
+    requests.read(
+      new (class extends Exchange {
+        answer(e: number) {
+          resolve(e);
+        }
+        finish() {
+          finished = true;
+        }
+      })(),
+      Buffer.alloc(512),
+      0,
+    ),
+  );
+  const waited = Date.now() - started;
+  assert.equal(errno, ETIMEDOUT);
+  assert.ok(waited >= 200 && waited < 400, `answered after ${waited} ms (timeout 200 ms, slack a quarter)`);
+  assert.equal(finished, false, 'the callback still holds the buffer');
+  assert.equal(await ask((x) => requests.read(x, Buffer.alloc(512), 512)), 0, 'the next request is served');
+  finishRead();
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(finished, true, 'finished once the callback ended, without a second answer');
+  await requests.drain();
+  clearTimeout(alive);
 });

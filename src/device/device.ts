@@ -30,9 +30,10 @@ import {
   type Attributes,
   type EffectiveAttributes,
 } from '../driver/attributes.js';
-import { isReadOnly, requestCallbacks, type Context, type Driver, type RequestCallback } from '../driver/driver.js';
+import { isReadOnly, requestCallbacks, type RequestCallback } from '../driver/callbacks.js';
+import type { Context, Driver } from '../driver/driver.js';
 import { BdusError } from '../driver/errors.js';
-import { lifeCycle } from '../driver/life-cycle.js';
+import { lifeCycle, type InstanceOptions } from '../driver/life-cycle.js';
 import { ControlConnection } from '../control/client.js';
 import { deviceNames, lookUp, type DeviceName } from '../control/manage.js';
 import type { DeviceRecord } from '../control/protocol.js';
@@ -67,13 +68,7 @@ export interface DeviceExport {
   close(): Promise<void>;
 }
 
-export interface RunOptions<State = unknown> {
-  /** Attributes; they override the driver's own `attributes`. */
-  attributes?: Attributes;
-  /** Initial value of `ctx.state`. */
-  state?: State;
-  /** Where the device's log lines go (default: stderr, prefixed with the device path). */
-  log?: (line: string) => void;
+export interface RunOptions<State = unknown> extends InstanceOptions<State> {
   /**
    * The kernel path of a new device (start() only; a rerun keeps the device's): 'fuse'
    * (FUSE+loop), 'nbd' (the kernel NBD client), or 'auto' (default: FUSE+loop where the kernel
@@ -355,9 +350,9 @@ async function flushNode(path: string): Promise<void> {
 export async function start<State>(driver: Driver<State>, options: RunOptions<State> = {}): Promise<Device<State>> {
   const frontend = await chooseFrontend(options.frontend);
   const given: Attributes = { ...driver.attributes, ...options.attributes };
-  const attributes = frontendAttributes(frontend, adjustAttributes(given, driver as Driver<never>));
-  const readOnly = isReadOnly(driver as Driver<never>);
-  const callbacks = requestCallbacks(driver as Driver<never>);
+  const attributes = frontendAttributes(frontend, adjustAttributes(given, driver));
+  const readOnly = isReadOnly(driver);
+  const callbacks = requestCallbacks(driver);
 
   const control = await ControlConnection.open();
   let record;
@@ -399,7 +394,7 @@ export async function start<State>(driver: Driver<State>, options: RunOptions<St
  */
 export async function rerun<State>(device: DeviceName, driver: Driver<State>, options: RunOptions<State> = {}): Promise<Device<State>> {
   const given: Attributes = { ...driver.attributes, ...options.attributes };
-  const callbacks = requestCallbacks(driver as Driver<never>);
+  const callbacks = requestCallbacks(driver);
 
   const control = await ControlConnection.open();
   let instance: Instance<State>;
@@ -408,7 +403,7 @@ export async function rerun<State>(device: DeviceName, driver: Driver<State>, op
     const current = await lookUp(control, device);
     const currentAttributes = current.attributes as unknown as EffectiveAttributes;
     await chooseFrontend(current.frontend as FrontendChoice);
-    const attributes = frontendAttributes(current.frontend, adjustAttributes(inheritAttributes(given, currentAttributes), driver as Driver<never>));
+    const attributes = frontendAttributes(current.frontend, adjustAttributes(inheritAttributes(given, currentAttributes), driver));
     // Checked here too, so that a driver that cannot fit never disturbs the current one.
     checkReplacement(currentAttributes, current.callbacks, attributes, callbacks);
     if (driver.validate) {
@@ -480,7 +475,7 @@ class Instance<State> {
     const log = options.log ?? ((line: string) => process.stderr.write(`${record.path}: ${line}\n`));
     this.log = log;
     if (attributes.log) for (const line of describeAdjustments(given, attributes)) log(line);
-    const readOnly = isRerun ? record.readOnly : isReadOnly(driver as Driver<never>);
+    const readOnly = isRerun ? record.readOnly : isReadOnly(driver);
     // The context is the driver's view; a new device's kernel fields are filled in once it exists.
     this.ctx = {
       ...deviceNames(record),

@@ -6,8 +6,8 @@
  * but never raises it; a max size whose callbacks are all absent becomes 0. Callbacks see the
  * adjusted values in `ctx.attributes`.
  */
+import { bounds, requestCallbacks, type RequestCallback } from './callbacks.js';
 import { AttributeError, BdusError } from './errors.js';
-import type { Driver } from './driver.js';
 import { native } from '../native.js';
 
 export interface Attributes {
@@ -149,13 +149,14 @@ function maxSize(value: number, present: boolean, fallback: number, cap: number,
  * Validates `attrs` for a new device run by `driver` and returns the adjusted attributes.
  * Throws an AttributeError naming the attribute, the value and the rule.
  */
-export function adjustAttributes(attrs: Attributes, driver: Driver<never>): EffectiveAttributes {
+export function adjustAttributes(attrs: Attributes, driver: object): EffectiveAttributes {
   for (const name of Object.keys(attrs)) {
     if (!(name in ATTRIBUTES)) {
       throw new AttributeError(`unknown attribute '${name}' (known: ${ATTRIBUTE_NAMES.join(', ')})`);
     }
   }
-  const has = (n: keyof Driver<never>) => typeof driver[n] === 'function';
+  const callbacks = requestCallbacks(driver);
+  const has = (name: RequestCallback) => callbacks.includes(name);
 
   const lbs = integer(attrs, 'logicalBlockSize') || 512;
   if (!isPowerOfTwo(lbs) || lbs < 512 || lbs > PAGE_SIZE) {
@@ -202,10 +203,10 @@ export function adjustAttributes(attrs: Attributes, driver: Driver<never>): Effe
     logicalBlockSize: lbs,
     physicalBlockSize: pbs,
     maxConcurrentCallbacks: Math.min(concurrency || 1, MAX_CONCURRENT_CALLBACKS),
-    maxReadWriteSize: maxSize(rw, has('read') || has('write') || has('fuaWrite'), DEFAULT_MAX_READ_WRITE_SIZE, MAX_READ_WRITE_SIZE, lbs),
-    maxWriteSameSize: maxSize(ranges[0], has('writeSame'), DEFAULT_MAX_RANGE_SIZE, DEFAULT_MAX_RANGE_SIZE, lbs),
-    maxWriteZerosSize: maxSize(ranges[1], has('writeZeros'), DEFAULT_MAX_RANGE_SIZE, DEFAULT_MAX_RANGE_SIZE, lbs),
-    maxDiscardEraseSize: maxSize(ranges[2], has('discard') || has('secureErase'), DEFAULT_MAX_RANGE_SIZE, DEFAULT_MAX_RANGE_SIZE, lbs),
+    maxReadWriteSize: maxSize(rw, bounds('maxReadWriteSize', callbacks), DEFAULT_MAX_READ_WRITE_SIZE, MAX_READ_WRITE_SIZE, lbs),
+    maxWriteSameSize: maxSize(ranges[0], bounds('maxWriteSameSize', callbacks), DEFAULT_MAX_RANGE_SIZE, DEFAULT_MAX_RANGE_SIZE, lbs),
+    maxWriteZerosSize: maxSize(ranges[1], bounds('maxWriteZerosSize', callbacks), DEFAULT_MAX_RANGE_SIZE, DEFAULT_MAX_RANGE_SIZE, lbs),
+    maxDiscardEraseSize: maxSize(ranges[2], bounds('maxDiscardEraseSize', callbacks), DEFAULT_MAX_RANGE_SIZE, DEFAULT_MAX_RANGE_SIZE, lbs),
     requestTimeout: timeout || DEFAULT_REQUEST_TIMEOUT_MS,
     disablePartitionScanning: flag(attrs, 'disablePartitionScanning'),
     recoverable: flag(attrs, 'recoverable'),

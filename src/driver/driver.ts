@@ -157,19 +157,3 @@ export interface Extent {
   /** Reads back as zeros (NBD_STATE_ZERO). */
   readonly zero?: boolean;
 }
-
-/** Request callbacks whose presence makes a device writable. */
-export const WRITE_CALLBACKS = ['write', 'writeSame', 'writeZeros', 'fuaWrite', 'discard', 'secureErase'] as const;
-
-/** Every request callback, in a stable order (used for logs and for rerun compatibility checks). */
-export const REQUEST_CALLBACKS = ['read', ...WRITE_CALLBACKS, 'flush', 'ioctl'] as const;
-export type RequestCallback = (typeof REQUEST_CALLBACKS)[number];
-
-/** The request callbacks `driver` has, in REQUEST_CALLBACKS order. */
-export function requestCallbacks(driver: Driver<never>): RequestCallback[] {
-  return REQUEST_CALLBACKS.filter((name) => typeof driver[name] === 'function');
-}
-
-export function isReadOnly(driver: Driver<never>): boolean {
-  return !WRITE_CALLBACKS.some((name) => typeof driver[name] === 'function');
-}

@@ -1,5 +1,16 @@
-/** Life-cycle callbacks as a device or an export runs them. */
+/** What a device and an export share of a driver instance's life: its options, its life-cycle callbacks. */
+import type { Attributes } from './attributes.js';
 import { BdusError } from './errors.js';
+
+/** Options of one driver instance, for a device (RunOptions) or an export (ExportOptions). */
+export interface InstanceOptions<State = unknown> {
+  /** Attributes; they override the driver's own `attributes`. */
+  attributes?: Attributes;
+  /** Initial value of `ctx.state`. */
+  state?: State;
+  /** Where the instance's log lines go (default: stderr, prefixed with the device path or export URI). */
+  log?: (line: string) => void;
+}
 
 /**
  * Runs a life-cycle callback, naming it in its error: "the driver's initialize failed: ...".

@@ -9,19 +9,19 @@
  * ends every connection at once, without terminate.
  */
 import { adjustAttributes, describeAdjustments, type Attributes, type EffectiveAttributes } from '../driver/attributes.js';
-import { isReadOnly, requestCallbacks, type Context, type Driver } from '../driver/driver.js';
+import { isReadOnly, requestCallbacks } from '../driver/callbacks.js';
+import type { Context, Driver } from '../driver/driver.js';
 import { RequestLayer } from '../request/request-layer.js';
-import type { RunOptions } from '../device/device.js';
 import { Outcome } from '../util/outcome.js';
 import { untilClosed } from '../util/process.js';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createSecureContext } from 'node:tls';
-import { lifeCycle } from '../driver/life-cycle.js';
+import { lifeCycle, type InstanceOptions } from '../driver/life-cycle.js';
 import { BdusError } from '../driver/errors.js';
 import { NbdServer, type ListenAddress, type NbdTls } from './server.js';
 
-export interface ExportOptions<State = unknown> extends RunOptions<State> {
+export interface ExportOptions<State = unknown> extends InstanceOptions<State> {
   /** Where to listen: `{ unix: path }` or `{ host, port }` (port 0: any free one). */
   listen: ListenAddress;
   /** The export's name (default ""); clients asking for "" get it too. */
@@ -138,7 +138,7 @@ export function exportServer(
     description: options.description ?? '',
     attributes: ctx.attributes,
     readOnly: ctx.readOnly,
-    callbacks: requestCallbacks(driver as Driver<never>),
+    callbacks: requestCallbacks(driver),
     requests,
     log,
     tls: options.tls,
@@ -148,12 +148,12 @@ export function exportServer(
 /** Starts exporting `driver` and resolves once it listens (after onDeviceAvailable). */
 export async function startExport<State>(driver: Driver<State>, options: ExportOptions<State>): Promise<Export<State>> {
   const given: Attributes = { ...driver.attributes, ...options.attributes };
-  const attributes = adjustAttributes(given, driver as Driver<never>);
+  const attributes = adjustAttributes(given, driver);
   const tls = options.tls ? loadTls(options.tls) : undefined;
   const name = options.name ?? '';
   const log = options.log ?? ((line: string) => process.stderr.write(`bdus export: ${line}\n`));
   if (attributes.log) for (const line of describeAdjustments(given, attributes)) log(line);
-  const readOnly = isReadOnly(driver as Driver<never>);
+  const readOnly = isReadOnly(driver);
   const ctx: Context<State> = {
     id: 0n,
     index: -1,

@@ -14,10 +14,11 @@ import { createServer, Socket, type Server, type SocketConstructorOpts } from 'n
 import { TLSSocket, type SecureContext } from 'node:tls';
 import { rmSync } from 'node:fs';
 import type { EffectiveAttributes } from '../driver/attributes.js';
-import type { Extent, RequestCallback } from '../driver/driver.js';
+import type { RequestCallback } from '../driver/callbacks.js';
 import { native } from '../native.js';
 import type { RequestLayer } from '../request/request-layer.js';
-import { MessageInput, type PooledBuffer, type Slab } from './input.js';
+import { MessageInput, type PooledBuffer } from './input.js';
+import { Answer, NbdRequest, type NbdReplies } from './request.js';
 import {
   BASE_ALLOCATION,
   BASE_ALLOCATION_ID,
@@ -202,7 +203,9 @@ export class Connection {
   private structured = false;
   private allocationContext = false;
   private transmitting = false;
+  /** Requests handed to the request layer and not yet answered. */
   private inFlight = 0;
+  private readonly pool: NbdRequest[] = [];
   private ending = false;
   private muted = false;
   private onClose: (() => void) | undefined;
@@ -514,9 +517,21 @@ export class Connection {
     });
   }
 
+  /** A request record from the pool (see request.ts). */
+  private take(header: Buffer): NbdRequest {
+    const request = this.pool.pop() ?? new NbdRequest(this.replies);
+    // Copied out: the header's bytes may be reused (a slab) before the reply leaves.
+    request.high = header.readUInt32BE(RequestHeader.cookie);
+    request.low = header.readUInt32BE(RequestHeader.cookie + 4);
+    request.kind = Answer.STATUS;
+    return request;
+  }
+
   /**
-   * A request's payload or a reply, when it needs a buffer of its own; `payload`: the pooled
-   * buffer holding `data`, if it was gathered from several socket chunks.
+   * Decodes one request and hands it to the request layer, which answers it through the
+   * record's answer() (in replies below). What is checked here is the wire: the command, its
+   * flags and the payload's length; everything else is the request layer's.
+   * `payload`: the pooled buffer holding `data`, if it was gathered from several socket chunks.
    */
   private request(header: Buffer, data: Buffer | undefined, payload: PooledBuffer | undefined): void {
     const flags = header.readUInt16BE(RequestHeader.flags);
@@ -524,95 +539,105 @@ export class Connection {
     // Two 32-bit reads, not a BigInt per request; past 2^53 the value is inexact but still outside.
     const offset = header.readUInt32BE(RequestHeader.offset) * 0x1_0000_0000 + header.readUInt32BE(RequestHeader.offset + 4);
     const length = header.readUInt32BE(RequestHeader.length);
-    // Copied out: the header's bytes may be reused (a slab) before the reply leaves.
-    const cookie: Cookie = { high: header.readUInt32BE(RequestHeader.cookie), low: header.readUInt32BE(RequestHeader.cookie + 4) };
+    const request = this.take(header);
     const { requests } = this.exported;
-    const size = this.exported.attributes.size;
-    const outside = offset + length > size;
-    if (this.exported.readOnly && WRITES.has(type)) return this.replyError(cookie, NbdError.EPERM);
-    let pending: Promise<number>;
+    const outside = offset + length > this.exported.attributes.size;
+    if (this.exported.readOnly && WRITES.has(type)) return this.refuse(request, NbdError.EPERM, payload);
     switch (type) {
-      case Command.READ:
-        if (outside || length > MAX_PAYLOAD) return this.replyError(cookie, NbdError.EINVAL);
-        return this.read(cookie, offset, length);
+      case Command.READ: {
+        if (outside || length > MAX_PAYLOAD) return this.refuse(request, NbdError.EINVAL, payload);
+        const headerSize = this.structured ? ChunkHeader.SIZE + 8 : SimpleReply.SIZE;
+        const reply = this.input.buffers.take(headerSize + length);
+        if (this.structured) {
+          writeChunkHeader(reply.buffer, request, ReplyFlag.DONE, ReplyType.OFFSET_DATA, 8 + length);
+          reply.buffer.writeBigUInt64BE(BigInt(offset), ChunkHeader.SIZE);
+        } else {
+          reply.buffer.writeUInt32BE(SIMPLE_REPLY_MAGIC, SimpleReply.magic);
+          reply.buffer.writeUInt32BE(0, SimpleReply.error);
+          writeCookie(reply.buffer, request, SimpleReply.cookie);
+        }
+        request.kind = Answer.READ;
+        request.reply = reply;
+        this.inFlight++;
+        return requests.read(request, reply.buffer.subarray(headerSize), offset);
+      }
       case Command.WRITE:
-        if (outside) return this.replyError(cookie, NbdError.EINVAL);
-        pending = flags & CommandFlag.FUA ? requests.fuaWrite(data!, offset) : requests.write(data!, offset);
-        break;
+        if (outside) return this.refuse(request, NbdError.EINVAL, payload);
+        // The payload is a view into a slab (unless it was gathered): kept until the callback ends.
+        request.payload = payload;
+        request.slab = payload ? undefined : this.input.hold();
+        this.inFlight++;
+        if (flags & CommandFlag.FUA) return requests.fuaWrite(request, data!, offset);
+        return requests.write(request, data!, offset);
       case Command.FLUSH:
-        pending = requests.flush();
-        break;
+        this.inFlight++;
+        return requests.flush(request);
       case Command.TRIM:
-        if (outside) return this.replyError(cookie, NbdError.EINVAL);
-        pending = requests.discard(offset, length);
-        break;
+        if (outside) return this.refuse(request, NbdError.EINVAL, payload);
+        this.inFlight++;
+        return requests.discard(request, offset, length);
       case Command.WRITE_ZEROES:
-        if (outside) return this.replyError(cookie, NbdError.EINVAL);
-        if (flags & CommandFlag.FAST_ZERO && !this.exported.callbacks.includes('writeZeros')) return this.replyError(cookie, NbdError.ENOTSUP);
-        pending = requests.writeZeros(offset, length, (flags & CommandFlag.NO_HOLE) === 0);
-        break;
+        if (outside) return this.refuse(request, NbdError.EINVAL, payload);
+        if (flags & CommandFlag.FAST_ZERO && !this.exported.callbacks.includes('writeZeros')) return this.refuse(request, NbdError.ENOTSUP, payload);
+        this.inFlight++;
+        return requests.writeZeros(request, offset, length, (flags & CommandFlag.NO_HOLE) === 0);
       case Command.BLOCK_STATUS:
-        if (outside || length === 0 || !this.allocationContext) return this.replyError(cookie, NbdError.EINVAL);
-        return this.blockStatus(cookie, offset, length, (flags & CommandFlag.REQ_ONE) !== 0);
+        if (outside || length === 0 || !this.allocationContext) return this.refuse(request, NbdError.EINVAL, payload);
+        request.kind = Answer.EXTENTS;
+        request.one = (flags & CommandFlag.REQ_ONE) !== 0;
+        request.extents.length = 0;
+        this.inFlight++;
+        return requests.extents(request, offset, length, request.extents);
       case Command.CACHE: // advisory: nothing to do
-        return this.replyStatus(cookie, 0);
+        return this.refuse(request, 0, payload);
       default:
-        return this.replyError(cookie, NbdError.EINVAL);
+        return this.refuse(request, NbdError.EINVAL, payload);
     }
-    // A write's payload is a view into a slab (unless it was gathered): it stays untouched until the callback ends.
-    const slab = payload ? undefined : this.input.hold();
-    this.inFlight++;
-    void pending.then((errno) => {
-      payload?.release();
-      this.replyStatus(cookie, nbdError(errno));
-      this.done(slab);
-    });
   }
 
-  /** Reads straight into the reply: the callback fills the bytes after the header in place. */
-  private read(cookie: Cookie, offset: number, length: number): void {
-    const headerSize = this.structured ? ChunkHeader.SIZE + 8 : SimpleReply.SIZE;
-    const pooled = this.input.buffers.take(headerSize + length);
-    const reply = pooled.buffer;
-    if (this.structured) {
-      writeChunkHeader(reply, cookie, ReplyFlag.DONE, ReplyType.OFFSET_DATA, 8 + length);
-      reply.writeBigUInt64BE(BigInt(offset), ChunkHeader.SIZE);
-    } else {
-      reply.writeUInt32BE(SIMPLE_REPLY_MAGIC, SimpleReply.magic);
-      reply.writeUInt32BE(0, SimpleReply.error);
-      writeCookie(reply, cookie, SimpleReply.cookie);
-    }
-    this.inFlight++;
-    void this.exported.requests.read(reply.subarray(headerSize), offset).then((errno) => {
-      if (errno === 0) this.send(reply, pooled.release);
-      else {
-        this.replyError(cookie, nbdError(errno));
-        pooled.release();
-      }
-      this.done(undefined);
-    });
+  /** Answers a request at once, without the request layer (refused on the wire, or nothing to do). */
+  private refuse(request: NbdRequest, error: number, payload: PooledBuffer | undefined): void {
+    this.replyStatus(request, error);
+    payload?.release();
+    this.pool.push(request);
   }
+
+  /** The request layer's answers and ends of requests (see NbdRequest). */
+  private readonly replies: NbdReplies = {
+    answer: (request, errno) => {
+      const reply = request.reply;
+      if (request.kind === Answer.READ && errno === 0 && reply) {
+        request.reply = undefined; // the socket releases it once written
+        this.send(reply.buffer, reply.release);
+      } else if (request.kind === Answer.EXTENTS && errno === 0) {
+        this.sendExtents(request);
+      } else {
+        this.replyStatus(request, nbdError(errno));
+      }
+      if (--this.inFlight === 0 && this.ending) this.endWhenIdle?.();
+    },
+    finish: (request) => {
+      request.reply?.release();
+      request.payload?.release();
+      this.input.release(request.slab);
+      request.reply = request.payload = request.slab = undefined;
+      this.pool.push(request);
+    },
+  };
 
   /** base:allocation: the driver's extents (everything is data without an extents callback). */
-  private blockStatus(cookie: Cookie, offset: number, length: number, one: boolean): void {
-    const extents: Extent[] = [];
-    this.inFlight++;
-    void this.exported.requests.extents(offset, length, extents).then((errno) => {
-      if (errno !== 0) this.replyError(cookie, nbdError(errno));
-      else {
-        const count = one ? 1 : Math.min(extents.length, MAX_EXTENTS);
-        const reply = Buffer.alloc(ChunkHeader.SIZE + 4 + 8 * count);
-        writeChunkHeader(reply, cookie, ReplyFlag.DONE, ReplyType.BLOCK_STATUS, 4 + 8 * count);
-        reply.writeUInt32BE(BASE_ALLOCATION_ID, ChunkHeader.SIZE);
-        for (let i = 0, at = ChunkHeader.SIZE + 4; i < count; i++, at += 8) {
-          const extent = extents[i]!;
-          reply.writeUInt32BE(extent.length, at);
-          reply.writeUInt32BE((extent.hole ? State.HOLE : 0) | (extent.zero ? State.ZERO : 0), at + 4);
-        }
-        this.send(reply);
-      }
-      this.done(undefined);
-    });
+  private sendExtents(request: NbdRequest): void {
+    const { extents } = request;
+    const count = request.one ? 1 : Math.min(extents.length, MAX_EXTENTS);
+    const reply = Buffer.alloc(ChunkHeader.SIZE + 4 + 8 * count);
+    writeChunkHeader(reply, request, ReplyFlag.DONE, ReplyType.BLOCK_STATUS, 4 + 8 * count);
+    reply.writeUInt32BE(BASE_ALLOCATION_ID, ChunkHeader.SIZE);
+    for (let i = 0, at = ChunkHeader.SIZE + 4; i < count; i++, at += 8) {
+      const extent = extents[i]!;
+      reply.writeUInt32BE(extent.length, at);
+      reply.writeUInt32BE((extent.hole ? State.HOLE : 0) | (extent.zero ? State.ZERO : 0), at + 4);
+    }
+    this.send(reply);
   }
 
   private replyStatus(cookie: Cookie, error: number): void {
@@ -658,12 +683,6 @@ export class Connection {
     // wake-up, which cost more than the request on a virtual machine.
     if (this.inFlight === 0 && this.fd >= 0 && !this.ending) native.waitReadable(this.fd, SPIN_MICROSECONDS);
   };
-
-  /** A request's callback ended; `slab` held its payload. */
-  private done(slab: Slab | undefined): void {
-    this.input.release(slab);
-    if (--this.inFlight === 0 && this.ending) this.endWhenIdle?.();
-  }
 }
 
 /** What the export offers, as NBD transmission flags: they follow the driver's callbacks. */

@@ -1,4 +1,6 @@
-/** Request operations as the request layer counts and logs them. */
+import { REQUEST_CALLBACKS } from '../driver/callbacks.js';
+
+/** Request operations as the request layer counts and logs them: indexes into the callback table (src/driver/callbacks.ts). */
 export const Operation = {
   READ: 0,
   WRITE: 1,
@@ -13,5 +15,5 @@ export const Operation = {
 } as const;
 export type Operation = (typeof Operation)[keyof typeof Operation];
 
-/** Callback names indexed by Operation (for logs and counters). */
-export const OPERATION_NAMES = ['read', 'write', 'writeSame', 'writeZeros', 'fuaWrite', 'flush', 'discard', 'secureErase', 'ioctl', 'extents'] as const;
+/** Callback names indexed by Operation (for logs and counters): the callback table's order. */
+export const OPERATION_NAMES = REQUEST_CALLBACKS;

@@ -2,9 +2,9 @@
  * The request layer, shared by every frontend: where a request is checked, split, emulated,
  * dispatched to a callback and where the callback's outcome becomes an errno.
  *
- * A frontend decodes a kernel message and calls one of the public methods below; each resolves
- * to 0 or a positive errno for the frontend to encode into its reply. Nothing here knows about
- * FUSE or NBD.
+ * A frontend decodes a kernel message and calls one of the public methods below with the
+ * request's Exchange; the answer (0 or a positive errno) comes back through it for the frontend
+ * to encode. Nothing here knows about FUSE or NBD.
  *
  * - Checks: offset and size are multiples of the logical block size, size > 0, within the device
  *   (EINVAL otherwise, logged: a correct kernel never sends such a request).
@@ -17,15 +17,18 @@
  * - Errors: see clientErrno(); a DriverAbort ends the driver through `hooks.abort`. A read or
  *   write callback failing with what the client would see as EIO is called again, up to
  *   transferTries calls in all (seed 000's transfer retries); other failures are final.
- * - Timeouts: `timer` (see RequestTimer) fails requests not answered within requestTimeout with
- *   ETIMEDOUT; frontends stamp their requests with it.
+ * - Timeouts: every admitted request is stamped on `timer` (see RequestTimer) and answered with
+ *   ETIMEDOUT if requestTimeout passes before its callbacks end, on every frontend alike.
+ * - Answers: through the request's Exchange (exchange.ts): answer(errno), then finish() once no
+ *   callback holds its buffers.
  */
 import { constants } from 'node:os';
 import type { Context, Driver, Extent } from '../driver/driver.js';
 import type { EffectiveAttributes } from '../driver/attributes.js';
 import { clientErrno, DriverAbort } from '../driver/errors.js';
 import { Operation, OPERATION_NAMES } from './operation.js';
-import { RequestTimer } from './request-timer.js';
+import type { Exchange } from './exchange.js';
+import { IDLE, RequestTimer } from './request-timer.js';
 
 const { EIO, EINVAL, EOPNOTSUPP, ENOTTY } = constants.errno;
 const RESOLVED = [0, EIO, EINVAL, EOPNOTSUPP, ENOTTY].reduce(
@@ -63,6 +66,8 @@ export class RequestLayer {
   private aborted = false;
   private onIdle: (() => void) | undefined;
   private zeros: Buffer | undefined;
+  /** Admitted requests not yet settled: what the timer looks at. */
+  private readonly tracked = new Set<Exchange>();
 
   constructor(
     private readonly driver: AnyDriver,
@@ -73,6 +78,7 @@ export class RequestLayer {
     this.limit = this.attrs.maxConcurrentCallbacks;
     this.transferTries = this.attrs.transferTries;
     this.timer = new RequestTimer(this.attrs.requestTimeout, hooks.log);
+    this.timer.watch(this.tracked);
   }
 
   /** Callbacks in progress right now. */
@@ -81,40 +87,111 @@ export class RequestLayer {
   }
 
   // ---- Entry points for frontends -------------------------------------------------------------
+  //
+  // Each admits one request: stamps it for the timer, runs its callbacks, and answers it through
+  // its exchange (see exchange.ts): with the outcome, or with ETIMEDOUT if requestTimeout passes
+  // first. The frontend has only decoded the request; everything else happens here.
 
-  read(buffer: Buffer, offset: number): Promise<number> {
+  read(x: Exchange, buffer: Buffer, offset: number): void {
+    this.track(x, this.readOp(buffer, offset));
+  }
+
+  write(x: Exchange, data: Buffer, offset: number): void {
+    this.track(x, this.writeOp(data, offset));
+  }
+
+  fuaWrite(x: Exchange, data: Buffer, offset: number): void {
+    this.track(x, this.fuaWriteOp(data, offset));
+  }
+
+  flush(x: Exchange): void {
+    this.track(x, this.flushOp());
+  }
+
+  writeZeros(x: Exchange, offset: number, size: number, mayUnmap: boolean): void {
+    this.track(x, this.writeZerosOp(offset, size, mayUnmap));
+  }
+
+  discard(x: Exchange, offset: number, size: number): void {
+    this.track(x, this.discardOp(offset, size));
+  }
+
+  /** See zeroingDiscardOp. */
+  zeroingDiscard(x: Exchange, offset: number, size: number): void {
+    this.track(x, this.zeroingDiscardOp(offset, size));
+  }
+
+  secureErase(x: Exchange, offset: number, size: number): void {
+    this.track(x, this.secureEraseOp(offset, size));
+  }
+
+  writeSame(x: Exchange, block: Buffer, offset: number, size: number): void {
+    this.track(x, this.writeSameOp(block, offset, size));
+  }
+
+  ioctl(x: Exchange, command: number, argument: Buffer | null): void {
+    this.track(x, this.ioctlOp(command, argument));
+  }
+
+  /** Block status into `into` (see extentsOp); the exchange is answered once it is filled. */
+  extents(x: Exchange, offset: number, size: number, into: Extent[]): void {
+    this.track(x, this.extentsOp(offset, size, into));
+  }
+
+  /** Requests admitted and not yet answered or timed out (the timer's to watch). */
+  get inFlight(): number {
+    return this.tracked.size;
+  }
+
+  private track(x: Exchange, outcome: Promise<number>): void {
+    x.startedAt = this.timer.now;
+    this.tracked.add(x);
+    x.settle ??= (errno) => this.settle(x, errno);
+    void outcome.then(x.settle);
+  }
+
+  private settle(x: Exchange, errno: number): void {
+    this.tracked.delete(x);
+    if (!x.timedOut) x.answer(errno);
+    x.startedAt = IDLE;
+    x.finish();
+  }
+
+  // ---- Operations: checks, splitting, emulation; each resolves to 0 or an errno ---------------
+
+  private readOp(buffer: Buffer, offset: number): Promise<number> {
     if (!this.accepting) return resolved(EIO);
     if (!this.driver.read) return resolved(EOPNOTSUPP);
     return this.bufferOp(Operation.READ, buffer, offset, this.attrs.maxReadWriteSize);
   }
 
-  write(data: Buffer, offset: number): Promise<number> {
+  private writeOp(data: Buffer, offset: number): Promise<number> {
     if (!this.accepting) return resolved(EIO);
     if (!this.driver.write) return resolved(EOPNOTSUPP);
     return this.bufferOp(Operation.WRITE, data, offset, this.attrs.maxReadWriteSize);
   }
 
-  async fuaWrite(data: Buffer, offset: number): Promise<number> {
+  private async fuaWriteOp(data: Buffer, offset: number): Promise<number> {
     if (!this.accepting) return EIO;
     if (this.driver.fuaWrite) return this.bufferOp(Operation.FUA_WRITE, data, offset, this.attrs.maxReadWriteSize);
-    const errno = await this.write(data, offset);
-    return errno !== 0 ? errno : this.flush();
+    const errno = await this.writeOp(data, offset);
+    return errno !== 0 ? errno : this.flushOp();
   }
 
-  flush(): Promise<number> {
+  private flushOp(): Promise<number> {
     if (!this.accepting) return resolved(EIO);
     if (!this.driver.flush) return resolved(0);
     return this.invoke(Operation.FLUSH, undefined, 0, 0);
   }
 
-  writeZeros(offset: number, size: number, mayUnmap: boolean): Promise<number> {
+  private writeZerosOp(offset: number, size: number, mayUnmap: boolean): Promise<number> {
     if (!this.accepting) return resolved(EIO);
     if (this.driver.writeZeros) return this.rangeOp(Operation.WRITE_ZEROS, offset, size, this.attrs.maxWriteZerosSize, mayUnmap);
     if (this.driver.write) return this.checked(offset, size, Operation.WRITE_ZEROS) ?? this.writeZeroBuffers(offset, size);
     return resolved(EOPNOTSUPP);
   }
 
-  discard(offset: number, size: number): Promise<number> {
+  private discardOp(offset: number, size: number): Promise<number> {
     if (!this.accepting) return resolved(EIO);
     if (!this.driver.discard) return resolved(EOPNOTSUPP);
     return this.rangeOp(Operation.DISCARD, offset, size, this.attrs.maxDiscardEraseSize, undefined);
@@ -126,23 +203,23 @@ export class RequestLayer {
    * punched hole reads as zeros; ext4 and XFS rely on that). Served by writeZeros(mayUnmap=true)
    * when the driver has it, else by discard followed by writes of zeros.
    */
-  async zeroingDiscard(offset: number, size: number): Promise<number> {
+  private async zeroingDiscardOp(offset: number, size: number): Promise<number> {
     if (!this.accepting) return EIO;
-    if (this.driver.writeZeros) return this.writeZeros(offset, size, true);
+    if (this.driver.writeZeros) return this.writeZerosOp(offset, size, true);
     if (this.driver.discard) {
-      const errno = await this.discard(offset, size);
+      const errno = await this.discardOp(offset, size);
       if (errno !== 0 || !this.driver.write) return errno;
     }
-    return this.writeZeros(offset, size, true);
+    return this.writeZerosOp(offset, size, true);
   }
 
-  secureErase(offset: number, size: number): Promise<number> {
+  private secureEraseOp(offset: number, size: number): Promise<number> {
     if (!this.accepting) return resolved(EIO);
     if (!this.driver.secureErase) return resolved(EOPNOTSUPP);
     return this.rangeOp(Operation.SECURE_ERASE, offset, size, this.attrs.maxDiscardEraseSize, undefined);
   }
 
-  writeSame(block: Buffer, offset: number, size: number): Promise<number> {
+  private writeSameOp(block: Buffer, offset: number, size: number): Promise<number> {
     if (!this.accepting) return resolved(EIO);
     if (block.length !== this.attrs.logicalBlockSize) return this.invalid(Operation.WRITE_SAME, offset, size);
     if (this.driver.writeSame) return this.rangeOp(Operation.WRITE_SAME, offset, size, this.attrs.maxWriteSameSize, block);
@@ -154,7 +231,7 @@ export class RequestLayer {
     return this.repeatWrite(data, offset, size);
   }
 
-  ioctl(command: number, argument: Buffer | null): Promise<number> {
+  private ioctlOp(command: number, argument: Buffer | null): Promise<number> {
     if (!this.accepting) return resolved(EIO);
     if (!this.driver.ioctl) return resolved(ENOTTY);
     return this.invoke(Operation.IOCTL, argument, command, 0);
@@ -166,7 +243,7 @@ export class RequestLayer {
    * answer (no extent, a length that is not a positive multiple of the logical block size) fails
    * the query with EIO, and is logged.
    */
-  async extents(offset: number, size: number, into: Extent[]): Promise<number> {
+  private async extentsOp(offset: number, size: number, into: Extent[]): Promise<number> {
     if (!this.accepting) return EIO;
     const bad = this.checked(offset, size, Operation.EXTENTS);
     if (bad) return bad;

@@ -1,7 +1,7 @@
 /**
- * Request timeouts at no cost per request. A frontend stamps each request it hands to the
- * request layer with the timer's current tick (an integer store: no clock read, no timer per
- * request). The tick advances every quarter of the timeout; at each tick the timer expires the
+ * Request timeouts at no cost per request. The request layer stamps each request it admits
+ * (and the daemon's keeper each request it holds) with the timer's current tick (an integer
+ * store: no clock read, no timer per request). The tick advances every quarter of the timeout; at each tick the timer expires the
  * requests stamped five or more ticks earlier. So a request fails with ETIMEDOUT between 1 and
  * 1.25 timeouts after it arrived, and a device with no late requests pays one timer callback
  * every timeout / 4.
@@ -11,7 +11,7 @@
  * never handed more concurrent callbacks than it asked for, stuck ones included).
  */
 
-/** What a frontend keeps per request it can have in flight (a FUSE slot, say). */
+/** A request the timer watches (an Exchange, or a request the keeper holds). */
 export interface TimedRequest {
   /** The tick when its request was handed over; IDLE when it holds none; EXPIRED once expired. */
   startedAt: number;
@@ -28,7 +28,7 @@ export class RequestTimer {
   now = 1;
   /** Requests answered with ETIMEDOUT so far. */
   expired = 0;
-  private readonly watched: Array<readonly TimedRequest[]> = [];
+  private readonly watched: Array<Iterable<TimedRequest>> = [];
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -36,11 +36,8 @@ export class RequestTimer {
     private readonly log: (message: string) => void,
   ) {}
 
-  /**
-   * Watches the frontend's requests. The array is the frontend's own and may grow; it is read at
-   * every tick.
-   */
-  watch(requests: readonly TimedRequest[]): void {
+  /** Watches a collection of requests; it may change between ticks, and is read at every tick. */
+  watch(requests: Iterable<TimedRequest>): void {
     this.watched.push(requests);
     this.timer ??= setInterval(() => this.tick(), this.timeoutMs / TICKS_PER_TIMEOUT).unref();
   }

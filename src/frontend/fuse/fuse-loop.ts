@@ -41,7 +41,7 @@ import {
   S_IFREG,
   WriteIn,
 } from './protocol.js';
-import { BODY, Slot, WRITE_DATA } from './slot.js';
+import { BODY, Reply, Slot, WRITE_DATA } from './slot.js';
 
 const { EIO, EROFS, EOPNOTSUPP, EPROTO } = constants.errno;
 
@@ -69,8 +69,6 @@ export class FuseLoopFrontend implements Frontend {
   private readonly restarts: RestartTable;
   /** Re-sent requests fail with EIO once they have been through this many driver deaths. */
   private readonly restartLimit: number;
-  /** Every slot ever made, for the request timer to look at. */
-  private readonly slots: Slot[] = [];
   private readonly expiryReply = Buffer.alloc(OutHeader.SIZE);
   private readonly mountpoint: string;
   private image: ImageFile;
@@ -183,13 +181,10 @@ export class FuseLoopFrontend implements Frontend {
   private read(): void {
     this.restarts.begin(this.options.attributes.requestTimeout);
     const newSlot = (c: FuseChannel<Slot>) => {
-      const slot = new Slot(Buffer.allocUnsafeSlow(bufferSizeFor(MAX_WRITE)), c, this.expiryReply, this.restarts);
-      this.slots.push(slot);
-      return slot;
+      return new Slot(Buffer.allocUnsafeSlow(bufferSizeFor(MAX_WRITE)), c, this.expiryReply, this.restarts);
     };
     const channel = new FuseChannel<Slot>(this.fd, newSlot, (slot, length) => this.handle(slot, length), SPIN_MICROSECONDS);
     this.channel = channel;
-    this.requests.timer.watch(this.slots);
     void channel.ended.then((error) => {
       if (this.leaving && !this.stopping) return;
       this.resolveEnded(error ?? (this.stopping ? undefined : new Error('FUSE connection ended')));
@@ -222,34 +217,33 @@ export class FuseLoopFrontend implements Frontend {
   private handle(slot: Slot, length: number): number {
     const buf = slot.buffer;
     const opcode = buf.readUInt32LE(InHeader.opcode);
+    slot.reply = Reply.STATUS;
     switch (opcode) {
       case Opcode.READ: {
         if (isResent(buf, InHeader.unique) && !this.admitResent(slot)) return 0;
-        slot.startedAt = this.requests.timer.now; // back to IDLE when answered
         const size = buf.readUInt32LE(BODY + ReadIn.size);
         slot.size = size;
-        if (size === 0) slot.readDone(0);
-        else void this.requests.read(slot.readData(size), readU64(buf, BODY + ReadIn.offset)).then(slot.readDone);
+        slot.reply = Reply.READ;
+        if (size === 0) slot.done(0);
+        else this.requests.read(slot, slot.readData(size), readU64(buf, BODY + ReadIn.offset));
         return size;
       }
       case Opcode.WRITE: {
         if (isResent(buf, InHeader.unique) && !this.admitResent(slot)) return 0;
-        slot.startedAt = this.requests.timer.now;
         const size = buf.readUInt32LE(BODY + WriteIn.size);
         slot.size = size;
+        slot.reply = Reply.WRITE;
         if (length < WRITE_DATA + size) slot.done(EPROTO);
-        else if (size === 0) slot.writeDone(0);
-        else void this.requests.write(slot.writeData(size), readU64(buf, BODY + WriteIn.offset)).then(slot.writeDone);
+        else if (size === 0) slot.done(0);
+        else this.requests.write(slot, slot.writeData(size), readU64(buf, BODY + WriteIn.offset));
         return size;
       }
       case Opcode.FSYNC:
         if (isResent(buf, InHeader.unique) && !this.admitResent(slot)) return 0;
-        slot.startedAt = this.requests.timer.now;
-        void this.requests.flush().then(slot.done);
+        this.requests.flush(slot);
         return 0;
       case Opcode.FALLOCATE:
         if (isResent(buf, InHeader.unique) && !this.admitResent(slot)) return 0;
-        slot.startedAt = this.requests.timer.now;
         this.fallocate(slot);
         return 0;
       case Opcode.INIT:
@@ -286,9 +280,9 @@ export class FuseLoopFrontend implements Frontend {
     if (this.options.readOnly) return slot.done(EROFS);
     if (mode & ~(FallocateMode.KEEP_SIZE | FallocateMode.PUNCH_HOLE | FallocateMode.ZERO_RANGE)) return slot.done(EOPNOTSUPP);
     if (mode & FallocateMode.PUNCH_HOLE) {
-      void this.requests.zeroingDiscard(offset, length).then(slot.done);
+      this.requests.zeroingDiscard(slot, offset, length);
     } else if (mode & FallocateMode.ZERO_RANGE) {
-      void this.requests.writeZeros(offset, length, false).then(slot.done);
+      this.requests.writeZeros(slot, offset, length, false);
     } else {
       // Plain preallocation: every block of the image already exists.
       slot.done(offset + length <= this.options.attributes.size ? 0 : EOPNOTSUPP);

@@ -1,20 +1,29 @@
 /**
- * One request's buffer with its continuations created once, so that answering a request
- * allocates nothing but the callback's promise. Data views are cached per size.
+ * One FUSE request's buffer, and its exchange with the request layer: made once and reused, so
+ * that answering a request allocates nothing but the callback's promise. Data views are cached
+ * per size.
  */
-import { constants } from 'node:os';
-import { EXPIRED, IDLE, type TimedRequest } from '../../request/request-timer.js';
+import { Exchange } from '../../request/exchange.js';
 import type { RestartTable } from '../../request/restart-table.js';
 import type { FuseChannel } from './channel.js';
 import { InHeader, OutHeader, WriteIn, WriteOut } from './protocol.js';
 
-const { ETIMEDOUT } = constants.errno;
 export const BODY = InHeader.SIZE;
 export const WRITE_DATA = BODY + WriteIn.SIZE;
 
-export class Slot implements TimedRequest {
+/** How a request's success is encoded. */
+export const enum Reply {
+  /** The header alone. */
+  STATUS,
+  /** The header and `size` bytes read into the buffer. */
+  READ,
+  /** struct fuse_write_out: `size` bytes written. */
+  WRITE,
+}
+
+export class Slot extends Exchange {
   size = 0;
-  startedAt = IDLE;
+  reply = Reply.STATUS;
   /** The request's entry in the restart table while it holds a re-sent request, else -1. */
   entry = -1;
   private readView: Buffer | undefined;
@@ -26,26 +35,8 @@ export class Slot implements TimedRequest {
     /** Where a timeout reply is built: the slot's own buffer may still be the callback's. */
     private readonly expiryReply: Buffer,
     private readonly restarts: RestartTable | undefined,
-  ) {}
-
-  expire(): void {
-    this.answered();
-    this.buffer.copy(this.expiryReply, OutHeader.unique, OutHeader.unique, OutHeader.SIZE);
-    this.channel.replyErrno(this.expiryReply, ETIMEDOUT);
-  }
-
-  /** Whether the request still wants an answer; an expired one only gives its slot back. */
-  private answerable(): boolean {
-    const expired = this.startedAt === EXPIRED;
-    this.startedAt = IDLE;
-    if (expired) this.channel.release(this);
-    else this.answered();
-    return !expired;
-  }
-
-  private answered(): void {
-    if (this.entry >= 0) this.restarts!.clear(this.entry);
-    this.entry = -1;
+  ) {
+    super();
   }
 
   readData(size: number): Buffer {
@@ -58,6 +49,31 @@ export class Slot implements TimedRequest {
     return this.writeView;
   }
 
+  answer(errno: number): void {
+    if (this.entry >= 0) this.restarts!.clear(this.entry);
+    this.entry = -1;
+    if (this.timedOut) {
+      this.buffer.copy(this.expiryReply, OutHeader.unique, OutHeader.unique, OutHeader.SIZE);
+      return this.channel.replyErrno(this.expiryReply, errno);
+    }
+    if (errno !== 0 || this.reply === Reply.STATUS) return this.channel.replyErrno(this.buffer, errno);
+    this.buffer.writeInt32LE(0, OutHeader.error);
+    if (this.reply === Reply.READ) return this.channel.reply(this.buffer, OutHeader.SIZE + this.size);
+    this.buffer.writeUInt32LE(this.size, OutHeader.SIZE + WriteOut.size);
+    this.buffer.writeUInt32LE(0, OutHeader.SIZE + 4);
+    this.channel.reply(this.buffer, OutHeader.SIZE + WriteOut.SIZE);
+  }
+
+  finish(): void {
+    this.channel.release(this);
+  }
+
+  /** Answers at once, without the request layer (a request the frontend itself settles). */
+  done(errno: number): void {
+    this.answer(errno);
+    this.finish();
+  }
+
   /** Replies success with the `length` bytes built in the buffer (header included). */
   ok(length: number): void {
     this.buffer.writeInt32LE(0, OutHeader.error);
@@ -65,29 +81,8 @@ export class Slot implements TimedRequest {
     this.channel.release(this);
   }
 
-  readonly readDone = (errno: number): void => {
-    if (!this.answerable()) return;
-    if (errno !== 0) return this.done(errno);
-    this.ok(OutHeader.SIZE + this.size);
-  };
-
-  readonly writeDone = (errno: number): void => {
-    if (!this.answerable()) return;
-    if (errno !== 0) return this.done(errno);
-    this.buffer.writeUInt32LE(this.size, OutHeader.SIZE + WriteOut.size);
-    this.buffer.writeUInt32LE(0, OutHeader.SIZE + 4);
-    this.ok(OutHeader.SIZE + WriteOut.SIZE);
-  };
-
-  readonly done = (errno: number): void => {
-    if (!this.answerable()) return;
-    this.channel.replyErrno(this.buffer, errno);
-    this.channel.release(this);
-  };
-
   /** Gives the slot back without answering: its request stays with the kernel. */
   drop(): void {
-    this.startedAt = IDLE;
     this.entry = -1;
     this.channel.release(this);
   }

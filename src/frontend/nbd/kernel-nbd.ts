@@ -13,7 +13,7 @@
  */
 import { closeSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
-import type { RequestCallback } from '../../driver/driver.js';
+import type { RequestCallback } from '../../driver/callbacks.js';
 import type { EffectiveAttributes } from '../../driver/attributes.js';
 import { native } from '../../native.js';
 import { MessageInput } from '../../nbd/input.js';
