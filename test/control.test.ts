@@ -321,13 +321,14 @@ test('malformed and unknown control messages get clear errors; the daemon surviv
     '{"seq": 1}\n',
     '{"seq": 2, "op": "frobnicate"}\n',
     '{"seq": 3, "op": "destroy", "id": "abc"}\n',
-    `{"seq": 4, "op": "available", "id": "${id}", "kernelPath": "/dev/loop0", "major": 7, "minor": 0}\n`,
+    `{"seq": 4, "op": "available", "id": "${id}", "kernelPath": "/dev/loop0", "major": 7, "minor": 0, "kernelFd": 3}\n`,
     `{"seq": 5, "op": "gone", "id": "${id}"}\n`,
     '{"seq": 6, "op": "create", "pid": -1, "frontend": "fuse", "readOnly": false, "attributes": {}}\n',
     '{"seq": 7, "op": "info", "major": "x"}\n',
     '{"seq": 8, "op": "version"}\n',
   ]);
-  const byCode = replies.map((r) => [r.seq, r.ok === true ? 'ok' : r.code]);
+  // Replies come in any order (protocol.ts): compare them by seq.
+  const byCode = replies.map((r) => [r.seq, r.ok === true ? 'ok' : r.code]).sort((a, b) => (a[0] as number) - (b[0] as number));
   assert.deepEqual(byCode, [
     [-1, 'EPROTO'],
     [-1, 'EPROTO'],

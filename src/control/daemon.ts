@@ -25,14 +25,11 @@
  */
 import { chmodSync, closeSync, lstatSync, mkdirSync, openSync, rmSync, symlinkSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
-import { checkReplacement, type EffectiveAttributes } from '../driver/attributes.js';
+import { checkReplacement } from '../driver/attributes.js';
 import { BdusError } from '../driver/errors.js';
-import { reclaimFuseLoop } from '../frontend/fuse/fuse-loop.js';
-import { FuseKeeper, type KeeperMode } from '../frontend/fuse/keeper.js';
-import { unreadPath } from '../frontend/nbd/kernel-nbd.js';
-import { backendOf, connectedBackend, nbdDisconnect, nbdIndexOf, nbdReconfigure } from '../frontend/nbd/netlink.js';
+import type { Keeper, KeeperMode } from '../frontend/frontend.js';
+import { frontendKind } from '../frontend/kinds.js';
 import { native } from '../native.js';
-import { RestartTable } from '../request/restart-table.js';
 import { Lock } from '../util/lock.js';
 import { deviceHolders } from './holders.js';
 import { appendDeviceLog, pruneDeviceLogs } from '../util/device-log.js';
@@ -48,10 +45,10 @@ import {
   SOCKET_PATH,
   type DaemonEvent,
   type DeviceRecord,
-  type Operation,
   type Requests,
 } from './protocol.js';
-import { parseId, Registry } from './registry.js';
+import { Registry } from './registry.js';
+import { argsOf, checkMessage, type CheckedMessage } from './schema.js';
 
 const WATCH_INTERVAL_MS = 500;
 
@@ -72,16 +69,14 @@ class Connection {
   }
 }
 
-type Message = Record<string, unknown> & { seq: number; op: string };
-
 type Handover = Requests['handover']['args'] | undefined;
 
 /** What the daemon holds for a device besides its record, for as long as the daemon runs. */
 interface Holding {
   /** The daemon's duplicate of the device's kernel end, or -1. */
   fd: number;
-  /** Reads the device's requests while it has no driver (FUSE+loop). */
-  keeper: FuseKeeper | undefined;
+  /** Keeps the device while it has no driver, where its frontend needs one (FUSE+loop's keeper). */
+  keeper: Keeper | undefined;
   /** The device has no driver and waits for a rerun. */
   orphaned: boolean;
   /** The pid of a driver whose rerun is in progress, or 0. */
@@ -199,11 +194,12 @@ export class Daemon {
   }
 
   private async handle(connection: Connection, line: string): Promise<void> {
-    let message: Message;
+    let message: CheckedMessage;
     try {
-      message = parseMessage(line);
+      message = checkMessage(line);
     } catch (error) {
-      connection.send({ seq: -1, ok: false, code: 'EPROTO', message: (error as Error).message });
+      const { seq = -1, code } = error as BdusError & { seq?: number };
+      connection.send({ seq, ok: false, code, message: (error as Error).message });
       return;
     }
     try {
@@ -216,24 +212,26 @@ export class Daemon {
     }
   }
 
-  private async dispatch(connection: Connection, m: Message): Promise<unknown> {
-    switch (m.op as Operation) {
+  private async dispatch(connection: Connection, m: CheckedMessage): Promise<unknown> {
+    switch (m.op) {
       case 'version':
         return { version: packageVersion(), protocol: PROTOCOL_VERSION, pid: process.pid, maxDevices: this.maxDevices } satisfies Requests['version']['result'];
       case 'list':
         return this.registry.list();
       case 'info': {
-        if (m.id !== undefined) return this.registry.get(parseId(m.id));
-        const major = integer(m, 'major');
-        const minor = integer(m, 'minor');
+        const { id, major, minor } = m.args as { id?: string; major?: number; minor?: number };
+        if (id !== undefined) return this.registry.get(id);
+        if (major === undefined || minor === undefined) throw new BdusError('EINVAL', 'info: give "id", or "major" and "minor"');
         const record = this.registry.byDeviceNumber(major, minor);
         if (!record) throw new BdusError('ENODEV', `block device ${major}:${minor} is not a bdus device`);
         return record;
       }
-      case 'destroy':
-        return this.destroy(this.registry.get(parseId(m.id)), m.force === undefined ? false : boolean(m, 'force'));
+      case 'destroy': {
+        const { id, force } = argsOf(m, 'destroy');
+        return this.destroy(this.registry.get(id), force ?? false);
+      }
       case 'wait':
-        return this.registry.untilGone(parseId(m.id));
+        return this.registry.untilGone(argsOf(m, 'wait').id);
       case 'shutdown':
         setImmediate(() => void this.stop());
         return null;
@@ -259,16 +257,18 @@ export class Daemon {
         if (!holding?.handover) throw new BdusError('EINVAL', `device ${record.id} is not being replaced`);
         connection.device = undefined;
         this.drivers.delete(record.id);
-        holding.handover({ id: record.id, ok: boolean(m, 'ok'), message: typeof m.message === 'string' ? m.message : '' });
+        holding.handover(argsOf(m, 'handover'));
         return null;
       }
-      case 'resize':
-        return this.resize(this.registry.get(parseId(m.id)), integer(m, 'size'));
+      case 'resize': {
+        const { id, size } = argsOf(m, 'resize');
+        return this.resize(this.registry.get(id), size);
+      }
       case 'resized': {
         const record = this.owned(connection, m);
         const answer = this.resizing.get(record.id);
         if (!answer) throw new BdusError('EINVAL', `device ${record.id} is not being resized`);
-        answer({ ok: boolean(m, 'ok'), message: typeof m.message === 'string' ? m.message : '', size: integer(m, 'size') });
+        answer(argsOf(m, 'resized'));
         return null;
       }
       default:
@@ -308,20 +308,12 @@ export class Daemon {
 
   // ---- Life cycle -----------------------------------------------------------------------------
 
-  private create(connection: Connection, m: Message): Promise<DeviceRecord> {
+  private create(connection: Connection, m: CheckedMessage): Promise<DeviceRecord> {
     if (connection.device !== undefined) throw new BdusError('EBUSY', 'this connection already runs a device');
-    const pid = integer(m, 'pid');
+    const { pid, frontend, readOnly, attributes, callbacks, command = [] } = argsOf(m, 'create');
     const pidStart = processStart(pid);
     if (pidStart === undefined) throw new BdusError('ESRCH', `no process ${pid}`);
-    const fields = {
-      pid,
-      pidStart,
-      frontend: string(m, 'frontend'),
-      readOnly: boolean(m, 'readOnly'),
-      attributes: plainObject(m, 'attributes') as DeviceRecord['attributes'],
-      callbacks: strings(m, 'callbacks'),
-      command: m.command === undefined ? [] : strings(m, 'command'),
-    };
+    const fields = { pid, pidStart, frontend: frontendKind(frontend).name, readOnly, attributes, callbacks, command };
     return this.lock.run(() => {
       const record = this.registry.create(fields);
       pruneDeviceLogs(new Set(this.registry.list().map((r) => r.id)));
@@ -332,12 +324,9 @@ export class Daemon {
     });
   }
 
-  private available(record: DeviceRecord, m: Message): Promise<DeviceRecord> {
-    const kernelPath = string(m, 'kernelPath');
+  private available(record: DeviceRecord, m: CheckedMessage): Promise<DeviceRecord> {
+    const { kernelPath, major, minor, kernelFd } = argsOf(m, 'available');
     if (!kernelPath.startsWith('/dev/')) throw new BdusError('EINVAL', `kernelPath must be a node under /dev, not ${kernelPath}`);
-    const major = integer(m, 'major');
-    const minor = integer(m, 'minor');
-    const kernelFd = integer(m, 'kernelFd');
     return this.lock.run(() => {
       const holding = this.holding(record.id);
       if (record.state === 'available' && holding.replacing === 0) {
@@ -359,14 +348,15 @@ export class Daemon {
     });
   }
 
-  private attach(connection: Connection, m: Message): DeviceRecord {
-    const record = this.registry.get(parseId(m.id));
-    if (integer(m, 'pid') !== record.pid) throw new BdusError('EPERM', `device ${record.id} is run by pid ${record.pid}`);
+  private attach(connection: Connection, m: CheckedMessage): DeviceRecord {
+    const { id, pid, kernelFd } = argsOf(m, 'attach');
+    const record = this.registry.get(id);
+    if (pid !== record.pid) throw new BdusError('EPERM', `device ${record.id} is run by pid ${record.pid}`);
     if (this.drivers.has(record.id)) throw new BdusError('EBUSY', `device ${record.id} already has a driver connection`);
     if (connection.device !== undefined) throw new BdusError('EBUSY', 'this connection already runs a device');
     connection.device = record.id;
     this.drivers.set(record.id, connection);
-    if (record.state === 'available' && m.kernelFd !== undefined) this.keepKernelEnd(record, integer(m, 'kernelFd'));
+    if (record.state === 'available' && kernelFd !== undefined) this.keepKernelEnd(record, kernelFd);
     this.log(`the driver of device ${record.id} (pid ${record.pid}) re-attached`);
     // A destroy asked for while the driver was detached is delivered now.
     if (record.state === 'terminated') setImmediate(() => connection.send({ event: 'destroy' } satisfies DaemonEvent));
@@ -415,8 +405,8 @@ export class Daemon {
       if (!this.registry.has(record)) return null;
       appendDeviceLog(record.id, `the driver in pid ${record.pid} ended without removing the device`);
       const holding = this.holdings.get(record.id);
-      // FUSE+loop needs our duplicate to keep the device; the kernel keeps an NBD device itself.
-      const kept = holding && (holding.fd >= 0 || record.frontend === 'nbd');
+      // Without our duplicate of its kernel end, only a kernel that keeps the device itself can.
+      const kept = holding && (holding.fd >= 0 || frontendKind(record.frontend).keeping.kernelKeepsDevice);
       if (record.attributes.recoverable && record.state === 'available' && holding && kept) {
         await this.orphan(record, holding);
         return null;
@@ -436,10 +426,8 @@ export class Daemon {
     holding?.keeper?.close();
     // Closing the last duplicate aborts the connection: clients get EIO at once.
     if (holding && holding.fd >= 0) closeSync(holding.fd);
-    if (record.frontend === 'fuse') await reclaimFuseLoop(record.index, record.kernelPath);
-    if (record.frontend === 'nbd') await this.endKernelNbd(record);
+    await frontendKind(record.frontend).keeping.reclaim(record, (line) => this.log(`device ${record.id}: ${line}`));
     removeLink(record);
-    RestartTable.remove(record.id);
     this.registry.remove(record);
     this.log(`device ${record.id} (${record.path}) is gone`);
     return null;
@@ -457,7 +445,7 @@ export class Daemon {
     holding.orphaned = true;
     Object.assign(record, { pid: 0, pidStart: '' });
     this.registry.update(record);
-    const attributes = record.attributes as unknown as EffectiveAttributes;
+    const { attributes } = record;
     const givingUp = holding.failures >= attributes.recoveryLimit;
     const mode: KeeperMode = givingUp || attributes.recoveryMode === 'fail-all' ? 'fail-all' : 'hold';
     this.log(
@@ -465,46 +453,9 @@ export class Daemon {
         ? `device ${record.id}: ${holding.failures} drivers in a row failed to recover it (recoveryLimit ${attributes.recoveryLimit}); its requests fail with EIO until a driver attaches`
         : `device ${record.id} is recoverable: it waits for a new driver (bdus rerun); recoveryMode ${attributes.recoveryMode}`,
     );
-    if (record.frontend === 'nbd') return this.orphanKernelNbd(record, holding, mode);
-    holding.keeper = new FuseKeeper(
-      holding.fd,
-      { ...attributes, index: record.index, readOnly: record.readOnly },
-      RestartTable.open(record.id),
-      (line) => this.log(`device ${record.id}: ${line}`),
-    );
-    holding.keeper.start(mode);
-  }
-
-  /**
-   * The kernel holds a kernel NBD device's requests itself once its socket is dead: closing our
-   * duplicate kills it (what the dead driver read of the stream is lost with it). New requests
-   * wait for the dead-connection timeout, those in flight are re-queued when they time out, and
-   * the next driver's reconfigure gives them a socket. In fail-all mode they fail at once.
-   */
-  private async orphanKernelNbd(record: DeviceRecord, holding: Holding, mode: KeeperMode): Promise<void> {
-    this.closeKernelEnd(record, holding);
-    if (mode !== 'fail-all') return;
-    await nbdReconfigure(nbdIndexOf(record.kernelPath), { deadConnTimeout: 0, backend: backendOf(record.id) }).catch((error: Error) =>
-      this.log(`device ${record.id}: ${error.message}`),
-    );
-  }
-
-  private closeKernelEnd(record: DeviceRecord, holding: Holding): void {
-    if (holding.fd >= 0) closeSync(holding.fd);
-    holding.fd = -1;
-    rmSync(unreadPath(record.id), { force: true });
-  }
-
-  /**
-   * Ends a kernel NBD device if it is still connected for this device (its driver disconnects
-   * it on a normal end, and the nbd node may already serve a newer device): requests in flight
-   * and later ones fail with EIO.
-   */
-  private async endKernelNbd(record: DeviceRecord): Promise<void> {
-    rmSync(unreadPath(record.id), { force: true });
-    const index = nbdIndexOf(record.kernelPath);
-    if (index < 0 || connectedBackend(index) !== backendOf(record.id)) return;
-    await nbdDisconnect(index).catch((error: Error) => this.log(`device ${record.id}: ${error.message}`));
+    const kept = await frontendKind(record.frontend).keeping.orphan(record, holding.fd, mode, (line) => this.log(`device ${record.id}: ${line}`));
+    holding.keeper = kept.keeper;
+    holding.fd = kept.fd;
   }
 
   /**
@@ -513,27 +464,19 @@ export class Daemon {
    * flush or terminate fails, or it dies while handing over, a non-recoverable device is
    * destroyed and the new driver refused (ENODEV); a recoverable one takes the new driver.
    */
-  private async rerun(connection: Connection, m: Message): Promise<Requests['rerun']['result']> {
-    const record = this.registry.get(parseId(m.id));
+  private async rerun(connection: Connection, m: CheckedMessage): Promise<Requests['rerun']['result']> {
+    const { pid, attributes, callbacks, command = [] } = argsOf(m, 'rerun');
+    const record = this.registry.get(argsOf(m, 'rerun').id);
     const { id } = record;
-    const pid = integer(m, 'pid');
     const pidStart = processStart(pid);
     if (pidStart === undefined) throw new BdusError('ESRCH', `no process ${pid}`);
-    const attributes = plainObject(m, 'attributes') as DeviceRecord['attributes'];
-    const callbacks = strings(m, 'callbacks');
-    const command = m.command === undefined ? [] : strings(m, 'command');
     if (connection.device !== undefined) throw new BdusError('EBUSY', 'this connection already runs a device');
     if (record.state === 'terminated') throw new BdusError('ENODEV', `device ${id} is being destroyed`);
     if (record.state !== 'available') throw new BdusError('EBUSY', `device ${id} is not available yet`);
     const holding = this.holding(id);
     if (holding.replacing !== 0) throw new BdusError('EBUSY', `device ${id} is already being replaced by the driver in pid ${holding.replacing}`);
     if (holding.fd < 0 && !holding.orphaned) throw new BdusError('EAGAIN', `the daemon does not hold device ${id} yet (its driver has not re-attached since the daemon restarted); try again`);
-    checkReplacement(
-      record.attributes as unknown as EffectiveAttributes,
-      record.callbacks,
-      attributes as unknown as EffectiveAttributes,
-      callbacks,
-    );
+    checkReplacement(record.attributes, record.callbacks, attributes, callbacks);
     holding.replacing = pid;
     try {
       const current = this.drivers.get(id);
@@ -555,8 +498,7 @@ export class Daemon {
           }
           this.log(`device ${id}: ${why}; it is recoverable: the new driver takes over`);
           holding.recovering = true;
-          // What a dead driver read of a kernel NBD socket is lost: the kernel needs a new one.
-          if (!result && record.frontend === 'nbd') this.closeKernelEnd(record, holding);
+          if (!result) holding.fd = frontendKind(record.frontend).keeping.lostInHandover(record, holding.fd);
         }
       } else {
         await holding.keeper?.stop();
@@ -612,8 +554,8 @@ export class Daemon {
     }
   }
 
-  private owned(connection: Connection, m: Message): DeviceRecord {
-    const record = this.registry.get(parseId(m.id));
+  private owned(connection: Connection, m: CheckedMessage): DeviceRecord {
+    const record = this.registry.get((m.args as { id: string }).id);
     if (connection.device !== record.id) throw new BdusError('EPERM', `this connection does not run device ${record.id}`);
     return record;
   }
@@ -625,53 +567,4 @@ function removeLink(record: DeviceRecord): void {
   } catch {
     // already gone
   }
-}
-
-// ---- Message validation -----------------------------------------------------------------------
-
-function parseMessage(line: string): Message {
-  let value: unknown;
-  try {
-    value = JSON.parse(line);
-  } catch {
-    throw new BdusError('EPROTO', 'malformed message: not JSON');
-  }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new BdusError('EPROTO', 'malformed message: not a JSON object');
-  }
-  const m = value as Record<string, unknown>;
-  if (!Number.isSafeInteger(m.seq) || typeof m.op !== 'string') {
-    throw new BdusError('EPROTO', 'malformed message: needs an integer "seq" and a string "op"');
-  }
-  return m as Message;
-}
-
-function integer(m: Message, name: string): number {
-  const v = m[name];
-  if (!Number.isSafeInteger(v) || (v as number) < 0) throw new BdusError('EINVAL', `${m.op}: "${name}" must be a non-negative integer`);
-  return v as number;
-}
-
-function string(m: Message, name: string): string {
-  const v = m[name];
-  if (typeof v !== 'string' || v === '') throw new BdusError('EINVAL', `${m.op}: "${name}" must be a non-empty string`);
-  return v;
-}
-
-function boolean(m: Message, name: string): boolean {
-  const v = m[name];
-  if (typeof v !== 'boolean') throw new BdusError('EINVAL', `${m.op}: "${name}" must be true or false`);
-  return v;
-}
-
-function strings(m: Message, name: string): string[] {
-  const v = m[name];
-  if (!Array.isArray(v) || !v.every((item) => typeof item === 'string')) throw new BdusError('EINVAL', `${m.op}: "${name}" must be an array of strings`);
-  return v as string[];
-}
-
-function plainObject(m: Message, name: string): Record<string, unknown> {
-  const v = m[name];
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new BdusError('EINVAL', `${m.op}: "${name}" must be an object`);
-  return v as Record<string, unknown>;
 }

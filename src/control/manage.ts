@@ -6,7 +6,6 @@
  * that was destroyed meanwhile gives ENODEV instead of reaching a newer one at the same path.
  */
 import { promises as fsp, statSync } from 'node:fs';
-import type { EffectiveAttributes } from '../driver/attributes.js';
 import type { Context } from '../driver/driver.js';
 import { splitDeviceNumber } from '../util/device-number.js';
 import { BdusError } from '../driver/errors.js';
@@ -45,7 +44,7 @@ function toInfo(record: DeviceRecord): DeviceInfo {
     pid: record.pid,
     command: Object.freeze([...(record.command ?? [])]),
     readOnly: record.readOnly,
-    attributes: Object.freeze({ ...record.attributes }) as unknown as EffectiveAttributes,
+    attributes: Object.freeze({ ...record.attributes }),
     createdAt: new Date(record.createdAt),
   });
 }

@@ -11,6 +11,7 @@
  * A driver process holds one connection per device it runs, opened with `create` (or `attach`
  * after a daemon restart). The daemon reads the end of that connection as the end of the driver.
  */
+import type { EffectiveAttributes } from '../driver/attributes.js';
 import { RUN_DIR } from '../util/paths.js';
 
 /**
@@ -57,8 +58,8 @@ export interface DeviceRecord {
   /** Its start time (from /proc/PID/stat), so that a reused pid is not taken for it. */
   pidStart: string;
   readOnly: boolean;
-  /** The attributes as adjusted for the current driver. */
-  attributes: Record<string, number | boolean | string>;
+  /** The attributes as adjusted for the current driver (size: as last resized). */
+  attributes: EffectiveAttributes;
   /** The request callbacks the current driver has: a replacement must have them too. */
   callbacks: string[];
   /** When the device was created (ms since the epoch). */

@@ -38,12 +38,10 @@ import { ControlConnection } from '../control/client.js';
 import { deviceNames, lookUp, type DeviceName } from '../control/manage.js';
 import type { DeviceRecord } from '../control/protocol.js';
 import type { Frontend, KernelDevice } from '../frontend/frontend.js';
-import { FuseLoopFrontend } from '../frontend/fuse/fuse-loop.js';
-import { KernelNbdFrontend } from '../frontend/nbd/kernel-nbd.js';
-import { chooseFrontend, frontendAttributes, type FrontendChoice } from '../frontend/select.js';
+import { frontendKind } from '../frontend/kinds.js';
+import { chooseFrontend, type FrontendChoice } from '../frontend/select.js';
 import { native } from '../native.js';
 import { RequestLayer } from '../request/request-layer.js';
-import { RestartTable } from '../request/restart-table.js';
 import { exportServer, exportUri, loadTls, type TlsOptions } from '../nbd/export.js';
 import type { ListenAddress, NbdServer } from '../nbd/server.js';
 import { Outcome } from '../util/outcome.js';
@@ -348,16 +346,16 @@ async function flushNode(path: string): Promise<void> {
  * or the kernel device cannot be created.
  */
 export async function start<State>(driver: Driver<State>, options: RunOptions<State> = {}): Promise<Device<State>> {
-  const frontend = await chooseFrontend(options.frontend);
+  const kind = await chooseFrontend(options.frontend);
   const given: Attributes = { ...driver.attributes, ...options.attributes };
-  const attributes = frontendAttributes(frontend, adjustAttributes(given, driver));
+  const attributes = kind.attributes(adjustAttributes(given, driver));
   const readOnly = isReadOnly(driver);
   const callbacks = requestCallbacks(driver);
 
   const control = await ControlConnection.open();
   let record;
   try {
-    record = await control.request('create', { pid: process.pid, frontend, readOnly, attributes: { ...attributes }, callbacks, command: [...(options.command ?? [])] });
+    record = await control.request('create', { pid: process.pid, frontend: kind.name, readOnly, attributes: { ...attributes }, callbacks, command: [...(options.command ?? [])] });
   } catch (error) {
     control.close();
     throw error;
@@ -401,9 +399,9 @@ export async function rerun<State>(device: DeviceName, driver: Driver<State>, op
   let fd: number;
   try {
     const current = await lookUp(control, device);
-    const currentAttributes = current.attributes as unknown as EffectiveAttributes;
-    await chooseFrontend(current.frontend as FrontendChoice);
-    const attributes = frontendAttributes(current.frontend, adjustAttributes(inheritAttributes(given, currentAttributes), driver));
+    const currentAttributes = current.attributes;
+    const kind = await chooseFrontend(current.frontend);
+    const attributes = kind.attributes(adjustAttributes(inheritAttributes(given, currentAttributes), driver));
     // Checked here too, so that a driver that cannot fit never disturbs the current one.
     checkReplacement(currentAttributes, current.callbacks, attributes, callbacks);
     if (driver.validate) {
@@ -495,11 +493,13 @@ class Instance<State> {
       }
     };
     this.requests = new RequestLayer(driver, this.ctx, { abort: (error) => void this.device?.abort(error), log });
-    const frontendOptions = { index: record.index, attributes, readOnly, requests: this.requests, log };
-    this.frontend =
-      record.frontend === 'nbd'
-        ? new KernelNbdFrontend({ ...frontendOptions, id: this.ctx.id, callbacks: record.callbacks as RequestCallback[] })
-        : new FuseLoopFrontend({ ...frontendOptions, restarts: RestartTable.open(record.id) });
+    const kind = frontendKind(record.frontend);
+    const callbacks = record.callbacks as RequestCallback[];
+    this.frontend = kind.create({ id: this.ctx.id, index: record.index, callbacks, attributes, readOnly, requests: this.requests, log });
+    const never = callbacks.filter((name) => !kind.callable.includes(name));
+    if (!isRerun && never.length > 0) {
+      log(`note: on ${kind.title} the kernel never calls this driver's ${never.join(', ')} callback${never.length > 1 ? 's' : ''} (an NBD export, --export, can call every one; see docs/frontends.md)`);
+    }
   }
 
   /**

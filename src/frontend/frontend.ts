@@ -1,10 +1,73 @@
 /**
- * The contract every kernel frontend implements: turn the kernel's block requests for one device
- * into calls on the request layer, and encode the outcomes back. Frontends decode and encode
- * only; checking, splitting, emulation and error mapping live in the request layer.
+ * The contract of a kernel path, on both sides. A FrontendKind is one kernel path (FUSE+loop,
+ * kernel NBD): whether this kernel can host it, the attributes it can show, the request
+ * callbacks it can call, how the driver process serves a device through it (Frontend), and what
+ * the daemon does with a device's kernel end while no driver serves it (FrontendKeeping).
+ * kinds.ts lists them: adding a kernel path is one folder and one entry there; nothing outside
+ * a frontend's folder tests its name.
+ *
+ * A Frontend turns the kernel's block requests for one device into calls on the request layer
+ * and encodes the outcomes back. Frontends decode and encode only; checking, splitting,
+ * emulation, timing and error mapping live in the request layer.
  */
 import type { EffectiveAttributes } from '../driver/attributes.js';
+import type { RequestCallback } from '../driver/callbacks.js';
 import type { RequestLayer } from '../request/request-layer.js';
+
+export interface FrontendKind {
+  /** As given to `--frontend` and kept in the registry. */
+  readonly name: string;
+  /** For messages: "FUSE+loop". */
+  readonly title: string;
+  /** Why this machine's kernel cannot host it (say, no /dev/fuse), or undefined if it can. */
+  missing(): Promise<string | undefined>;
+  /** The attributes as this path can show them; an AttributeError for what it cannot do. */
+  attributes(attributes: EffectiveAttributes): EffectiveAttributes;
+  /** The request callbacks the kernel can reach through this path (an export reaches all). */
+  readonly callable: readonly RequestCallback[];
+  /** The driver process's side: serves one device. */
+  create(options: FrontendOptions): Frontend;
+  /** The daemon's side. */
+  readonly keeping: FrontendKeeping;
+}
+
+/** What the daemon knows of a device, for its frontend. */
+export interface KeptDevice {
+  readonly id: string;
+  readonly index: number;
+  readonly kernelPath: string;
+  readonly readOnly: boolean;
+  readonly attributes: EffectiveAttributes;
+}
+
+/** How the daemon keeps a device whose driver died until the next one attaches. */
+export interface Keeper {
+  /** A driver attaches: stop, leaving the device's requests to it. */
+  stop(): Promise<void>;
+  /** The device is being removed. */
+  close(): void;
+}
+
+/**
+ * The daemon's side of a kernel path. The daemon holds a duplicate of each device's kernel end
+ * (`fd`, -1 if it holds none); these calls decide what it does with it.
+ */
+export interface FrontendKeeping {
+  /** Whether the kernel keeps the device by itself while nobody holds its kernel end. */
+  readonly kernelKeepsDevice: boolean;
+  /**
+   * A recoverable device lost its driver: keep it until the next one, its requests held, or
+   * failed with EIO ('fail-all'). Returns what keeps it and the kernel end the daemon holds now.
+   */
+  orphan(device: KeptDevice, fd: number, mode: KeeperMode, log: (line: string) => void): Promise<{ keeper: Keeper | undefined; fd: number }>;
+  /** A driver died while handing the device over; returns the kernel end the daemon holds now. */
+  lostInHandover(device: KeptDevice, fd: number): number;
+  /** The device is gone (its driver ended or died, its duplicate closed): remove what is left of it. */
+  reclaim(device: KeptDevice, log: (line: string) => void): Promise<void>;
+}
+
+/** What a device without a driver does with its requests: hold them, or fail them all. */
+export type KeeperMode = 'hold' | 'fail-all';
 
 /** What a started frontend gives the device: its kernel block device node. */
 export interface KernelDevice {
@@ -15,8 +78,12 @@ export interface KernelDevice {
 }
 
 export interface FrontendOptions {
+  /** The device's id (names what must outlive a driver). */
+  readonly id: bigint;
   /** The device's index (names the frontend's own resources). */
   readonly index: number;
+  /** The driver's request callbacks. */
+  readonly callbacks: readonly RequestCallback[];
   readonly attributes: EffectiveAttributes;
   readonly readOnly: boolean;
   readonly requests: RequestLayer;

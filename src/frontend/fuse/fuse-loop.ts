@@ -19,7 +19,7 @@ import { closeSync, promises as fsp, mkdirSync, openSync, readFileSync, rmSync, 
 import { constants } from 'node:os';
 import type { Frontend, FrontendOptions, KernelDevice } from '../frontend.js';
 import type { RequestLayer } from '../../request/request-layer.js';
-import { Holder, isResent, restartLimitOf, type RestartTable } from '../../request/restart-table.js';
+import { Holder, isResent, restartLimitOf, type RestartTable } from './restart-table.js';
 import { native } from '../../native.js';
 import { execute } from '../../util/exec.js';
 import { RUN_DIR } from '../../util/paths.js';

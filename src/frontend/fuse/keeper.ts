@@ -16,20 +16,19 @@
  */
 import { constants } from 'node:os';
 import { EXPIRED, IDLE, RequestTimer, type TimedRequest } from '../../request/request-timer.js';
-import { Holder, isResent, restartLimitOf, type RestartTable } from '../../request/restart-table.js';
+import { Holder, isResent, restartLimitOf, type RestartTable } from './restart-table.js';
 import { bufferSizeFor, FuseChannel } from './channel.js';
 import { answerFileRequest, type ImageFile } from './image-file.js';
 import { InHeader, Opcode, OutHeader } from './protocol.js';
 import { Slot } from './slot.js';
+import type { KeeperMode } from '../frontend.js';
 
 const { EIO, ETIMEDOUT } = constants.errno;
 
 /** Requests the kernel may send without any size (FSYNC, FALLOCATE) still need a full-size read buffer. */
 const MAX_WRITE = 1 << 20;
 
-export type KeeperMode = 'hold' | 'fail-all';
-
-export interface KeptDevice extends ImageFile {
+export interface HeldDevice extends ImageFile {
   readonly index: number;
   readonly requestTimeout: number;
   readonly recoveryMode: string;
@@ -69,7 +68,7 @@ export class FuseKeeper {
   constructor(
     /** The daemon's duplicate of the device's /dev/fuse file. */
     readonly fd: number,
-    private readonly device: KeptDevice,
+    private readonly device: HeldDevice,
     private readonly restarts: RestartTable,
     private readonly log: (line: string) => void,
   ) {}

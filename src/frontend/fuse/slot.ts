@@ -4,7 +4,7 @@
  * per size.
  */
 import { Exchange } from '../../request/exchange.js';
-import type { RestartTable } from '../../request/restart-table.js';
+import type { RestartTable } from './restart-table.js';
 import type { FuseChannel } from './channel.js';
 import { InHeader, OutHeader, WriteIn, WriteOut } from './protocol.js';
 

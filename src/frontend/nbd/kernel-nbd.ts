@@ -13,7 +13,6 @@
  */
 import { closeSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
-import type { RequestCallback } from '../../driver/callbacks.js';
 import type { EffectiveAttributes } from '../../driver/attributes.js';
 import { native } from '../../native.js';
 import { MessageInput } from '../../nbd/input.js';
@@ -22,11 +21,6 @@ import { RUN_DIR } from '../../util/paths.js';
 import type { Frontend, FrontendOptions, KernelDevice } from '../frontend.js';
 import { backendOf, nbdConnect, nbdDisconnect, nbdIndexOf, nbdReconfigure } from './netlink.js';
 
-export interface KernelNbdOptions extends FrontendOptions {
-  /** The device's id: names the file a hand-over leaves its unread bytes in. */
-  readonly id: bigint;
-  readonly callbacks: readonly RequestCallback[];
-}
 
 /** Where a driver handing over leaves the bytes it read but did not parse. */
 export function unreadPath(id: bigint | string): string {
@@ -56,7 +50,7 @@ export class KernelNbdFrontend implements Frontend {
   private reading = true;
   private stopping = false;
 
-  constructor(private readonly options: KernelNbdOptions) {
+  constructor(private readonly options: FrontendOptions) {
     this.ended = new Promise((resolve) => (this.endWith = resolve));
   }
 

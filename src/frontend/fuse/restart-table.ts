@@ -19,8 +19,8 @@
  * Entry layout (16 bytes): id low u32, id high u32 (bit 31 clear), restarts u16, holder u8.
  */
 import { closeSync, constants, ftruncateSync, mkdirSync, openSync, rmSync } from 'node:fs';
-import { native } from '../native.js';
-import { RUN_DIR } from '../util/paths.js';
+import { native } from '../../native.js';
+import { RUN_DIR } from '../../util/paths.js';
 
 export const Holder = { NONE: 0, DRIVER: 1, KEEPER: 2 } as const;
 export type Holder = (typeof Holder)[keyof typeof Holder];
