@@ -126,6 +126,22 @@ function kernelTests(): void {
     assert.equal((await readBlock(dev, 4096)).code, 0, 'the next read is served');
   });
 
+  test('every driver error reaches the client as EIO: nbd.ko has one error for all (docs/frontends.md)', async (t) => {
+    const dev = await device(t, [`${DRIVERS}/faulty.js`, '--request-timeout', '1s', '--frontend', 'nbd']);
+    const cases: Array<[string[], string]> = [
+      [['if=/dev/zero', `of=${dev}`, 'oflag=direct,seek_bytes', `seek=${MiB}`, 'conv=notrunc'], 'ENOSPC'],
+      [[`if=${dev}`, 'of=/dev/null', 'iflag=direct,skip_bytes', `skip=${2 * MiB}`], 'EIO'],
+      [[`if=${dev}`, 'of=/dev/null', 'iflag=direct,skip_bytes', `skip=${6 * MiB}`], 'ENOLINK'],
+      [[`if=${dev}`, 'of=/dev/null', 'iflag=direct,skip_bytes', `skip=${7 * MiB}`], 'ETIMEDOUT'],
+      [[`if=${dev}`, 'of=/dev/null', 'iflag=direct,skip_bytes', `skip=${3 * MiB}`], 'a timeout'],
+    ];
+    for (const [args, what] of cases) {
+      const r = await sh('dd', [...args, 'bs=4096', 'count=1', 'status=none'], { timeoutMs: 30_000 });
+      assert.notEqual(r.code, 0, what);
+      assert.match(r.stderr, /Input\/output error/, `${what} reaches the client as EIO`);
+    }
+  });
+
   test('discard, write-zeroes and flush reach the driver', async (t) => {
     const log = scratch('requests');
     t.after(() => rmSync(log, { force: true }));

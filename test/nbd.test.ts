@@ -143,6 +143,14 @@ test('bad handshakes and requests get the protocol error or a clean disconnect; 
   assert.equal(reply.readUInt32BE(0), 0x67446698);
   assert.equal(reply.readUInt32BE(4), 22, 'EINVAL');
   assert.equal(reply.readBigUInt64BE(8), 0xabcdefn, 'the cookie comes back');
+  // A flag the command cannot carry (REQ_ONE on a read; an unknown bit): EINVAL, as nbdkit does.
+  for (const flags of [1 << 3, 1 << 9]) {
+    const flagged = readRequest(0x1234n, 0, 4096);
+    flagged.writeUInt16BE(flags, 4);
+    e.socket.write(flagged);
+    const refused = await e.next(16);
+    assert.equal(refused.readUInt32BE(4), 22, `flags 0x${flags.toString(16)}: EINVAL`);
+  }
   e.socket.write(Buffer.alloc(28, 0x11));
   await e.closed;
 

@@ -17,8 +17,9 @@
  * overlap. `initialize`, `onDeviceAvailable` and `terminate` never overlap any other callback.
  *
  * Errors: a request callback fails its request by throwing (or rejecting). ENOLINK, ENOSPC and
- * ETIMEDOUT (as `error.code`, e.g. a {@link DriverError} or a Node system error) reach the client
- * as themselves; anything else becomes EIO and is logged. Throwing {@link DriverAbort} (or calling
+ * ETIMEDOUT (as `error.code`, e.g. a {@link DriverError} or a Node system error) fail it with
+ * that errno; anything else with EIO, logged. FUSE+loop passes the three to the client; nbd.ko
+ * turns every error into EIO; NBD has ENOSPC only (docs/frontends.md has the table). Throwing {@link DriverAbort} (or calling
  * `abort()`) ends the driver instead; the device is then destroyed.
  */
 import type { Attributes, EffectiveAttributes } from './attributes.js';
@@ -93,42 +94,54 @@ export interface Driver<State = unknown> {
    */
   resize?(size: number, ctx: Context<State>): Promise<void> | void;
 
-  /** Fill `buffer` (exactly the request's size) with the data at `offset`. */
+  /**
+   * Fill `buffer` (exactly the request's size) with the data at `offset`.
+   * Kernel paths: FUSE+loop, kernel NBD, NBD exports.
+   */
   read?(buffer: Buffer, offset: number, ctx: Context<State>): Promise<void> | void;
 
-  /** Store `data` (exactly the request's size) at `offset`. Do not keep `data` after returning: its memory is reused. */
+  /**
+   * Store `data` (exactly the request's size) at `offset`. Do not keep `data` after returning:
+   * its memory is reused. Kernel paths: FUSE+loop, kernel NBD, NBD exports.
+   */
   write?(data: Buffer, offset: number, ctx: Context<State>): Promise<void> | void;
 
   /**
    * Write the one logical block in `block` to every block of [offset, offset + size). Without it,
-   * write-same requests become writes. No kernel frontend sends write-same any more (Linux removed
-   * REQ_OP_WRITE_SAME in 5.18); it is kept for BDUS parity.
+   * write-same requests become writes. Kernel paths: none (Linux removed REQ_OP_WRITE_SAME in
+   * 5.18); it is kept for BDUS parity.
    */
   writeSame?(block: Buffer, offset: number, size: number, ctx: Context<State>): Promise<void> | void;
 
   /**
    * Make [offset, offset + size) read back as zeros. When `mayUnmap` is false, later writes to
    * the range must not fail for lack of space (allocate it). Without it, write-zeroes requests
-   * become writes of zeros.
+   * become writes of zeros. Kernel paths: FUSE+loop (write-zeroes, and discards: mayUnmap true),
+   * kernel NBD and NBD exports (WRITE_ZEROES; mayUnmap unless NO_HOLE).
    */
   writeZeros?(offset: number, size: number, mayUnmap: boolean, ctx: Context<State>): Promise<void> | void;
 
   /**
    * A write that is durable when it returns (Force Unit Access). Requires `flush`. Without it,
-   * FUA writes become a write followed by a flush.
+   * FUA writes become a write followed by a flush. Kernel paths: kernel NBD, NBD exports (loop
+   * sends O_DSYNC writes as a write and a flush).
    */
   fuaWrite?(data: Buffer, offset: number, ctx: Context<State>): Promise<void> | void;
 
   /**
    * Make every write completed so far durable. Without it the device reports no write-back cache
-   * need: flush requests succeed at once.
+   * need: flush requests succeed at once. Kernel paths: FUSE+loop, kernel NBD, NBD exports.
    */
   flush?(ctx: Context<State>): Promise<void> | void;
 
-  /** The range's contents are no longer needed. Reads of it may return anything afterwards. */
+  /**
+   * The range's contents are no longer needed. Reads of it may return anything afterwards.
+   * Kernel paths: kernel NBD and NBD exports (TRIM); on FUSE+loop only when the driver has no
+   * writeZeros, followed by writes of zeros (loop's discard must read back zeros).
+   */
   discard?(offset: number, size: number, ctx: Context<State>): Promise<void> | void;
 
-  /** Erase the range so that its previous contents cannot be recovered. */
+  /** Erase the range so that its previous contents cannot be recovered. Kernel paths: none here yet. */
   secureErase?(offset: number, size: number, ctx: Context<State>): Promise<void> | void;
 
   /**
@@ -137,13 +150,15 @@ export interface Driver<State = unknown> {
    * last may end past the range and is cut). Asked by NBD clients' block-status queries (qemu-img
    * map, nbdinfo --map, nbdcopy's sparse copies); without it, everything is data. Reporting a
    * hole or zeros that are not there corrupts a sparse copy: when unsure, say data.
+   * Kernel paths: NBD exports only (nbd.ko does not ask).
    */
   extents?(offset: number, size: number, ctx: Context<State>): Promise<readonly Extent[]> | readonly Extent[];
 
   /**
    * A device-specific ioctl. `argument` is the client's argument buffer (null for _IOC_NONE);
    * changes to it reach the client only if the callback succeeds. Unknown commands should throw
-   * a DriverError('ENOTTY'). Must be idempotent, like every request.
+   * a DriverError('ENOTTY'). Must be idempotent, like every request. Kernel paths: none here
+   * (loop answers ioctls itself; NBD has no ioctl).
    */
   ioctl?(command: number, argument: Buffer | null, ctx: Context<State>): Promise<void> | void;
 }

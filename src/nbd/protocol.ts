@@ -76,6 +76,17 @@ export const Command = {
 export const State = { HOLE: 1 << 0, ZERO: 1 << 1 } as const;
 export const CommandFlag = { FUA: 1 << 0, NO_HOLE: 1 << 1, DF: 1 << 2, REQ_ONE: 1 << 3, FAST_ZERO: 1 << 4 } as const;
 
+/** The flags each command may carry (as nbdkit checks them); any other flag is refused with EINVAL. */
+export const COMMAND_FLAGS: Readonly<Record<number, number>> = {
+  [Command.READ]: CommandFlag.DF,
+  [Command.WRITE]: CommandFlag.FUA,
+  [Command.FLUSH]: 0,
+  [Command.TRIM]: CommandFlag.FUA,
+  [Command.CACHE]: 0,
+  [Command.WRITE_ZEROES]: CommandFlag.FUA | CommandFlag.NO_HOLE | CommandFlag.FAST_ZERO,
+  [Command.BLOCK_STATUS]: CommandFlag.REQ_ONE,
+};
+
 export const ReplyFlag = { DONE: 1 << 0 } as const;
 export const ReplyType = {
   NONE: 0,

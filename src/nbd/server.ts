@@ -25,6 +25,7 @@ import {
   ChunkHeader,
   ClientFlag,
   Command,
+  COMMAND_FLAGS,
   CommandFlag,
   Flag,
   HandshakeFlag,
@@ -190,8 +191,6 @@ export function readingSocket(fd: number, input: MessageInput, reading: () => bo
     },
   } as SocketConstructorOpts);
 }
-
-const WRITES = new Set<number>([Command.WRITE, Command.TRIM, Command.WRITE_ZEROES]);
 
 /** One client's connection: its handshake, then its requests and their replies. */
 export class Connection {
@@ -541,11 +540,11 @@ export class Connection {
     const length = header.readUInt32BE(RequestHeader.length);
     const request = this.take(header);
     const { requests } = this.exported;
-    const outside = offset + length > this.exported.attributes.size;
-    if (this.exported.readOnly && WRITES.has(type)) return this.refuse(request, NbdError.EPERM, payload);
+    // The wire's own rules; bounds, alignment and read-only are the request layer's.
+    if (flags & ~(COMMAND_FLAGS[type] ?? 0)) return this.refuse(request, NbdError.EINVAL, payload);
     switch (type) {
       case Command.READ: {
-        if (outside || length > MAX_PAYLOAD) return this.refuse(request, NbdError.EINVAL, payload);
+        if (length > MAX_PAYLOAD || (flags & CommandFlag.DF && !this.structured)) return this.refuse(request, NbdError.EINVAL, payload);
         const headerSize = this.structured ? ChunkHeader.SIZE + 8 : SimpleReply.SIZE;
         const reply = this.input.buffers.take(headerSize + length);
         if (this.structured) {
@@ -562,7 +561,6 @@ export class Connection {
         return requests.read(request, reply.buffer.subarray(headerSize), offset);
       }
       case Command.WRITE:
-        if (outside) return this.refuse(request, NbdError.EINVAL, payload);
         // The payload is a view into a slab (unless it was gathered): kept until the callback ends.
         request.payload = payload;
         request.slab = payload ? undefined : this.input.hold();
@@ -573,16 +571,14 @@ export class Connection {
         this.inFlight++;
         return requests.flush(request);
       case Command.TRIM:
-        if (outside) return this.refuse(request, NbdError.EINVAL, payload);
         this.inFlight++;
         return requests.discard(request, offset, length);
       case Command.WRITE_ZEROES:
-        if (outside) return this.refuse(request, NbdError.EINVAL, payload);
         if (flags & CommandFlag.FAST_ZERO && !this.exported.callbacks.includes('writeZeros')) return this.refuse(request, NbdError.ENOTSUP, payload);
         this.inFlight++;
         return requests.writeZeros(request, offset, length, (flags & CommandFlag.NO_HOLE) === 0);
       case Command.BLOCK_STATUS:
-        if (outside || length === 0 || !this.allocationContext) return this.refuse(request, NbdError.EINVAL, payload);
+        if (!this.allocationContext) return this.refuse(request, NbdError.EINVAL, payload);
         request.kind = Answer.EXTENTS;
         request.one = (flags & CommandFlag.REQ_ONE) !== 0;
         request.extents.length = 0;

@@ -7,7 +7,8 @@
  * to encode. Nothing here knows about FUSE or NBD.
  *
  * - Checks: offset and size are multiples of the logical block size, size > 0, within the device
- *   (EINVAL otherwise, logged: a correct kernel never sends such a request).
+ *   (EINVAL otherwise, logged: a correct kernel never sends such a request); a write of any kind
+ *   to a read-only device fails with EROFS (NBD sends it as EPERM).
  * - Splitting: a request larger than its operation's max size attribute becomes several
  *   callbacks, in order; the first failure fails the request.
  * - Emulation: write-zeroes and write-same through write, FUA write through write + flush, flush
@@ -30,8 +31,8 @@ import { Operation, OPERATION_NAMES } from './operation.js';
 import type { Exchange } from './exchange.js';
 import { IDLE, RequestTimer } from './request-timer.js';
 
-const { EIO, EINVAL, EOPNOTSUPP, ENOTTY } = constants.errno;
-const RESOLVED = [0, EIO, EINVAL, EOPNOTSUPP, ENOTTY].reduce(
+const { EIO, EINVAL, EOPNOTSUPP, ENOTTY, EROFS } = constants.errno;
+const RESOLVED = [0, EIO, EINVAL, EOPNOTSUPP, ENOTTY, EROFS].reduce(
   (m, e) => m.set(e, Promise.resolve(e)),
   new Map<number, Promise<number>>(),
 );
@@ -167,12 +168,14 @@ export class RequestLayer {
 
   private writeOp(data: Buffer, offset: number): Promise<number> {
     if (!this.accepting) return resolved(EIO);
+    if (this.ctx.readOnly) return resolved(EROFS);
     if (!this.driver.write) return resolved(EOPNOTSUPP);
     return this.bufferOp(Operation.WRITE, data, offset, this.attrs.maxReadWriteSize);
   }
 
   private async fuaWriteOp(data: Buffer, offset: number): Promise<number> {
     if (!this.accepting) return EIO;
+    if (this.ctx.readOnly) return EROFS;
     if (this.driver.fuaWrite) return this.bufferOp(Operation.FUA_WRITE, data, offset, this.attrs.maxReadWriteSize);
     const errno = await this.writeOp(data, offset);
     return errno !== 0 ? errno : this.flushOp();
@@ -186,6 +189,7 @@ export class RequestLayer {
 
   private writeZerosOp(offset: number, size: number, mayUnmap: boolean): Promise<number> {
     if (!this.accepting) return resolved(EIO);
+    if (this.ctx.readOnly) return resolved(EROFS);
     if (this.driver.writeZeros) return this.rangeOp(Operation.WRITE_ZEROS, offset, size, this.attrs.maxWriteZerosSize, mayUnmap);
     if (this.driver.write) return this.checked(offset, size, Operation.WRITE_ZEROS) ?? this.writeZeroBuffers(offset, size);
     return resolved(EOPNOTSUPP);
@@ -193,6 +197,7 @@ export class RequestLayer {
 
   private discardOp(offset: number, size: number): Promise<number> {
     if (!this.accepting) return resolved(EIO);
+    if (this.ctx.readOnly) return resolved(EROFS);
     if (!this.driver.discard) return resolved(EOPNOTSUPP);
     return this.rangeOp(Operation.DISCARD, offset, size, this.attrs.maxDiscardEraseSize, undefined);
   }
@@ -205,6 +210,7 @@ export class RequestLayer {
    */
   private async zeroingDiscardOp(offset: number, size: number): Promise<number> {
     if (!this.accepting) return EIO;
+    if (this.ctx.readOnly) return EROFS;
     if (this.driver.writeZeros) return this.writeZerosOp(offset, size, true);
     if (this.driver.discard) {
       const errno = await this.discardOp(offset, size);
@@ -215,12 +221,14 @@ export class RequestLayer {
 
   private secureEraseOp(offset: number, size: number): Promise<number> {
     if (!this.accepting) return resolved(EIO);
+    if (this.ctx.readOnly) return resolved(EROFS);
     if (!this.driver.secureErase) return resolved(EOPNOTSUPP);
     return this.rangeOp(Operation.SECURE_ERASE, offset, size, this.attrs.maxDiscardEraseSize, undefined);
   }
 
   private writeSameOp(block: Buffer, offset: number, size: number): Promise<number> {
     if (!this.accepting) return resolved(EIO);
+    if (this.ctx.readOnly) return resolved(EROFS);
     if (block.length !== this.attrs.logicalBlockSize) return this.invalid(Operation.WRITE_SAME, offset, size);
     if (this.driver.writeSame) return this.rangeOp(Operation.WRITE_SAME, offset, size, this.attrs.maxWriteSameSize, block);
     if (!this.driver.write) return resolved(EOPNOTSUPP);

@@ -2,7 +2,8 @@
  * A RAM driver whose callbacks misbehave at chosen offsets (MiB):
  *   write at 1 MiB: fails with ENOSPC;   read at 2 MiB: throws a plain Error (EIO);
  *   read at 3 MiB: never answers;        write at 4 MiB: aborts the driver;
- *   write at 5 MiB: takes 3 s, then succeeds.
+ *   write at 5 MiB: takes 3 s, then succeeds;
+ *   read at 6 MiB: fails with ENOLINK;   read at 7 MiB: fails with ETIMEDOUT.
  * Every other request behaves.
  */
 import { abort, DriverError, type Driver } from '../../src/index.js';
@@ -17,6 +18,8 @@ const faulty: Driver<Buffer> = {
   async read(buffer, offset, ctx) {
     if (offset === 2 * MiB) throw new Error('a bug in the driver');
     if (offset === 3 * MiB) return new Promise<void>(() => undefined);
+    if (offset === 6 * MiB) throw new DriverError('ENOLINK');
+    if (offset === 7 * MiB) throw new DriverError('ETIMEDOUT');
     ctx.state.copy(buffer, 0, offset, offset + buffer.length);
   },
   async write(data, offset, ctx) {

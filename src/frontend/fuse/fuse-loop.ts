@@ -43,7 +43,7 @@ import {
 } from './protocol.js';
 import { BODY, Reply, Slot, WRITE_DATA } from './slot.js';
 
-const { EIO, EROFS, EOPNOTSUPP, EPROTO } = constants.errno;
+const { EIO, EOPNOTSUPP, EPROTO } = constants.errno;
 
 /** Largest READ/WRITE the kernel sends (max_write; reads follow max_pages). */
 const MAX_WRITE = 1 << 20;
@@ -277,7 +277,6 @@ export class FuseLoopFrontend implements Frontend {
     const offset = readU64(buf, BODY + FallocateIn.offset);
     const length = readU64(buf, BODY + FallocateIn.length);
     const mode = buf.readUInt32LE(BODY + FallocateIn.mode);
-    if (this.options.readOnly) return slot.done(EROFS);
     if (mode & ~(FallocateMode.KEEP_SIZE | FallocateMode.PUNCH_HOLE | FallocateMode.ZERO_RANGE)) return slot.done(EOPNOTSUPP);
     if (mode & FallocateMode.PUNCH_HOLE) {
       this.requests.zeroingDiscard(slot, offset, length);
