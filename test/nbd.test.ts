@@ -297,3 +297,20 @@ test('a driver that never answers: the NBD client gets an error within the reque
   assert.ok(Number(seconds) >= 2 && Number(seconds) <= 4, `failed after ${seconds} s (timeout 2 s)`);
   assert.equal(next, 'next 4096');
 });
+
+test('a structured read at the very end of the 64-bit range gets EINVAL, and the export serves on', async (t) => {
+  const { uri } = await exportDriver(t, ['ram', '--size', '16M']);
+  const script = [
+    'h.set_strict_mode(0)',
+    'for offset in (2**64 - 4096, 2**63, 16 * 2**20):',
+    '    try:',
+    '        h.pread(4096, offset)',
+    '        print("answered")',
+    '    except nbd.Error as e:',
+    '        print(e.errno)',
+    'print(len(h.pread(4096, 0)))',
+  ].join('\n');
+  const r = await nbdsh(uri, script);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(r.stdout.trim().split('\n'), ['EINVAL', 'EINVAL', 'EINVAL', '4096']);
+});

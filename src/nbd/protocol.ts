@@ -109,6 +109,12 @@ export const RequestHeader = { magic: 0, flags: 4, type: 6, cookie: 8, offset: 1
 export const SimpleReply = { magic: 0, error: 4, cookie: 8, SIZE: 16 } as const;
 /** Structured reply chunk header: magic u32, flags u16, type u16, cookie u64, length u32. */
 export const ChunkHeader = { magic: 0, flags: 4, type: 6, cookie: 8, length: 16, SIZE: 20 } as const;
+/** Option header (client): magic u64, option u32, length u32. */
+export const OptionHeader = { magic: 0, option: 8, length: 12, SIZE: 16 } as const;
+/** Option reply header: magic u64, option u32, reply type u32, length u32. */
+export const OptionReplyHeader = { magic: 0, option: 8, type: 12, length: 16, SIZE: 20 } as const;
+/** The server's greeting: NBDMAGIC u64, IHAVEOPT u64, handshake flags u16. */
+export const Greeting = { magic: 0, ihaveopt: 8, flags: 16, SIZE: 18 } as const;
 
 /** NBD's error numbers (fixed by the protocol, not the host's errno values). */
 export const NbdError = {

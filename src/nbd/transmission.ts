@@ -1,0 +1,247 @@
+/**
+ * The transmission phase of an NBD connection: where an NBD request enters (nextRequest), is
+ * decoded and handed to the request layer (request), and where its reply leaves (the replies'
+ * answer, then send). What is checked here is the wire only: the magic, the command and its
+ * flags, a payload's length. A bad request gets an error reply; a bad magic or an oversized
+ * write payload (whose length cannot be trusted) ends the connection.
+ */
+import type { Socket } from 'node:net';
+import { native } from '../native.js';
+import { doneChunk, errorChunk, simpleReply, writeChunkHeader, writeCookie, type Cookie } from './codec.js';
+import { MAX_PAYLOAD, type NbdExport } from './export-spec.js';
+import type { MessageInput, PooledBuffer } from './input.js';
+import {
+  BASE_ALLOCATION_ID,
+  ChunkHeader,
+  Command,
+  COMMAND_FLAGS,
+  CommandFlag,
+  NbdError,
+  nbdError,
+  ReplyFlag,
+  ReplyType,
+  REQUEST_MAGIC,
+  RequestHeader,
+  SIMPLE_REPLY_MAGIC,
+  SimpleReply,
+  State,
+} from './protocol.js';
+import { Answer, NbdRequest, type NbdReplies } from './request.js';
+import type { Negotiated } from './handshake.js';
+
+/** Most extents in one block-status reply; a client asks again for the rest. */
+const MAX_EXTENTS = 1024;
+/** How long an idle connection spins for the client's next request before the event loop sleeps. */
+const SPIN_MICROSECONDS = 20;
+
+/** What the connection lends its transmission phase. */
+export interface TransmissionLink {
+  readonly socket: Socket;
+  readonly input: MessageInput;
+  readonly exported: NbdExport;
+  /** The socket's descriptor, where known (it spins on it when idle), else -1. */
+  readonly fd: number;
+  /** No more requests are read (shutdown, hand-over, a DISC). */
+  readonly ending: boolean;
+  hangUp(why: string): void;
+  /** The client sent NBD_CMD_DISC. */
+  disconnect(): void;
+}
+
+export class Transmission {
+  /** Requests handed to the request layer and not yet answered. */
+  inFlight = 0;
+  /** Called whenever the last request in flight is answered. */
+  idle: (() => void) | undefined;
+  /** Writes nothing more (the driver aborted: the next one answers these requests). */
+  muted = false;
+  private readonly structured: boolean;
+  private readonly allocationContext: boolean;
+  private readonly pool: NbdRequest[] = [];
+  private corked = false;
+
+  constructor(
+    private readonly link: TransmissionLink,
+    negotiated: Negotiated,
+  ) {
+    this.structured = negotiated.structured;
+    this.allocationContext = negotiated.allocationContext;
+  }
+
+  start(): void {
+    this.nextRequest();
+  }
+
+  private nextRequest(): void {
+    if (this.link.ending) return;
+    this.link.input.expect(RequestHeader.SIZE, (header) => {
+      if (header.readUInt32BE(RequestHeader.magic) !== REQUEST_MAGIC) return this.link.hangUp('bad request magic');
+      const type = header.readUInt16BE(RequestHeader.type);
+      const length = header.readUInt32BE(RequestHeader.length);
+      if (type === Command.WRITE) {
+        // A write's payload follows its header; a length we would not accept cannot be skipped safely.
+        if (length > MAX_PAYLOAD) return this.link.hangUp(`a write of ${length} bytes (the maximum is ${MAX_PAYLOAD})`);
+        // The header stays a view into its slab: no slab is reused before this payload is
+        // complete (input.ts keeps room for it), and request() reads the header at once.
+        return this.link.input.expect(length, (data) => {
+          this.request(header, data, this.link.input.gathered);
+          this.nextRequest();
+        });
+      }
+      if (type === Command.DISC) return this.link.disconnect();
+      this.request(header, undefined, undefined);
+      this.nextRequest();
+    });
+  }
+
+  /** A request record from the pool (see request.ts). */
+  private take(header: Buffer): NbdRequest {
+    const request = this.pool.pop() ?? new NbdRequest(this.replies);
+    // Copied out: the header's bytes may be reused (a slab) before the reply leaves.
+    request.high = header.readUInt32BE(RequestHeader.cookie);
+    request.low = header.readUInt32BE(RequestHeader.cookie + 4);
+    request.kind = Answer.STATUS;
+    return request;
+  }
+
+  /**
+   * Decodes one request and hands it to the request layer, which answers it through the
+   * record's answer() (in replies below). What is checked here is the wire: the command, its
+   * flags and the payload's length; everything else is the request layer's.
+   * `payload`: the pooled buffer holding `data`, if it was gathered from several socket chunks.
+   */
+  private request(header: Buffer, data: Buffer | undefined, payload: PooledBuffer | undefined): void {
+    const flags = header.readUInt16BE(RequestHeader.flags);
+    const type = header.readUInt16BE(RequestHeader.type);
+    // Two 32-bit reads, not a BigInt per request; past 2^53 the value is inexact but still outside.
+    const offset = header.readUInt32BE(RequestHeader.offset) * 0x1_0000_0000 + header.readUInt32BE(RequestHeader.offset + 4);
+    const length = header.readUInt32BE(RequestHeader.length);
+    const request = this.take(header);
+    const { requests } = this.link.exported;
+    // The wire's own rules; bounds, alignment and read-only are the request layer's.
+    if (flags & ~(COMMAND_FLAGS[type] ?? 0)) return this.refuse(request, NbdError.EINVAL, payload);
+    switch (type) {
+      case Command.READ: {
+        if (length > MAX_PAYLOAD || (flags & CommandFlag.DF && !this.structured)) return this.refuse(request, NbdError.EINVAL, payload);
+        const headerSize = this.structured ? ChunkHeader.SIZE + 8 : SimpleReply.SIZE;
+        const reply = this.link.input.buffers.take(headerSize + length);
+        if (this.structured) {
+          writeChunkHeader(reply.buffer, request, ReplyFlag.DONE, ReplyType.OFFSET_DATA, 8 + length);
+          // The offset as the client sent it: no BigInt, and exact past 2^53.
+          header.copy(reply.buffer, ChunkHeader.SIZE, RequestHeader.offset, RequestHeader.offset + 8);
+        } else {
+          reply.buffer.writeUInt32BE(SIMPLE_REPLY_MAGIC, SimpleReply.magic);
+          reply.buffer.writeUInt32BE(0, SimpleReply.error);
+          writeCookie(reply.buffer, request, SimpleReply.cookie);
+        }
+        request.kind = Answer.READ;
+        request.reply = reply;
+        this.inFlight++;
+        return requests.read(request, reply.buffer.subarray(headerSize), offset);
+      }
+      case Command.WRITE:
+        // The payload is a view into a slab (unless it was gathered): kept until the callback ends.
+        request.payload = payload;
+        request.slab = payload ? undefined : this.link.input.hold();
+        this.inFlight++;
+        if (flags & CommandFlag.FUA) return requests.fuaWrite(request, data!, offset);
+        return requests.write(request, data!, offset);
+      case Command.FLUSH:
+        this.inFlight++;
+        return requests.flush(request);
+      case Command.TRIM:
+        this.inFlight++;
+        return requests.discard(request, offset, length);
+      case Command.WRITE_ZEROES:
+        if (flags & CommandFlag.FAST_ZERO && !this.link.exported.callbacks.includes('writeZeros')) return this.refuse(request, NbdError.ENOTSUP, payload);
+        this.inFlight++;
+        return requests.writeZeros(request, offset, length, (flags & CommandFlag.NO_HOLE) === 0);
+      case Command.BLOCK_STATUS:
+        if (!this.allocationContext) return this.refuse(request, NbdError.EINVAL, payload);
+        request.kind = Answer.EXTENTS;
+        request.one = (flags & CommandFlag.REQ_ONE) !== 0;
+        request.extents.length = 0;
+        this.inFlight++;
+        return requests.extents(request, offset, length, request.extents);
+      case Command.CACHE: // advisory: nothing to do
+        return this.refuse(request, 0, payload);
+      default:
+        return this.refuse(request, NbdError.EINVAL, payload);
+    }
+  }
+
+  /** Answers a request at once, without the request layer (refused on the wire, or nothing to do). */
+  private refuse(request: NbdRequest, error: number, payload: PooledBuffer | undefined): void {
+    this.replyStatus(request, error);
+    payload?.release();
+    this.pool.push(request);
+  }
+
+  /** The request layer's answers and ends of requests (see NbdRequest). */
+  private readonly replies: NbdReplies = {
+    answer: (request, errno) => {
+      const reply = request.reply;
+      if (request.kind === Answer.READ && errno === 0 && reply) {
+        request.reply = undefined; // the socket releases it once written
+        this.send(reply.buffer, reply.release);
+      } else if (request.kind === Answer.EXTENTS && errno === 0) {
+        this.sendExtents(request);
+      } else {
+        this.replyStatus(request, nbdError(errno));
+      }
+      if (--this.inFlight === 0) this.idle?.();
+    },
+    finish: (request) => {
+      request.reply?.release();
+      request.payload?.release();
+      this.link.input.release(request.slab);
+      request.reply = request.payload = request.slab = undefined;
+      this.pool.push(request);
+    },
+  };
+
+  /** base:allocation: the driver's extents (everything is data without an extents callback). */
+  private sendExtents(request: NbdRequest): void {
+    const { extents } = request;
+    const count = request.one ? 1 : Math.min(extents.length, MAX_EXTENTS);
+    const reply = Buffer.alloc(ChunkHeader.SIZE + 4 + 8 * count);
+    writeChunkHeader(reply, request, ReplyFlag.DONE, ReplyType.BLOCK_STATUS, 4 + 8 * count);
+    reply.writeUInt32BE(BASE_ALLOCATION_ID, ChunkHeader.SIZE);
+    for (let i = 0, at = ChunkHeader.SIZE + 4; i < count; i++, at += 8) {
+      const extent = extents[i]!;
+      reply.writeUInt32BE(extent.length, at);
+      reply.writeUInt32BE((extent.hole ? State.HOLE : 0) | (extent.zero ? State.ZERO : 0), at + 4);
+    }
+    this.send(reply);
+  }
+
+  private replyStatus(cookie: Cookie, error: number): void {
+    if (!this.structured) return this.send(simpleReply(cookie, error));
+    this.send(error === 0 ? doneChunk(cookie) : errorChunk(cookie, error));
+  }
+
+  /**
+   * Queues a reply; `written` runs once the socket took it (or never will). Replies made in one
+   * turn of the event loop leave in one system call: the socket is corked until the promises
+   * settled in this turn have run.
+   */
+  private send(reply: Buffer, written?: () => void): void {
+    const { socket } = this.link;
+    if (this.muted || socket.destroyed || !socket.writable) return written?.();
+    if (!this.corked) {
+      this.corked = true;
+      socket.cork();
+      process.nextTick(this.uncork);
+    }
+    socket.write(reply, written);
+  }
+
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.link.socket.uncork();
+    // Nothing left to do but wait for the client: a client at queue depth 1 sends its next
+    // request within microseconds, and catching it spinning spares the event loop a sleep and a
+    // wake-up, which cost more than the request on a virtual machine.
+    if (this.inFlight === 0 && this.link.fd >= 0 && !this.link.ending) native.waitReadable(this.link.fd, SPIN_MICROSECONDS);
+  };
+}
