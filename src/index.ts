@@ -5,7 +5,8 @@ export type { Context, Driver, Extent } from './driver/driver.js';
 export type { DriverFactory, DriverModule, DriverOption, DriverOptions, DriverOptionValues } from './driver/module.js';
 export { ATTRIBUTES, RECOVERY_MODES, type Attributes, type EffectiveAttributes, type RecoveryMode } from './driver/attributes.js';
 export { abort, AttributeError, BdusError, DriverAbort, DriverError } from './driver/errors.js';
-export { Device, rerun, run, serve, start, type DeviceExport, type DeviceExportOptions, type RunOptions } from './device/device.js';
+export { Device, type DeviceExport, type DeviceExportOptions, type RunOptions } from './device/device.js';
+export { rerun, run, serve, start } from './device/start.js';
 export { FRONTENDS, type FrontendChoice } from './frontend/select.js';
 export {
   daemonVersion,

@@ -8,7 +8,7 @@ import { connect } from 'node:net';
 import { test } from 'node:test';
 import { daemonVersion, destroyDevice, deviceInfo, listDevices, stopDaemon, waitUntilDestroyed } from '../src/index.js';
 import { SOCKET_PATH } from '../src/control/protocol.js';
-import { background, bdus, BIN, device, DRIVERS, info, leftovers, must, records, scratch, sh, sleep } from './helpers.js';
+import { background, bdus, BIN, device, DRIVERS, info, leftovers, mounted, must, records, scratch, sh, sleep } from './helpers.js';
 
 const MiB = 1 << 20;
 
@@ -122,13 +122,7 @@ test('destroy while a client holds the device open: the device goes, the kernel 
 test('destroy refuses a mounted device, naming the mount point; the API has the same choice', async (t) => {
   const dev = await device(t, ['ram', '--size', '64M']);
   await must('mkfs.ext4', ['-q', dev]);
-  const mnt = scratch('mnt');
-  await must('mkdir', ['-p', mnt]);
-  await must('mount', [dev, mnt]);
-  t.after(async () => {
-    await sh('umount', [mnt]);
-    await sh('rmdir', [mnt]);
-  });
+  const mnt = await mounted(t, dev);
   const refused = await bdus(['destroy', dev]);
   assert.equal(refused.code, 1);
   assert.match(refused.stderr, new RegExp(`^bdus: error: ${dev} is in use: mounted on ${mnt}\\. .*--force`));

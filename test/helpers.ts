@@ -125,3 +125,15 @@ export function readBlock(dev: string, offset: number): Promise<Result> {
     timeoutMs: 120_000,
   });
 }
+
+/** Mounts `dev` on a fresh directory, unmounted and removed after the test (also when it fails). */
+export async function mounted(t: TestContext, dev: string): Promise<string> {
+  const mnt = scratch('mnt');
+  await must('mkdir', ['-p', mnt]);
+  await must('mount', [dev, mnt]);
+  t.after(async () => {
+    await sh('umount', [mnt]);
+    await sh('rmdir', [mnt]);
+  });
+  return mnt;
+}

@@ -4,26 +4,14 @@
 // size or a refusal keep the size, with a clear error.
 import assert from 'node:assert/strict';
 import { statSync } from 'node:fs';
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import { resizeDevice } from '../src/index.js';
-import { bdus, device, DRIVERS, image, info, must, scratch, sh } from './helpers.js';
+import { bdus, device, DRIVERS, image, info, mounted, must, sh } from './helpers.js';
 
 const MiB = 1 << 20;
 
 async function size(dev: string): Promise<number> {
   return Number((await must('blockdev', ['--getsize64', dev])).trim());
-}
-
-/** Mounts `dev` on a fresh directory, unmounted and removed after the test. */
-async function mounted(t: TestContext, dev: string): Promise<string> {
-  const mnt = scratch('mnt');
-  await must('mkdir', ['-p', mnt]);
-  await must('mount', [dev, mnt]);
-  t.after(async () => {
-    await sh('umount', [mnt]);
-    await sh('rmdir', [mnt]);
-  });
-  return mnt;
 }
 
 async function fsSize(mnt: string): Promise<number> {

@@ -13,7 +13,8 @@
  */
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, writeSync } from 'node:fs';
-import { rerun, serve, start, type Device } from '../device/device.js';
+import type { Device } from '../device/device.js';
+import { rerun, serve, start } from '../device/start.js';
 import { BdusError } from '../driver/errors.js';
 import type { FrontendChoice } from '../frontend/select.js';
 import { native } from '../native.js';

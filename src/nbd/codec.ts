@@ -110,23 +110,17 @@ export function exportNameReply(size: number, flags: number, noZeroes: boolean):
   return reply;
 }
 
-/** A server in a LIST reply: name length u32, name. */
-export function serverReply(name: string): Buffer {
-  const bytes = Buffer.from(name);
+/** A u32, then text: a server in a LIST reply (the name's length, the name), a metadata context (its id, its name). */
+function u32AndText(value: number | undefined, text: string): Buffer {
+  const bytes = Buffer.from(text);
   const reply = Buffer.alloc(4 + bytes.length);
-  reply.writeUInt32BE(bytes.length, 0);
+  reply.writeUInt32BE(value ?? bytes.length, 0);
   bytes.copy(reply, 4);
   return reply;
 }
 
-/** A metadata context: id u32, name. */
-export function metaContextReply(id: number, name: string): Buffer {
-  const bytes = Buffer.from(name);
-  const reply = Buffer.alloc(4 + bytes.length);
-  reply.writeUInt32BE(id, 0);
-  bytes.copy(reply, 4);
-  return reply;
-}
+export const serverReply = (name: string): Buffer => u32AndText(undefined, name);
+export const metaContextReply = (id: number, name: string): Buffer => u32AndText(id, name);
 
 /** INFO/GO data: u32 name length, name, u16 count, count x u16 info types. */
 export function parseInfoRequest(data: Buffer): { name: string; requests: number[] } | undefined {

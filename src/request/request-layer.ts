@@ -29,6 +29,8 @@ import type { EffectiveAttributes } from '../driver/attributes.js';
 import { clientErrno, DriverAbort } from '../driver/errors.js';
 import { Operation, OPERATION_NAMES } from './operation.js';
 import type { Exchange } from './exchange.js';
+import { collect, describe, isRetryable, isTransfer, messageOf } from './describe.js';
+import { cutExtents } from './extents.js';
 import { IDLE, RequestTimer } from './request-timer.js';
 
 const { EIO, EINVAL, EOPNOTSUPP, ENOTTY, EROFS } = constants.errno;
@@ -262,25 +264,10 @@ export class RequestLayer {
     const start = into.length;
     const errno = await this.invoke(Operation.EXTENTS, into, offset, size);
     if (errno !== 0) return errno;
-    const lbs = this.attrs.logicalBlockSize;
-    let covered = 0;
-    let kept = start;
-    for (let i = start; i < into.length && covered < size; i++, kept++) {
-      const extent = into[i]!;
-      if (!Number.isSafeInteger(extent?.length) || extent.length <= 0 || extent.length % lbs !== 0) {
-        into.length = start;
-        this.hooks.log(`extents(offset=${offset}, size=${size}) returned an extent of length ${String(extent?.length)}: not a positive multiple of ${lbs}; the query fails with EIO`);
-        return EIO;
-      }
-      if (covered + extent.length > size) into[i] = { ...extent, length: size - covered };
-      covered += Math.min(extent.length, size - covered);
-    }
-    into.length = kept;
-    if (kept === start) {
-      this.hooks.log(`extents(offset=${offset}, size=${size}) returned no extent; the query fails with EIO`);
-      return EIO;
-    }
-    return 0;
+    const problem = cutExtents(into, start, size, this.attrs.logicalBlockSize);
+    if (!problem) return 0;
+    this.hooks.log(`extents(offset=${offset}, size=${size}) ${problem}; the query fails with EIO`);
+    return EIO;
   }
 
   // ---- Life cycle -----------------------------------------------------------------------------
@@ -445,43 +432,5 @@ export class RequestLayer {
 
   private logCall(op: Operation, b: number, c: number, a: unknown): void {
     this.hooks.log(describe(op, b, c, a));
-  }
-}
-
-async function collect(answer: Promise<readonly Extent[]> | readonly Extent[], into: Extent[]): Promise<void> {
-  const extents = await answer;
-  if (!Array.isArray(extents)) throw new Error(`extents() returned ${typeof extents}, not an array`);
-  for (const extent of extents) into.push(extent);
-}
-
-/** Reads and writes: the transfers that seed 000 retries. */
-function isTransfer(op: Operation): boolean {
-  return op === Operation.READ || op === Operation.WRITE || op === Operation.FUA_WRITE;
-}
-
-/** A failure that the client would see as EIO, and that is not the driver ending itself. */
-function isRetryable(error: unknown): boolean {
-  return clientErrno(error) === EIO && !(error instanceof DriverAbort || (error as Error | null)?.name === 'DriverAbort');
-}
-
-function messageOf(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
-}
-
-function describe(op: Operation, b: number, c: number, a: unknown): string {
-  const name = OPERATION_NAMES[op];
-  switch (op) {
-    case Operation.READ:
-    case Operation.WRITE:
-    case Operation.FUA_WRITE:
-      return `${name}(offset=${b}, size=${(a as Buffer).length})`;
-    case Operation.FLUSH:
-      return `${name}()`;
-    case Operation.WRITE_ZEROS:
-      return `${name}(offset=${b}, size=${c}, mayUnmap=${String(a)})`;
-    case Operation.IOCTL:
-      return `${name}(command=0x${b.toString(16)})`;
-    default:
-      return `${name}(offset=${b}, size=${c})`;
   }
 }
