@@ -188,3 +188,25 @@ test('a request whose callback never answers gets ETIMEDOUT after requestTimeout
   await requests.drain();
   clearTimeout(alive);
 });
+
+test('restart accounting: a request the frontend says was in flight across restartLimit driver deaths fails alone with EIO', async () => {
+  const reads: number[] = [];
+  const driver: Driver<string[]> = {
+    read(buffer, offset) {
+      reads.push(offset);
+      buffer.fill(0);
+    },
+  };
+  const { requests } = layer(driver, { restartLimit: 3 });
+  const resent = (restarts: number, offset: number) =>
+    ask((x) => {
+      x.restarts = restarts;
+      requests.read(x, Buffer.alloc(512), offset);
+    });
+  assert.equal(await resent(2, 0), 0, 'two deaths: served');
+  assert.equal(await resent(3, 512), EIO, 'three deaths: fails alone');
+  assert.equal(await resent(0, 1024), 0, 'the others are served');
+  assert.deepEqual(reads, [0, 1024], 'the failed one never reached the driver');
+  const failReceived = layer(driver, { restartLimit: 3, recoverable: true, recoveryMode: 'fail-received' }).requests;
+  assert.equal(await ask((x) => ((x.restarts = 1), failReceived.read(x, Buffer.alloc(512), 0))), EIO, 'fail-received: one death is too many');
+});

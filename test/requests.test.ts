@@ -22,7 +22,7 @@ test('blkdiscard reaches discard with the right range', async (t) => {
   await must('blkdiscard', ['-o', String(3 * MiB), '-l', String(5 * MiB), dev]);
   const discards = records(log).filter((r) => r.op === 'discard');
   assert.deepEqual(discards, [{ op: 'discard', offset: 3 * MiB, size: 5 * MiB }]);
-  // A discard on FUSE+loop must leave zeros (see RequestLayer.zeroingDiscard): it is followed by zero writes.
+  // A discard on FUSE+loop must leave zeros (see RequestLayer.discard, zeroes): it is followed by zero writes.
   await must('cmp', ['-n', String(5 * MiB), '-i', `${3 * MiB}:0`, dev, '/dev/zero']);
 });
 

@@ -4,11 +4,12 @@
  * device survives), hand-over to a new driver (rerun), resizing, and the watch on drivers that
  * have not re-attached. Every registry change happens under one lock, as in BDUS.
  *
- * Who serves a device, as the daemon sees it (Holding):
- * - attached: a driver's control connection runs it (`drivers` has it);
+ * Who serves a device, as the daemon sees it (Holding.serving):
+ * - attached: a driver's control connection runs it (`drivers` has it; after a daemon restart,
+ *   until that driver re-attaches, its process is watched instead);
  * - handing over: a rerun waits for the current driver to stop (`replacing`, `handover`);
- * - driverless: a recoverable device whose driver died waits for a rerun (`orphaned`), its
- *   kernel end kept by its frontend (FUSE+loop's keeper; nbd.ko itself);
+ * - driverless: a recoverable device whose driver died waits for a rerun, its kernel end kept
+ *   by its frontend (FUSE+loop's keeper; nbd.ko itself);
  * - given up: drivers kept failing during recovery (`failures` reached recoveryLimit): still
  *   driverless, but every request fails with EIO until a driver attaches.
  * attached -> handing over -> attached (the new driver) | driverless (it died, recoverable) | gone;
@@ -41,14 +42,20 @@ export class Connection {
 
 type Handover = Requests['handover']['args'] | undefined;
 
+/**
+ * Who serves a device (see the module comment): attached (a driver runs it), handing over (a
+ * rerun waits for that driver to stop), driverless (its driver died; it waits for a rerun), given
+ * up (driverless after recoveryLimit drivers failed in a row: its requests fail until one serves).
+ */
+export type Serving = 'attached' | 'handing-over' | 'driverless' | 'given-up';
+
 /** What the daemon holds for a device besides its record, for as long as the daemon runs. */
 export interface Holding {
+  serving: Serving;
   /** The daemon's duplicate of the device's kernel end, or -1. */
   fd: number;
   /** Keeps the device while it has no driver, where its frontend needs one (FUSE+loop's keeper). */
   keeper: Keeper | undefined;
-  /** The device has no driver and waits for a rerun. */
-  orphaned: boolean;
   /** The pid of a driver whose rerun is in progress, or 0. */
   replacing: number;
   /** While the current driver hands over: takes its answer (undefined if it died instead). */
@@ -57,6 +64,10 @@ export interface Holding {
   recovering: boolean;
   /** Drivers that failed during this recovery (seed 000's recovery limit). */
   failures: number;
+}
+
+function driverless(holding: Holding | undefined): boolean {
+  return holding?.serving === 'driverless' || holding?.serving === 'given-up';
 }
 
 export class Devices {
@@ -279,11 +290,11 @@ export class Devices {
   private async orphan(record: DeviceRecord, holding: Holding): Promise<void> {
     if (holding.recovering) holding.failures++;
     holding.recovering = true;
-    holding.orphaned = true;
     Object.assign(record, { pid: 0, pidStart: '' });
     this.registry.update(record);
     const { attributes } = record;
     const givingUp = holding.failures >= attributes.recoveryLimit;
+    holding.serving = givingUp ? 'given-up' : 'driverless';
     const mode: KeeperMode = givingUp || attributes.recoveryMode === 'fail-all' ? 'fail-all' : 'hold';
     this.log(
       givingUp
@@ -312,13 +323,14 @@ export class Devices {
     if (record.state !== 'available') throw new BdusError('EBUSY', `device ${id} is not available yet`);
     const holding = this.holding(id);
     if (holding.replacing !== 0) throw new BdusError('EBUSY', `device ${id} is already being replaced by the driver in pid ${holding.replacing}`);
-    if (holding.fd < 0 && !holding.orphaned) throw new BdusError('EAGAIN', `the daemon does not hold device ${id} yet (its driver has not re-attached since the daemon restarted); try again`);
+    if (holding.fd < 0 && !driverless(holding)) throw new BdusError('EAGAIN', `the daemon does not hold device ${id} yet (its driver has not re-attached since the daemon restarted); try again`);
     checkReplacement(record.attributes, record.callbacks, attributes, callbacks);
     holding.replacing = pid;
     try {
       const current = this.drivers.get(id);
       if (current) {
         this.log(`device ${id}: the driver in pid ${pid} replaces the one in pid ${record.pid}`);
+        holding.serving = 'handing-over';
         const result = await new Promise<Handover>((resolve) => {
           holding.handover = resolve;
           current.send({ event: 'replace' } satisfies DaemonEvent);
@@ -341,7 +353,7 @@ export class Devices {
         await holding.keeper?.stop();
         holding.keeper = undefined;
       }
-      holding.orphaned = false;
+      holding.serving = 'attached';
       if (!this.registry.has(record) || record.state !== 'available') {
         throw new BdusError('ENODEV', `device ${id} was destroyed while its driver was being replaced`);
       }
@@ -364,7 +376,7 @@ export class Devices {
   private holding(id: string): Holding {
     let holding = this.holdings.get(id);
     if (!holding) {
-      holding = { fd: -1, keeper: undefined, orphaned: false, replacing: 0, handover: undefined, recovering: false, failures: 0 };
+      holding = { serving: 'attached', fd: -1, keeper: undefined, replacing: 0, handover: undefined, recovering: false, failures: 0 };
       this.holdings.set(id, holding);
     }
     return holding;
@@ -383,7 +395,7 @@ export class Devices {
 
   watchDetached(): void {
     for (const record of this.registry.list()) {
-      const waiting = record.pid === 0 && this.holdings.get(record.id)?.orphaned === true; // for a rerun
+      const waiting = record.pid === 0 && driverless(this.holdings.get(record.id)); // for a rerun
       if (!waiting && !this.drivers.has(record.id) && !isAlive(record.pid, record.pidStart)) {
         this.log(`the driver of device ${record.id} (pid ${record.pid}) is gone`);
         void this.driverGone(record);

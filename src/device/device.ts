@@ -25,7 +25,7 @@ import { promises as fsp } from 'node:fs';
 import { setDeviceSize, sizeProblem, type EffectiveAttributes } from '../driver/attributes.js';
 import type { Context, Driver } from '../driver/driver.js';
 import { BdusError } from '../driver/errors.js';
-import type { InstanceOptions } from '../driver/life-cycle.js';
+import type { InstanceOptions } from '../instance/driver-instance.js';
 import { ControlConnection } from '../control/client.js';
 import type { Frontend } from '../frontend/frontend.js';
 import type { FrontendChoice } from '../frontend/select.js';

@@ -5,11 +5,11 @@
  * instance on its way to serving, and what the daemon asks of it before it does.
  */
 import { closeSync } from 'node:fs';
-import { adjustAttributes, checkReplacement, describeAdjustments, inheritAttributes, type Attributes, type EffectiveAttributes } from '../driver/attributes.js';
+import { adjustAttributes, checkReplacement, inheritAttributes, type Attributes, type EffectiveAttributes } from '../driver/attributes.js';
 import { isReadOnly, requestCallbacks, type RequestCallback } from '../driver/callbacks.js';
 import type { Context, Driver } from '../driver/driver.js';
 import { BdusError } from '../driver/errors.js';
-import { lifeCycle } from '../driver/life-cycle.js';
+import { DriverInstance, givenAttributes, lifeCycle } from '../instance/driver-instance.js';
 import { ControlConnection } from '../control/client.js';
 import { deviceNames, lookUp, type DeviceName } from '../control/manage.js';
 import type { DeviceRecord } from '../control/protocol.js';
@@ -17,7 +17,7 @@ import type { Frontend, KernelDevice } from '../frontend/frontend.js';
 import { frontendKind } from '../frontend/kinds.js';
 import { chooseFrontend } from '../frontend/select.js';
 import { native } from '../native.js';
-import { RequestLayer } from '../request/request-layer.js';
+import type { RequestLayer } from '../request/request-layer.js';
 import { untilClosed } from '../util/process.js';
 import { Device, leave, type RunOptions } from './device.js';
 
@@ -29,7 +29,7 @@ import { Device, leave, type RunOptions } from './device.js';
  */
 export async function start<State>(driver: Driver<State>, options: RunOptions<State> = {}): Promise<Device<State>> {
   const kind = await chooseFrontend(options.frontend);
-  const given: Attributes = { ...driver.attributes, ...options.attributes };
+  const given = givenAttributes(driver, options);
   const attributes = kind.attributes(adjustAttributes(given, driver));
   const readOnly = isReadOnly(driver);
   const callbacks = requestCallbacks(driver);
@@ -43,15 +43,15 @@ export async function start<State>(driver: Driver<State>, options: RunOptions<St
     throw error;
   }
   const instance = new Instance(driver, options, control, record, attributes, given, false);
+  const { driverInstance } = instance;
   try {
-    await lifeCycle('validate', () => driver.validate?.(instance.ctx));
-    await lifeCycle('initialize', () => driver.initialize?.(instance.ctx));
-    instance.initialized = true;
+    await driverInstance.validate();
+    await driverInstance.initialize();
     await instance.serve(await instance.frontend.start(), instance.frontend.kernelFd);
   } catch (error) {
     instance.requests.abortAll();
     await instance.frontend.stop();
-    if (instance.initialized) await Promise.resolve(driver.terminate?.(instance.ctx)).catch(() => undefined);
+    await driverInstance.unwind();
     await leave(control, instance.ctx.id, instance.log);
     throw error;
   }
@@ -73,7 +73,7 @@ export async function start<State>(driver: Driver<State>, options: RunOptions<St
  * driver, any other is destroyed.
  */
 export async function rerun<State>(device: DeviceName, driver: Driver<State>, options: RunOptions<State> = {}): Promise<Device<State>> {
-  const given: Attributes = { ...driver.attributes, ...options.attributes };
+  const given = givenAttributes(driver, options);
   const callbacks = requestCallbacks(driver);
 
   const control = await ControlConnection.open();
@@ -98,10 +98,9 @@ export async function rerun<State>(device: DeviceName, driver: Driver<State>, op
     control.close();
     throw error;
   }
-  const { ctx, frontend } = instance;
+  const { ctx, frontend, driverInstance } = instance;
   try {
-    await lifeCycle('initialize', () => driver.initialize?.(ctx));
-    instance.initialized = true;
+    await driverInstance.initialize();
     // Serving is reported before the first request is read: this driver has recovered the
     // device even if a re-sent request then kills it (that request's own limit deals with it).
     const kernel = { path: ctx.kernelPath, major: ctx.major, minor: ctx.minor };
@@ -115,7 +114,7 @@ export async function rerun<State>(device: DeviceName, driver: Driver<State>, op
     const adopted = frontend.kernelFd === fd;
     await frontend.abandon();
     if (!adopted && fd >= 0) closeFd(fd);
-    if (instance.initialized) await Promise.resolve(driver.terminate?.(ctx)).catch(() => undefined);
+    await driverInstance.unwind();
     control.close();
     throw afterHandover(error, ctx);
   }
@@ -134,11 +133,11 @@ function afterHandover(error: unknown, ctx: Context<unknown>): BdusError {
 
 /** What start() and rerun() share: one driver instance on its way to serving a device. */
 class Instance<State> {
+  readonly driverInstance: DriverInstance<State>;
   readonly ctx: Context<State>;
   readonly log: (line: string) => void;
   readonly requests: RequestLayer;
   readonly frontend: Frontend;
-  initialized = false;
   private device: Device<State> | undefined;
   private destroyAsked = false;
   private replaceAsked = false;
@@ -154,7 +153,6 @@ class Instance<State> {
   ) {
     const log = options.log ?? ((line: string) => process.stderr.write(`${record.path}: ${line}\n`));
     this.log = log;
-    if (attributes.log) for (const line of describeAdjustments(given, attributes)) log(line);
     const readOnly = isRerun ? record.readOnly : isReadOnly(driver);
     // The context is the driver's view; a new device's kernel fields are filled in once it exists.
     this.ctx = {
@@ -174,7 +172,8 @@ class Instance<State> {
         void control.request('resized', answer).catch(() => undefined);
       }
     };
-    this.requests = new RequestLayer(driver, this.ctx, { abort: (error) => void this.device?.abort(error), log });
+    this.driverInstance = new DriverInstance(driver, this.ctx, log, (error) => void this.device?.abort(error), given);
+    this.requests = this.driverInstance.requests;
     const kind = frontendKind(record.frontend);
     const callbacks = record.callbacks as RequestCallback[];
     this.frontend = kind.create({ id: this.ctx.id, index: record.index, callbacks, attributes, readOnly, requests: this.requests, log });
@@ -203,8 +202,7 @@ class Instance<State> {
   async available(): Promise<Device<State>> {
     const device = this.device!;
     try {
-      if (this.driver.onDeviceAvailable) await this.driver.onDeviceAvailable(this.ctx);
-      else process.stdout.write(`${this.ctx.path}\n`);
+      await this.driverInstance.announce();
     } catch (error) {
       await device.destroy().catch(() => undefined);
       throw error;

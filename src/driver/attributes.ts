@@ -279,6 +279,14 @@ export function checkReplacement(
   }
 }
 
+/**
+ * How many driver deaths a re-sent request may have been through before it fails alone:
+ * restartLimit, or 1 when recoveryMode is fail-received (what a dead driver received fails).
+ */
+export function restartLimitOf(attributes: { readonly recoveryMode: string; readonly restartLimit: number }): number {
+  return attributes.recoveryMode === 'fail-received' ? 1 : attributes.restartLimit;
+}
+
 /** Lines describing what adjustment changed, for the `log` attribute. */
 export function describeAdjustments(given: Attributes, adjusted: EffectiveAttributes): string[] {
   return ATTRIBUTE_NAMES.filter((n) => given[n] !== undefined && given[n] !== adjusted[n]).map(

@@ -8,7 +8,7 @@
  * connection, then runs terminate. An abort (DriverAbort, an uncaught exception in runExport)
  * ends every connection at once, without terminate.
  */
-import { adjustAttributes, describeAdjustments, type Attributes, type EffectiveAttributes } from '../driver/attributes.js';
+import { adjustAttributes, type EffectiveAttributes } from '../driver/attributes.js';
 import { isReadOnly, requestCallbacks } from '../driver/callbacks.js';
 import type { Context, Driver } from '../driver/driver.js';
 import { RequestLayer } from '../request/request-layer.js';
@@ -17,7 +17,7 @@ import { untilClosed } from '../util/process.js';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createSecureContext } from 'node:tls';
-import { lifeCycle, type InstanceOptions } from '../driver/life-cycle.js';
+import { DriverInstance, givenAttributes, type InstanceOptions } from '../instance/driver-instance.js';
 import { BdusError } from '../driver/errors.js';
 import { NbdServer, type ListenAddress, type NbdTls } from './server.js';
 
@@ -83,15 +83,18 @@ export class Export<State = unknown> {
   private readonly outcome = new Outcome();
   private ending: Promise<void> | undefined;
 
+  readonly ctx: Context<State>;
+  private readonly requests: RequestLayer;
+
   /** @internal use startExport() */
   constructor(
-    readonly ctx: Context<State>,
+    private readonly instance: DriverInstance<State>,
     readonly uri: string,
     readonly address: ListenAddress,
-    private readonly driver: Driver<State>,
     private readonly server: NbdServer,
-    private readonly requests: RequestLayer,
   ) {
+    this.ctx = instance.ctx;
+    this.requests = instance.requests;
     this.closed = this.outcome.promise;
   }
 
@@ -105,7 +108,7 @@ export class Export<State = unknown> {
       try {
         await this.server.close();
         await this.requests.drain();
-        await this.driver.terminate?.(this.ctx);
+        await this.instance.terminate();
         this.outcome.resolve();
       } catch (error) {
         this.outcome.reject(error as Error);
@@ -147,13 +150,11 @@ export function exportServer(
 
 /** Starts exporting `driver` and resolves once it listens (after onDeviceAvailable). */
 export async function startExport<State>(driver: Driver<State>, options: ExportOptions<State>): Promise<Export<State>> {
-  const given: Attributes = { ...driver.attributes, ...options.attributes };
+  const given = givenAttributes(driver, options);
   const attributes = adjustAttributes(given, driver);
   const tls = options.tls ? loadTls(options.tls) : undefined;
   const name = options.name ?? '';
   const log = options.log ?? ((line: string) => process.stderr.write(`bdus export: ${line}\n`));
-  if (attributes.log) for (const line of describeAdjustments(given, attributes)) log(line);
-  const readOnly = isReadOnly(driver);
   const ctx: Context<State> = {
     id: 0n,
     index: -1,
@@ -163,26 +164,25 @@ export async function startExport<State>(driver: Driver<State>, options: ExportO
     minor: 0,
     attributes,
     isRerun: false,
-    readOnly,
+    readOnly: isReadOnly(driver),
     state: options.state as State,
   };
   let exported: Export<State> | undefined;
-  const requests = new RequestLayer(driver, ctx, { abort: (error) => void exported?.abort(error), log });
-  await lifeCycle('validate', () => driver.validate?.(ctx));
-  await lifeCycle('initialize', () => driver.initialize?.(ctx));
-  const server = exportServer(driver, ctx, requests, log, { ...options, tls });
+  const instance = new DriverInstance(driver, ctx, log, (error) => void exported?.abort(error), given);
+  await instance.validate();
+  await instance.initialize();
+  const server = exportServer(driver, ctx, instance.requests, log, { ...options, tls });
   let address: ListenAddress;
   try {
     address = await server.listen(options.listen);
   } catch (error) {
-    await Promise.resolve(driver.terminate?.(ctx)).catch(() => undefined);
+    await instance.unwind();
     throw error;
   }
   Object.assign(ctx, { path: exportUri(address, name) });
-  exported = new Export(ctx, ctx.path, address, driver, server, requests);
+  exported = new Export(instance, ctx.path, address, server);
   try {
-    if (driver.onDeviceAvailable) await driver.onDeviceAvailable(ctx);
-    else process.stdout.write(`${ctx.path}\n`);
+    await instance.announce();
   } catch (error) {
     await exported.close().catch(() => undefined);
     throw error;

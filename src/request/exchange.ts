@@ -20,6 +20,12 @@ const { ETIMEDOUT } = constants.errno;
 
 export abstract class Exchange implements TimedRequest {
   startedAt = IDLE;
+  /**
+   * Driver deaths this request has been in flight across, where the frontend can tell (FUSE's
+   * re-sent requests): set before handing it over. Past restartLimit the request layer fails it
+   * alone with EIO (seed 000), since it may be what kills the drivers.
+   */
+  restarts = 0;
   /** @internal The request layer's continuation for this exchange, made once. */
   settle: ((errno: number) => void) | undefined;
 

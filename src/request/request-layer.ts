@@ -15,6 +15,8 @@
  *   without a flush callback succeeds (no write-back cache).
  * - Concurrency: at most maxConcurrentCallbacks callbacks in progress; the rest wait in FIFO order.
  *   Waiting never blocks the frontend from reading further requests.
+ * - Restarts: a request that has been in flight across restartLimit driver deaths (as the
+ *   frontend tells through its exchange) fails alone with EIO.
  * - Errors: see clientErrno(); a DriverAbort ends the driver through `hooks.abort`. A read or
  *   write callback failing with what the client would see as EIO is called again, up to
  *   transferTries calls in all (seed 000's transfer retries); other failures are final.
@@ -25,7 +27,7 @@
  */
 import { constants } from 'node:os';
 import type { Context, Driver, Extent } from '../driver/driver.js';
-import type { EffectiveAttributes } from '../driver/attributes.js';
+import { restartLimitOf, type EffectiveAttributes } from '../driver/attributes.js';
 import { clientErrno, DriverAbort } from '../driver/errors.js';
 import { Operation, OPERATION_NAMES } from './operation.js';
 import type { Exchange } from './exchange.js';
@@ -63,6 +65,7 @@ export class RequestLayer {
   private readonly attrs: EffectiveAttributes;
   private readonly limit: number;
   private readonly transferTries: number;
+  private readonly restartLimit: number;
   private active = 0;
   private readonly waiting: Array<() => void> = [];
   private accepting = true;
@@ -80,6 +83,7 @@ export class RequestLayer {
     this.attrs = ctx.attributes;
     this.limit = this.attrs.maxConcurrentCallbacks;
     this.transferTries = this.attrs.transferTries;
+    this.restartLimit = restartLimitOf(this.attrs);
     this.timer = new RequestTimer(this.attrs.requestTimeout, hooks.log);
     this.timer.watch(this.tracked);
   }
@@ -96,54 +100,80 @@ export class RequestLayer {
   // first. The frontend has only decoded the request; everything else happens here.
 
   read(x: Exchange, buffer: Buffer, offset: number): void {
+    if (x.restarts > 0 && !this.admit(x)) return;
     this.track(x, this.readOp(buffer, offset));
   }
 
   write(x: Exchange, data: Buffer, offset: number): void {
+    if (x.restarts > 0 && !this.admit(x)) return;
     this.track(x, this.writeOp(data, offset));
   }
 
   fuaWrite(x: Exchange, data: Buffer, offset: number): void {
+    if (x.restarts > 0 && !this.admit(x)) return;
     this.track(x, this.fuaWriteOp(data, offset));
   }
 
   flush(x: Exchange): void {
+    if (x.restarts > 0 && !this.admit(x)) return;
     this.track(x, this.flushOp());
   }
 
   writeZeros(x: Exchange, offset: number, size: number, mayUnmap: boolean): void {
+    if (x.restarts > 0 && !this.admit(x)) return;
     this.track(x, this.writeZerosOp(offset, size, mayUnmap));
   }
 
-  discard(x: Exchange, offset: number, size: number): void {
-    this.track(x, this.discardOp(offset, size));
-  }
-
-  /** See zeroingDiscardOp. */
-  zeroingDiscard(x: Exchange, offset: number, size: number): void {
-    this.track(x, this.zeroingDiscardOp(offset, size));
+  /**
+   * A discard. With `zeroes`, the range must read back as zeros afterwards: FUSE+loop's
+   * PUNCH_HOLE stands for both a kernel discard and a write-zeroes that may unmap, and ext4 and
+   * XFS rely on the zeros. It is served by writeZeros(mayUnmap=true) when the driver has it,
+   * else by discard (when it has it) followed by writes of zeros.
+   */
+  discard(x: Exchange, offset: number, size: number, zeroes = false): void {
+    if (x.restarts > 0 && !this.admit(x)) return;
+    this.track(x, zeroes ? this.zeroingDiscardOp(offset, size) : this.discardOp(offset, size));
   }
 
   secureErase(x: Exchange, offset: number, size: number): void {
+    if (x.restarts > 0 && !this.admit(x)) return;
     this.track(x, this.secureEraseOp(offset, size));
   }
 
   writeSame(x: Exchange, block: Buffer, offset: number, size: number): void {
+    if (x.restarts > 0 && !this.admit(x)) return;
     this.track(x, this.writeSameOp(block, offset, size));
   }
 
   ioctl(x: Exchange, command: number, argument: Buffer | null): void {
+    if (x.restarts > 0 && !this.admit(x)) return;
     this.track(x, this.ioctlOp(command, argument));
   }
 
   /** Block status into `into` (see extentsOp); the exchange is answered once it is filled. */
   extents(x: Exchange, offset: number, size: number, into: Extent[]): void {
+    if (x.restarts > 0 && !this.admit(x)) return;
     this.track(x, this.extentsOp(offset, size, into));
   }
 
   /** Requests admitted and not yet answered or timed out (the timer's to watch). */
   get inFlight(): number {
     return this.tracked.size;
+  }
+
+  /** A request that has been in flight across too many driver deaths fails alone (seed 000). */
+  private admit(x: Exchange): boolean {
+    const restarts = x.restarts;
+    x.restarts = 0;
+    if (restarts < this.restartLimit) return true;
+    this.hooks.log(
+      this.restartLimit === 1
+        ? 'a request the previous driver received fails with EIO (recoveryMode fail-received)'
+        : `a request was in flight across ${restarts} driver deaths: it fails with EIO (restartLimit ${this.restartLimit})`,
+    );
+    x.answer(EIO);
+    x.finish();
+    return false;
   }
 
   private track(x: Exchange, outcome: Promise<number>): void {
@@ -204,12 +234,6 @@ export class RequestLayer {
     return this.rangeOp(Operation.DISCARD, offset, size, this.attrs.maxDiscardEraseSize, undefined);
   }
 
-  /**
-   * A discard after which the range must read back as zeros. FUSE+loop sends this for both a
-   * kernel discard and a write-zeroes that may unmap (loop turns both into PUNCH_HOLE, and a
-   * punched hole reads as zeros; ext4 and XFS rely on that). Served by writeZeros(mayUnmap=true)
-   * when the driver has it, else by discard followed by writes of zeros.
-   */
   private async zeroingDiscardOp(offset: number, size: number): Promise<number> {
     if (!this.accepting) return EIO;
     if (this.ctx.readOnly) return EROFS;

@@ -10,8 +10,8 @@
  *   read                         READ                        read
  *   write                        WRITE                       write
  *   flush (fsync, journal, sync) FSYNC                       flush
- *   discard                      FALLOCATE(PUNCH_HOLE)       zeroingDiscard (see RequestLayer)
- *   write-zeroes, may unmap      FALLOCATE(PUNCH_HOLE)       zeroingDiscard
+ *   discard                      FALLOCATE(PUNCH_HOLE)       discard, zeroes (see RequestLayer.discard)
+ *   write-zeroes, may unmap      FALLOCATE(PUNCH_HOLE)       discard, zeroes
  *   write-zeroes, no unmap       FALLOCATE(ZERO_RANGE)       writeZeros(mayUnmap=false)
  * Loop never sends FUA writes (it reports no FUA), secure erase, write-same or ioctls to the file.
  */
@@ -19,7 +19,7 @@ import { closeSync, promises as fsp, mkdirSync, openSync, readFileSync, rmSync, 
 import { constants } from 'node:os';
 import type { Frontend, FrontendOptions, KernelDevice } from '../frontend.js';
 import type { RequestLayer } from '../../request/request-layer.js';
-import { Holder, isResent, restartLimitOf, type RestartTable } from './restart-table.js';
+import { Holder, isResent, type RestartTable } from './restart-table.js';
 import { native } from '../../native.js';
 import { execute } from '../../util/exec.js';
 import { RUN_DIR } from '../../util/paths.js';
@@ -43,7 +43,7 @@ import {
 } from './protocol.js';
 import { BODY, Reply, Slot, WRITE_DATA } from './slot.js';
 
-const { EIO, EOPNOTSUPP, EPROTO } = constants.errno;
+const { EOPNOTSUPP, EPROTO } = constants.errno;
 
 /** Largest READ/WRITE the kernel sends (max_write; reads follow max_pages). */
 const MAX_WRITE = 1 << 20;
@@ -67,8 +67,6 @@ export class FuseLoopFrontend implements Frontend {
 
   private readonly requests: RequestLayer;
   private readonly restarts: RestartTable;
-  /** Re-sent requests fail with EIO once they have been through this many driver deaths. */
-  private readonly restartLimit: number;
   private readonly expiryReply = Buffer.alloc(OutHeader.SIZE);
   private readonly mountpoint: string;
   private image: ImageFile;
@@ -86,7 +84,6 @@ export class FuseLoopFrontend implements Frontend {
   constructor(private readonly options: FuseLoopOptions) {
     this.requests = options.requests;
     this.restarts = options.restarts;
-    this.restartLimit = restartLimitOf(options.attributes);
     this.mountpoint = mountpointOf(options.index);
     this.image = { size: options.attributes.size, physicalBlockSize: options.attributes.physicalBlockSize, readOnly: options.readOnly };
     this.ended = new Promise((resolve) => (this.resolveEnded = resolve));
@@ -218,9 +215,10 @@ export class FuseLoopFrontend implements Frontend {
     const buf = slot.buffer;
     const opcode = buf.readUInt32LE(InHeader.opcode);
     slot.reply = Reply.STATUS;
+    slot.restarts = 0;
     switch (opcode) {
       case Opcode.READ: {
-        if (isResent(buf, InHeader.unique) && !this.admitResent(slot)) return 0;
+        if (isResent(buf, InHeader.unique)) this.countRestarts(slot);
         const size = buf.readUInt32LE(BODY + ReadIn.size);
         slot.size = size;
         slot.reply = Reply.READ;
@@ -229,7 +227,7 @@ export class FuseLoopFrontend implements Frontend {
         return size;
       }
       case Opcode.WRITE: {
-        if (isResent(buf, InHeader.unique) && !this.admitResent(slot)) return 0;
+        if (isResent(buf, InHeader.unique)) this.countRestarts(slot);
         const size = buf.readUInt32LE(BODY + WriteIn.size);
         slot.size = size;
         slot.reply = Reply.WRITE;
@@ -239,11 +237,11 @@ export class FuseLoopFrontend implements Frontend {
         return size;
       }
       case Opcode.FSYNC:
-        if (isResent(buf, InHeader.unique) && !this.admitResent(slot)) return 0;
+        if (isResent(buf, InHeader.unique)) this.countRestarts(slot);
         this.requests.flush(slot);
         return 0;
       case Opcode.FALLOCATE:
-        if (isResent(buf, InHeader.unique) && !this.admitResent(slot)) return 0;
+        if (isResent(buf, InHeader.unique)) this.countRestarts(slot);
         this.fallocate(slot);
         return 0;
       case Opcode.INIT:
@@ -256,20 +254,12 @@ export class FuseLoopFrontend implements Frontend {
   }
 
   /**
-   * A request the kernel sent again after a driver died holding it: count the death, and fail
-   * the request alone if it has been through too many (it may be what kills the drivers).
+   * A request the kernel sent again after a driver died holding it: its deaths are counted in
+   * the restart table (which outlives drivers), and the request layer decides (restartLimit).
    */
-  private admitResent(slot: Slot): boolean {
+  private countRestarts(slot: Slot): void {
     slot.entry = this.restarts.track(slot.buffer, InHeader.unique, Holder.DRIVER);
-    const restarts = this.restarts.restarts;
-    if (restarts < this.restartLimit) return true;
-    this.options.log(
-      this.restartLimit === 1
-        ? 'a request the previous driver received fails with EIO (recoveryMode fail-received)'
-        : `a request was in flight across ${restarts} driver deaths: it fails with EIO (restartLimit ${this.restartLimit})`,
-    );
-    slot.done(EIO);
-    return false;
+    slot.restarts = this.restarts.restarts;
   }
 
   private fallocate(slot: Slot): void {
@@ -279,7 +269,7 @@ export class FuseLoopFrontend implements Frontend {
     const mode = buf.readUInt32LE(BODY + FallocateIn.mode);
     if (mode & ~(FallocateMode.KEEP_SIZE | FallocateMode.PUNCH_HOLE | FallocateMode.ZERO_RANGE)) return slot.done(EOPNOTSUPP);
     if (mode & FallocateMode.PUNCH_HOLE) {
-      this.requests.zeroingDiscard(slot, offset, length);
+      this.requests.discard(slot, offset, length, true);
     } else if (mode & FallocateMode.ZERO_RANGE) {
       this.requests.writeZeros(slot, offset, length, false);
     } else {

@@ -16,7 +16,8 @@
  */
 import { constants } from 'node:os';
 import { EXPIRED, IDLE, RequestTimer, type TimedRequest } from '../../request/request-timer.js';
-import { Holder, isResent, restartLimitOf, type RestartTable } from './restart-table.js';
+import { restartLimitOf } from '../../driver/attributes.js';
+import { Holder, isResent, type RestartTable } from './restart-table.js';
 import { bufferSizeFor, FuseChannel } from './channel.js';
 import { answerFileRequest, type ImageFile } from './image-file.js';
 import { InHeader, Opcode, OutHeader } from './protocol.js';

@@ -122,14 +122,6 @@ export class RestartTable {
   }
 }
 
-/**
- * How many driver deaths a re-sent request may have been through before it fails alone:
- * restartLimit, or 1 when recoveryMode is fail-received (what a dead driver received fails).
- */
-export function restartLimitOf(attributes: { readonly recoveryMode: string; readonly restartLimit: number }): number {
-  return attributes.recoveryMode === 'fail-received' ? 1 : attributes.restartLimit;
-}
-
 /** Whether the request id at `buffer[offset]` says the kernel sent the request again. */
 export function isResent(buffer: Buffer, offset: number): boolean {
   return (buffer[offset + 7]! & 0x80) !== 0;

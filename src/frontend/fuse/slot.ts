@@ -34,7 +34,7 @@ export class Slot extends Exchange {
     private readonly channel: FuseChannel<Slot>,
     /** Where a timeout reply is built: the slot's own buffer may still be the callback's. */
     private readonly expiryReply: Buffer,
-    private readonly restarts: RestartTable | undefined,
+    private readonly restartTable: RestartTable | undefined,
   ) {
     super();
   }
@@ -50,7 +50,7 @@ export class Slot extends Exchange {
   }
 
   answer(errno: number): void {
-    if (this.entry >= 0) this.restarts!.clear(this.entry);
+    if (this.entry >= 0) this.restartTable!.clear(this.entry);
     this.entry = -1;
     if (this.timedOut) {
       this.buffer.copy(this.expiryReply, OutHeader.unique, OutHeader.unique, OutHeader.SIZE);
