@@ -1,8 +1,9 @@
 /**
  * Where a device's life is decided, in the daemon: creation, availability, re-attachment after
  * a daemon restart, destruction, the end of a driver (normal, or a death that a recoverable
- * device survives), hand-over to a new driver (rerun), resizing, and the watch on drivers that
- * have not re-attached. Every registry change happens under one lock, as in BDUS.
+ * device survives: recovery.ts), hand-over to a new driver (rerun: recovery.ts), resizing, and
+ * the watch on drivers that have not re-attached. Every registry change happens under one lock,
+ * as in BDUS.
  *
  * Who serves a device, as the daemon sees it (Holding.serving):
  * - attached: a driver's control connection runs it (`drivers` has it; after a daemon restart,
@@ -16,61 +17,20 @@
  * attached -> driverless (death, recoverable) | gone; driverless -> attached (rerun) | gone.
  */
 import { closeSync, lstatSync, rmSync, symlinkSync } from 'node:fs';
-import type { Socket } from 'node:net';
-import { checkReplacement } from '../driver/attributes.js';
 import { BdusError } from '../driver/errors.js';
-import type { Keeper, KeeperMode } from '../frontend/frontend.js';
 import { frontendKind } from '../frontend/kinds.js';
 import { native } from '../native.js';
 import { appendDeviceLog, pruneDeviceLogs } from '../util/device-log.js';
 import { Lock } from '../util/lock.js';
 import { isAlive, processStart } from '../util/process.js';
 import { deviceHolders } from './holders.js';
-import { encode, type DaemonEvent, type DeviceRecord, type Requests } from './protocol.js';
+import { driverless, type Connection, type Holding } from './holding.js';
+import type { DaemonEvent, DeviceRecord, Requests } from './protocol.js';
+import { orphan, rerun, type RecoveryHost } from './recovery.js';
 import type { Registry } from './registry.js';
 import { argsOf, type CheckedMessage } from './schema.js';
 
-/** One client connection; `device` is set when a driver runs that device through it. */
-export class Connection {
-  device: string | undefined;
-  constructor(readonly socket: Socket) {}
-
-  send(message: object): void {
-    if (!this.socket.destroyed && this.socket.writable) this.socket.write(encode(message));
-  }
-}
-
-type Handover = Requests['handover']['args'] | undefined;
-
-/**
- * Who serves a device (see the module comment): attached (a driver runs it), handing over (a
- * rerun waits for that driver to stop), driverless (its driver died; it waits for a rerun), given
- * up (driverless after recoveryLimit drivers failed in a row: its requests fail until one serves).
- */
-export type Serving = 'attached' | 'handing-over' | 'driverless' | 'given-up';
-
-/** What the daemon holds for a device besides its record, for as long as the daemon runs. */
-export interface Holding {
-  serving: Serving;
-  /** The daemon's duplicate of the device's kernel end, or -1. */
-  fd: number;
-  /** Keeps the device while it has no driver, where its frontend needs one (FUSE+loop's keeper). */
-  keeper: Keeper | undefined;
-  /** The pid of a driver whose rerun is in progress, or 0. */
-  replacing: number;
-  /** While the current driver hands over: takes its answer (undefined if it died instead). */
-  handover: ((result: Handover) => void) | undefined;
-  /** A driver died and no driver has served the device since. */
-  recovering: boolean;
-  /** Drivers that failed during this recovery (seed 000's recovery limit). */
-  failures: number;
-}
-
-function driverless(holding: Holding | undefined): boolean {
-  return holding?.serving === 'driverless' || holding?.serving === 'given-up';
-}
-
-export class Devices {
+export class Devices implements RecoveryHost {
   readonly lock = new Lock();
   /** The control connection that runs each device. */
   readonly drivers = new Map<string, Connection>();
@@ -80,8 +40,13 @@ export class Devices {
 
   constructor(
     readonly registry: Registry,
-    private readonly log: (line: string) => void,
+    readonly log: (line: string) => void,
   ) {}
+
+  /** A new driver takes the device over (recovery.ts). */
+  rerun(connection: Connection, m: CheckedMessage): Promise<Requests['rerun']['result']> {
+    return rerun(this, connection, m);
+  }
 
   /** A driver's control connection closed: the driver has ended, however it ended. */
   connectionClosed(connection: Connection): void {
@@ -256,7 +221,7 @@ export class Devices {
       // Without our duplicate of its kernel end, only a kernel that keeps the device itself can.
       const kept = holding && (holding.fd >= 0 || frontendKind(record.frontend).keeping.kernelKeepsDevice);
       if (record.attributes.recoverable && record.state === 'available' && holding && kept) {
-        await this.orphan(record, holding);
+        await orphan(this, record, holding);
         return null;
       }
       return this.removeDevice(record);
@@ -281,99 +246,7 @@ export class Devices {
     return null;
   }
 
-  /**
-   * A recoverable device lost its driver: it stays, its requests wait for a new driver (or fail,
-   * as its recoveryMode says), and the keeper reads them meanwhile. Drivers that keep failing
-   * before they serve exhaust the recovery limit: then every request fails with EIO until a
-   * driver attaches and serves.
-   */
-  private async orphan(record: DeviceRecord, holding: Holding): Promise<void> {
-    if (holding.recovering) holding.failures++;
-    holding.recovering = true;
-    Object.assign(record, { pid: 0, pidStart: '' });
-    this.registry.update(record);
-    const { attributes } = record;
-    const givingUp = holding.failures >= attributes.recoveryLimit;
-    holding.serving = givingUp ? 'given-up' : 'driverless';
-    const mode: KeeperMode = givingUp || attributes.recoveryMode === 'fail-all' ? 'fail-all' : 'hold';
-    this.log(
-      givingUp
-        ? `device ${record.id}: ${holding.failures} drivers in a row failed to recover it (recoveryLimit ${attributes.recoveryLimit}); its requests fail with EIO until a driver attaches`
-        : `device ${record.id} is recoverable: it waits for a new driver (bdus rerun); recoveryMode ${attributes.recoveryMode}`,
-    );
-    const kept = await frontendKind(record.frontend).keeping.orphan(record, holding.fd, mode, (line) => this.log(`device ${record.id}: ${line}`));
-    holding.keeper = kept.keeper;
-    holding.fd = kept.fd;
-  }
-
-  /**
-   * Lets a new driver take over a device: checks it can, has the current driver hand over (or
-   * stops the keeper), and answers with the kernel end to duplicate. If the current driver's
-   * flush or terminate fails, or it dies while handing over, a non-recoverable device is
-   * destroyed and the new driver refused (ENODEV); a recoverable one takes the new driver.
-   */
-  async rerun(connection: Connection, m: CheckedMessage): Promise<Requests['rerun']['result']> {
-    const { pid, attributes, callbacks, command = [] } = argsOf(m, 'rerun');
-    const record = this.registry.get(argsOf(m, 'rerun').id);
-    const { id } = record;
-    const pidStart = processStart(pid);
-    if (pidStart === undefined) throw new BdusError('ESRCH', `no process ${pid}`);
-    if (connection.device !== undefined) throw new BdusError('EBUSY', 'this connection already runs a device');
-    if (record.state === 'terminated') throw new BdusError('ENODEV', `device ${id} is being destroyed`);
-    if (record.state !== 'available') throw new BdusError('EBUSY', `device ${id} is not available yet`);
-    const holding = this.holding(id);
-    if (holding.replacing !== 0) throw new BdusError('EBUSY', `device ${id} is already being replaced by the driver in pid ${holding.replacing}`);
-    if (holding.fd < 0 && !driverless(holding)) throw new BdusError('EAGAIN', `the daemon does not hold device ${id} yet (its driver has not re-attached since the daemon restarted); try again`);
-    checkReplacement(record.attributes, record.callbacks, attributes, callbacks);
-    holding.replacing = pid;
-    try {
-      const current = this.drivers.get(id);
-      if (current) {
-        this.log(`device ${id}: the driver in pid ${pid} replaces the one in pid ${record.pid}`);
-        holding.serving = 'handing-over';
-        const result = await new Promise<Handover>((resolve) => {
-          holding.handover = resolve;
-          current.send({ event: 'replace' } satisfies DaemonEvent);
-        });
-        holding.handover = undefined;
-        if (!this.registry.has(record)) throw new BdusError('ENODEV', `device ${id} was destroyed while its driver was being replaced`);
-        if (!result?.ok) {
-          const why = result ? `its driver failed to hand over (${result.message})` : 'its driver died while handing over';
-          if (!record.attributes.recoverable) {
-            this.log(`device ${id}: ${why}; it is not recoverable: destroying it`);
-            await this.lock.run(() => this.beginTermination(record));
-            await this.driverGone(record);
-            throw new BdusError('ENODEV', `device ${id} was destroyed: ${why}, and it is not recoverable`);
-          }
-          this.log(`device ${id}: ${why}; it is recoverable: the new driver takes over`);
-          holding.recovering = true;
-          if (!result) holding.fd = frontendKind(record.frontend).keeping.lostInHandover(record, holding.fd);
-        }
-      } else {
-        await holding.keeper?.stop();
-        holding.keeper = undefined;
-      }
-      holding.serving = 'attached';
-      if (!this.registry.has(record) || record.state !== 'available') {
-        throw new BdusError('ENODEV', `device ${id} was destroyed while its driver was being replaced`);
-      }
-      Object.assign(record, { pid, pidStart, attributes, callbacks, command });
-      this.registry.update(record);
-      if (connection.socket.destroyed) {
-        // The new driver is gone already; its connection's end was seen while it ran nothing.
-        void this.driverDied(record);
-        throw new BdusError('ESRCH', `the driver in pid ${pid} ended while waiting for device ${id}`);
-      }
-      connection.device = id;
-      this.drivers.set(id, connection);
-      return { record, kernelFd: holding.fd, daemonPid: process.pid };
-    } finally {
-      holding.replacing = 0;
-      holding.handover = undefined;
-    }
-  }
-
-  private holding(id: string): Holding {
+  holding(id: string): Holding {
     let holding = this.holdings.get(id);
     if (!holding) {
       holding = { serving: 'attached', fd: -1, keeper: undefined, replacing: 0, handover: undefined, recovering: false, failures: 0 };
