@@ -156,7 +156,7 @@ export class RequestLayer {
     this.track(x, this.extentsOp(offset, size, into));
   }
 
-  /** Requests admitted and not yet answered or timed out (the timer's to watch). */
+  /** Requests admitted whose callbacks have not all ended (answered or not: a timed-out one stays until then). */
   get inFlight(): number {
     return this.tracked.size;
   }
