@@ -1,0 +1,303 @@
+/**
+ * What the request layer does to serve one request, below its admission and answer
+ * (request-layer.ts): checks (alignment, bounds, read-only), splitting to the max sizes,
+ * emulation of what the driver lacks, the concurrency limit, transfer retries, and the error
+ * each failure becomes. Each operation resolves to 0 or a positive errno.
+ */
+import { constants } from 'node:os';
+import type { Context, Driver, Extent } from '../driver/driver.js';
+import type { EffectiveAttributes } from '../driver/attributes.js';
+import { clientErrno, DriverAbort } from '../driver/errors.js';
+import { collect, describe, isRetryable, isTransfer, messageOf } from './describe.js';
+import { cutExtents } from './extents.js';
+import { Operation, OPERATION_NAMES } from './operation.js';
+
+const { EIO, EINVAL, EOPNOTSUPP, ENOTTY, EROFS } = constants.errno;
+const RESOLVED = [0, EIO, EINVAL, EOPNOTSUPP, ENOTTY, EROFS].reduce(
+  (m, e) => m.set(e, Promise.resolve(e)),
+  new Map<number, Promise<number>>(),
+);
+const resolved = (errno: number) => RESOLVED.get(errno) as Promise<number>;
+
+/** Largest zero buffer kept for write-zeroes emulation; longer ranges reuse it in pieces. */
+const ZERO_BUFFER_SIZE = 1 << 20;
+
+export interface RequestLayerHooks {
+  /** The driver threw DriverAbort: end it. Called once. */
+  abort(error: Error): void;
+  /** A line for the device's log (stderr). */
+  log(message: string): void;
+}
+
+type AnyDriver = Driver<any>;
+
+export abstract class Operations {
+  /** Completed callback invocations, indexed by Operation. */
+  readonly completed = new Float64Array(OPERATION_NAMES.length);
+  /** Failed callback invocations, indexed by Operation. */
+  readonly failed = new Float64Array(OPERATION_NAMES.length);
+
+  protected readonly attrs: EffectiveAttributes;
+  protected readonly limit: number;
+  protected readonly transferTries: number;
+  protected active = 0;
+  protected readonly waiting: Array<() => void> = [];
+  protected accepting = true;
+  protected aborted = false;
+  protected onIdle: (() => void) | undefined;
+  private zeros: Buffer | undefined;
+
+  constructor(
+    protected readonly driver: AnyDriver,
+    protected readonly ctx: Context<any>,
+    protected readonly hooks: RequestLayerHooks,
+  ) {
+    this.attrs = ctx.attributes;
+    this.limit = this.attrs.maxConcurrentCallbacks;
+    this.transferTries = this.attrs.transferTries;
+  }
+
+  /** Callbacks in progress right now. */
+  get inProgress(): number {
+    return this.active;
+  }
+
+  // ---- Operations: checks, splitting, emulation; each resolves to 0 or an errno ---------------
+
+  protected readOp(buffer: Buffer, offset: number): Promise<number> {
+    if (!this.accepting) return resolved(EIO);
+    if (!this.driver.read) return resolved(EOPNOTSUPP);
+    return this.bufferOp(Operation.READ, buffer, offset, this.attrs.maxReadWriteSize);
+  }
+
+  protected writeOp(data: Buffer, offset: number): Promise<number> {
+    if (!this.accepting) return resolved(EIO);
+    if (this.ctx.readOnly) return resolved(EROFS);
+    if (!this.driver.write) return resolved(EOPNOTSUPP);
+    return this.bufferOp(Operation.WRITE, data, offset, this.attrs.maxReadWriteSize);
+  }
+
+  protected async fuaWriteOp(data: Buffer, offset: number): Promise<number> {
+    if (!this.accepting) return EIO;
+    if (this.ctx.readOnly) return EROFS;
+    if (this.driver.fuaWrite) return this.bufferOp(Operation.FUA_WRITE, data, offset, this.attrs.maxReadWriteSize);
+    const errno = await this.writeOp(data, offset);
+    return errno !== 0 ? errno : this.flushOp();
+  }
+
+  protected flushOp(): Promise<number> {
+    if (!this.accepting) return resolved(EIO);
+    if (!this.driver.flush) return resolved(0);
+    return this.invoke(Operation.FLUSH, undefined, 0, 0);
+  }
+
+  protected writeZerosOp(offset: number, size: number, mayUnmap: boolean): Promise<number> {
+    if (!this.accepting) return resolved(EIO);
+    if (this.ctx.readOnly) return resolved(EROFS);
+    if (this.driver.writeZeros) return this.rangeOp(Operation.WRITE_ZEROS, offset, size, this.attrs.maxWriteZerosSize, mayUnmap);
+    if (this.driver.write) return this.checked(offset, size, Operation.WRITE_ZEROS) ?? this.writeZeroBuffers(offset, size);
+    return resolved(EOPNOTSUPP);
+  }
+
+  protected discardOp(offset: number, size: number): Promise<number> {
+    if (!this.accepting) return resolved(EIO);
+    if (this.ctx.readOnly) return resolved(EROFS);
+    if (!this.driver.discard) return resolved(EOPNOTSUPP);
+    return this.rangeOp(Operation.DISCARD, offset, size, this.attrs.maxDiscardEraseSize, undefined);
+  }
+
+  protected async zeroingDiscardOp(offset: number, size: number): Promise<number> {
+    if (!this.accepting) return EIO;
+    if (this.ctx.readOnly) return EROFS;
+    if (this.driver.writeZeros) return this.writeZerosOp(offset, size, true);
+    if (this.driver.discard) {
+      const errno = await this.discardOp(offset, size);
+      if (errno !== 0 || !this.driver.write) return errno;
+    }
+    return this.writeZerosOp(offset, size, true);
+  }
+
+  protected secureEraseOp(offset: number, size: number): Promise<number> {
+    if (!this.accepting) return resolved(EIO);
+    if (this.ctx.readOnly) return resolved(EROFS);
+    if (!this.driver.secureErase) return resolved(EOPNOTSUPP);
+    return this.rangeOp(Operation.SECURE_ERASE, offset, size, this.attrs.maxDiscardEraseSize, undefined);
+  }
+
+  protected writeSameOp(block: Buffer, offset: number, size: number): Promise<number> {
+    if (!this.accepting) return resolved(EIO);
+    if (this.ctx.readOnly) return resolved(EROFS);
+    if (block.length !== this.attrs.logicalBlockSize) return this.invalid(Operation.WRITE_SAME, offset, size);
+    if (this.driver.writeSame) return this.rangeOp(Operation.WRITE_SAME, offset, size, this.attrs.maxWriteSameSize, block);
+    if (!this.driver.write) return resolved(EOPNOTSUPP);
+    const bad = this.checked(offset, size, Operation.WRITE_SAME);
+    if (bad) return bad;
+    const data = Buffer.allocUnsafe(Math.min(size, this.attrs.maxReadWriteSize));
+    for (let i = 0; i < data.length; i += block.length) block.copy(data, i);
+    return this.repeatWrite(data, offset, size);
+  }
+
+  protected ioctlOp(command: number, argument: Buffer | null): Promise<number> {
+    if (!this.accepting) return resolved(EIO);
+    if (!this.driver.ioctl) return resolved(ENOTTY);
+    return this.invoke(Operation.IOCTL, argument, command, 0);
+  }
+
+  /**
+   * Block status of [offset, offset + size): the driver's extents, checked, cut to the range and
+   * appended to `into`. Without an extents callback, the range is one data extent. A malformed
+   * answer (no extent, a length that is not a positive multiple of the logical block size) fails
+   * the query with EIO, and is logged.
+   */
+  protected async extentsOp(offset: number, size: number, into: Extent[]): Promise<number> {
+    if (!this.accepting) return EIO;
+    const bad = this.checked(offset, size, Operation.EXTENTS);
+    if (bad) return bad;
+    if (!this.driver.extents) {
+      into.push({ length: size });
+      return 0;
+    }
+    const start = into.length;
+    const errno = await this.invoke(Operation.EXTENTS, into, offset, size);
+    if (errno !== 0) return errno;
+    const problem = cutExtents(into, start, size, this.attrs.logicalBlockSize);
+    if (!problem) return 0;
+    this.hooks.log(`extents(offset=${offset}, size=${size}) ${problem}; the query fails with EIO`);
+    return EIO;
+  }
+
+  // ---- Internals ------------------------------------------------------------------------------
+
+  protected checked(offset: number, size: number, op: Operation): Promise<number> | undefined {
+    const lbs = this.attrs.logicalBlockSize;
+    if (size > 0 && offset % lbs === 0 && size % lbs === 0 && offset + size <= this.attrs.size) return undefined;
+    return this.invalid(op, offset, size);
+  }
+
+  protected invalid(op: Operation, offset: number, size: number): Promise<number> {
+    this.hooks.log(`refused ${OPERATION_NAMES[op]}(offset=${offset}, size=${size}): not aligned to the logical block size or outside the device`);
+    return resolved(EINVAL);
+  }
+
+  protected bufferOp(op: Operation, buffer: Buffer, offset: number, max: number): Promise<number> {
+    const bad = this.checked(offset, buffer.length, op);
+    if (bad) return bad;
+    if (buffer.length <= max) return this.invoke(op, buffer, offset, 0);
+    return this.splitBuffer(op, buffer, offset, max);
+  }
+
+  protected async splitBuffer(op: Operation, buffer: Buffer, offset: number, max: number): Promise<number> {
+    for (let done = 0; done < buffer.length; done += max) {
+      const errno = await this.invoke(op, buffer.subarray(done, done + max), offset + done, 0);
+      if (errno !== 0) return errno;
+    }
+    return 0;
+  }
+
+  protected async rangeOp(op: Operation, offset: number, size: number, max: number, extra: unknown): Promise<number> {
+    const bad = this.checked(offset, size, op);
+    if (bad) return bad;
+    for (let done = 0; done < size; done += max) {
+      const errno = await this.invoke(op, extra, offset + done, Math.min(max, size - done));
+      if (errno !== 0) return errno;
+    }
+    return 0;
+  }
+
+  protected writeZeroBuffers(offset: number, size: number): Promise<number> {
+    const length = Math.min(ZERO_BUFFER_SIZE, this.attrs.maxReadWriteSize);
+    if (!this.zeros || this.zeros.length < length) this.zeros = Buffer.alloc(length);
+    return this.repeatWrite(this.zeros.subarray(0, length), offset, size);
+  }
+
+  /** Writes `data` (or a prefix of it, at the end) over [offset, offset + size). */
+  protected async repeatWrite(data: Buffer, offset: number, size: number): Promise<number> {
+    for (let done = 0; done < size; done += data.length) {
+      const piece = size - done < data.length ? data.subarray(0, size - done) : data;
+      const errno = await this.invoke(Operation.WRITE, piece, offset + done, 0);
+      if (errno !== 0) return errno;
+    }
+    return 0;
+  }
+
+  /** Runs one callback within the concurrency limit. `a`, `b`, `c` are its arguments by operation. */
+  protected async invoke(op: Operation, a: unknown, b: number, c: number): Promise<number> {
+    if (this.active < this.limit) {
+      this.active++;
+    } else {
+      await new Promise<void>((resolve) => this.waiting.push(resolve));
+      if (this.aborted) return EIO;
+    }
+    try {
+      for (let call = 1; ; call++) {
+        try {
+          await this.call(op, a, b, c);
+          this.completed[op]!++;
+          return 0;
+        } catch (error) {
+          // seed 000: an EIO from a transfer may succeed when repeated.
+          if (call >= this.transferTries || !isTransfer(op) || this.aborted || !isRetryable(error)) {
+            return this.failure(op, b, c, a, error);
+          }
+          this.hooks.log(`${describe(op, b, c, a)} failed (${messageOf(error)}); trying again (${call + 1} of ${this.transferTries})`);
+        }
+      }
+    } finally {
+      this.release();
+    }
+  }
+
+  protected call(op: Operation, a: unknown, b: number, c: number): Promise<void> | void {
+    const { driver, ctx } = this;
+    if (this.attrs.log) this.logCall(op, b, c, a);
+    switch (op) {
+      case Operation.READ:
+        return driver.read!(a as Buffer, b, ctx);
+      case Operation.WRITE:
+        return driver.write!(a as Buffer, b, ctx);
+      case Operation.FUA_WRITE:
+        return driver.fuaWrite!(a as Buffer, b, ctx);
+      case Operation.FLUSH:
+        return driver.flush!(ctx);
+      case Operation.WRITE_ZEROS:
+        return driver.writeZeros!(b, c, a as boolean, ctx);
+      case Operation.DISCARD:
+        return driver.discard!(b, c, ctx);
+      case Operation.SECURE_ERASE:
+        return driver.secureErase!(b, c, ctx);
+      case Operation.WRITE_SAME:
+        return driver.writeSame!(a as Buffer, b, c, ctx);
+      case Operation.IOCTL:
+        return driver.ioctl!(b, a as Buffer | null, ctx);
+      case Operation.EXTENTS:
+        return collect(driver.extents!(b, c, ctx), a as Extent[]);
+    }
+  }
+
+  protected release(): void {
+    const next = this.waiting.shift();
+    if (next) return next(); // the slot passes to the next waiter
+    this.active--;
+    if (this.active === 0 && this.onIdle) {
+      this.onIdle();
+      this.onIdle = undefined;
+    }
+  }
+
+  protected failure(op: Operation, b: number, c: number, a: unknown, error: unknown): number {
+    this.failed[op]!++;
+    if (error instanceof DriverAbort || (error as Error | null)?.name === 'DriverAbort') {
+      this.hooks.log(`${describe(op, b, c, a)} aborted the driver: ${(error as Error).message}`);
+      this.hooks.abort(error as Error);
+      return EIO;
+    }
+    const errno = clientErrno(error);
+    const message = messageOf(error);
+    this.hooks.log(`${describe(op, b, c, a)} failed: ${message} (client sees ${errno === EIO ? 'EIO' : (error as { code: string }).code})`);
+    return errno;
+  }
+
+  protected logCall(op: Operation, b: number, c: number, a: unknown): void {
+    this.hooks.log(describe(op, b, c, a));
+  }
+}
