@@ -7,7 +7,7 @@
  */
 import type { Socket } from 'node:net';
 import { native } from '../native.js';
-import { doneChunk, errorChunk, simpleReply, writeChunkHeader, writeCookie, type Cookie } from './codec.js';
+import { commandName, doneChunk, errorChunk, simpleReply, writeChunkHeader, writeCookie, type Cookie } from './codec.js';
 import { MAX_PAYLOAD, type NbdExport } from './export-spec.js';
 import type { MessageInput, PooledBuffer } from './input.js';
 import {
@@ -80,7 +80,7 @@ export class Transmission {
       const length = header.readUInt32BE(RequestHeader.length);
       if (type === Command.WRITE) {
         // A write's payload follows its header; a length we would not accept cannot be skipped safely.
-        if (length > MAX_PAYLOAD) return this.link.hangUp(`a write of ${length} bytes (the maximum is ${MAX_PAYLOAD})`);
+        if (length > MAX_PAYLOAD) return this.link.hangUp(`${commandName(type)} of ${length} bytes (the maximum is ${MAX_PAYLOAD})`);
         // The header stays a view into its slab: no slab is reused before this payload is
         // complete (input.ts keeps room for it), and request() reads the header at once.
         return this.link.input.expect(length, (data) => {
