@@ -22,6 +22,7 @@
 //   dup(fd) -> fd                                          dup(2), close-on-exec, sync
 //   growUnixSendBuffer(fd, bytes) -> boolean               SO_SNDBUF, on Unix sockets only
 //   pageSize                                              sysconf(_SC_PAGESIZE)
+//   ublkControl, ublkQueue, ublkCommit, ublkQueueClose     ublk through io_uring: see ublk.c
 
 #define _GNU_SOURCE
 #include <errno.h>
@@ -43,6 +44,7 @@
 #include <unistd.h>
 
 #include "nbd_netlink.h"
+#include "ublk.h"
 
 #define CHECK(call)                                                            \
     do {                                                                       \
@@ -616,6 +618,7 @@ static napi_value init(napi_env env, napi_value exports)
         {"growUnixSendBuffer", NULL, js_grow_unix_send_buffer, NULL, NULL, NULL, napi_default, NULL},
     };
     CHECK(napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props));
+    ublk_register(env, exports);
     return exports;
 }
 

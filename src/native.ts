@@ -59,6 +59,43 @@ interface NativeAddon {
   dup(fd: number): number;
   /** setsockopt(SO_SNDBUF) if `fd` is a Unix socket (capped by net.core.wmem_max); true if set. */
   growUnixSendBuffer(fd: number, bytes: number): boolean;
+  /** One ublk control command on /dev/ublk-control, on the libuv pool: the callback gets >= 0 or -errno. */
+  ublkControl(request: UblkControlRequest, callback: (result: number) => void): void;
+  /**
+   * Sets up one ublk hardware queue on the event loop thread: FETCH_REQ on every tag, then
+   * `callback(count)` whenever completions arrive, `count` (tag, result) pairs in `completions`.
+   */
+  ublkQueue(cdevFd: number, queue: number, depth: number, bufferSize: number, callback: (count: number) => void): UblkQueueHandle;
+  /**
+   * Queues a COMMIT_AND_FETCH_REQ for `tag` (submitted with the loop turn's others): `result`
+   * is bytes done or -errno; the tag's next request uses buffer `half` (0: the first `depth`
+   * buffers, 1: the second).
+   */
+  ublkCommit(queue: UblkQueueHandle['queue'], tag: number, result: number, half: number): void;
+  /** Ends the queue's ring and unmaps its descriptors (the buffers stay until collected). */
+  ublkQueueClose(queue: UblkQueueHandle['queue']): void;
+}
+
+export interface UblkControlRequest {
+  /** UBLK_CMD_* number. */
+  command: number;
+  /** dev_id; -1 lets the kernel choose (ADD_DEV). */
+  device: number;
+  queue?: number;
+  /** data[0]: the server's pid for START_DEV and END_USER_RECOVERY. */
+  data?: number;
+  /** The payload the kernel reads and writes. */
+  buffer?: Buffer;
+}
+
+export interface UblkQueueHandle {
+  readonly queue: { readonly __ublkQueue: unique symbol };
+  /** struct ublksrv_io_desc per tag (24 bytes), read-only. */
+  readonly descriptors: Buffer;
+  /** 2 x depth buffers of bufferSize bytes: tag t's are at t and depth + t. */
+  readonly buffers: Buffer;
+  /** (tag, result) int32 pairs, filled before each callback. */
+  readonly completions: Buffer;
 }
 
 /** An fd watched for readability on the event loop. */

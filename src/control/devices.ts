@@ -146,12 +146,12 @@ export class Devices implements RecoveryHost {
         // A replacement driver serves the device now: a recovery, if one was going on, is over.
         holding.recovering = false;
         holding.failures = 0;
-        this.keepKernelEnd(record, kernelFd); // a new socket, if the last driver died (kernel NBD)
+        this.keepKernelEnd(record, kernelFd ?? -1); // a new socket, if the last driver died (kernel NBD)
         this.log(`device ${record.id} is served by driver pid ${record.pid}`);
         return record;
       }
       if (record.state !== 'initialized') throw new BdusError('EINVAL', `device ${record.id} is ${record.state}, not initialized`);
-      this.keepKernelEnd(record, kernelFd);
+      this.keepKernelEnd(record, kernelFd ?? -1);
       Object.assign(record, { kernelPath, major, minor, state: 'available' });
       rmSync(record.path, { force: true });
       symlinkSync(kernelPath, record.path);
@@ -258,7 +258,7 @@ export class Devices implements RecoveryHost {
   /** Takes a duplicate of the driver's kernel end, so that the device can outlive the driver. */
   private keepKernelEnd(record: DeviceRecord, fd: number): void {
     const holding = this.holding(record.id);
-    if (holding.fd >= 0) return;
+    if (holding.fd >= 0 || fd < 0) return;
     try {
       holding.fd = native.getFd(record.pid, fd);
     } catch (error) {

@@ -100,7 +100,7 @@ export interface Requests {
    * daemon takes a duplicate of the driver's kernel end, descriptor `kernelFd` in the driver.
    * After a rerun, the new driver says the same once it serves.
    */
-  available: { args: { id: string; kernelPath: string; major: number; minor: number; kernelFd: number }; result: DeviceRecord };
+  available: { args: { id: string; kernelPath: string; major: number; minor: number; kernelFd?: number }; result: DeviceRecord };
   /** The driver is ending the device itself (destroy or abort): take the path away now. */
   terminating: { args: { id: string }; result: null };
   /** The driver has removed its kernel device and is leaving: the daemon removes the rest, then answers. */

@@ -68,7 +68,7 @@ export async function rerun(host: RecoveryHost, connection: Connection, m: Check
   if (record.state !== 'available') throw new BdusError('EBUSY', `device ${id} is not available yet`);
   const holding = host.holding(id);
   if (holding.replacing !== 0) throw new BdusError('EBUSY', `device ${id} is already being replaced by the driver in pid ${holding.replacing}`);
-  if (holding.fd < 0 && !driverless(holding)) throw new BdusError('EAGAIN', `the daemon does not hold device ${id} yet (its driver has not re-attached since the daemon restarted); try again`);
+  if (holding.fd < 0 && !driverless(holding) && frontendKind(record.frontend).keeping.kernelEnd) throw new BdusError('EAGAIN', `the daemon does not hold device ${id} yet (its driver has not re-attached since the daemon restarted); try again`);
   checkReplacement(record.attributes, record.callbacks, attributes, callbacks);
   holding.replacing = pid;
   try {

@@ -271,7 +271,8 @@ export class Device<State = unknown> {
       try {
         const control = await ControlConnection.open({ start: false });
         try {
-          await control.request('attach', { id: this.ctx.id.toString(), pid: process.pid, kernelFd: this.frontend.kernelFd });
+          const { kernelFd } = this.frontend;
+          await control.request('attach', { id: this.ctx.id.toString(), pid: process.pid, ...(kernelFd >= 0 ? { kernelFd } : {}) });
         } catch (error) {
           control.close();
           throw error;

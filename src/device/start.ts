@@ -190,7 +190,8 @@ class Instance<State> {
   async serve(kernel: KernelDevice, kernelFd: number, thenRead?: () => Promise<void>): Promise<void> {
     const { path: kernelPath, major, minor } = kernel;
     Object.assign(this.ctx, { kernelPath, major, minor });
-    await this.control.request('available', { id: this.ctx.id.toString(), kernelPath, major, minor, kernelFd });
+    // A frontend without a kernel end (ublk) gives none.
+    await this.control.request('available', { id: this.ctx.id.toString(), kernelPath, major, minor, ...(kernelFd >= 0 ? { kernelFd } : {}) });
     await thenRead?.();
     const device = new Device(this.ctx, this.driver, this.control, this.requests, this.frontend, this.log);
     this.device = device;

@@ -35,6 +35,22 @@ export interface Attributes {
   /** Never look for a partition table on the device. */
   disablePartitionScanning?: boolean;
   /**
+   * A hint: the device is rotational (seeks cost), so I/O schedulers and filesystems may favour
+   * sequential I/O. Shown by the ublk frontend (queue/rotational); the others drop it.
+   */
+  rotational?: boolean;
+  /**
+   * A hint: the I/O size the device prefers (queue/optimal_io_size, which mkfs reads for stripe
+   * sizes): 0 (none) or a power of two from the physical block size up. ublk frontend only.
+   */
+  optimalIoSize?: number;
+  /**
+   * Hardware queues: 0 means 1. More let several CPUs submit without contending for one queue;
+   * all are served by the driver's one event loop. ublk frontend only (the others have one);
+   * lowered to the number of CPUs by the kernel, and to at most 64 here.
+   */
+  queues?: number;
+  /**
    * Keep the device when its driver dies abnormally (killed, crashed, aborted): requests wait for
    * a new driver (`bdus rerun`) instead of failing. See docs/recovery.md for what this demands.
    */
@@ -88,6 +104,9 @@ export const ATTRIBUTES: { readonly [K in AttributeName]-?: AttributeSpec } = {
   maxDiscardEraseSize: { kind: 'bytes', doc: 'largest discard/secure erase per callback: 0 (default 1 GiB) or >= logical block size' },
   requestTimeout: { kind: 'duration', doc: 'time a request may take before it fails with ETIMEDOUT: 0 (default 30s) or up to 7 days (ms, s, m, h)' },
   disablePartitionScanning: { kind: 'flag', doc: 'never scan the device for partitions' },
+  rotational: { kind: 'flag', doc: 'hint: the device is rotational (ublk only)' },
+  optimalIoSize: { kind: 'bytes', doc: 'hint: preferred I/O size, 0 or a power of two >= physical block size (ublk only)' },
+  queues: { kind: 'count', doc: 'hardware queues: 0 means 1, at most 64 (ublk only; the others have one)' },
   recoverable: { kind: 'flag', doc: 'keep the device if the driver dies abnormally; a new driver attaches with rerun' },
   recoveryMode: { kind: 'choice', choices: RECOVERY_MODES, doc: 'requests a dead driver received: reissue (default), fail-received, or fail-all until a driver attaches' },
   restartLimit: { kind: 'count', doc: 'driver deaths a request may be in flight across before it fails alone (0: default 10)' },
@@ -112,6 +131,7 @@ export const DEFAULT_RECOVERY_LIMIT = 2;
 export const DEFAULT_TRANSFER_TRIES = 5;
 /** Upper bound for the three limits: beyond it a limit is no limit. */
 export const MAX_LIMIT = 1000;
+export const MAX_QUEUES = 64;
 
 function refuse(name: string, value: unknown, rule: string): never {
   throw new AttributeError(`invalid attribute ${name}=${String(value)}: ${rule}`);
@@ -186,6 +206,12 @@ export function adjustAttributes(attrs: Attributes, driver: object): EffectiveAt
   const timeout = integer(attrs, 'requestTimeout');
   if (timeout > MAX_REQUEST_TIMEOUT_MS) refuse('requestTimeout', timeout, `must be 0 or at most 7 days (${MAX_REQUEST_TIMEOUT_MS} ms)`);
 
+  const optimal = integer(attrs, 'optimalIoSize');
+  if (optimal !== 0 && (!isPowerOfTwo(optimal) || optimal < pbs)) {
+    refuse('optimalIoSize', optimal, `must be 0 or a power of two from physicalBlockSize (${pbs}) up`);
+  }
+  const queues = integer(attrs, 'queues');
+
   const limits = (['restartLimit', 'recoveryLimit', 'transferTries'] as const).map((name) => {
     const v = integer(attrs, name);
     if (v > MAX_LIMIT) refuse(name, v, `must be at most ${MAX_LIMIT}`);
@@ -209,6 +235,9 @@ export function adjustAttributes(attrs: Attributes, driver: object): EffectiveAt
     maxDiscardEraseSize: maxSize(ranges[2], bounds('maxDiscardEraseSize', callbacks), DEFAULT_MAX_RANGE_SIZE, DEFAULT_MAX_RANGE_SIZE, lbs),
     requestTimeout: timeout || DEFAULT_REQUEST_TIMEOUT_MS,
     disablePartitionScanning: flag(attrs, 'disablePartitionScanning'),
+    rotational: flag(attrs, 'rotational'),
+    optimalIoSize: optimal,
+    queues: Math.min(queues || 1, MAX_QUEUES),
     recoverable: flag(attrs, 'recoverable'),
     recoveryMode: mode,
     restartLimit: limits[0] || DEFAULT_RESTART_LIMIT,
@@ -269,7 +298,7 @@ export function checkReplacement(
   const refuseRerun = (why: string): never => {
     throw new BdusError('EINVAL', `the new driver cannot replace the current one: ${why}`);
   };
-  for (const name of ['size', 'logicalBlockSize', 'physicalBlockSize', 'disablePartitionScanning'] as const) {
+  for (const name of ['size', 'logicalBlockSize', 'physicalBlockSize', 'disablePartitionScanning', 'rotational', 'optimalIoSize', 'queues'] as const) {
     if (next[name] !== current[name]) refuseRerun(`${name} must stay ${String(current[name])} (got ${String(next[name])})`);
   }
   const missing = currentCallbacks.filter((name) => !nextCallbacks.includes(name));

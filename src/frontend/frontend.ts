@@ -56,6 +56,11 @@ export interface FrontendKeeping {
   /** Whether the kernel keeps the device by itself while nobody holds its kernel end. */
   readonly kernelKeepsDevice: boolean;
   /**
+   * Whether a driver has a kernel end for the daemon to hold (FUSE's /dev/fuse, NBD's socket).
+   * ublk has none: the kernel keeps the device, and the next driver recovers it by number.
+   */
+  readonly kernelEnd: boolean;
+  /**
    * A recoverable device lost its driver: keep it until the next one, its requests held, or
    * failed with EIO ('fail-all'). Returns what keeps it and the kernel end the daemon holds now.
    */

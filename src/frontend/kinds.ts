@@ -3,10 +3,12 @@ import { BdusError } from '../driver/errors.js';
 import type { FrontendKind } from './frontend.js';
 import { fuseLoop } from './fuse/kind.js';
 import { kernelNbd } from './nbd/kind.js';
+import { ublk } from './ublk/kind.js';
 
-// FUSE+loop first: the path with the fullest recovery guarantees (the daemon can tell which
-// requests a dead driver had received).
-export const FRONTEND_KINDS: readonly FrontendKind[] = [fuseLoop, kernelNbd];
+// ublk first: the kernel's own interface for this job, with FUA, distinct discard and
+// write-zeroes, errnos that reach the client, several queues and the kernel's user recovery.
+// Then FUSE+loop (everywhere FUSE is), then kernel NBD.
+export const FRONTEND_KINDS: readonly FrontendKind[] = [ublk, fuseLoop, kernelNbd];
 
 /** The kind of a device's frontend, by its registry name. */
 export function frontendKind(name: string): FrontendKind {

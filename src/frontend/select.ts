@@ -7,8 +7,8 @@ import type { FrontendKind } from './frontend.js';
 import { FRONTEND_KINDS } from './kinds.js';
 
 export const FRONTENDS = ['auto', ...FRONTEND_KINDS.map((k) => k.name)] as readonly string[];
-/** 'auto', or a frontend's name ('fuse', 'nbd'). */
-export type FrontendChoice = 'auto' | 'fuse' | 'nbd' | (string & {});
+/** 'auto', or a frontend's name ('ublk', 'fuse', 'nbd'). */
+export type FrontendChoice = 'auto' | 'ublk' | 'fuse' | 'nbd' | (string & {});
 
 /** The frontend to use; a clear error if the kernel cannot host it (or, for auto, any). */
 export async function chooseFrontend(choice: FrontendChoice = 'auto'): Promise<FrontendKind> {

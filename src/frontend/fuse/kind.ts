@@ -31,6 +31,7 @@ export const fuseLoop: FrontendKind = {
   keeping: {
     // The FUSE connection lives only while someone holds /dev/fuse: the daemon's duplicate.
     kernelKeepsDevice: false,
+    kernelEnd: true,
 
     async orphan(device, fd, mode, log) {
       const { attributes } = device;

@@ -42,6 +42,7 @@ export const kernelNbd: FrontendKind = {
 
   keeping: {
     kernelKeepsDevice: true,
+    kernelEnd: true,
 
     /**
      * The kernel holds the requests once the socket is dead: new ones wait for the

@@ -1,0 +1,575 @@
+// SPDX-License-Identifier: MIT
+//
+// ublk (drivers/block/ublk_drv.c, Linux 6.0 and later) through io_uring, with raw system calls
+// and the kernel's uapi headers: no liburing. Two parts, both called from src/frontend/ublk/:
+//
+//   ublkControl(request, callback(result))  one control command on /dev/ublk-control, on the libuv
+//                                           pool: START_DEV and END_USER_RECOVERY wait for the
+//                                           queues, and START_DEV's partition scan reads the
+//                                           device, so the event loop must stay free to serve.
+//   ublkQueue(cdevFd, queue, depth, bufferSize, callback(count)) -> { queue, descriptors,
+//                                           buffers, completions }
+//                                           one hardware queue's ring, owned by the event loop
+//                                           thread: FETCH_REQ on every tag at once, then an
+//                                           eventfd registered with the ring and watched with
+//                                           uv_poll; each wake-up reaps every completion into
+//                                           `completions` (tag, result pairs) and calls back once.
+//   ublkCommit(queue, tag, result, half)    queues a COMMIT_AND_FETCH_REQ (no system call); every
+//                                           commit of a loop turn is submitted together by one
+//                                           io_uring_enter, from a uv_prepare handle that runs
+//                                           just before the loop waits.
+//   ublkQueueClose(queue)                   ends the ring: the kernel cancels its commands (a
+//                                           device with user recovery then quiesces).
+//
+// Each tag's buffer is page-aligned anonymous memory handed to the kernel with every fetch: the
+// kernel copies a write's data into it before the request is delivered and a read's data out of
+// it at commit, so JavaScript copies nothing beyond what the driver itself does.
+
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/io_uring.h>
+#include <linux/ublk_cmd.h>
+#include <node_api.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "ublk.h"
+
+// Older uapi headers (Debian 12's are 6.1) lack the ioctl-encoded opcodes, which 6.12 requires
+// unless built with legacy opcodes.
+#ifndef UBLK_U_IO_FETCH_REQ
+#define UBLK_U_IO_FETCH_REQ _IOWR('u', UBLK_IO_FETCH_REQ, struct ublksrv_io_cmd)
+#define UBLK_U_IO_COMMIT_AND_FETCH_REQ _IOWR('u', UBLK_IO_COMMIT_AND_FETCH_REQ, struct ublksrv_io_cmd)
+#endif
+
+#define CHECK(call)                                                            \
+    do {                                                                       \
+        if ((call) != napi_ok) {                                               \
+            napi_throw_error(env, NULL, "bdus_native: " #call " failed");      \
+            return NULL;                                                       \
+        }                                                                      \
+    } while (0)
+
+/* A minimal io_uring ---------------------------------------------------------------------- */
+
+struct ring {
+    int fd;
+    unsigned entries;
+    size_t sqe_size;
+    unsigned *sq_head, *sq_tail, *sq_mask, *sq_array;
+    unsigned *cq_head, *cq_tail, *cq_mask;
+    struct io_uring_cqe *cqes;
+    uint8_t *sqes;
+    void *sq_map, *cq_map;
+    size_t sq_len, cq_len, sqes_len;
+    unsigned unsubmitted;
+};
+
+static void ring_exit(struct ring *r)
+{
+    if (r->sqes)
+        munmap(r->sqes, r->sqes_len);
+    if (r->cq_map && r->cq_map != r->sq_map)
+        munmap(r->cq_map, r->cq_len);
+    if (r->sq_map)
+        munmap(r->sq_map, r->sq_len);
+    if (r->fd >= 0)
+        close(r->fd);
+    memset(r, 0, sizeof(*r));
+    r->fd = -1;
+}
+
+static int ring_init(struct ring *r, unsigned entries, unsigned flags)
+{
+    struct io_uring_params p;
+    memset(r, 0, sizeof(*r));
+    memset(&p, 0, sizeof(p));
+    p.flags = flags;
+    r->fd = (int)syscall(__NR_io_uring_setup, entries, &p);
+    if (r->fd < 0)
+        return -errno;
+    r->entries = p.sq_entries;
+    r->sqe_size = (flags & IORING_SETUP_SQE128) ? 128 : 64;
+    r->sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    r->cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    int single = p.features & IORING_FEAT_SINGLE_MMAP;
+    if (single && r->cq_len > r->sq_len)
+        r->sq_len = r->cq_len;
+    r->sq_map = mmap(NULL, r->sq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd, IORING_OFF_SQ_RING);
+    if (r->sq_map == MAP_FAILED) {
+        r->sq_map = NULL;
+        goto fail;
+    }
+    r->cq_map = single ? r->sq_map
+                       : mmap(NULL, r->cq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd, IORING_OFF_CQ_RING);
+    if (r->cq_map == MAP_FAILED) {
+        r->cq_map = NULL;
+        goto fail;
+    }
+    r->sqes_len = p.sq_entries * r->sqe_size;
+    r->sqes = mmap(NULL, r->sqes_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd, IORING_OFF_SQES);
+    if (r->sqes == MAP_FAILED) {
+        r->sqes = NULL;
+        goto fail;
+    }
+    uint8_t *sq = r->sq_map, *cq = r->cq_map;
+    r->sq_head = (unsigned *)(sq + p.sq_off.head);
+    r->sq_tail = (unsigned *)(sq + p.sq_off.tail);
+    r->sq_mask = (unsigned *)(sq + p.sq_off.ring_mask);
+    r->sq_array = (unsigned *)(sq + p.sq_off.array);
+    r->cq_head = (unsigned *)(cq + p.cq_off.head);
+    r->cq_tail = (unsigned *)(cq + p.cq_off.tail);
+    r->cq_mask = (unsigned *)(cq + p.cq_off.ring_mask);
+    r->cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
+    return 0;
+fail : {
+    int err = errno;
+    ring_exit(r);
+    return -err;
+}
+}
+
+/** The next free submission entry, zeroed and already queued, or NULL if the ring is full. */
+static struct io_uring_sqe *ring_sqe(struct ring *r)
+{
+    unsigned head = atomic_load_explicit((_Atomic unsigned *)r->sq_head, memory_order_acquire);
+    unsigned tail = *r->sq_tail;
+    if (tail - head >= r->entries)
+        return NULL;
+    unsigned index = tail & *r->sq_mask;
+    struct io_uring_sqe *sqe = (struct io_uring_sqe *)(r->sqes + index * r->sqe_size);
+    memset(sqe, 0, r->sqe_size);
+    r->sq_array[index] = index;
+    atomic_store_explicit((_Atomic unsigned *)r->sq_tail, tail + 1, memory_order_release);
+    r->unsubmitted++;
+    return sqe;
+}
+
+/** Submits what is queued; with `wait`, also waits for that many completions. */
+static int ring_enter(struct ring *r, unsigned wait)
+{
+    for (;;) {
+        int n = (int)syscall(__NR_io_uring_enter, r->fd, r->unsubmitted, wait, wait ? IORING_ENTER_GETEVENTS : 0, NULL, 0);
+        if (n >= 0) {
+            r->unsubmitted -= (unsigned)n;
+            if (!wait || r->unsubmitted == 0)
+                return 0;
+        } else if (errno != EINTR && errno != EAGAIN) {
+            return -errno;
+        }
+    }
+}
+
+/* Control commands ------------------------------------------------------------------------ */
+
+// The kernel dispatches on the command number; the direction matters for GET_FEATURES only,
+// which it compares whole.
+static uint32_t control_op(uint32_t nr)
+{
+    switch (nr) {
+    case 0x01: // GET_QUEUE_AFFINITY
+    case 0x02: // GET_DEV_INFO
+    case 0x09: // GET_PARAMS
+    case 0x13: // GET_FEATURES
+        return _IOR('u', nr, struct ublksrv_ctrl_cmd);
+    default:
+        return _IOWR('u', nr, struct ublksrv_ctrl_cmd);
+    }
+}
+
+int ublk_control(const struct ublk_control_request *q)
+{
+    int control = open("/dev/ublk-control", O_RDWR | O_CLOEXEC);
+    if (control < 0)
+        return -errno;
+    struct ring r;
+    int result = ring_init(&r, 2, IORING_SETUP_SQE128);
+    if (result < 0) {
+        close(control);
+        return result;
+    }
+    struct io_uring_sqe *sqe = ring_sqe(&r);
+    sqe->opcode = IORING_OP_URING_CMD;
+    sqe->fd = control;
+    sqe->cmd_op = control_op(q->command);
+    struct ublksrv_ctrl_cmd *cmd = (struct ublksrv_ctrl_cmd *)sqe->cmd;
+    cmd->dev_id = q->device;
+    cmd->queue_id = q->queue;
+    cmd->len = (uint16_t)q->length;
+    cmd->addr = (uint64_t)(uintptr_t)q->buffer;
+    cmd->data[0] = q->data;
+    result = ring_enter(&r, 1);
+    if (result == 0) {
+        unsigned head = *r.cq_head;
+        result = r.cqes[head & *r.cq_mask].res;
+        atomic_store_explicit((_Atomic unsigned *)r.cq_head, head + 1, memory_order_release);
+    }
+    ring_exit(&r);
+    close(control);
+    return result;
+}
+
+struct control_work {
+    napi_async_work work;
+    napi_ref callback, buffer;
+    struct ublk_control_request request;
+    int result;
+};
+
+static void control_execute(napi_env env, void *data)
+{
+    (void)env;
+    struct control_work *w = data;
+    w->result = ublk_control(&w->request);
+}
+
+static void control_complete(napi_env env, napi_status status, void *data)
+{
+    struct control_work *w = data;
+    napi_value callback, global, arg;
+    napi_get_reference_value(env, w->callback, &callback);
+    napi_get_global(env, &global);
+    napi_create_int32(env, status == napi_ok ? w->result : -ECANCELED, &arg);
+    napi_call_function(env, global, callback, 1, &arg, NULL);
+    napi_delete_reference(env, w->callback);
+    if (w->buffer)
+        napi_delete_reference(env, w->buffer);
+    napi_delete_async_work(env, w->work);
+    free(w);
+}
+
+static int64_t field(napi_env env, napi_value object, const char *name, int64_t otherwise)
+{
+    bool has = false;
+    napi_value value;
+    int64_t result = otherwise;
+    if (napi_has_named_property(env, object, name, &has) == napi_ok && has &&
+        napi_get_named_property(env, object, name, &value) == napi_ok)
+        napi_get_value_int64(env, value, &result);
+    return result;
+}
+
+// ublkControl({ command, device, queue?, data?, buffer? }, callback(result)): result is >= 0,
+// or a negative errno. `buffer` is the command's payload, read and written by the kernel.
+static napi_value js_ublk_control(napi_env env, napi_callback_info info)
+{
+    size_t argc = 2;
+    napi_value argv[2], name, buffer;
+    bool has_buffer = false;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    struct control_work *w = calloc(1, sizeof(*w));
+    if (!w) {
+        napi_throw_error(env, "ENOMEM", "out of memory");
+        return NULL;
+    }
+    w->request.command = (uint32_t)field(env, argv[0], "command", 0);
+    w->request.device = (uint32_t)field(env, argv[0], "device", -1);
+    w->request.queue = (uint16_t)field(env, argv[0], "queue", -1);
+    w->request.data = (uint64_t)field(env, argv[0], "data", 0);
+    CHECK(napi_has_named_property(env, argv[0], "buffer", &has_buffer));
+    if (has_buffer) {
+        size_t length;
+        CHECK(napi_get_named_property(env, argv[0], "buffer", &buffer));
+        CHECK(napi_get_buffer_info(env, buffer, &w->request.buffer, &length));
+        w->request.length = (uint32_t)length;
+        CHECK(napi_create_reference(env, buffer, 1, &w->buffer));
+    }
+    CHECK(napi_create_reference(env, argv[1], 1, &w->callback));
+    CHECK(napi_create_string_utf8(env, "bdus:ublk-control", NAPI_AUTO_LENGTH, &name));
+    CHECK(napi_create_async_work(env, NULL, name, control_execute, control_complete, w, &w->work));
+    CHECK(napi_queue_async_work(env, w->work));
+    return NULL;
+}
+
+/* I/O queues ------------------------------------------------------------------------------ */
+
+struct queue {
+    struct ring ring;
+    int cdev;
+    uint16_t id, depth;
+    uint32_t buffer_size;
+    uint8_t *buffers;
+    void *descriptors;
+    size_t descriptors_len;
+    int32_t *completions;
+    int eventfd;
+    uv_poll_t poll;
+    uv_prepare_t prepare;
+    int handles;
+    int closed;
+    napi_env env;
+    napi_ref callback;
+    napi_async_context context;
+};
+
+static void handle_closed(uv_handle_t *handle)
+{
+    struct queue *q = handle->data;
+    if (--q->handles == 0) {
+        free(q->completions);
+        free(q);
+    }
+}
+
+static void queue_command(struct queue *q, uint32_t op, uint16_t tag, int32_t result, uint32_t half)
+{
+    struct io_uring_sqe *sqe = ring_sqe(&q->ring);
+    if (!sqe) { // cannot happen: a tag has one command at a time, and the ring has a place per tag
+        ring_enter(&q->ring, 0);
+        sqe = ring_sqe(&q->ring);
+    }
+    sqe->opcode = IORING_OP_URING_CMD;
+    sqe->fd = q->cdev;
+    sqe->cmd_op = op;
+    sqe->user_data = tag;
+    struct ublksrv_io_cmd *cmd = (struct ublksrv_io_cmd *)sqe->cmd;
+    cmd->q_id = q->id;
+    cmd->tag = tag;
+    cmd->result = result;
+    cmd->addr = (uint64_t)(uintptr_t)(q->buffers + ((size_t)half * q->depth + tag) * q->buffer_size);
+}
+
+static void queue_submit(uv_prepare_t *prepare)
+{
+    struct queue *q = prepare->data;
+    if (q->ring.unsubmitted)
+        ring_enter(&q->ring, 0);
+}
+
+static void queue_ready(uv_poll_t *poll, int status, int events)
+{
+    (void)status;
+    (void)events;
+    struct queue *q = poll->data;
+    uint64_t count;
+    if (read(q->eventfd, &count, sizeof(count)) < 0 && errno != EAGAIN)
+        return;
+    napi_env env = q->env;
+    // Completions that arrive while JavaScript runs are taken in the next round.
+    for (int round = 0; round < 4 && !q->closed; round++) {
+        unsigned head = *q->ring.cq_head;
+        unsigned tail = atomic_load_explicit((_Atomic unsigned *)q->ring.cq_tail, memory_order_acquire);
+        unsigned n = 0;
+        while (head != tail && n < q->depth) {
+            struct io_uring_cqe *cqe = &q->ring.cqes[head & *q->ring.cq_mask];
+            q->completions[2 * n] = (int32_t)cqe->user_data;
+            q->completions[2 * n + 1] = cqe->res;
+            n++;
+            head++;
+        }
+        atomic_store_explicit((_Atomic unsigned *)q->ring.cq_head, head, memory_order_release);
+        if (n == 0)
+            return;
+        napi_handle_scope scope;
+        napi_value callback, global, arg;
+        if (napi_open_handle_scope(env, &scope) != napi_ok)
+            return;
+        napi_get_reference_value(env, q->callback, &callback);
+        napi_get_global(env, &global);
+        napi_create_uint32(env, n, &arg);
+        // make_callback: the promises the callback settles run before the loop waits.
+        napi_make_callback(env, q->context, global, callback, 1, &arg, NULL);
+        napi_close_handle_scope(env, scope);
+    }
+}
+
+static void queue_free_early(struct queue *q)
+{
+    if (q->descriptors)
+        munmap(q->descriptors, q->descriptors_len);
+    if (q->eventfd >= 0)
+        close(q->eventfd);
+    ring_exit(&q->ring);
+    free(q->completions);
+    free(q);
+}
+
+static void unmap_buffers(napi_env env, void *data, void *hint)
+{
+    (void)env;
+    munmap(data, (size_t)(uintptr_t)hint);
+}
+
+static napi_value throw_code(napi_env env, int err, const char *what)
+{
+    char code[16], message[128];
+    snprintf(code, sizeof(code), "E%d", err);
+    snprintf(message, sizeof(message), "%s: %s", what, strerror(err));
+    napi_throw_error(env, code, message);
+    return NULL;
+}
+
+static napi_value js_ublk_queue(napi_env env, napi_callback_info info)
+{
+    size_t argc = 5;
+    napi_value argv[5], name, result, value;
+    int32_t cdev;
+    uint32_t id, depth, buffer_size;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    if (argc != 5) {
+        napi_throw_type_error(env, NULL, "ublkQueue(cdevFd, queue, depth, bufferSize, callback)");
+        return NULL;
+    }
+    CHECK(napi_get_value_int32(env, argv[0], &cdev));
+    CHECK(napi_get_value_uint32(env, argv[1], &id));
+    CHECK(napi_get_value_uint32(env, argv[2], &depth));
+    CHECK(napi_get_value_uint32(env, argv[3], &buffer_size));
+    long page = sysconf(_SC_PAGESIZE);
+    if (depth == 0 || depth > UBLK_MAX_QUEUE_DEPTH || buffer_size == 0 || buffer_size % page)
+        return throw_code(env, EINVAL, "ublkQueue");
+
+    struct queue *q = calloc(1, sizeof(*q));
+    if (!q)
+        return throw_code(env, ENOMEM, "ublkQueue");
+    q->ring.fd = -1;
+    q->eventfd = -1;
+    q->cdev = cdev;
+    q->id = (uint16_t)id;
+    q->depth = (uint16_t)depth;
+    q->buffer_size = buffer_size;
+    q->env = env;
+    q->completions = calloc(depth * 2, sizeof(int32_t));
+    if (!q->completions) {
+        free(q);
+        return throw_code(env, ENOMEM, "ublkQueue");
+    }
+
+    // The queue's request descriptors, which the kernel fills before it delivers a request.
+    size_t stride = ((UBLK_MAX_QUEUE_DEPTH * sizeof(struct ublksrv_io_desc)) + page - 1) / page * page;
+    q->descriptors_len = (depth * sizeof(struct ublksrv_io_desc) + page - 1) / page * page;
+    q->descriptors = mmap(NULL, q->descriptors_len, PROT_READ, MAP_SHARED | MAP_POPULATE, cdev,
+                          UBLKSRV_CMD_BUF_OFFSET + id * stride);
+    if (q->descriptors == MAP_FAILED) {
+        int err = errno;
+        q->descriptors = NULL;
+        queue_free_early(q);
+        return throw_code(env, err, "mmap of the ublk queue's descriptors");
+    }
+    // Two buffers per tag: a request answered with ETIMEDOUT while its callback still holds its
+    // buffer lets the tag's next request take the other one.
+    size_t buffers_len = 2 * (size_t)depth * buffer_size;
+    q->buffers = mmap(NULL, buffers_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (q->buffers == MAP_FAILED) {
+        int err = errno;
+        queue_free_early(q);
+        return throw_code(env, err, "mmap of the ublk queue's buffers");
+    }
+    napi_value buffers;
+    if (napi_create_external_buffer(env, buffers_len, q->buffers, unmap_buffers, (void *)(uintptr_t)buffers_len, &buffers) != napi_ok) {
+        munmap(q->buffers, buffers_len);
+        queue_free_early(q);
+        napi_throw_error(env, NULL, "bdus_native: napi_create_external_buffer failed");
+        return NULL;
+    }
+
+    int err = ring_init(&q->ring, depth, 0);
+    if (err == 0) {
+        q->eventfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (q->eventfd < 0)
+            err = -errno;
+    }
+    if (err == 0 && syscall(__NR_io_uring_register, q->ring.fd, IORING_REGISTER_EVENTFD, &q->eventfd, 1) < 0)
+        err = -errno;
+    if (err == 0) {
+        for (uint16_t tag = 0; tag < depth; tag++)
+            queue_command(q, UBLK_U_IO_FETCH_REQ, tag, 0, 0);
+        err = ring_enter(&q->ring, 0);
+    }
+    if (err < 0) {
+        queue_free_early(q);
+        return throw_code(env, -err, "ublk queue setup");
+    }
+
+    uv_loop_t *loop;
+    CHECK(napi_get_uv_event_loop(env, &loop));
+    uv_poll_init(loop, &q->poll, q->eventfd);
+    uv_prepare_init(loop, &q->prepare);
+    q->poll.data = q->prepare.data = q;
+    q->handles = 2;
+    uv_unref((uv_handle_t *)&q->prepare);
+    uv_prepare_start(&q->prepare, queue_submit);
+    uv_poll_start(&q->poll, UV_READABLE, queue_ready);
+    CHECK(napi_create_reference(env, argv[4], 1, &q->callback));
+    CHECK(napi_create_string_utf8(env, "bdus:ublk-queue", NAPI_AUTO_LENGTH, &name));
+    CHECK(napi_async_init(env, NULL, name, &q->context));
+
+    CHECK(napi_create_object(env, &result));
+    CHECK(napi_create_external(env, q, NULL, NULL, &value));
+    CHECK(napi_set_named_property(env, result, "queue", value));
+    CHECK(napi_create_external_buffer(env, q->descriptors_len, q->descriptors, NULL, NULL, &value));
+    CHECK(napi_set_named_property(env, result, "descriptors", value));
+    CHECK(napi_set_named_property(env, result, "buffers", buffers));
+    CHECK(napi_create_external_buffer(env, depth * 2 * sizeof(int32_t), q->completions, NULL, NULL, &value));
+    CHECK(napi_set_named_property(env, result, "completions", value));
+    return result;
+}
+
+static struct queue *queue_of(napi_env env, napi_value value)
+{
+    struct queue *q = NULL;
+    napi_get_value_external(env, value, (void **)&q);
+    return q;
+}
+
+static napi_value js_ublk_commit(napi_env env, napi_callback_info info)
+{
+    size_t argc = 4;
+    napi_value argv[4];
+    uint32_t tag, half;
+    int32_t result;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    struct queue *q = queue_of(env, argv[0]);
+    CHECK(napi_get_value_uint32(env, argv[1], &tag));
+    CHECK(napi_get_value_int32(env, argv[2], &result));
+    CHECK(napi_get_value_uint32(env, argv[3], &half));
+    if (q && !q->closed && tag < q->depth)
+        queue_command(q, UBLK_U_IO_COMMIT_AND_FETCH_REQ, (uint16_t)tag, result, half & 1);
+    return NULL;
+}
+
+// The descriptors' mapping and the ring hold the character device open: both go now, so that
+// the kernel can quiesce the device for the next driver (START_USER_RECOVERY wants it closed).
+// The buffers stay mapped until collected: a callback may still hold a view of them.
+static napi_value js_ublk_queue_close(napi_env env, napi_callback_info info)
+{
+    size_t argc = 1;
+    napi_value argv[1];
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    struct queue *q = queue_of(env, argv[0]);
+    if (!q || q->closed)
+        return NULL;
+    q->closed = 1;
+    uv_poll_stop(&q->poll);
+    uv_prepare_stop(&q->prepare);
+    napi_delete_reference(env, q->callback);
+    napi_async_destroy(env, q->context);
+    munmap(q->descriptors, q->descriptors_len);
+    q->descriptors = NULL;
+    ring_exit(&q->ring);
+    close(q->eventfd);
+    q->eventfd = -1;
+    uv_close((uv_handle_t *)&q->poll, handle_closed);
+    uv_close((uv_handle_t *)&q->prepare, handle_closed);
+    return NULL;
+}
+
+void ublk_register(napi_env env, napi_value exports)
+{
+    napi_property_descriptor props[] = {
+        {"ublkControl", NULL, js_ublk_control, NULL, NULL, NULL, napi_default, NULL},
+        {"ublkQueue", NULL, js_ublk_queue, NULL, NULL, NULL, napi_default, NULL},
+        {"ublkCommit", NULL, js_ublk_commit, NULL, NULL, NULL, napi_default, NULL},
+        {"ublkQueueClose", NULL, js_ublk_queue_close, NULL, NULL, NULL, napi_default, NULL},
+    };
+    napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+}

@@ -1,0 +1,222 @@
+/**
+ * The ublk frontend: the kernel's user-space block device (ublk_drv) is the block device,
+ * /dev/ublkbN, and the driver process its server, through /dev/ublkcN and one io_uring per
+ * hardware queue (queue.ts), all owned by the event loop thread.
+ *
+ * Every device is created with USER_RECOVERY and USER_RECOVERY_REISSUE, recoverable or not:
+ * when its server goes (it closes its queues, or dies) the kernel keeps /dev/ublkbN, holds new
+ * requests and requeues those the server had received but not answered. That is what lets a
+ * driver hand a live device over (the next one recovers it: START_USER_RECOVERY, fetch on every
+ * queue, END_USER_RECOVERY, and gets the requeued requests), and the daemon applies the device's
+ * own rules on top: a device that is not recoverable is stopped at once when its driver dies
+ * (requests fail with EIO), `fail-received` is enforced with the in-flight table
+ * (inflight-table.ts), and `fail-all` by the daemon's stand-in server (stand-in.ts).
+ */
+import { closeSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { BdusError } from '../../driver/errors.js';
+import { PAGE_SIZE } from '../../driver/attributes.js';
+import type { Frontend, FrontendOptions, KernelDevice } from '../frontend.js';
+import { Command, control, deviceInfo, encodeDeviceInfo, encodeParams, Feature, kernelFeatures, ublkNumberOf } from './control.js';
+import { InflightTable } from './inflight-table.js';
+import { UblkQueue, type QueueOptions } from './queue.js';
+
+/** Tags per queue: ublksrv's default is 128; 64 keeps a queue's buffers (2 per tag) smaller. */
+export const QUEUE_DEPTH = 64;
+/** How long a new driver waits for the previous server to be gone before it recovers the device. */
+const RECOVERY_WAIT_MS = 15_000;
+
+/** Opens a ublk device's character device and serves its queues: for a driver and for the daemon's stand-in. */
+export class UblkQueues {
+  readonly queues: UblkQueue[] = [];
+  private cdev = -1;
+
+  constructor(
+    readonly device: number,
+    private readonly options: Pick<QueueOptions, 'requests' | 'table' | 'log'> & { readonly maxReadWriteSize: number },
+    readonly count: number,
+  ) {}
+
+  open(): void {
+    this.cdev = openSync(`/dev/ublkc${this.device}`, 'r+');
+    const bufferSize = bufferSizeOf(this.options.maxReadWriteSize);
+    for (let id = 0; id < this.count; id++) {
+      const { requests, table, log } = this.options;
+      this.queues.push(new UblkQueue({ cdev: this.cdev, id, depth: QUEUE_DEPTH, bufferSize, requests, table, log }));
+    }
+  }
+
+  stopTaking(): void {
+    for (const q of this.queues) q.stopTaking();
+  }
+
+  async drained(): Promise<void> {
+    await Promise.all(this.queues.map((q) => q.drained()));
+  }
+
+  /** Closes the queues and the character device: the kernel may now quiesce the device. */
+  close(): void {
+    for (const q of this.queues) q.close();
+    this.queues.length = 0;
+    if (this.cdev >= 0) closeSync(this.cdev);
+    this.cdev = -1;
+  }
+}
+
+/** The per-tag buffer: the largest request, in whole pages. */
+function bufferSizeOf(maxReadWriteSize: number): number {
+  return Math.max(PAGE_SIZE, Math.ceil(maxReadWriteSize / PAGE_SIZE) * PAGE_SIZE);
+}
+
+/** Waits until process `pid` is gone (or a zombie), at most `ms`; true if it is. */
+export async function processGone(pid: number, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+      if (/\) [ZX] /.test(stat)) return true;
+    } catch {
+      return true;
+    }
+    if (Date.now() > deadline) return false;
+    await sleep(20);
+  }
+}
+
+/**
+ * Takes over a device whose server is gone or going (START_USER_RECOVERY), serves its queues,
+ * and lets the kernel send requests again (END_USER_RECOVERY). The kernel accepts the first
+ * only once the previous server's queues are closed and the device quiesced, which it does
+ * shortly after: retried until then.
+ */
+export async function recover(queues: UblkQueues, log: (message: string) => void): Promise<void> {
+  const { device } = queues;
+  const info = await deviceInfo(device);
+  if (!info) throw new BdusError('ENODEV', `ublk device ${device} is gone`);
+  // The kernel warns if a recovery starts while the old server's thread still runs.
+  if (info.serverPid > 0 && info.serverPid !== process.pid && !(await processGone(info.serverPid, RECOVERY_WAIT_MS))) {
+    log(`the previous server of ublk device ${device} (pid ${info.serverPid}) is still running; recovering anyway`);
+  }
+  const deadline = Date.now() + RECOVERY_WAIT_MS;
+  for (;;) {
+    try {
+      await control(Command.START_USER_RECOVERY, device);
+      break;
+    } catch (error) {
+      if ((error as BdusError).code !== 'EBUSY' || Date.now() > deadline) throw error;
+      await sleep(10);
+    }
+  }
+  queues.open();
+  await control(Command.END_USER_RECOVERY, device, undefined, process.pid);
+}
+
+/** Names a ublk device's owner in its dev_info, so that the daemon can tell it apart from a newer one. */
+export function ownerOf(id: bigint | string): bigint {
+  return BigInt.asUintN(64, BigInt(id));
+}
+
+export class UblkFrontend implements Frontend {
+  readonly name = 'ublk';
+  /** The kernel keeps the device: the daemon holds no descriptor of it. */
+  readonly kernelFd = -1;
+  readonly ended: Promise<Error | undefined>;
+  private endWith!: (error: Error | undefined) => void;
+  private device = -1;
+  private queues: UblkQueues | undefined;
+  private stopping = false;
+
+  constructor(private readonly options: FrontendOptions) {
+    this.ended = new Promise((resolve) => (this.endWith = resolve));
+  }
+
+  private serveQueues(count: number): UblkQueues {
+    const { attributes, requests, log, id } = this.options;
+    const table = attributes.recoverable ? InflightTable.open(id.toString(), count * QUEUE_DEPTH) : undefined;
+    this.queues = new UblkQueues(this.device, { maxReadWriteSize: attributes.maxReadWriteSize, requests, log, table }, count);
+    return this.queues;
+  }
+
+  async start(): Promise<KernelDevice> {
+    const { attributes, readOnly, callbacks } = this.options;
+    const flags = Feature.USER_RECOVERY | Feature.USER_RECOVERY_REISSUE | Feature.CMD_IOCTL_ENCODE;
+    const info = encodeDeviceInfo({
+      queues: attributes.queues,
+      depth: QUEUE_DEPTH,
+      maxIoBytes: bufferSizeOf(attributes.maxReadWriteSize),
+      flags,
+      serverData: ownerOf(this.options.id),
+    });
+    await control(Command.ADD_DEV, -1, info);
+    this.device = info.readUInt32LE(12);
+    const has = (name: string) => callbacks.includes(name as never);
+    const can = { flush: has('flush'), fuaWrite: has('fuaWrite'), discard: has('discard'), writeZeros: has('writeZeros') };
+    await control(Command.SET_PARAMS, this.device, encodeParams(attributes, readOnly, can));
+    this.serveQueues(info.readUInt16LE(0)).open();
+    // START_DEV waits for every queue's fetches and then reads the partition table, which the
+    // queues answer meanwhile.
+    await control(Command.START_DEV, this.device, undefined, process.pid);
+    this.useNoScheduler();
+    return this.kernelDevice();
+  }
+
+  /** Keeps each request on its tag when it is requeued (see inflight-table.ts); also the fastest. */
+  private useNoScheduler(): void {
+    try {
+      writeFileSync(`/sys/block/ublkb${this.device}/queue/scheduler`, 'none');
+    } catch (error) {
+      this.options.log(`cannot set the I/O scheduler of ublkb${this.device} to none: ${(error as Error).message}`);
+    }
+  }
+
+  private kernelDevice(): KernelDevice {
+    const path = `/dev/ublkb${this.device}`;
+    const { rdev } = statSync(path);
+    // Linux's new_encode_dev: minor in bits 0-7 and 20-31, major in bits 8-19.
+    return { path, major: (rdev >> 8) & 0xfff, minor: (rdev & 0xff) | ((rdev >> 12) & 0xfff00) };
+  }
+
+  async adopt(_fd: number, kernel: KernelDevice): Promise<void> {
+    this.device = ublkNumberOf(kernel.path);
+    const info = await deviceInfo(this.device);
+    if (!info || info.serverData !== ownerOf(this.options.id)) throw new BdusError('ENODEV', `${kernel.path} is no longer this device`);
+    await recover(this.serveQueues(info.queues), this.options.log);
+    this.useNoScheduler();
+  }
+
+  async detach(): Promise<void> {
+    this.queues?.stopTaking();
+  }
+
+  async release(): Promise<void> {
+    await this.queues?.drained();
+    this.queues?.close();
+  }
+
+  async abandon(): Promise<void> {
+    this.options.requests.abortAll();
+    this.queues?.close();
+  }
+
+  /** UPDATE_SIZE (Linux 6.16); older kernels cannot change a ublk device's size while it runs. */
+  async resize(size: number): Promise<void> {
+    if (!((await kernelFeatures()) & Feature.UPDATE_SIZE)) {
+      throw new BdusError('EOPNOTSUPP', 'this kernel cannot resize a ublk device (UPDATE_SIZE needs Linux 6.16)');
+    }
+    await control(Command.UPDATE_SIZE, this.device, undefined, size / 512);
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    if (this.device >= 0) {
+      // STOP_DEV removes the disk (requests in flight are served meanwhile; the rest fail with
+      // EIO) and ends the queues' fetches; DEL_DEV then waits for the queues to be closed.
+      await control(Command.STOP_DEV, this.device).catch((error: Error) => this.options.log(error.message));
+      this.queues?.close();
+      await control(Command.DEL_DEV, this.device).catch((error: Error) => this.options.log(error.message));
+    }
+    if (this.options.attributes.recoverable) InflightTable.remove(this.options.id.toString());
+    this.endWith(undefined);
+  }
+}
