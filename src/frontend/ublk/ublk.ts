@@ -12,7 +12,8 @@
  * (requests fail with EIO), `fail-received` is enforced with the in-flight table
  * (inflight-table.ts), and `fail-all` by the daemon's stand-in server (stand-in.ts).
  */
-import { closeSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, statSync } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BdusError } from '../../driver/errors.js';
 import { PAGE_SIZE } from '../../driver/attributes.js';
@@ -156,14 +157,20 @@ export class UblkFrontend implements Frontend {
     // START_DEV waits for every queue's fetches and then reads the partition table, which the
     // queues answer meanwhile.
     await control(Command.START_DEV, this.device, undefined, process.pid);
-    this.useNoScheduler();
+    await this.useNoScheduler();
     return this.kernelDevice();
   }
 
-  /** Keeps each request on its tag when it is requeued (see inflight-table.ts); also the fastest. */
-  private useNoScheduler(): void {
+  /**
+   * Keeps each request on its tag when it is requeued (see inflight-table.ts); also the fastest.
+   * Off the event loop: the kernel freezes the queue for the change, which waits for the
+   * requests in flight, which this process answers.
+   */
+  private async useNoScheduler(): Promise<void> {
+    const path = `/sys/block/ublkb${this.device}/queue/scheduler`;
     try {
-      writeFileSync(`/sys/block/ublkb${this.device}/queue/scheduler`, 'none');
+      if ((await readFile(path, 'latin1')).includes('[none]')) return;
+      await writeFile(path, 'none');
     } catch (error) {
       this.options.log(`cannot set the I/O scheduler of ublkb${this.device} to none: ${(error as Error).message}`);
     }
@@ -181,7 +188,7 @@ export class UblkFrontend implements Frontend {
     const info = await deviceInfo(this.device);
     if (!info || info.serverData !== ownerOf(this.options.id)) throw new BdusError('ENODEV', `${kernel.path} is no longer this device`);
     await recover(this.serveQueues(info.queues), this.options.log);
-    this.useNoScheduler();
+    await this.useNoScheduler();
   }
 
   async detach(): Promise<void> {
