@@ -3,6 +3,7 @@
  * fails), and run real clients as child processes (never synchronous I/O from this process: it
  * may be the one serving the device).
  */
+import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -102,7 +103,9 @@ export async function leftovers(): Promise<string[]> {
   const links = (await sh('sh', ['-c', 'ls /dev/bdus-* 2>/dev/null'])).stdout.split('\n').filter(Boolean);
   // A connected kernel NBD device has a pid file (the VM's kernel; this machine's has no nbd).
   const nbds = (await sh('sh', ['-c', 'ls /sys/block/nbd*/pid 2>/dev/null'])).stdout.split('\n').filter(Boolean);
-  return [...mounts, ...loops, ...links, ...nbds];
+  // ublk devices, block and character (the VM's kernel again).
+  const ublks = (await sh('sh', ['-c', 'ls /dev/ublkb* /dev/ublkc* 2>/dev/null'])).stdout.split('\n').filter(Boolean);
+  return [...mounts, ...loops, ...links, ...nbds, ...ublks];
 }
 
 /** A field of `bdus info`. */
@@ -136,4 +139,34 @@ export async function mounted(t: TestContext, dev: string): Promise<string> {
     await sh('rmdir', [mnt]);
   });
   return mnt;
+}
+
+/** SIGKILLs a device's driver and waits until the daemon has seen it die. */
+export async function killDriver(dev: string): Promise<void> {
+  process.kill(Number(await info(dev, 'pid')), 'SIGKILL');
+  for (let i = 0; i < 200 && (await info(dev, 'pid').catch(() => '0')) !== '0'; i++) await sleep(50);
+}
+
+/** `bdus rerun DEV ARGS...`, which must succeed. */
+export async function mustRerun(dev: string, args: readonly string[]): Promise<void> {
+  const r = await bdus(['rerun', dev, ...args], { timeoutMs: 120_000 });
+  assert.equal(r.code, 0, `bdus rerun failed: ${r.stderr}`);
+}
+
+/** fio randwrite with crc32c verify on `dev`, until stopped; errors() stops it and returns its error count. */
+export function fioVerify(t: TestContext, dev: string): { errors(): Promise<string> } {
+  const fio = background('fio', [
+    '--name=verify', `--filename=${dev}`, '--rw=randwrite', '--bs=4k', '--iodepth=8', '--ioengine=libaio', '--direct=1',
+    '--size=16M', '--verify=crc32c', '--verify_backlog=128', '--verify_fatal=1', '--verify_state_save=0',
+    '--time_based', '--runtime=600', '--output-format=terse',
+  ]);
+  t.after(() => fio.stop());
+  return {
+    async errors(): Promise<string> {
+      fio.stop();
+      const result = await fio.done;
+      assert.ok(result.code === 0 || result.code === 128, `fio failed (${result.code}): ${result.stderr}`);
+      return result.stdout.split(';')[4]!;
+    },
+  };
 }

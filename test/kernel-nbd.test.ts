@@ -12,8 +12,8 @@
  */
 import assert from 'node:assert/strict';
 import { existsSync, rmSync } from 'node:fs';
-import { test, type TestContext } from 'node:test';
-import { background, bdus, BIN, device, DRIVERS, image, info, leftovers, must, readBlock, records, ROOT, scratch, sh, sleep } from './helpers.js';
+import { test } from 'node:test';
+import { background, bdus, BIN, device, DRIVERS, fioVerify, image, info, killDriver as kill, leftovers, must, mustRerun, readBlock, records, ROOT, scratch, sh, sleep } from './helpers.js';
 
 const inVm = process.env.BDUS_IN_VM === '1';
 const nbdHere = inVm || existsSync('/sys/module/nbd') || (await sh('modprobe', ['-q', 'nbd'])).code === 0;
@@ -35,34 +35,6 @@ if (!nbdHere) {
 const MiB = 1 << 20;
 const RECORDER = `${DRIVERS}/recorder.js`;
 const RECOVERABLE = `${DRIVERS}/recoverable.js`;
-
-async function kill(dev: string): Promise<void> {
-  process.kill(Number(await info(dev, 'pid')), 'SIGKILL');
-  for (let i = 0; i < 200 && (await info(dev, 'pid').catch(() => '0')) !== '0'; i++) await sleep(50);
-}
-
-async function mustRerun(dev: string, args: readonly string[]): Promise<void> {
-  const r = await bdus(['rerun', dev, ...args], { timeoutMs: 120_000 });
-  assert.equal(r.code, 0, `bdus rerun failed: ${r.stderr}`);
-}
-
-/** fio randwrite with crc32c verify on `dev`, until stopped; the report says whether anything failed. */
-function fioVerify(t: TestContext, dev: string) {
-  const fio = background('fio', [
-    '--name=nbd', `--filename=${dev}`, '--rw=randwrite', '--bs=4k', '--iodepth=8', '--ioengine=libaio', '--direct=1',
-    '--size=16M', '--verify=crc32c', '--verify_backlog=128', '--verify_fatal=1', '--verify_state_save=0',
-    '--time_based', '--runtime=600', '--output-format=terse',
-  ]);
-  t.after(() => fio.stop());
-  return {
-    async errors(): Promise<string> {
-      fio.stop();
-      const result = await fio.done;
-      assert.ok(result.code === 0 || result.code === 128, `fio failed (${result.code}): ${result.stderr}`);
-      return result.stdout.split(';')[4]!;
-    },
-  };
-}
 
 function kernelTests(): void {
   test('mkfs.ext4, mount, write, remount, verify; destroy leaves nothing', async (t) => {

@@ -22,18 +22,27 @@ export interface TortureReport {
   writtenMiB: number;
 }
 
-const REPLACE_EVERY_MS = 2000;
+export interface TortureOptions {
+  /** `--frontend` for the device (default: auto). */
+  frontend?: string;
+  /** Image size (default 1 GiB) and fio jobs of 48 MiB each (default 4): smaller in the VM. */
+  imageBytes?: number;
+  jobs?: number;
+  /** Pause between replacements (default 2 s). */
+  replaceEveryMs?: number;
+}
 
-export async function torture(seconds: number, log: (line: string) => void = () => undefined): Promise<TortureReport> {
+export async function torture(seconds: number, log: (line: string) => void = () => undefined, options: TortureOptions = {}): Promise<TortureReport> {
+  const { frontend, imageBytes = 1 << 30, jobs = 4, replaceEveryMs = 2000 } = options;
   const name = `bdus-torture-${process.pid}`;
   const image = `/dev/shm/${name}.img`;
   const mountpoint = `/tmp/${name}`;
   writeFileSync(image, '');
-  truncateSync(image, 1 << 30);
+  truncateSync(image, imageBytes);
   let dev = '';
   let mounted = false;
   try {
-    const run = await bdus(['run', 'loop', image, '--recoverable', '--disable-partition-scanning'], { timeoutMs: 30_000 });
+    const run = await bdus(['run', 'loop', image, '--recoverable', '--disable-partition-scanning', ...(frontend ? ['--frontend', frontend] : [])], { timeoutMs: 30_000 });
     if (run.code !== 0) throw new Error(`bdus run failed: ${run.stderr}`);
     dev = run.stdout.trim();
     const kernel = (await must('readlink', ['-f', dev])).trim().replace('/dev/', '');
@@ -45,7 +54,7 @@ export async function torture(seconds: number, log: (line: string) => void = () 
 
     const fio = background('fio', [
       '--name=torture', `--directory=${mountpoint}`, '--rw=randwrite', '--bs=4k', '--direct=1', '--ioengine=libaio',
-      '--iodepth=8', '--numjobs=4', '--size=48M', '--verify=crc32c', '--verify_backlog=256', '--verify_fatal=1',
+      '--iodepth=8', `--numjobs=${jobs}`, '--size=48M', '--verify=crc32c', '--verify_backlog=256', '--verify_fatal=1',
       '--verify_state_save=0', '--time_based', `--runtime=${seconds + 60}`, '--group_reporting', '--output-format=terse',
     ]);
     let replacements = 0;
@@ -53,7 +62,7 @@ export async function torture(seconds: number, log: (line: string) => void = () 
     try {
       const end = Date.now() + seconds * 1000;
       while (Date.now() < end) {
-        await sleep(REPLACE_EVERY_MS);
+        await sleep(replaceEveryMs);
         if (replacements % 2 === 1) {
           process.kill(Number(await info(dev, 'pid')), 'SIGKILL');
           kills++;

@@ -13,7 +13,7 @@ import { DriverInstance, givenAttributes, lifeCycle } from '../instance/driver-i
 import { ControlConnection } from '../control/client.js';
 import { deviceNames, lookUp, type DeviceName } from '../control/manage.js';
 import type { DeviceRecord } from '../control/protocol.js';
-import type { Frontend, KernelDevice } from '../frontend/frontend.js';
+import type { Frontend, FrontendKind, KernelDevice } from '../frontend/frontend.js';
 import { frontendKind } from '../frontend/kinds.js';
 import { chooseFrontend } from '../frontend/select.js';
 import { native } from '../native.js';
@@ -79,10 +79,11 @@ export async function rerun<State>(device: DeviceName, driver: Driver<State>, op
   const control = await ControlConnection.open();
   let instance: Instance<State>;
   let fd: number;
+  let kind: FrontendKind;
   try {
     const current = await lookUp(control, device);
     const currentAttributes = current.attributes;
-    const kind = await chooseFrontend(current.frontend);
+    kind = await chooseFrontend(current.frontend);
     const attributes = kind.attributes(adjustAttributes(inheritAttributes(given, currentAttributes), driver));
     // Checked here too, so that a driver that cannot fit never disturbs the current one.
     checkReplacement(currentAttributes, current.callbacks, attributes, callbacks);
@@ -104,7 +105,8 @@ export async function rerun<State>(device: DeviceName, driver: Driver<State>, op
     // Serving is reported before the first request is read: this driver has recovered the
     // device even if a re-sent request then kills it (that request's own limit deals with it).
     const kernel = { path: ctx.kernelPath, major: ctx.major, minor: ctx.minor };
-    if (fd >= 0) await instance.serve(kernel, fd, () => frontend.adopt(fd, kernel));
+    // A frontend without a kernel end (ublk) recovers the device by number, after the report.
+    if (fd >= 0 || !kind.keeping.kernelEnd) await instance.serve(kernel, fd, () => frontend.adopt(fd, kernel));
     else {
       await frontend.adopt(fd, kernel);
       await instance.serve(kernel, frontend.kernelFd);
