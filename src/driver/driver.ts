@@ -90,19 +90,21 @@ export interface Driver<State = unknown> {
    * callbacks only after it returned, and once it returned, none reach past a smaller size.
    * `ctx.attributes.size` changes once it returned and the kernel took the new size (the kernel
    * refusing calls it again with the old size). Without it, the device cannot be resized.
-   * Kernel paths: FUSE+loop (loop's capacity change) and kernel NBD (netlink reconfigure).
+   * Kernel paths: FUSE+loop (loop's capacity change), kernel NBD (netlink reconfigure) and ublk
+   * on Linux 6.16 and later (UPDATE_SIZE; earlier kernels refuse the resize before calling it).
    */
   resize?(size: number, ctx: Context<State>): Promise<void> | void;
 
   /**
-   * Fill `buffer` (exactly the request's size) with the data at `offset`.
-   * Kernel paths: FUSE+loop, kernel NBD, NBD exports.
+   * Fill `buffer` (exactly the request's size) with the data at `offset`. On ublk, `buffer` is
+   * the memory the kernel copies the data from: fill it before returning.
+   * Kernel paths: ublk, FUSE+loop, kernel NBD, NBD exports.
    */
   read?(buffer: Buffer, offset: number, ctx: Context<State>): Promise<void> | void;
 
   /**
    * Store `data` (exactly the request's size) at `offset`. Do not keep `data` after returning:
-   * its memory is reused. Kernel paths: FUSE+loop, kernel NBD, NBD exports.
+   * its memory is reused. Kernel paths: ublk, FUSE+loop, kernel NBD, NBD exports.
    */
   write?(data: Buffer, offset: number, ctx: Context<State>): Promise<void> | void;
 
@@ -116,28 +118,29 @@ export interface Driver<State = unknown> {
   /**
    * Make [offset, offset + size) read back as zeros. When `mayUnmap` is false, later writes to
    * the range must not fail for lack of space (allocate it). Without it, write-zeroes requests
-   * become writes of zeros. Kernel paths: FUSE+loop (write-zeroes, and discards: mayUnmap true),
-   * kernel NBD and NBD exports (WRITE_ZEROES; mayUnmap unless NO_HOLE).
+   * become writes of zeros. Kernel paths: ublk (WRITE_ZEROES; mayUnmap unless NOUNMAP), FUSE+loop
+   * (write-zeroes, and discards: mayUnmap true), kernel NBD and NBD exports (WRITE_ZEROES;
+   * mayUnmap unless NO_HOLE).
    */
   writeZeros?(offset: number, size: number, mayUnmap: boolean, ctx: Context<State>): Promise<void> | void;
 
   /**
    * A write that is durable when it returns (Force Unit Access). Requires `flush`. Without it,
-   * FUA writes become a write followed by a flush. Kernel paths: kernel NBD, NBD exports (loop
-   * sends O_DSYNC writes as a write and a flush).
+   * FUA writes become a write followed by a flush. Kernel paths: ublk, kernel NBD, NBD exports
+   * (loop sends O_DSYNC writes as a write and a flush).
    */
   fuaWrite?(data: Buffer, offset: number, ctx: Context<State>): Promise<void> | void;
 
   /**
    * Make every write completed so far durable. Without it the device reports no write-back cache
-   * need: flush requests succeed at once. Kernel paths: FUSE+loop, kernel NBD, NBD exports.
+   * need: flush requests succeed at once. Kernel paths: ublk, FUSE+loop, kernel NBD, NBD exports.
    */
   flush?(ctx: Context<State>): Promise<void> | void;
 
   /**
    * The range's contents are no longer needed. Reads of it may return anything afterwards.
-   * Kernel paths: kernel NBD and NBD exports (TRIM); on FUSE+loop only when the driver has no
-   * writeZeros, followed by writes of zeros (loop's discard must read back zeros).
+   * Kernel paths: ublk (DISCARD), kernel NBD and NBD exports (TRIM); on FUSE+loop only when the
+   * driver has no writeZeros, followed by writes of zeros (loop's discard must read back zeros).
    */
   discard?(offset: number, size: number, ctx: Context<State>): Promise<void> | void;
 

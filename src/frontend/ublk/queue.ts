@@ -16,7 +16,7 @@ import { Exchange } from '../../request/exchange.js';
 import type { RequestLayer } from '../../request/request-layer.js';
 import type { InflightTable } from './inflight-table.js';
 
-const { EIO, ENOSPC, ETIMEDOUT, ENOLINK, ENODEV } = constants.errno;
+const { EIO, ETIMEDOUT, ENODEV } = constants.errno;
 
 // UBLK_IO_OP_* and UBLK_IO_F_* (linux/ublk_cmd.h).
 const OP_READ = 0;
@@ -28,14 +28,6 @@ const F_FUA = 1 << 13;
 const F_NOUNMAP = 1 << 15;
 /** sizeof(struct ublksrv_io_desc). */
 const DESCRIPTOR = 24;
-
-/**
- * What the client's system call sees: ublk turns a result into a block status and back, which
- * keeps these three (no space, timed out, transport gone) and makes anything else EIO.
- */
-function clientErrno(errno: number): number {
-  return errno === ENOSPC || errno === ETIMEDOUT || errno === ENOLINK ? errno : EIO;
-}
 
 class UblkRequest extends Exchange {
   tag = 0;
@@ -170,7 +162,9 @@ export class UblkQueue {
 
   answer(x: UblkRequest, errno: number): void {
     if (x.slot >= 0) this.o.table!.clear(x.slot);
-    const result = errno === 0 ? x.bytes : -clientErrno(errno);
+    // The kernel turns -errno into a block status and back (errno_to_blk_status): ENOSPC,
+    // ETIMEDOUT and ENOLINK reach the client as themselves, and what it has no status for, EIO.
+    const result = errno === 0 ? x.bytes : -errno;
     if (!x.timedOut) return this.commit(x.tag, result, x.half);
     // The callback still holds the buffer: the tag goes on with its other one, if free.
     const other = x.half ^ 1;
