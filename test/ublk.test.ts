@@ -11,7 +11,7 @@
  * test; resize refused on a kernel without UPDATE_SIZE; destroy of a device in use.
  */
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
 import {
   background, bdus, device, DRIVERS, fioVerify, image, info, killDriver, leftovers, mounted, must, mustRerun, readBlock, records, ROOT, scratch, sh, sleep,
@@ -206,6 +206,8 @@ function ublkTests(): void {
   test('recoveryMode reissue: a driver killed under fio verify, then replaced live three times: 0 errors', async (t) => {
     const img = image(t);
     const dev = await device(t, [RECOVERABLE, img, '--recoverable', ...UBLK]);
+    const marker = `bdus ublk test ${Date.now()}`;
+    writeFileSync('/dev/kmsg', `${marker}\n`);
     const fio = fioVerify(t, dev);
     await sleep(1500);
     await killDriver(dev);
@@ -216,6 +218,9 @@ function ublkTests(): void {
     }
     await sleep(1000);
     assert.equal(await fio.errors(), '0');
+    // Each recovery started once the previous server was gone: the kernel warned of nothing.
+    const log = (await must('dmesg', [])).split(marker)[1] ?? '';
+    assert.doesNotMatch(log, /WARNING|BUG|I\/O error/, log);
   });
 
   test('recoveryMode fail-received: what the dead driver had received fails; what came after waits for the next one', async (t) => {
