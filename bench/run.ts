@@ -24,6 +24,7 @@ import { cpus, totalmem } from 'node:os';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { execute as sh } from '../src/util/exec.js';
+import { fio as runFio, type Measured, type Metric } from './fio.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const BIN = `${ROOT}dist/src/cli/bin.js`;
@@ -32,8 +33,6 @@ const SIZE = '1G';
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 // ---- Jobs and measurements ----------------------------------------------------------------------
-
-type Metric = 'iops' | 'mibs' | 'mean' | 'p99';
 
 interface Job {
   name: string;
@@ -55,32 +54,8 @@ const JOBS: Job[] = [
 const UNIT: Record<Metric, string> = { iops: 'IOPS', mibs: 'MiB/s', mean: 'us mean', p99: 'us p99' };
 const lowerIsBetter = (metric: Metric) => metric === 'mean' || metric === 'p99';
 
-type Measured = Record<Metric, number>;
-
-interface FioSide {
-  iops: number;
-  bw_bytes: number;
-  lat_ns: { mean: number };
-  clat_ns: { percentile?: Record<string, number> };
-}
-
-/** One fio run; `target` is the block device's or the NBD URI's fio arguments. */
-async function fio(target: string[], args: string[], runtime: number): Promise<Measured> {
-  const out = await sh('fio', [
-    '--name=bench', ...target, '--direct=1', `--size=${SIZE}`, '--time_based', `--runtime=${runtime}`, '--ramp_time=1',
-    '--norandommap', '--randrepeat=0', '--output-format=json', ...args,
-  ]);
-  // The nbd engine prints a line of its own before the report.
-  const job = (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: Array<{ read: FioSide; write: FioSide }> }).jobs[0]!;
-  const sides = [job.read, job.write].filter((s) => s.iops > 0);
-  const latency = sides[0]!;
-  return {
-    iops: sides.reduce((sum, s) => sum + s.iops, 0),
-    mibs: sides.reduce((sum, s) => sum + s.bw_bytes, 0) / 2 ** 20,
-    mean: latency.lat_ns.mean / 1000,
-    p99: (latency.clat_ns.percentile?.['99.000000'] ?? NaN) / 1000,
-  };
-}
+/** One fio run of SIZE; `target` is the block device's or the NBD URI's fio arguments. */
+const fio = (target: string[], args: string[], runtime: number): Promise<Measured> => runFio(target, args, runtime, SIZE);
 
 // ---- Systems ------------------------------------------------------------------------------------
 

@@ -1,0 +1,30 @@
+/** One fio measurement, as the benchmarks report it (bench/run.ts, bench/ublk-vm.ts). */
+import { execute as sh } from '../src/util/exec.js';
+
+export type Metric = 'iops' | 'mibs' | 'mean' | 'p99';
+export type Measured = Record<Metric, number>;
+
+interface FioSide {
+  iops: number;
+  bw_bytes: number;
+  lat_ns: { mean: number };
+  clat_ns: { percentile?: Record<string, number> };
+}
+
+/** One time-based fio run over `size`; `target` is the block device's or the NBD URI's fio arguments. */
+export async function fio(target: string[], args: string[], runtime: number, size: string): Promise<Measured> {
+  const out = await sh('fio', [
+    '--name=bench', ...target, '--direct=1', `--size=${size}`, '--time_based', `--runtime=${runtime}`, '--ramp_time=1',
+    '--norandommap', '--randrepeat=0', '--output-format=json', ...args,
+  ]);
+  // The nbd engine prints a line of its own before the report.
+  const job = (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: Array<{ read: FioSide; write: FioSide }> }).jobs[0]!;
+  const sides = [job.read, job.write].filter((s) => s.iops > 0);
+  const latency = sides[0]!;
+  return {
+    iops: sides.reduce((sum, s) => sum + s.iops, 0),
+    mibs: sides.reduce((sum, s) => sum + s.bw_bytes, 0) / 2 ** 20,
+    mean: latency.lat_ns.mean / 1000,
+    p99: (latency.clat_ns.percentile?.['99.000000'] ?? NaN) / 1000,
+  };
+}
