@@ -43,18 +43,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "napi_util.h"
 #include "nbd_netlink.h"
 #include "ublk.h"
 
-#define CHECK(call)                                                            \
-    do {                                                                       \
-        if ((call) != napi_ok) {                                               \
-            napi_throw_error(env, NULL, "bdus_native: " #call " failed");      \
-            return NULL;                                                       \
-        }                                                                      \
-    } while (0)
-
-static napi_value throw_errno(napi_env env, int err, const char *syscall)
+napi_value throw_errno(napi_env env, int err, const char *syscall)
 {
     char code[32];
     snprintf(code, sizeof(code), "E%d", err);
@@ -342,11 +335,11 @@ static void nbd_complete(napi_env env, napi_status status, void *data)
     free(w);
 }
 
-static int64_t field(napi_env env, napi_value object, const char *name)
+int64_t object_field(napi_env env, napi_value object, const char *name, int64_t otherwise)
 {
     bool has = false;
     napi_value value;
-    int64_t result = -1;
+    int64_t result = otherwise;
     if (napi_has_named_property(env, object, name, &has) == napi_ok && has &&
         napi_get_named_property(env, object, name, &value) == napi_ok)
         napi_get_value_int64(env, value, &result);
@@ -367,15 +360,15 @@ static napi_value js_nbd_netlink(napi_env env, napi_callback_info info)
         return throw_errno(env, ENOMEM, "nbdNetlink");
     w->index = -1;
     w->request = (struct nbd_netlink_request){
-        .command = (int)field(env, argv[0], "command"),
-        .index = field(env, argv[0], "index"),
-        .socket = field(env, argv[0], "socket"),
-        .size_bytes = field(env, argv[0], "sizeBytes"),
-        .block_size = field(env, argv[0], "blockSize"),
-        .server_flags = field(env, argv[0], "serverFlags"),
-        .client_flags = field(env, argv[0], "clientFlags"),
-        .timeout = field(env, argv[0], "timeout"),
-        .dead_conn_timeout = field(env, argv[0], "deadConnTimeout"),
+        .command = (int)object_field(env, argv[0], "command", -1),
+        .index = object_field(env, argv[0], "index", -1),
+        .socket = object_field(env, argv[0], "socket", -1),
+        .size_bytes = object_field(env, argv[0], "sizeBytes", -1),
+        .block_size = object_field(env, argv[0], "blockSize", -1),
+        .server_flags = object_field(env, argv[0], "serverFlags", -1),
+        .client_flags = object_field(env, argv[0], "clientFlags", -1),
+        .timeout = object_field(env, argv[0], "timeout", -1),
+        .dead_conn_timeout = object_field(env, argv[0], "deadConnTimeout", -1),
     };
     bool has_backend = false;
     napi_value backend;

@@ -43,6 +43,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "napi_util.h"
 #include "ublk.h"
 
 // Older uapi headers (Debian 12's are 6.1) lack the ioctl-encoded opcodes, which 6.12 requires
@@ -51,14 +52,6 @@
 #define UBLK_U_IO_FETCH_REQ _IOWR('u', UBLK_IO_FETCH_REQ, struct ublksrv_io_cmd)
 #define UBLK_U_IO_COMMIT_AND_FETCH_REQ _IOWR('u', UBLK_IO_COMMIT_AND_FETCH_REQ, struct ublksrv_io_cmd)
 #endif
-
-#define CHECK(call)                                                            \
-    do {                                                                       \
-        if ((call) != napi_ok) {                                               \
-            napi_throw_error(env, NULL, "bdus_native: " #call " failed");      \
-            return NULL;                                                       \
-        }                                                                      \
-    } while (0)
 
 /* A minimal io_uring ---------------------------------------------------------------------- */
 
@@ -248,17 +241,6 @@ static void control_complete(napi_env env, napi_status status, void *data)
     free(w);
 }
 
-static int64_t field(napi_env env, napi_value object, const char *name, int64_t otherwise)
-{
-    bool has = false;
-    napi_value value;
-    int64_t result = otherwise;
-    if (napi_has_named_property(env, object, name, &has) == napi_ok && has &&
-        napi_get_named_property(env, object, name, &value) == napi_ok)
-        napi_get_value_int64(env, value, &result);
-    return result;
-}
-
 // ublkControl({ command, device, queue?, data?, buffer? }, callback(result)): result is >= 0,
 // or a negative errno. `buffer` is the command's payload, read and written by the kernel.
 static napi_value js_ublk_control(napi_env env, napi_callback_info info)
@@ -268,14 +250,12 @@ static napi_value js_ublk_control(napi_env env, napi_callback_info info)
     bool has_buffer = false;
     CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
     struct control_work *w = calloc(1, sizeof(*w));
-    if (!w) {
-        napi_throw_error(env, "ENOMEM", "out of memory");
-        return NULL;
-    }
-    w->request.command = (uint32_t)field(env, argv[0], "command", 0);
-    w->request.device = (uint32_t)field(env, argv[0], "device", -1);
-    w->request.queue = (uint16_t)field(env, argv[0], "queue", -1);
-    w->request.data = (uint64_t)field(env, argv[0], "data", 0);
+    if (!w)
+        return throw_errno(env, ENOMEM, "ublkControl");
+    w->request.command = (uint32_t)object_field(env, argv[0], "command", 0);
+    w->request.device = (uint32_t)object_field(env, argv[0], "device", -1);
+    w->request.queue = (uint16_t)object_field(env, argv[0], "queue", -1);
+    w->request.data = (uint64_t)object_field(env, argv[0], "data", 0);
     CHECK(napi_has_named_property(env, argv[0], "buffer", &has_buffer));
     if (has_buffer) {
         size_t length;
@@ -400,15 +380,6 @@ static void unmap_buffers(napi_env env, void *data, void *hint)
     munmap(data, (size_t)(uintptr_t)hint);
 }
 
-static napi_value throw_code(napi_env env, int err, const char *what)
-{
-    char code[16], message[128];
-    snprintf(code, sizeof(code), "E%d", err);
-    snprintf(message, sizeof(message), "%s: %s", what, strerror(err));
-    napi_throw_error(env, code, message);
-    return NULL;
-}
-
 static napi_value js_ublk_queue(napi_env env, napi_callback_info info)
 {
     size_t argc = 5;
@@ -426,11 +397,11 @@ static napi_value js_ublk_queue(napi_env env, napi_callback_info info)
     CHECK(napi_get_value_uint32(env, argv[3], &buffer_size));
     long page = sysconf(_SC_PAGESIZE);
     if (depth == 0 || depth > UBLK_MAX_QUEUE_DEPTH || buffer_size == 0 || buffer_size % page)
-        return throw_code(env, EINVAL, "ublkQueue");
+        return throw_errno(env, EINVAL, "ublkQueue");
 
     struct queue *q = calloc(1, sizeof(*q));
     if (!q)
-        return throw_code(env, ENOMEM, "ublkQueue");
+        return throw_errno(env, ENOMEM, "ublkQueue");
     q->ring.fd = -1;
     q->eventfd = -1;
     q->cdev = cdev;
@@ -441,7 +412,7 @@ static napi_value js_ublk_queue(napi_env env, napi_callback_info info)
     q->completions = calloc(depth * 2, sizeof(int32_t));
     if (!q->completions) {
         free(q);
-        return throw_code(env, ENOMEM, "ublkQueue");
+        return throw_errno(env, ENOMEM, "ublkQueue");
     }
 
     // The queue's request descriptors, which the kernel fills before it delivers a request.
@@ -453,7 +424,7 @@ static napi_value js_ublk_queue(napi_env env, napi_callback_info info)
         int err = errno;
         q->descriptors = NULL;
         queue_free_early(q);
-        return throw_code(env, err, "mmap of the ublk queue's descriptors");
+        return throw_errno(env, err, "mmap of the ublk queue's descriptors");
     }
     // Two buffers per tag: a request answered with ETIMEDOUT while its callback still holds its
     // buffer lets the tag's next request take the other one.
@@ -462,7 +433,7 @@ static napi_value js_ublk_queue(napi_env env, napi_callback_info info)
     if (q->buffers == MAP_FAILED) {
         int err = errno;
         queue_free_early(q);
-        return throw_code(env, err, "mmap of the ublk queue's buffers");
+        return throw_errno(env, err, "mmap of the ublk queue's buffers");
     }
     napi_value buffers;
     if (napi_create_external_buffer(env, buffers_len, q->buffers, unmap_buffers, (void *)(uintptr_t)buffers_len, &buffers) != napi_ok) {
@@ -487,7 +458,7 @@ static napi_value js_ublk_queue(napi_env env, napi_callback_info info)
     }
     if (err < 0) {
         queue_free_early(q);
-        return throw_code(env, -err, "ublk queue setup");
+        return throw_errno(env, -err, "ublk queue setup");
     }
 
     uv_loop_t *loop;

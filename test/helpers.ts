@@ -170,3 +170,20 @@ export function fioVerify(t: TestContext, dev: string): { errors(): Promise<stri
     },
   };
 }
+
+/**
+ * Under fio verify on `dev`: SIGKILLs its driver and reruns `driver`, then replaces the driver
+ * live three times, a second apart. Returns fio's error count.
+ */
+export async function killThenSwap(t: TestContext, dev: string, driver: readonly string[]): Promise<string> {
+  const fio = fioVerify(t, dev);
+  await sleep(1500);
+  await killDriver(dev);
+  await mustRerun(dev, driver);
+  for (let i = 0; i < 3; i++) {
+    await sleep(1000);
+    await mustRerun(dev, driver);
+  }
+  await sleep(1000);
+  return fio.errors();
+}

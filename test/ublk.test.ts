@@ -14,7 +14,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
 import {
-  background, bdus, device, DRIVERS, fioVerify, image, info, killDriver, leftovers, mounted, must, mustRerun, readBlock, records, ROOT, scratch, sh, sleep,
+  background, bdus, device, DRIVERS, image, info, killDriver, killThenSwap, leftovers, mounted, must, mustRerun, readBlock, records, ROOT, scratch, sh, sleep,
 } from './helpers.js';
 import { torture } from './torture.js';
 
@@ -208,16 +208,7 @@ function ublkTests(): void {
     const dev = await device(t, [RECOVERABLE, img, '--recoverable', ...UBLK]);
     const marker = `bdus ublk test ${Date.now()}`;
     writeFileSync('/dev/kmsg', `${marker}\n`);
-    const fio = fioVerify(t, dev);
-    await sleep(1500);
-    await killDriver(dev);
-    await mustRerun(dev, [RECOVERABLE, img]);
-    for (let i = 0; i < 3; i++) {
-      await sleep(1000);
-      await mustRerun(dev, [RECOVERABLE, img]);
-    }
-    await sleep(1000);
-    assert.equal(await fio.errors(), '0');
+    assert.equal(await killThenSwap(t, dev, [RECOVERABLE, img]), '0');
     // Each recovery started once the previous server was gone: the kernel warned of nothing.
     const log = (await must('dmesg', [])).split(marker)[1] ?? '';
     assert.doesNotMatch(log, /WARNING|BUG|I\/O error/, log);

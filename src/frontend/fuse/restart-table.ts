@@ -18,9 +18,9 @@
  *
  * Entry layout (16 bytes): id low u32, id high u32 (bit 31 clear), restarts u16, holder u8.
  */
-import { closeSync, constants, ftruncateSync, mkdirSync, openSync, rmSync } from 'node:fs';
-import { native } from '../../native.js';
+import { rmSync } from 'node:fs';
 import { RUN_DIR } from '../../util/paths.js';
+import { mapSharedFile } from '../../util/shared-file.js';
 
 export const Holder = { NONE: 0, DRIVER: 1, KEEPER: 2 } as const;
 export type Holder = (typeof Holder)[keyof typeof Holder];
@@ -50,14 +50,7 @@ export class RestartTable {
 
   /** Maps the device's table, creating it if this is the device's first reader. */
   static open(deviceId: string): RestartTable {
-    mkdirSync(DIR, { recursive: true, mode: 0o700 });
-    const fd = openSync(pathOf(deviceId), constants.O_RDWR | constants.O_CREAT, 0o600);
-    try {
-      ftruncateSync(fd, ENTRIES * ENTRY);
-      return new RestartTable(native.mapShared(fd, ENTRIES * ENTRY));
-    } finally {
-      closeSync(fd);
-    }
+    return new RestartTable(mapSharedFile(pathOf(deviceId), ENTRIES * ENTRY));
   }
 
   /** Removes a device's table (its record is gone). */

@@ -17,9 +17,9 @@
  * Entry layout (16 bytes per queue and tag): start sector low u32, high u32, sectors u32,
  * operation u8, live u8, restarts u16.
  */
-import { closeSync, constants, ftruncateSync, mkdirSync, openSync, rmSync } from 'node:fs';
-import { native } from '../../native.js';
+import { rmSync } from 'node:fs';
 import { RUN_DIR } from '../../util/paths.js';
+import { mapSharedFile } from '../../util/shared-file.js';
 
 const ENTRY = 16;
 const DIR = `${RUN_DIR}/ublk`;
@@ -39,14 +39,7 @@ export class InflightTable {
 
   /** Maps the device's table (made if need be), taking what a previous driver left in it. */
   static open(deviceId: string, slots: number): InflightTable {
-    mkdirSync(DIR, { recursive: true, mode: 0o700 });
-    const fd = openSync(InflightTable.path(deviceId), constants.O_RDWR | constants.O_CREAT, 0o600);
-    try {
-      ftruncateSync(fd, slots * ENTRY);
-      return new InflightTable(native.mapShared(fd, slots * ENTRY));
-    } finally {
-      closeSync(fd);
-    }
+    return new InflightTable(mapSharedFile(InflightTable.path(deviceId), slots * ENTRY));
   }
 
   static remove(deviceId: string): void {

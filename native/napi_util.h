@@ -1,0 +1,22 @@
+// SPDX-License-Identifier: MIT
+// What the addon's C files share (defined in bdus_native.c).
+#ifndef BDUS_NAPI_UTIL_H
+#define BDUS_NAPI_UTIL_H
+#include <node_api.h>
+#include <stdint.h>
+
+#define CHECK(call)                                                            \
+    do {                                                                       \
+        if ((call) != napi_ok) {                                               \
+            napi_throw_error(env, NULL, "bdus_native: " #call " failed");      \
+            return NULL;                                                       \
+        }                                                                      \
+    } while (0)
+
+// Throws an Error whose message names `syscall`, with `errno` (-err) and `syscall` set.
+napi_value throw_errno(napi_env env, int err, const char *syscall);
+
+// A number property of `object`, or `otherwise` if it has none.
+int64_t object_field(napi_env env, napi_value object, const char *name, int64_t otherwise);
+
+#endif
