@@ -520,6 +520,9 @@ static napi_value js_ublk_queue_close(napi_env env, napi_callback_info info)
     if (!q || q->closed)
         return NULL;
     q->closed = 1;
+    // Answers queued this turn still go: a request answered is not given to the next server.
+    if (q->ring.unsubmitted)
+        ring_enter(&q->ring, 0);
     uv_poll_stop(&q->poll);
     uv_prepare_stop(&q->prepare);
     napi_delete_reference(env, q->callback);

@@ -24,18 +24,21 @@ test('not root: refused with a clear error', async () => {
 
 test('no /dev/fuse: refused with a clear error, for the automatic choice and for --frontend fuse', async () => {
   // A private mount namespace whose /dev is an empty tmpfs: the real kernel, without FUSE (and
-  // this machine's kernel has no nbd either).
+  // this machine's kernel has no ublk and no nbd either).
   const run = (frontend: string) =>
     sh('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', `mount -t tmpfs none /dev && exec "${process.execPath}" "${BIN}" run ram --foreground --frontend ${frontend}`]);
   const auto = await run('auto');
   assert.equal(auto.code, 1);
-  oneErrorLine(auto.stderr, /^bdus: error: no frontend can run here: no \/dev\/fuse: .*; and the kernel has no nbd module/);
+  oneErrorLine(auto.stderr, /^bdus: error: no frontend can run here: the kernel has no ublk \(.*\); and no \/dev\/fuse: .*; and the kernel has no nbd module/);
   const fuse = await run('fuse');
   assert.equal(fuse.code, 1);
   oneErrorLine(fuse.stderr, /^bdus: error: no \/dev\/fuse/);
-  const bogus = await bdus(['run', 'ram', '--frontend', 'ublk']);
+  const bogus = await bdus(['run', 'ram', '--frontend', 'ubd']);
   assert.equal(bogus.code, 1);
-  oneErrorLine(bogus.stderr, /^bdus: error: invalid frontend 'ublk': expected auto, fuse, nbd/);
+  oneErrorLine(bogus.stderr, /^bdus: error: invalid frontend 'ubd': expected auto, ublk, fuse, nbd/);
+  const ublk = await bdus(['run', 'ram', '--frontend', 'ublk']);
+  assert.equal(ublk.code, 1);
+  oneErrorLine(ublk.stderr, /^bdus: error: the kernel has no ublk \(no \/dev\/ublk-control; modprobe ublk_drv failed/);
 });
 
 test('a module that exports no driver', async () => {

@@ -159,9 +159,9 @@ test('list and info, in both forms', async (t) => {
   const b = await device(t, ['zero', '--size', '1G']);
   const list = await must(process.execPath, [BIN, 'list']);
   const lines = list.trim().split('\n');
-  assert.match(lines[0]!, /^ID\s+INDEX\s+PATH\s+KERNEL\s+STATE\s+PID\s+SIZE\s+ATTRIBUTES\s+DRIVER$/);
-  assert.match(lines[1]!, /^\d+\s+0\s+\/dev\/bdus-0\s+\/dev\/loop\d+\s+available\s+\d+\s+64 MiB\s+lbs 4096, pbs 4096, concurrency 64\s+\S+\/examples\/ram\.js --size 64M --logical-block-size 4096$/);
-  assert.match(lines[2]!, /^\d+\s+1\s+\/dev\/bdus-1\s+\/dev\/loop\d+\s+available\s+\d+\s+1 GiB\s+.*read-only\s+\S+\/examples\/zero\.js --size 1G$/);
+  assert.match(lines[0]!, /^ID\s+INDEX\s+PATH\s+KERNEL\s+FRONTEND\s+STATE\s+PID\s+SIZE\s+ATTRIBUTES\s+DRIVER$/);
+  assert.match(lines[1]!, /^\d+\s+0\s+\/dev\/bdus-0\s+\/dev\/loop\d+\s+fuse\s+available\s+\d+\s+64 MiB\s+lbs 4096, pbs 4096, concurrency 64\s+\S+\/examples\/ram\.js --size 64M --logical-block-size 4096$/);
+  assert.match(lines[2]!, /^\d+\s+1\s+\/dev\/bdus-1\s+\/dev\/loop\d+\s+fuse\s+available\s+\d+\s+1 GiB\s+.*read-only\s+\S+\/examples\/zero\.js --size 1G$/);
   const json = JSON.parse(await must(process.execPath, [BIN, 'list', '--json'])) as Array<Record<string, any>>;
   assert.deepEqual(json.map((d) => [d.path, d.state, d.readOnly, d.attributes.size]), [
     [a, 'available', false, 64 * MiB],

@@ -60,6 +60,7 @@ function ublkTests(): void {
     assert.equal(await info(dev, 'frontend'), 'ublk');
     assert.match(await info(dev, 'kernel-path'), /^\/dev\/ublkb\d+$/);
     assert.match(await must('readlink', ['-f', dev]), /^\/dev\/ublkb\d+$/m);
+    assert.match((await bdus(['list'])).stdout, /\/dev\/ublkb\d+\s+ublk\s+available/);
     const data = scratch('data');
     t.after(() => rmSync(data, { force: true }));
     await must('dd', ['if=/dev/urandom', `of=${data}`, 'bs=1M', 'count=8', 'status=none']);

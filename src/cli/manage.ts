@@ -82,9 +82,9 @@ export async function listCommand(argv: string[]): Promise<number> {
     return 0;
   }
   if (devices.length === 0) return 0;
-  const header = ['ID', 'INDEX', 'PATH', 'KERNEL', 'STATE', 'PID', 'SIZE', 'ATTRIBUTES', 'DRIVER'];
+  const header = ['ID', 'INDEX', 'PATH', 'KERNEL', 'FRONTEND', 'STATE', 'PID', 'SIZE', 'ATTRIBUTES', 'DRIVER'];
   const rows = devices.map((d) => [
-    String(d.id), String(d.index), d.path, d.kernelPath || '-', d.state, d.pid === 0 ? 'none' : String(d.pid), formatSize(Number(d.attributes.size)), summary(d),
+    String(d.id), String(d.index), d.path, d.kernelPath || '-', d.frontend, d.state, d.pid === 0 ? 'none' : String(d.pid), formatSize(Number(d.attributes.size)), summary(d),
     driverCommand(d) || '-',
   ]);
   process.stdout.write(`${table([header, ...rows])}\n`);

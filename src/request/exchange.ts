@@ -22,7 +22,7 @@ export abstract class Exchange implements TimedRequest {
   startedAt = IDLE;
   /**
    * Driver deaths this request has been in flight across, where the frontend can tell (FUSE's
-   * re-sent requests): set before handing it over. Past restartLimit the request layer fails it
+   * re-sent requests, ublk's in-flight table): set before handing it over. Past restartLimit the request layer fails it
    * alone with EIO (seed 000), since it may be what kills the drivers.
    */
   restarts = 0;

@@ -22,7 +22,7 @@ class StandIn implements Keeper {
 
   constructor(device: KeptDevice, log: (line: string) => void) {
     const number = ublkNumberOf(device.kernelPath);
-    const args = [STAND_IN, String(number), String(device.attributes.queues), String(device.attributes.maxReadWriteSize)];
+    const args = [STAND_IN, String(number), String(device.attributes.queues), String(device.attributes.maxReadWriteSize), device.id];
     this.child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     this.child.stderr!.on('data', (chunk: Buffer) => log(chunk.toString().trimEnd()));
     log(`its requests fail with EIO until a driver attaches (stand-in server, pid ${this.child.pid})`);

@@ -63,6 +63,8 @@ export interface QueueOptions {
   readonly requests: QueueRequests;
   readonly table: InflightTable | undefined;
   readonly log: (message: string) => void;
+  /** The kernel is stopping the device: it ends the queue's commands. */
+  readonly aborted: () => void;
 }
 
 export class UblkQueue {
@@ -100,8 +102,12 @@ export class UblkQueue {
         // A request the driver does not take (it is handing over) stays with the kernel, which
         // gives it to the next driver when this one closes the queue.
         if (this.taking && !this.closed) this.dispatch(tag);
-      } else if (result !== -ENODEV && !this.closed) {
-        // -ENODEV (UBLK_IO_RES_ABORT): the device is stopping. Anything else is a refused command.
+      } else if (this.closed) {
+        // The answers of a queue being closed: nothing to do.
+      } else if (result === -ENODEV) {
+        // UBLK_IO_RES_ABORT: the device is stopping (ours, or someone's STOP_DEV).
+        this.o.aborted();
+      } else {
         this.o.log(`ublk queue ${this.o.id}: the kernel refused a command for tag ${tag}: ${-result}`);
       }
     }

@@ -9,12 +9,17 @@
  * fails them during a driver hand-over too; bdus hands drivers over without a client error, so
  * it uses the stand-in on every kernel (docs/frontends.md).
  *
- *   node stand-in.js DEVICE_NUMBER QUEUES MAX_READ_WRITE_SIZE
+ * It takes the device's in-flight table over like a driver (and clears each entry as it fails
+ * the request), so that the next driver does not take a later request for one the dead driver
+ * had held.
+ *
+ *   node stand-in.js DEVICE_NUMBER QUEUES MAX_READ_WRITE_SIZE DEVICE_ID
  */
 import { constants } from 'node:os';
 import type { Exchange } from '../../request/exchange.js';
 import type { QueueRequests } from './queue.js';
-import { recover, UblkQueues } from './ublk.js';
+import { InflightTable } from './inflight-table.js';
+import { QUEUE_DEPTH, recover, UblkQueues } from './ublk.js';
 
 const { EIO } = constants.errno;
 
@@ -26,9 +31,12 @@ function fail(x: Exchange): void {
 const failAll: QueueRequests = { read: fail, write: fail, fuaWrite: fail, flush: fail, discard: fail, writeZeros: fail };
 
 async function main(): Promise<void> {
-  const [device, queues, maxReadWriteSize] = process.argv.slice(2).map(Number);
+  const [device, queues, maxReadWriteSize] = process.argv.slice(2, 5).map(Number);
+  const id = process.argv[5]!;
   const log = (message: string) => process.stderr.write(`ublk stand-in ${device}: ${message}\n`);
-  const served = new UblkQueues(device!, { maxReadWriteSize: maxReadWriteSize!, requests: failAll, table: undefined, log }, queues!);
+  const table = InflightTable.open(id, queues! * QUEUE_DEPTH);
+  const aborted = () => process.exit(0);
+  const served = new UblkQueues(device!, { maxReadWriteSize: maxReadWriteSize!, requests: failAll, table, log, aborted }, queues!);
   process.on('SIGTERM', () => {
     served.close();
     process.exit(0);

@@ -34,7 +34,7 @@ export class UblkQueues {
 
   constructor(
     readonly device: number,
-    private readonly options: Pick<QueueOptions, 'requests' | 'table' | 'log'> & { readonly maxReadWriteSize: number },
+    private readonly options: Pick<QueueOptions, 'requests' | 'table' | 'log' | 'aborted'> & { readonly maxReadWriteSize: number },
     readonly count: number,
   ) {}
 
@@ -42,8 +42,7 @@ export class UblkQueues {
     this.cdev = openSync(`/dev/ublkc${this.device}`, 'r+');
     const bufferSize = bufferSizeOf(this.options.maxReadWriteSize);
     for (let id = 0; id < this.count; id++) {
-      const { requests, table, log } = this.options;
-      this.queues.push(new UblkQueue({ cdev: this.cdev, id, depth: QUEUE_DEPTH, bufferSize, requests, table, log }));
+      this.queues.push(new UblkQueue({ ...this.options, cdev: this.cdev, id, depth: QUEUE_DEPTH, bufferSize }));
     }
   }
 
@@ -134,7 +133,11 @@ export class UblkFrontend implements Frontend {
   private serveQueues(count: number): UblkQueues {
     const { attributes, requests, log, id } = this.options;
     const table = attributes.recoverable ? InflightTable.open(id.toString(), count * QUEUE_DEPTH) : undefined;
-    this.queues = new UblkQueues(this.device, { maxReadWriteSize: attributes.maxReadWriteSize, requests, log, table }, count);
+    // Someone else's STOP_DEV (or ublk_drv going) ends the device under the driver.
+    const aborted = () => {
+      if (!this.stopping) this.endWith(new Error(`the kernel stopped ublk device ${this.device}`));
+    };
+    this.queues = new UblkQueues(this.device, { maxReadWriteSize: attributes.maxReadWriteSize, requests, log, table, aborted }, count);
     return this.queues;
   }
 
