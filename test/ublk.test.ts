@@ -8,7 +8,8 @@
  * flush); a driver's ENOSPC, ETIMEDOUT and ENOLINK reaching the client as themselves; a request
  * that never ends; two queues served by one event loop; a SIGKILLed driver that is not
  * recoverable; each recovery mode; the restart limit; hot swaps under fio verify; the torture
- * test; resize refused on a kernel without UPDATE_SIZE; destroy of a device in use.
+ * test; resize refused on a kernel without UPDATE_SIZE; destroy of a device in use; a STOP_DEV
+ * from outside.
  */
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -297,6 +298,18 @@ function ublkTests(): void {
     assert.match(refused.stderr, new RegExp(`in use: mounted on ${mnt}`));
     await must('umount', [mnt]);
     assert.equal((await bdus(['destroy', dev])).code, 0);
+    assert.deepEqual(await leftovers(), []);
+  });
+
+  test("someone else's STOP_DEV: the driver sees its device end, and the daemon removes the rest", async (t) => {
+    const dev = await device(t, ['ram', '--size', '16M', ...UBLK]);
+    const pid = Number(await info(dev, 'pid'));
+    const number = (await ublkName(dev)).replace('ublkb', '');
+    const control = `${ROOT}dist/src/frontend/ublk/control.js`;
+    await must(process.execPath, ['--input-type=module', '-e', `const c = await import(${JSON.stringify(control)}); await c.control(c.Command.STOP_DEV, ${number});`]);
+    for (let i = 0; i < 100 && existsSync(`/proc/${pid}`); i++) await sleep(100);
+    assert.equal(existsSync(`/proc/${pid}`), false, 'the driver ended');
+    for (let i = 0; i < 100 && existsSync(dev); i++) await sleep(100);
     assert.deepEqual(await leftovers(), []);
   });
 }
