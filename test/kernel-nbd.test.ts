@@ -128,9 +128,9 @@ function kernelTests(): void {
   test('a recoverable driver killed under fio verify, then replaced live three times: 0 errors', async (t) => {
     const img = image(t);
     // The kernel holds the dead driver's requests for its timeout plus the dead-connection
-    // timeout (each 1.25 request timeouts + 1 s): 12 s here, room for a rerun in the emulated
-    // VM (about 6 s there; 2s left it too little, and fio saw EIO now and then).
-    const dev = await device(t, [RECOVERABLE, img, '--recoverable', '--request-timeout', '4s', '--frontend', 'nbd']);
+    // timeout (each 1.25 request timeouts + 1 s): 22 s here, room for a rerun in the emulated
+    // VM (about 6 s there, more on a loaded host: 2s left it too little, and 4s once too).
+    const dev = await device(t, [RECOVERABLE, img, '--recoverable', '--request-timeout', '8s', '--frontend', 'nbd']);
     assert.equal(await killThenSwap(t, dev, [RECOVERABLE, img]), '0');
   });
 

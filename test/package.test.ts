@@ -1,8 +1,8 @@
 // This test ensures that the package works as a user gets it: `npm pack` holds the docs, LICENSE,
 // README, types and prebuilt addons for Linux x64 and arm64; installed into a fresh project on a
-// PATH with no compiler it loads its prebuild (nothing compiled); a TypeScript driver compiles
-// against its types with TypeScript 5 and 7 and no "types" in the project's tsconfig; and the
-// installed CLI runs that driver as a real device.
+// PATH with no compiler it loads its prebuild (nothing compiled); a TypeScript driver and its
+// test (bdus/testing) compile against its types with TypeScript 5 and 7 and no "types" in the
+// project's tsconfig; the test passes; and the installed CLI runs that driver as a real device.
 import assert from 'node:assert/strict';
 import { mkdirSync, rmSync, symlinkSync, writeFileSync, existsSync } from 'node:fs';
 import { test } from 'node:test';
@@ -29,6 +29,18 @@ const make: DriverFactory<Buffer> = (_args, values) => {
   return driver;
 };
 export default make;
+`;
+
+// A user's own test of the driver, without a kernel device (docs/testing-drivers.md).
+const DRIVER_TEST = `import { test } from 'node:test';
+import { checkDriver, testDriver } from 'bdus/testing';
+import make from './driver.js';
+
+test('the driver passes the standard checks', async () => {
+  const d = await testDriver(await make([], { fill: '7' }));
+  await checkDriver(d);
+  await d.close();
+});
 `;
 
 test('npm pack, install into a fresh project without a compiler, compile a TypeScript driver with TS 5 and 7, run it', { timeout: 600_000 }, async (t) => {
@@ -64,15 +76,19 @@ test('npm pack, install into a fresh project without a compiler, compile a TypeS
   assert.equal(existsSync(`${project}/node_modules/bdus/build`), false, 'nothing was compiled: the prebuild serves');
 
   writeFileSync(`${project}/driver.ts`, DRIVER);
+  writeFileSync(`${project}/driver.test.ts`, DRIVER_TEST);
   // No "types": TypeScript 7 includes no @types by default; the package's own types must do.
   writeFileSync(
     `${project}/tsconfig.json`,
-    JSON.stringify({ compilerOptions: { target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, outDir: 'out' }, files: ['driver.ts'] }),
+    JSON.stringify({ compilerOptions: { target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, outDir: 'out' }, files: ['driver.ts', 'driver.test.ts'] }),
   );
   for (const compiler of ['ts5', 'ts7']) {
     const tsc = await sh(`${project}/node_modules/${compiler}/bin/tsc`, ['-p', '.'], { env, cwd: project, timeoutMs: 120_000 });
     assert.equal(tsc.code, 0, `${compiler}: ${tsc.stdout}${tsc.stderr}`);
   }
+
+  const unit = await sh(process.execPath, ['--test', 'out/driver.test.js'], { env, cwd: project, timeoutMs: 60_000 });
+  assert.equal(unit.code, 0, `bdus/testing in the user's project: ${unit.stdout}${unit.stderr}`);
 
   // Running needs the system's tools (mount, losetup): the whole PATH again.
   const cli = `${project}/node_modules/.bin/bdus`;
