@@ -281,12 +281,15 @@ function ublkTests(): void {
   });
 
   test('bdus resize on a kernel without UPDATE_SIZE (before 6.16): a clear error, the device unchanged', async (t) => {
-    const dev = await device(t, ['ram', '--size', '16M', ...UBLK]);
+    const log = scratch('requests');
+    t.after(() => rmSync(log, { force: true }));
+    const dev = await device(t, [RECORDER, log, 'resizable', '--size', '16M', ...UBLK]);
     const r = await bdus(['resize', dev, '32M']);
     assert.notEqual(r.code, 0);
     assert.match(r.stderr, /UPDATE_SIZE needs Linux 6\.16/);
     assert.equal((await must('blockdev', ['--getsize64', dev])).trim(), String(16 * MiB));
     assert.equal(await info(dev, 'size'), String(16 * MiB));
+    assert.deepEqual(records(log).filter((r) => r.op === 'resize'), [], 'the driver was not asked to resize');
   });
 
   test('destroy refuses a mounted device (EBUSY); unmounted, it goes', async (t) => {

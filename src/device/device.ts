@@ -234,6 +234,9 @@ export class Device<State = unknown> {
       const problem = sizeProblem(size, attributes);
       if (problem) throw new BdusError('EINVAL', problem);
       if (!this.driver.resize) throw new BdusError('EOPNOTSUPP', 'its driver has no resize callback, so its size cannot change');
+      // Asked first, so that the driver is not resized (and back) for a kernel that cannot follow.
+      const cannot = await this.frontend.cannotResize?.();
+      if (cannot) throw new BdusError('EOPNOTSUPP', cannot);
       if (size !== old) {
         await this.driver.resize(size, this.ctx);
         setDeviceSize(attributes, size);

@@ -140,6 +140,11 @@ export interface Frontend {
    */
   resize(size: number): Promise<void>;
   /**
+   * Why this kernel cannot resize the device at all (asked before the driver's resize
+   * callback runs), or undefined. Frontends that always can leave it out.
+   */
+  cannotResize?(): Promise<string | undefined>;
+  /**
    * Resolves when the kernel side has ended: with undefined after stop(), with the reason if it
    * ended on its own (say, someone unmounted it).
    */

@@ -3,7 +3,7 @@
  * so tests can see exactly which callbacks the kernel's requests became. With a second argument
  * "no-zeros" it has no writeZeros (discards then reach discard); with "slow-terminate" its
  * terminate takes a second; with "fua" it has fuaWrite; with "extents" it reports 4 KiB blocks
- * of zeros as holes that read as zeros. Life-cycle records carry the process id, so that the records of a
+ * of zeros as holes that read as zeros; with "resizable" it has resize. Life-cycle records carry the process id, so that the records of a
  * driver and of its replacement (same file) tell which instance did what.
  */
 import { appendFileSync } from 'node:fs';
@@ -50,6 +50,14 @@ export default function recorder(args: readonly string[]): Driver<Buffer> {
     driver.fuaWrite = (data, offset, ctx) => {
       record({ op: 'fuaWrite', offset, size: data.length });
       data.copy(ctx.state, offset);
+    };
+  }
+  if (args.includes('resizable')) {
+    driver.resize = (size, ctx) => {
+      record({ op: 'resize', size });
+      const grown = Buffer.alloc(size);
+      ctx.state.copy(grown, 0, 0, Math.min(size, ctx.state.length));
+      ctx.state = grown;
     };
   }
   if (args.includes('extents')) {

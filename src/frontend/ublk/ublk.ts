@@ -208,11 +208,16 @@ export class UblkFrontend implements Frontend {
     this.queues?.close();
   }
 
-  /** UPDATE_SIZE (Linux 6.16); older kernels cannot change a ublk device's size while it runs. */
+  /** Older kernels than 6.16 cannot change a ublk device's size while it runs. */
+  async cannotResize(): Promise<string | undefined> {
+    if ((await kernelFeatures()) & Feature.UPDATE_SIZE) return undefined;
+    return 'this kernel cannot resize a ublk device (UPDATE_SIZE needs Linux 6.16)';
+  }
+
+  /** UPDATE_SIZE (Linux 6.16). */
   async resize(size: number): Promise<void> {
-    if (!((await kernelFeatures()) & Feature.UPDATE_SIZE)) {
-      throw new BdusError('EOPNOTSUPP', 'this kernel cannot resize a ublk device (UPDATE_SIZE needs Linux 6.16)');
-    }
+    const cannot = await this.cannotResize();
+    if (cannot) throw new BdusError('EOPNOTSUPP', cannot);
     await control(Command.UPDATE_SIZE, this.device, undefined, size / 512);
   }
 
