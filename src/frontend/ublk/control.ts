@@ -30,16 +30,9 @@ export const Feature = {
   USER_RECOVERY: 1n << 3n,
   USER_RECOVERY_REISSUE: 1n << 4n,
   CMD_IOCTL_ENCODE: 1n << 6n,
-  /** Linux 6.13. */
-  USER_RECOVERY_FAIL_IO: 1n << 9n,
-  /** Linux 6.16. */
+  /** Linux 6.16. (USER_RECOVERY_FAIL_IO and QUIESCE are not used: docs/recovery.md.) */
   UPDATE_SIZE: 1n << 10n,
-  /** Linux 6.16. */
-  QUIESCE: 1n << 12n,
 } as const;
-
-/** UBLK_S_DEV_*. */
-export const State = { DEAD: 0, LIVE: 1, QUIESCED: 2 } as const;
 
 const ATTR_READ_ONLY = 1 << 0;
 const ATTR_ROTATIONAL = 1 << 1;
