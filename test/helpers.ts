@@ -105,7 +105,9 @@ export async function leftovers(): Promise<string[]> {
   const nbds = (await sh('sh', ['-c', 'ls /sys/block/nbd*/pid 2>/dev/null'])).stdout.split('\n').filter(Boolean);
   // ublk devices, block and character (the VM's kernel again).
   const ublks = (await sh('sh', ['-c', 'ls /dev/ublkb* /dev/ublkc* 2>/dev/null'])).stdout.split('\n').filter(Boolean);
-  return [...mounts, ...loops, ...links, ...nbds, ...ublks];
+  // Statistics of devices that are gone.
+  const stats = (await sh('sh', ['-c', 'ls /run/bdus/stats/* 2>/dev/null'])).stdout.split('\n').filter(Boolean);
+  return [...mounts, ...loops, ...links, ...nbds, ...ublks, ...stats];
 }
 
 /** A field of `bdus info`. */

@@ -21,7 +21,9 @@ import {
   resizeCommand,
 } from './manage.js';
 import { RERUN_HELP, RERUN_OPTIONS, RUN_HELP, RUN_OPTIONS, rerunCommand, runCommand } from './run.js';
+import { STATS_HELP, STATS_OPTIONS, statsCommand } from './stats.js';
 import { suggest } from './suggest.js';
+import { TOP_HELP, TOP_OPTIONS, topCommand } from './top.js';
 import { UsageError } from './usage.js';
 
 const VERSION_HELP = `usage: bdus version
@@ -41,6 +43,8 @@ commands:
   destroy [--force] [--no-flush] <path or id>...     destroy devices (refused while in use)
   resize <path or id> <size>                         grow or shrink a device while it runs
   logs [--follow] <path or id>                       a device's log, across its drivers
+  stats <path or id> [--json] [--interval S]         a device's request counts, rates and latencies
+  top                                                every device's activity, live
   completion <bash | zsh | fish>                     the shell completion script
   daemon <run | start | stop | status>               the control daemon
   version                                            versions of the CLI, library and daemon
@@ -70,6 +74,8 @@ const COMMANDS: Record<string, Command> = {
   destroy: { help: DESTROY_HELP, run: destroyCommand, options: DESTROY_OPTIONS, positionals: 'devices' },
   resize: { help: RESIZE_HELP, run: resizeCommand, options: {}, positionals: 'devices' },
   logs: { help: LOGS_HELP, run: logsCommand, options: LOGS_OPTIONS, positionals: 'devices' },
+  stats: { help: STATS_HELP, run: statsCommand, options: STATS_OPTIONS, positionals: 'devices' },
+  top: { help: TOP_HELP, run: topCommand, options: TOP_OPTIONS, positionals: 'none' },
   daemon: { help: DAEMON_HELP, run: daemonCommand, options: DAEMON_OPTIONS, positionals: ['run', 'start', 'stop', 'status'] },
   version: { help: VERSION_HELP, run: versionCommand, options: {}, positionals: 'none' },
   completion: {

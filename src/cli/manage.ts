@@ -2,6 +2,7 @@
 import { ATTRIBUTE_NAMES } from '../driver/attributes.js';
 import { destroyDevice, deviceInfo, flushDevice, listDevices, resizeDevice, type DeviceInfo } from '../control/manage.js';
 import { flagName, parseSize } from './options.js';
+import { activityOf, withProgress } from './progress.js';
 import { parseCommandLine } from './suggest.js';
 import { UsageError } from './usage.js';
 
@@ -38,11 +39,12 @@ requests in progress and terminate, and waits until the device is gone. A device
 (mounted, used by another block device such as dm or md, or open in a process other than its
 driver) is refused with EBUSY naming what holds it, unless --force: its users then get I/O
 errors. If the flush takes more than a few seconds, says so (unless --quiet): a stuck driver can
-be skipped with --no-flush.
+be skipped with --no-flush; and every few seconds after, what it still waits for (the flush, or
+the driver finishing its requests and terminating), with the requests in flight.
 
   -f, --force      destroy it even while it is in use
   --no-flush       do not flush before the driver terminates
-  -q, --quiet      no word about a slow flush
+  -q, --quiet      no word about a slow flush or a slow driver
 `;
 
 const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
@@ -167,13 +169,24 @@ export async function destroyCommand(argv: string[]): Promise<number> {
   });
   if (positionals.length === 0) throw new UsageError('bdus destroy: missing the device (a path or an id)');
   for (const target of positionals) {
-    await destroyDevice(target, {
+    const destroyed = destroyDevice(target, {
       flush: !values['no-flush'],
       force: values.force ?? false,
       onSlowFlush: values.quiet
         ? undefined
         : () => process.stderr.write(`bdus: still flushing ${target}; the driver may be stuck (use --no-flush to skip the flush)\n`),
     });
+    if (values.quiet) await destroyed;
+    else {
+      // After the slow-flush word: how the flush or the driver's end is getting on.
+      const { id } = await deviceInfo(target).catch(() => ({ id: undefined }));
+      if (id === undefined) await destroyed;
+      else await withProgress(destroyed, String(id), (seconds, e) =>
+        e.stats?.operations.flush?.inFlight
+          ? `still flushing ${target} after ${seconds} s: ${activityOf(e)} (use --no-flush to skip the flush)`
+          : `waiting ${seconds} s for the driver of ${target} to finish and terminate: ${activityOf(e)}`,
+        6000);
+    }
   }
   return 0;
 }

@@ -13,8 +13,10 @@
  */
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, writeSync } from 'node:fs';
-import type { Device } from '../device/device.js';
+import { deviceInfo } from '../control/manage.js';
+import type { Device, RunOptions } from '../device/device.js';
 import { rerun, serve, start } from '../device/start.js';
+import type { Driver } from '../driver/driver.js';
 import { BdusError } from '../driver/errors.js';
 import type { FrontendChoice } from '../frontend/select.js';
 import { native } from '../native.js';
@@ -24,6 +26,7 @@ import { parseDriverCommand } from './driver-command.js';
 import { parseListen, tlsFromFlags } from './export.js';
 import { driverHelp, makeDriver } from './load-driver.js';
 import { attributeHelp, attributeOptions, attributesFromFlags } from './options.js';
+import { activityOf, withProgress } from './progress.js';
 import { UsageError } from './usage.js';
 
 /** Set only in the background child: the descriptor of the pipe on which it says "ready". */
@@ -113,7 +116,7 @@ async function runDriver(command: 'run' | 'rerun', argv: string[]): Promise<numb
   const driverCommand = [module!.file, ...argv.slice(line.driverIndex + 1)];
   const frontend = values.frontend as FrontendChoice | undefined;
   const options = { attributes, command: driverCommand };
-  const device = command === 'run' ? await start(driver, { ...options, frontend }) : await rerun(line.leading[0]!, driver, options);
+  const device = command === 'run' ? await start(driver, { ...options, frontend }) : await rerunWithProgress(line.leading[0]!, driver, options);
   if (listen) {
     try {
       const exported = await device.export({ listen, name: (values['export-name'] as string | undefined) ?? '', tls });
@@ -165,5 +168,15 @@ function runInBackground(command: string, argv: string[]): Promise<number> {
     child.on('exit', (code, signal) => {
       if (!ready) resolve(code ?? (signal ? 128 : 1));
     });
+  });
+}
+
+/** A rerun that says, after a few seconds and then every few, what it waits for. */
+async function rerunWithProgress(target: string, driver: Driver<unknown>, options: RunOptions): Promise<Device> {
+  const { id } = await deviceInfo(target);
+  return withProgress(rerun(target, driver, options), String(id), (seconds, e) => {
+    if (e.record.pid === process.pid) return `waiting ${seconds} s for this driver to initialize and serve ${target}`;
+    if (e.record.pid === 0) return `waiting ${seconds} s to take ${target} over`;
+    return `waiting ${seconds} s for the current driver of ${target} (pid ${e.record.pid}) to finish its requests and hand over: ${activityOf(e)}`;
   });
 }

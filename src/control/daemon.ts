@@ -25,6 +25,7 @@
  * One lock orders device creation, destruction and every registry change, as in BDUS.
  */
 import { chmodSync, closeSync, mkdirSync, openSync, rmSync } from 'node:fs';
+import type { Server as HttpServer } from 'node:http';
 import { createServer, type Server, type Socket } from 'node:net';
 import { BdusError } from '../driver/errors.js';
 import { native } from '../native.js';
@@ -35,6 +36,8 @@ import { Connection } from './holding.js';
 import { DEFAULT_MAX_DEVICES, LineReader, LOCK_PATH, PROTOCOL_VERSION, SOCKET_PATH, type Requests } from './protocol.js';
 import { Registry } from './registry.js';
 import { argsOf, checkMessage, type CheckedMessage } from './schema.js';
+import type { MetricsAddress } from '../stats/metrics-address.js';
+import { deviceStats } from '../stats/snapshot.js';
 
 const WATCH_INTERVAL_MS = 500;
 
@@ -43,6 +46,8 @@ export interface DaemonOptions {
   maxDevices?: number;
   /** Where the daemon's log lines go. */
   log?: (line: string) => void;
+  /** Serve Prometheus metrics here (src/stats/metrics.ts). */
+  metrics?: MetricsAddress;
 }
 
 export class Daemon {
@@ -54,6 +59,8 @@ export class Daemon {
   private readonly connections = new Set<Connection>();
   private readonly log: (line: string) => void;
   private server: Server | undefined;
+  private metricsServer: HttpServer | undefined;
+  private readonly metrics: MetricsAddress | undefined;
   private watch: NodeJS.Timeout | undefined;
   private lockFd = -1;
 
@@ -61,6 +68,7 @@ export class Daemon {
     this.registry = new Registry(options.maxDevices ?? DEFAULT_MAX_DEVICES);
     this.log = options.log ?? ((line) => process.stderr.write(`${new Date().toISOString()} bdus-daemon: ${line}\n`));
     this.devices = new Devices(this.registry, this.log);
+    this.metrics = options.metrics;
     this.stopped = new Promise((resolve) => (this.resolveStopped = resolve));
   }
 
@@ -82,6 +90,18 @@ export class Daemon {
     if (!native.tryLock(this.lockFd)) {
       closeSync(this.lockFd);
       throw new BdusError('EALREADY', 'a bdus daemon is already running on this machine');
+    }
+    if (this.metrics) {
+      const { host, port } = this.metrics;
+      try {
+        // Loaded only here: every other bdus command starts without prom-client.
+        const { deviceMetrics, serveMetrics } = await import('../stats/metrics.js');
+        this.metricsServer = await serveMetrics(this.metrics, deviceMetrics(() => deviceStats(this.registry.list())));
+      } catch (error) {
+        closeSync(this.lockFd);
+        throw new BdusError((error as NodeJS.ErrnoException).code ?? 'EIO', `cannot serve metrics at ${host}:${port}: ${(error as Error).message}`);
+      }
+      this.log(`metrics at http://${host.includes(':') ? `[${host}]` : host}:${port}/metrics`);
     }
     const known = this.registry.load();
     for (const record of known) this.log(`recovered device ${record.id} (${record.path}, ${record.state}, driver pid ${record.pid})`);
@@ -108,6 +128,8 @@ export class Daemon {
     const server = this.server;
     this.server = undefined;
     clearInterval(this.watch);
+    this.metricsServer?.close();
+    this.metricsServer?.closeAllConnections();
     for (const connection of this.connections) connection.socket.destroy();
     await new Promise((resolve) => server.close(resolve));
     rmSync(SOCKET_PATH, { force: true });
@@ -133,7 +155,9 @@ export class Daemon {
     socket.on('error', () => undefined); // a client that vanished; 'close' follows
     socket.on('close', () => {
       this.connections.delete(connection);
-      this.devices.connectionClosed(connection);
+      // A daemon that stops closes every connection itself: that is not the end of the drivers,
+      // which keep serving and re-attach to the next daemon.
+      if (this.server) this.devices.connectionClosed(connection);
     });
   }
 
@@ -159,7 +183,13 @@ export class Daemon {
   private async dispatch(connection: Connection, m: CheckedMessage): Promise<unknown> {
     switch (m.op) {
       case 'version':
-        return { version: packageVersion(), protocol: PROTOCOL_VERSION, pid: process.pid, maxDevices: this.maxDevices } satisfies Requests['version']['result'];
+        return {
+          version: packageVersion(),
+          protocol: PROTOCOL_VERSION,
+          pid: process.pid,
+          maxDevices: this.maxDevices,
+          ...(this.metrics ? { metrics: `${this.metrics.host}:${this.metrics.port}` } : {}),
+        } satisfies Requests['version']['result'];
       case 'list':
         return this.registry.list();
       case 'info': {
@@ -201,6 +231,10 @@ export class Daemon {
       }
       case 'resized':
         return this.devices.resized(connection, m);
+      case 'stats': {
+        const { id } = argsOf(m, 'stats');
+        return deviceStats(id === undefined ? this.registry.list() : [this.registry.get(id)]);
+      }
       default:
         throw new BdusError('EINVAL', `unknown operation ${JSON.stringify(m.op)}`);
     }

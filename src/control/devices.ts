@@ -20,6 +20,7 @@ import { closeSync, lstatSync, rmSync, symlinkSync } from 'node:fs';
 import { BdusError } from '../driver/errors.js';
 import { frontendKind } from '../frontend/kinds.js';
 import { native } from '../native.js';
+import { countDriverChange, removeStats } from '../stats/life.js';
 import { appendDeviceLog, pruneDeviceLogs } from '../util/device-log.js';
 import { Lock } from '../util/lock.js';
 import { isAlive, processStart } from '../util/process.js';
@@ -146,6 +147,8 @@ export class Devices implements RecoveryHost {
         // A replacement driver serves the device now: a recovery, if one was going on, is over.
         holding.recovering = false;
         holding.failures = 0;
+        if (holding.change) countDriverChange(record.id, holding.change.kind, performance.now() - holding.change.since);
+        holding.change = undefined;
         this.keepKernelEnd(record, kernelFd ?? -1); // a new socket, if the last driver died (kernel NBD)
         this.log(`device ${record.id} is served by driver pid ${record.pid}`);
         return record;
@@ -241,6 +244,7 @@ export class Devices implements RecoveryHost {
     if (holding && holding.fd >= 0) closeSync(holding.fd);
     await frontendKind(record.frontend).keeping.reclaim(record, (line) => this.log(`device ${record.id}: ${line}`));
     removeLink(record);
+    removeStats(record.id);
     this.registry.remove(record);
     this.log(`device ${record.id} (${record.path}) is gone`);
     return null;
@@ -249,7 +253,7 @@ export class Devices implements RecoveryHost {
   holding(id: string): Holding {
     let holding = this.holdings.get(id);
     if (!holding) {
-      holding = { serving: 'attached', fd: -1, keeper: undefined, replacing: 0, handover: undefined, recovering: false, failures: 0 };
+      holding = { serving: 'attached', fd: -1, keeper: undefined, replacing: 0, handover: undefined, recovering: false, failures: 0, change: undefined };
       this.holdings.set(id, holding);
     }
     return holding;

@@ -1,6 +1,7 @@
 /** What the daemon keeps per control connection and per device, and who serves a device. */
 import type { Socket } from 'node:net';
 import type { Keeper } from '../frontend/frontend.js';
+import type { DriverChange } from '../stats/life.js';
 import { encode, type Requests } from './protocol.js';
 
 /** One client connection; `device` is set when a driver runs that device through it. */
@@ -37,6 +38,8 @@ export interface Holding {
   recovering: boolean;
   /** Drivers that failed during this recovery (seed 000's recovery limit). */
   failures: number;
+  /** A change of driver in progress, and since when (performance.now()), for the statistics. */
+  change: { kind: DriverChange; since: number } | undefined;
 }
 
 /** A recoverable device whose driver died, waiting for the next one. */

@@ -12,6 +12,7 @@
  * after a daemon restart). The daemon reads the end of that connection as the end of the driver.
  */
 import type { EffectiveAttributes } from '../driver/attributes.js';
+import type { DeviceStats } from '../stats/snapshot.js';
 import { RUN_DIR } from '../util/paths.js';
 
 /**
@@ -75,7 +76,7 @@ export interface DeviceRecord {
 /** Requests, by operation. */
 export interface Requests {
   /** The daemon's version and protocol. */
-  version: { args: Record<string, never>; result: { version: string; protocol: number; pid: number; maxDevices: number } };
+  version: { args: Record<string, never>; result: { version: string; protocol: number; pid: number; maxDevices: number; metrics?: string } };
   /** Every device. */
   list: { args: Record<string, never>; result: DeviceRecord[] };
   /** One device, by id or by its node's device number. */
@@ -124,11 +125,23 @@ export interface Requests {
    * answers with `resized`; the answer comes once clients see the new size, or with why not.
    */
   resize: { args: { id: string; size: number }; result: DeviceRecord };
+  /**
+   * Statistics (src/stats) of one device, or of every device without `id`: each with its record
+   * and when they were read (ms since the epoch); `stats` is null while a device has none yet.
+   */
+  stats: { args: { id?: string }; result: DeviceStatsEntry[] };
   /** The driver's answer to a `resize` event: ok once its callback and the kernel took `size`. */
   resized: { args: { id: string; ok: boolean; message: string; size: number }; result: null };
 }
 
 export type Operation = keyof Requests;
+
+/** One device in the answer to `stats`. */
+export interface DeviceStatsEntry {
+  record: DeviceRecord;
+  stats: DeviceStats | null;
+  takenAt: number;
+}
 
 /**
  * Events the daemon sends a driver: destroy its device; stop serving it and hand over to a

@@ -34,6 +34,7 @@ export interface RecoveryHost {
  */
 export async function orphan(host: RecoveryHost, record: DeviceRecord, holding: Holding): Promise<void> {
   if (holding.recovering) holding.failures++;
+  else holding.change = { kind: 'recovery', since: performance.now() };
   holding.recovering = true;
   Object.assign(record, { pid: 0, pidStart: '' });
   host.registry.update(record);
@@ -76,6 +77,7 @@ export async function rerun(host: RecoveryHost, connection: Connection, m: Check
     if (current) {
       host.log(`device ${id}: the driver in pid ${pid} replaces the one in pid ${record.pid}`);
       holding.serving = 'handing-over';
+      holding.change ??= { kind: 'swap', since: performance.now() };
       const result = await new Promise<Handover>((resolve) => {
         holding.handover = resolve;
         current.send({ event: 'replace' } satisfies DaemonEvent);

@@ -31,6 +31,7 @@ export const SCHEMA: { readonly [O in Operation]: { readonly [K in keyof Request
   handover: { id: 'id', ok: 'flag', message: 'text' },
   resize: { id: 'id', size: 'uint' },
   resized: { id: 'id', ok: 'flag', message: 'text', size: 'uint' },
+  stats: { id: 'id?' },
 };
 
 /** A message held to its schema: `args` has the fields its operation declares, with their types. */

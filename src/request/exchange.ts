@@ -26,6 +26,10 @@ export abstract class Exchange implements TimedRequest {
    * alone with EIO (seed 000), since it may be what kills the drivers.
    */
   restarts = 0;
+  /** @internal Its operation, size in bytes and admission time (performance.now()), for the statistics. */
+  op = 0;
+  bytes = 0;
+  admittedAt = 0;
   /** @internal The request layer's continuation for this exchange, made once. */
   settle: ((errno: number) => void) | undefined;
 

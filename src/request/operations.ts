@@ -11,6 +11,8 @@ import { clientErrno, DriverAbort } from '../driver/errors.js';
 import { collect, describe, isRetryable, isTransfer, messageOf } from './describe.js';
 import { cutExtents } from './extents.js';
 import { Operation, OPERATION_NAMES } from './operation.js';
+import { RequestCounters } from '../stats/counters.js';
+import { Slot } from '../stats/layout.js';
 
 const { EIO, EINVAL, EOPNOTSUPP, ENOTTY, EROFS } = constants.errno;
 const RESOLVED = [0, EIO, EINVAL, EOPNOTSUPP, ENOTTY, EROFS].reduce(
@@ -32,10 +34,8 @@ export interface RequestLayerHooks {
 type AnyDriver = Driver<any>;
 
 export abstract class Operations {
-  /** Completed callback invocations, indexed by Operation. */
-  readonly completed = new Float64Array(OPERATION_NAMES.length);
-  /** Failed callback invocations, indexed by Operation. */
-  readonly failed = new Float64Array(OPERATION_NAMES.length);
+  /** The statistics (src/stats): per request, and the callbacks' concurrency and retries. */
+  readonly counters = new RequestCounters();
 
   protected readonly attrs: EffectiveAttributes;
   protected readonly limit: number;
@@ -223,22 +223,22 @@ export abstract class Operations {
   /** Runs one callback within the concurrency limit. `a`, `b`, `c` are its arguments by operation. */
   protected async invoke(op: Operation, a: unknown, b: number, c: number): Promise<number> {
     if (this.active < this.limit) {
-      this.active++;
+      this.counters.set(Slot.CALLBACKS, ++this.active);
     } else {
-      await new Promise<void>((resolve) => this.waiting.push(resolve));
+      await new Promise<void>((resolve) => this.counters.set(Slot.WAITING, this.waiting.push(resolve)));
       if (this.aborted) return EIO;
     }
     try {
       for (let call = 1; ; call++) {
         try {
           await this.call(op, a, b, c);
-          this.completed[op]!++;
           return 0;
         } catch (error) {
           // seed 000: an EIO from a transfer may succeed when repeated.
           if (call >= this.transferTries || !isTransfer(op) || this.aborted || !isRetryable(error)) {
             return this.failure(op, b, c, a, error);
           }
+          this.counters.add(Slot.TRANSFER_RETRIES);
           this.hooks.log(`${describe(op, b, c, a)} failed (${messageOf(error)}); trying again (${call + 1} of ${this.transferTries})`);
         }
       }
@@ -276,8 +276,11 @@ export abstract class Operations {
 
   protected release(): void {
     const next = this.waiting.shift();
-    if (next) return next(); // the slot passes to the next waiter
-    this.active--;
+    if (next) {
+      this.counters.set(Slot.WAITING, this.waiting.length);
+      return next(); // the slot passes to the next waiter
+    }
+    this.counters.set(Slot.CALLBACKS, --this.active);
     if (this.active === 0 && this.onIdle) {
       this.onIdle();
       this.onIdle = undefined;
@@ -285,7 +288,6 @@ export abstract class Operations {
   }
 
   protected failure(op: Operation, b: number, c: number, a: unknown, error: unknown): number {
-    this.failed[op]!++;
     if (error instanceof DriverAbort || (error as Error | null)?.name === 'DriverAbort') {
       this.hooks.log(`${describe(op, b, c, a)} aborted the driver: ${(error as Error).message}`);
       this.hooks.abort(error as Error);

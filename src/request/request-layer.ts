@@ -25,6 +25,8 @@
  *   ETIMEDOUT if requestTimeout passes before its callbacks end, on every frontend alike.
  * - Answers: through the request's Exchange (exchange.ts): answer(errno), then finish() once no
  *   callback holds its buffers.
+ * - Statistics: each request is counted when admitted and when answered, with its latency from
+ *   admission to answer (src/stats: plain stores into the device's shared stats file).
  */
 import { constants } from 'node:os';
 import { restartLimitOf } from '../driver/attributes.js';
@@ -32,10 +34,12 @@ import type { Context, Driver, Extent } from '../driver/driver.js';
 import type { Exchange } from './exchange.js';
 import { Operations, type RequestLayerHooks } from './operations.js';
 import { IDLE, RequestTimer } from './request-timer.js';
+import { Operation } from './operation.js';
+import { Slot } from '../stats/layout.js';
 
 export type { RequestLayerHooks } from './operations.js';
 
-const { EIO } = constants.errno;
+const { EIO, ETIMEDOUT } = constants.errno;
 
 export class RequestLayer extends Operations {
   /** Fails requests that wait too long (the layer stamps every request it admits). */
@@ -47,7 +51,7 @@ export class RequestLayer extends Operations {
   constructor(driver: Driver<any>, ctx: Context<any>, hooks: RequestLayerHooks) {
     super(driver, ctx, hooks);
     this.restartLimit = restartLimitOf(this.attrs);
-    this.timer = new RequestTimer(this.attrs.requestTimeout, this.hooks.log);
+    this.timer = new RequestTimer(this.attrs.requestTimeout, this.hooks.log, (x) => this.expired(x as Exchange));
     this.timer.watch(this.tracked);
   }
 
@@ -58,28 +62,23 @@ export class RequestLayer extends Operations {
   // first. The frontend has only decoded the request; everything else happens here.
 
   read(x: Exchange, buffer: Buffer, offset: number): void {
-    if (x.restarts > 0 && !this.admit(x)) return;
-    this.track(x, this.readOp(buffer, offset));
+    if (this.admit(x, Operation.READ, buffer.length)) this.track(x, this.readOp(buffer, offset));
   }
 
   write(x: Exchange, data: Buffer, offset: number): void {
-    if (x.restarts > 0 && !this.admit(x)) return;
-    this.track(x, this.writeOp(data, offset));
+    if (this.admit(x, Operation.WRITE, data.length)) this.track(x, this.writeOp(data, offset));
   }
 
   fuaWrite(x: Exchange, data: Buffer, offset: number): void {
-    if (x.restarts > 0 && !this.admit(x)) return;
-    this.track(x, this.fuaWriteOp(data, offset));
+    if (this.admit(x, Operation.FUA_WRITE, data.length)) this.track(x, this.fuaWriteOp(data, offset));
   }
 
   flush(x: Exchange): void {
-    if (x.restarts > 0 && !this.admit(x)) return;
-    this.track(x, this.flushOp());
+    if (this.admit(x, Operation.FLUSH, 0)) this.track(x, this.flushOp());
   }
 
   writeZeros(x: Exchange, offset: number, size: number, mayUnmap: boolean): void {
-    if (x.restarts > 0 && !this.admit(x)) return;
-    this.track(x, this.writeZerosOp(offset, size, mayUnmap));
+    if (this.admit(x, Operation.WRITE_ZEROS, size)) this.track(x, this.writeZerosOp(offset, size, mayUnmap));
   }
 
   /**
@@ -89,29 +88,24 @@ export class RequestLayer extends Operations {
    * else by discard (when it has it) followed by writes of zeros.
    */
   discard(x: Exchange, offset: number, size: number, zeroes = false): void {
-    if (x.restarts > 0 && !this.admit(x)) return;
-    this.track(x, zeroes ? this.zeroingDiscardOp(offset, size) : this.discardOp(offset, size));
+    if (this.admit(x, Operation.DISCARD, size)) this.track(x, zeroes ? this.zeroingDiscardOp(offset, size) : this.discardOp(offset, size));
   }
 
   secureErase(x: Exchange, offset: number, size: number): void {
-    if (x.restarts > 0 && !this.admit(x)) return;
-    this.track(x, this.secureEraseOp(offset, size));
+    if (this.admit(x, Operation.SECURE_ERASE, size)) this.track(x, this.secureEraseOp(offset, size));
   }
 
   writeSame(x: Exchange, block: Buffer, offset: number, size: number): void {
-    if (x.restarts > 0 && !this.admit(x)) return;
-    this.track(x, this.writeSameOp(block, offset, size));
+    if (this.admit(x, Operation.WRITE_SAME, size)) this.track(x, this.writeSameOp(block, offset, size));
   }
 
   ioctl(x: Exchange, command: number, argument: Buffer | null): void {
-    if (x.restarts > 0 && !this.admit(x)) return;
-    this.track(x, this.ioctlOp(command, argument));
+    if (this.admit(x, Operation.IOCTL, 0)) this.track(x, this.ioctlOp(command, argument));
   }
 
   /** Block status into `into` (see extentsOp); the exchange is answered once it is filled. */
   extents(x: Exchange, offset: number, size: number, into: Extent[]): void {
-    if (x.restarts > 0 && !this.admit(x)) return;
-    this.track(x, this.extentsOp(offset, size, into));
+    if (this.admit(x, Operation.EXTENTS, size)) this.track(x, this.extentsOp(offset, size, into));
   }
 
   /** Requests admitted whose callbacks have not all ended (answered or not: a timed-out one stays until then). */
@@ -119,16 +113,27 @@ export class RequestLayer extends Operations {
     return this.tracked.size;
   }
 
-  /** A request that has been in flight across too many driver deaths fails alone (seed 000). */
-  private admit(x: Exchange): boolean {
+  /**
+   * Admits a request: counts it, and fails it alone with EIO if it has been in flight across
+   * too many driver deaths (seed 000), since it may be what kills the drivers.
+   */
+  private admit(x: Exchange, op: Operation, bytes: number): boolean {
+    x.op = op;
+    x.bytes = bytes;
+    x.admittedAt = performance.now();
+    this.counters.started(op);
     const restarts = x.restarts;
+    if (restarts === 0) return true;
     x.restarts = 0;
+    this.counters.add(Slot.RESENT);
     if (restarts < this.restartLimit) return true;
+    this.counters.add(Slot.RESTART_FAILURES);
     this.hooks.log(
       this.restartLimit === 1
         ? 'a request the previous driver received fails with EIO (recoveryMode fail-received)'
         : `a request was in flight across ${restarts} driver deaths: it fails with EIO (restartLimit ${this.restartLimit})`,
     );
+    this.counters.answered(op, EIO, 0, 0);
     x.answer(EIO);
     x.finish();
     return false;
@@ -143,9 +148,18 @@ export class RequestLayer extends Operations {
 
   private settle(x: Exchange, errno: number): void {
     this.tracked.delete(x);
-    if (!x.timedOut) x.answer(errno);
+    if (!x.timedOut) {
+      this.counters.answered(x.op, errno, x.bytes, ((performance.now() - x.admittedAt) * 1000) | 0);
+      x.answer(errno);
+    }
     x.startedAt = IDLE;
     x.finish();
+  }
+
+  /** The timer answered `x` with ETIMEDOUT: it counts as answered now, its callback running on. */
+  private expired(x: Exchange): void {
+    this.counters.add(Slot.TIMEOUTS);
+    this.counters.answered(x.op, ETIMEDOUT, 0, 0);
   }
 
   // ---- Life cycle -----------------------------------------------------------------------------
@@ -175,5 +189,6 @@ export class RequestLayer extends Operations {
     this.aborted = true;
     this.timer.stop();
     for (const wake of this.waiting.splice(0)) wake();
+    this.counters.set(Slot.WAITING, 0);
   }
 }

@@ -34,6 +34,8 @@ export class RequestTimer {
   constructor(
     readonly timeoutMs: number,
     private readonly log: (message: string) => void,
+    /** Called for each request as it expires, after its expire(). */
+    private readonly onExpired: (request: TimedRequest) => void = () => undefined,
   ) {}
 
   /** Watches a collection of requests; it may change between ticks, and is read at every tick. */
@@ -55,6 +57,7 @@ export class RequestTimer {
         if (request.startedAt > IDLE && request.startedAt <= last) {
           request.startedAt = EXPIRED;
           request.expire();
+          this.onExpired(request);
           count++;
         }
       }

@@ -33,7 +33,7 @@ class UblkRequest extends Exchange {
   tag = 0;
   half = 0;
   /** Bytes a success reports: the request's size for a read or write, else 0. */
-  bytes = 0;
+  resultBytes = 0;
   /** Its slot in the in-flight table, if the device has one. */
   slot = -1;
   /** Answered with ETIMEDOUT, but both of the tag's buffers are held: commit at finish. */
@@ -128,7 +128,7 @@ export class UblkQueue {
     x.tag = tag;
     x.half = this.halves[tag]!;
     x.deferred = false;
-    x.bytes = op === OP_READ || op === OP_WRITE ? size : 0;
+    x.resultBytes = op === OP_READ || op === OP_WRITE ? size : 0;
     x.slot = -1;
     x.restarts = 0;
     const { table, requests } = this.o;
@@ -170,7 +170,7 @@ export class UblkQueue {
     if (x.slot >= 0) this.o.table!.clear(x.slot);
     // The kernel turns -errno into a block status and back (errno_to_blk_status): ENOSPC,
     // ETIMEDOUT and ENOLINK reach the client as themselves, and what it has no status for, EIO.
-    const result = errno === 0 ? x.bytes : -errno;
+    const result = errno === 0 ? x.resultBytes : -errno;
     if (!x.timedOut) return this.commit(x.tag, result, x.half);
     // The callback still holds the buffer: the tag goes on with its other one, if free.
     const other = x.half ^ 1;

@@ -1,0 +1,60 @@
+/**
+ * Before and after: the same fio jobs on `bdus run ram` built from two checkouts, run in turn
+ * (before, after, before, after, ...) so that this machine's noise hits both alike; prints each
+ * side's median and the after/before ratio. How a change to the request path is judged here.
+ *
+ *   node dist/bench/ab.js --before CHECKOUT [--after CHECKOUT] [--reps 5] [--runtime 4] [--frontend fuse]
+ *
+ * A checkout is a built tree (npm ci; npx tsc -p .); --after defaults to this one. Both use the
+ * daemon that runs.
+ */
+import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import { execute as sh } from '../src/util/exec.js';
+import { fio, type Metric } from './fio.js';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+
+const JOBS: Array<{ name: string; args: string[]; metric: Metric }> = [
+  { name: '4k randread QD32', args: ['--rw=randread', '--bs=4k', '--iodepth=32'], metric: 'iops' },
+  { name: '4k randwrite QD32', args: ['--rw=randwrite', '--bs=4k', '--iodepth=32'], metric: 'iops' },
+  { name: '4k randread QD1', args: ['--rw=randread', '--bs=4k', '--iodepth=1'], metric: 'mean' },
+  { name: '1M seqread QD8', args: ['--rw=read', '--bs=1M', '--iodepth=8'], metric: 'mibs' },
+];
+const UNIT: Record<Metric, string> = { iops: 'IOPS', mibs: 'MiB/s', mean: 'us mean', p99: 'us p99' };
+
+const { values } = parseArgs({
+  options: { before: { type: 'string' }, after: { type: 'string' }, reps: { type: 'string', default: '5' }, runtime: { type: 'string', default: '4' }, frontend: { type: 'string', default: 'fuse' } },
+});
+if (!values.before) throw new Error('--before CHECKOUT is required');
+const checkout = (path: string) => `${path.replace(/\/$/, '')}/`;
+const sides = { before: checkout(values.before), after: values.after ? checkout(values.after) : ROOT };
+const reps = Number(values.reps);
+const runtime = Number(values.runtime);
+
+const results: Record<string, Record<'before' | 'after', number[]>> = {};
+for (let rep = 0; rep < reps; rep++) {
+  for (const side of rep % 2 === 0 ? (['before', 'after'] as const) : (['after', 'before'] as const)) {
+    const bin = `${sides[side]}dist/src/cli/bin.js`;
+    const device = (await sh(process.execPath, [bin, 'run', 'ram', '--size', '1G', '--frontend', values.frontend])).trim();
+    try {
+      await sh('fio', ['--name=fill', `--filename=${device}`, '--rw=write', '--bs=1M', '--direct=1', '--ioengine=libaio', '--iodepth=8']);
+      for (const job of JOBS) {
+        const measured = await fio([`--filename=${device}`, '--ioengine=libaio'], job.args, runtime, '1G');
+        ((results[job.name] ??= { before: [], after: [] })[side]).push(measured[job.metric]);
+      }
+    } finally {
+      await sh(process.execPath, [`${ROOT}dist/src/cli/bin.js`, 'destroy', '--force', '--no-flush', device]);
+    }
+  }
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const spread = (xs: number[]) => `${Math.min(...xs).toFixed(1)}-${Math.max(...xs).toFixed(1)}`;
+process.stdout.write(`${reps} alternating runs of ${runtime} s per job, bdus run ram --frontend ${values.frontend}\n\n`);
+process.stdout.write('| job | unit | before | after | after/before |\n|---|---|---:|---:|---:|\n');
+for (const job of JOBS) {
+  const { before, after } = results[job.name]!;
+  const ratio = median(after) / median(before);
+  process.stdout.write(`| ${job.name} | ${UNIT[job.metric]} | ${median(before).toFixed(1)} (${spread(before)}) | ${median(after).toFixed(1)} (${spread(after)}) | ${ratio.toFixed(3)} |\n`);
+}

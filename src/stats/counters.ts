@@ -1,0 +1,60 @@
+/**
+ * The request layer's counters (see layout.ts): what it calls on the request path. Each call is
+ * a few stores into one Float64Array; the clock is read twice per request (performance.now(),
+ * no allocation). Until share() the array is the process's own (an NBD export, bdus/testing);
+ * a device's driver shares it through the device's stats file.
+ */
+import { LAYOUT_VERSION, FILE_BYTES, OpSlot, Slot, TOTAL_SLOTS, ERRNO_SLOTS, bucketOf, opBase, statsPath } from './layout.js';
+import { mapSharedFile } from '../util/shared-file.js';
+
+export class RequestCounters {
+  /** The slots (layout.ts); replaced by the shared file's on share(). */
+  slots: Float64Array<ArrayBufferLike> = new Float64Array(TOTAL_SLOTS);
+
+  /**
+   * Counts in the device's stats file from now on, on top of what earlier drivers of the device
+   * counted there. Counts made before (there are none: the device takes requests only later) are
+   * dropped.
+   */
+  share(deviceId: string): void {
+    const file = mapSharedFile(statsPath(deviceId), FILE_BYTES);
+    const shared = new Float64Array(file.buffer, file.byteOffset, TOTAL_SLOTS);
+    shared[Slot.VERSION] = LAYOUT_VERSION;
+    // Gauges are this driver's: whatever a dead one left there is gone with it.
+    shared[Slot.CALLBACKS] = 0;
+    shared[Slot.WAITING] = 0;
+    this.slots = shared;
+  }
+
+  /** A request is admitted. */
+  started(op: number): void {
+    this.slots[opBase(op) + OpSlot.STARTED]!++;
+  }
+
+  /**
+   * A request is answered: errno 0 with `bytes` done in `us` microseconds, or an error (whose
+   * latency is not kept: a timeout's is the timeout, an early EINVAL's says nothing).
+   */
+  answered(op: number, errno: number, bytes: number, us: number): void {
+    const s = this.slots;
+    const base = opBase(op);
+    s[base + OpSlot.ANSWERED]!++;
+    if (errno !== 0) {
+      s[base + OpSlot.ERRORS]!++;
+      s[base + OpSlot.ERRNOS + (errno < ERRNO_SLOTS ? errno : 0)]!++;
+      return;
+    }
+    s[base + OpSlot.BYTES]! += bytes;
+    s[base + OpSlot.LATENCY_SUM]! += us;
+    if (us > s[base + OpSlot.LATENCY_MAX]!) s[base + OpSlot.LATENCY_MAX] = us;
+    s[base + OpSlot.HISTOGRAM + bucketOf(us)]!++;
+  }
+
+  add(slot: number, count = 1): void {
+    this.slots[slot]! += count;
+  }
+
+  set(slot: number, value: number): void {
+    this.slots[slot] = value;
+  }
+}
