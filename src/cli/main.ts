@@ -1,6 +1,7 @@
 /** The `bdus` command: dispatch to subcommands and turn errors into one clear line. */
 import { daemonVersion } from '../control/manage.js';
 import { packageVersion } from '../version.js';
+import { CHECK_HELP, CHECK_OPTIONS, checkCommand } from './check.js';
 import { complete, COMPLETION_HELP, completionScript, type CompletionSpec } from './completion.js';
 import { DAEMON_HELP, DAEMON_OPTIONS, daemonCommand } from './daemon.js';
 import { EXPORT_HELP, EXPORT_OPTIONS, exportCommand } from './export.js';
@@ -45,6 +46,7 @@ commands:
   logs [--follow] <path or id>                       a device's log, across its drivers
   stats <path or id> [--json] [--interval S]         a device's request counts, rates and latencies
   top                                                every device's activity, live
+  check [--seconds S] <driver> [ARGS...]             is this driver safe to mark recoverable?
   completion <bash | zsh | fish>                     the shell completion script
   daemon <run | start | stop | status>               the control daemon
   version                                            versions of the CLI, library and daemon
@@ -75,6 +77,7 @@ const COMMANDS: Record<string, Command> = {
   resize: { help: RESIZE_HELP, run: resizeCommand, options: {}, positionals: 'devices' },
   logs: { help: LOGS_HELP, run: logsCommand, options: LOGS_OPTIONS, positionals: 'devices' },
   stats: { help: STATS_HELP, run: statsCommand, options: STATS_OPTIONS, positionals: 'devices' },
+  check: { help: CHECK_HELP, run: checkCommand, options: CHECK_OPTIONS, positionals: 'driver' },
   top: { help: TOP_HELP, run: topCommand, options: TOP_OPTIONS, positionals: 'none' },
   daemon: { help: DAEMON_HELP, run: daemonCommand, options: DAEMON_OPTIONS, positionals: ['run', 'start', 'stop', 'status'] },
   version: { help: VERSION_HELP, run: versionCommand, options: {}, positionals: 'none' },

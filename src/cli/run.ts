@@ -13,6 +13,7 @@
  */
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, writeSync } from 'node:fs';
+import { withInjectedFault } from '../check/faults.js';
 import { deviceInfo } from '../control/manage.js';
 import type { Device, RunOptions } from '../device/device.js';
 import { rerun, serve, start } from '../device/start.js';
@@ -111,7 +112,8 @@ async function runDriver(command: 'run' | 'rerun', argv: string[]): Promise<numb
   const tls = tlsFromFlags(values.tls as string | undefined, values['tls-certificates'] as string | undefined, values['tls-verify-peer'] as boolean | undefined);
   if (!listen && (tls || values['export-name'] !== undefined)) throw new UsageError(`bdus ${command}: --export-name and --tls need --export`);
 
-  const driver = await makeDriver(module!, line.args, line.options);
+  // bdus check may ask this driver instance to die inside a callback (src/check/faults.ts).
+  const driver = withInjectedFault(await makeDriver(module!, line.args, line.options));
   // What to type to run this driver again: shown by list and info.
   const driverCommand = [module!.file, ...argv.slice(line.driverIndex + 1)];
   const frontend = values.frontend as FrontendChoice | undefined;

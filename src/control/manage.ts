@@ -24,6 +24,8 @@ export interface DeviceInfo extends Pick<Context, 'id' | 'index' | 'path' | 'ker
   readonly pid: number;
   /** How its driver was started: the module and the arguments after it (empty if not said). */
   readonly command: readonly string[];
+  /** The request callbacks its driver has (a replacement must have them too). */
+  readonly callbacks: readonly string[];
   readonly createdAt: Date;
 }
 
@@ -43,6 +45,7 @@ function toInfo(record: DeviceRecord): DeviceInfo {
     state: record.state,
     pid: record.pid,
     command: Object.freeze([...(record.command ?? [])]),
+    callbacks: Object.freeze([...record.callbacks]),
     readOnly: record.readOnly,
     attributes: Object.freeze({ ...record.attributes }),
     createdAt: new Date(record.createdAt),

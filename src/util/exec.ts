@@ -13,9 +13,9 @@ export class CommandError extends Error {
 }
 
 /** Runs `file args`; resolves with its stdout, rejects with a CommandError carrying stderr. */
-export function execute(file: string, args: readonly string[], options: { stdio?: StdioOptions } = {}): Promise<string> {
+export function execute(file: string, args: readonly string[], options: { stdio?: StdioOptions; env?: NodeJS.ProcessEnv } = {}): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = spawn(file, args, { stdio: options.stdio ?? ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(file, args, { stdio: options.stdio ?? ['ignore', 'pipe', 'pipe'], ...(options.env ? { env: options.env } : {}) });
     let stdout = '';
     let stderr = '';
     child.stdout?.setEncoding('utf8').on('data', (d: string) => (stdout += d));
