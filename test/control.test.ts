@@ -262,6 +262,16 @@ test('the daemon killed and restarted under I/O: no I/O error, the registry come
   await gone(dev, id);
 });
 
+test('a device destroyed while its driver has not re-attached to a new daemon goes once it has; the destroy waits for it', async (t) => {
+  const dev = await device(t, ['ram', '--size', '16M']);
+  await must(process.execPath, [BIN, 'daemon', 'stop']); // the driver serves on and will re-attach
+  const r = await bdus(['destroy', dev], { timeoutMs: 30_000 }); // starts a daemon; the destroy event waits for the driver
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(existsSync(dev), false);
+  assert.deepEqual(await listDevices(), []);
+  assert.deepEqual(await leftovers(), []);
+});
+
 test('the daemon refuses more devices than --max-devices, with a clear error', async (t) => {
   await stopDaemon();
   await must(process.execPath, [BIN, 'daemon', 'start', '--max-devices', '1']);

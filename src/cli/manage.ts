@@ -169,24 +169,28 @@ export async function destroyCommand(argv: string[]): Promise<number> {
   });
   if (positionals.length === 0) throw new UsageError('bdus destroy: missing the device (a path or an id)');
   for (const target of positionals) {
-    const destroyed = destroyDevice(target, {
+    const options = {
       flush: !values['no-flush'],
       force: values.force ?? false,
       onSlowFlush: values.quiet
         ? undefined
         : () => process.stderr.write(`bdus: still flushing ${target}; the driver may be stuck (use --no-flush to skip the flush)\n`),
-    });
-    if (values.quiet) await destroyed;
-    else {
-      // After the slow-flush word: how the flush or the driver's end is getting on.
-      const { id } = await deviceInfo(target).catch(() => ({ id: undefined }));
-      if (id === undefined) await destroyed;
-      else await withProgress(destroyed, String(id), (seconds, e) =>
+    };
+    if (values.quiet) {
+      await destroyDevice(target, options);
+      continue;
+    }
+    // After the slow-flush word: how the flush or the driver's end is getting on.
+    const { id } = await deviceInfo(target);
+    await withProgress(
+      destroyDevice(id, options),
+      String(id),
+      (seconds, e) =>
         e.stats?.operations.flush?.inFlight
           ? `still flushing ${target} after ${seconds} s: ${activityOf(e)} (use --no-flush to skip the flush)`
           : `waiting ${seconds} s for the driver of ${target} to finish and terminate: ${activityOf(e)}`,
-        6000);
-    }
+      6000,
+    );
   }
   return 0;
 }

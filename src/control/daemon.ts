@@ -33,13 +33,18 @@ import { RUN_DIR } from '../util/paths.js';
 import { packageVersion } from '../version.js';
 import { Devices } from './devices.js';
 import { Connection } from './holding.js';
-import { DEFAULT_MAX_DEVICES, LineReader, LOCK_PATH, PROTOCOL_VERSION, SOCKET_PATH, type Requests } from './protocol.js';
+import { DEFAULT_MAX_DEVICES, LineReader, LOCK_PATH, PROTOCOL_VERSION, SOCKET_PATH, type DeviceRecord, type DeviceStatsEntry, type Requests } from './protocol.js';
 import { Registry } from './registry.js';
 import { argsOf, checkMessage, type CheckedMessage } from './schema.js';
 import type { MetricsAddress } from '../stats/metrics-address.js';
-import { deviceStats } from '../stats/snapshot.js';
+import { readStats } from '../stats/snapshot.js';
 
 const WATCH_INTERVAL_MS = 500;
+
+/** The statistics of these devices, as `stats` answers (read from their files, never from a driver). */
+function deviceStats(records: readonly DeviceRecord[]): DeviceStatsEntry[] {
+  return records.map((record) => ({ record, stats: readStats(record.id) ?? null, takenAt: Date.now() }));
+}
 
 export interface DaemonOptions {
   /** Most devices at once (default 256). */

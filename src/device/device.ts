@@ -26,6 +26,7 @@ import { setDeviceSize, sizeProblem, type EffectiveAttributes } from '../driver/
 import type { Context, Driver } from '../driver/driver.js';
 import { BdusError } from '../driver/errors.js';
 import type { InstanceOptions } from '../instance/driver-instance.js';
+import type { DaemonEvent } from '../control/protocol.js';
 import { ControlConnection } from '../control/client.js';
 import type { Frontend } from '../frontend/frontend.js';
 import type { FrontendChoice } from '../frontend/select.js';
@@ -256,14 +257,16 @@ export class Device<State = unknown> {
   }
 
   private listen(control: ControlConnection): void {
-    control.onEvent = (event) => {
-      if (event.event === 'destroy') void this.destroy();
-      else if (event.event === 'replace') this.handOver();
-      else void this.resize(event.size);
-    };
+    control.onEvent = (event) => this.onEvent(event);
     void control.closed.then(() => {
       if (!this.ending) void this.reattach();
     });
+  }
+
+  private onEvent(event: DaemonEvent): void {
+    if (event.event === 'destroy') void this.destroy();
+    else if (event.event === 'replace') this.handOver();
+    else void this.resize(event.size);
   }
 
   /** The daemon went away (it is being restarted): keep serving, and re-attach when it is back. */
@@ -273,6 +276,8 @@ export class Device<State = unknown> {
       await sleep(wait);
       try {
         const control = await ControlConnection.open({ start: false });
+        // A destroy asked for meanwhile comes right after the answer, maybe in the same read.
+        control.onEvent = (event) => this.onEvent(event);
         try {
           const { kernelFd } = this.frontend;
           await control.request('attach', { id: this.ctx.id.toString(), pid: process.pid, ...(kernelFd >= 0 ? { kernelFd } : {}) });

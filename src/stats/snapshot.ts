@@ -4,7 +4,6 @@
  */
 import { readFileSync } from 'node:fs';
 import { constants } from 'node:os';
-import type { DeviceRecord, DeviceStatsEntry } from '../control/protocol.js';
 import { OPERATION_NAMES } from '../request/operation.js';
 import { BUCKETS, ERRNO_SLOTS, LAYOUT_VERSION, OPERATIONS, OpSlot, Slot, TOTAL_SLOTS, bucketEnd, opBase, statsPath } from './layout.js';
 
@@ -49,11 +48,6 @@ export interface DeviceStats {
 }
 
 const ERRNO_NAMES = new Map(Object.entries(constants.errno).map(([name, n]) => [n, name]));
-
-/** The statistics of these devices, as the daemon answers `stats`. */
-export function deviceStats(records: readonly DeviceRecord[]): DeviceStatsEntry[] {
-  return records.map((record) => ({ record, stats: readStats(record.id) ?? null, takenAt: Date.now() }));
-}
 
 /** The device's statistics, or undefined if it has none (yet) or of another layout. */
 export function readStats(deviceId: string): DeviceStats | undefined {
