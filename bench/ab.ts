@@ -42,6 +42,7 @@ for (let rep = 0; rep < reps; rep++) {
       for (const job of JOBS) {
         const measured = await fio([`--filename=${device}`, '--ioengine=libaio'], job.args, runtime, '1G');
         ((results[job.name] ??= { before: [], after: [] })[side]).push(measured[job.metric]);
+        process.stderr.write(`run ${rep + 1}/${reps}, ${side}: ${job.name}: ${measured[job.metric].toFixed(1)} ${UNIT[job.metric]}\n`);
       }
     } finally {
       await sh(process.execPath, [`${ROOT}dist/src/cli/bin.js`, 'destroy', '--force', '--no-flush', device]);

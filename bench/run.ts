@@ -362,6 +362,9 @@ async function main(): Promise<void> {
     for (const make of SYSTEMS) systems.push(await make());
     // Fill every system first, so that reads read data, not holes.
     for (const s of systems) await sh('fio', ['--name=fill', ...s.target, '--rw=write', '--bs=1M', '--iodepth=8', `--size=${SIZE}`, '--direct=1']);
+    // Progress: one line per fio run, with what is left (runtime plus the 1 s ramp per run).
+    const runs = reps * JOBS.length * systems.length;
+    let done = 0;
     for (let rep = 0; rep < reps; rep++) {
       for (const job of JOBS) {
         for (const s of systems) {
@@ -370,13 +373,16 @@ async function main(): Promise<void> {
             const k = key(job, metric, s.name);
             results.set(k, [...(results.get(k) ?? []), measured[metric]]);
           }
-          log('.');
+          const left = Math.ceil(((runs - ++done) * (runtime + 1)) / 60);
+          const shown = job.metrics.map((m) => `${measured[m].toFixed(1)} ${UNIT[m]}`).join(', ');
+          log(`[${done}/${runs}] ${job.name}, ${s.name}: ${shown} (about ${left} min left before the scaling runs)\n`);
         }
       }
     }
   } finally {
     for (const s of [...systems].reverse()) await s.teardown().catch((e: Error) => log(`teardown ${s.name}: ${e.message}\n`));
   }
+  log('scaling runs (a dot per run): ');
   const scaled = await scaling(Number(values['scaling-runtime']), log);
   log('\n');
 
