@@ -61,6 +61,9 @@ test('a failing callback reaches the test as the errno a client would see', asyn
   await assert.rejects(d.read(0, 512), (e: RequestFailed) => e.code === 'ENOSPC');
   await assert.rejects(d.read(512, 512), (e: RequestFailed) => e.code === 'EIO');
   await assert.rejects(d.write(0, Buffer.alloc(512)), (e: RequestFailed) => e.code === 'EROFS', 'no write callback: read-only');
+  const read = d.stats().operations.read!;
+  assert.equal(read.requests, 2);
+  assert.deepEqual(read.errnos, { ENOSPC: 1, EIO: 1 }, 'the statistics a device would keep, in process');
   await d.close();
 });
 

@@ -24,6 +24,7 @@ import { givenAttributes, DriverInstance, type InstanceOptions } from '../instan
 import { errnoName } from '../native.js';
 import { Exchange } from '../request/exchange.js';
 import type { RequestLayer } from '../request/request-layer.js';
+import { decodeStats, type DeviceStats } from '../stats/snapshot.js';
 
 /** A request the driver (or the request layer's checks) failed: `code` is what the client sees. */
 export class RequestFailed extends Error {
@@ -66,11 +67,17 @@ export interface DriverUnderTest<State> {
   flush(): Promise<void>;
   discard(offset: number, size: number): Promise<void>;
   writeZeros(offset: number, size: number, mayUnmap?: boolean): Promise<void>;
+  /**
+   * The request layer's statistics so far, as `bdus stats --json` has them for a device: per
+   * request type the requests, bytes, errors by errno and latencies; timeouts, transfer retries.
+   */
+  stats(): DeviceStats;
   /** Lets the requests in progress finish, then runs terminate. */
   close(): Promise<void>;
 }
 
 export type TestDriverOptions<State> = InstanceOptions<State>;
+export type { DeviceStats, OperationStats } from '../stats/snapshot.js';
 
 /**
  * Validates and initializes `driver` (attributes as `bdus run` would adjust them, with
@@ -124,6 +131,7 @@ export async function testDriver<State>(driver: Driver<State>, options: TestDriv
     discard: (offset, size) => send(`discard(offset=${offset}, size=${size})`, (l, x) => l.discard(x, offset, size)),
     writeZeros: (offset, size, mayUnmap = true) =>
       send(`writeZeros(offset=${offset}, size=${size})`, (l, x) => l.writeZeros(x, offset, size, mayUnmap)),
+    stats: () => decodeStats(requests.counters.slots),
     async close() {
       await requests.drain();
       await instance.terminate();
