@@ -15,6 +15,7 @@ import { spawn } from 'node:child_process';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { withInjectedFault } from '../check/faults.js';
 import { deviceInfo } from '../control/manage.js';
+import { DAEMON_LOG_PATH } from '../control/protocol.js';
 import type { Device, RunOptions } from '../device/device.js';
 import { rerun, serve, start } from '../device/start.js';
 import type { Driver } from '../driver/driver.js';
@@ -168,7 +169,10 @@ function runInBackground(command: string, argv: string[]): Promise<number> {
       resolve(0);
     });
     child.on('exit', (code, signal) => {
-      if (!ready) resolve(code ?? (signal ? 128 : 1));
+      if (ready) return;
+      // A driver that fails says why itself; one killed cannot (say, by the daemon's watch on stuck drivers).
+      if (signal) process.stderr.write(`bdus: error: the driver process was killed (${signal}) before it served; see ${DAEMON_LOG_PATH}\n`);
+      resolve(code ?? (signal ? 128 : 1));
     });
   });
 }

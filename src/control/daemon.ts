@@ -22,6 +22,8 @@
  * is removed, its duplicate closed first so that clients get EIO at once. A rerun of a live
  * driver has the old driver hand over first.
  *
+ * Stuck drivers (an event loop that never returns): watchdog.ts, on the same interval.
+ *
  * One lock orders device creation, destruction and every registry change, as in BDUS.
  */
 import { chmodSync, closeSync, mkdirSync, openSync, rmSync } from 'node:fs';
@@ -35,6 +37,7 @@ import { Devices } from './devices.js';
 import { Connection } from './holding.js';
 import { DEFAULT_MAX_DEVICES, LineReader, LOCK_PATH, PROTOCOL_VERSION, SOCKET_PATH, type DeviceRecord, type DeviceStatsEntry, type Requests } from './protocol.js';
 import { Registry } from './registry.js';
+import { Watchdog } from './watchdog.js';
 import { argsOf, checkMessage, type CheckedMessage } from './schema.js';
 import type { MetricsAddress } from '../stats/metrics-address.js';
 import { readStats } from '../stats/snapshot.js';
@@ -61,6 +64,7 @@ export class Daemon {
   private resolveStopped!: () => void;
   private readonly registry: Registry;
   private readonly devices: Devices;
+  private readonly watchdog: Watchdog;
   private readonly connections = new Set<Connection>();
   private readonly log: (line: string) => void;
   private server: Server | undefined;
@@ -73,6 +77,7 @@ export class Daemon {
     this.registry = new Registry(options.maxDevices ?? DEFAULT_MAX_DEVICES);
     this.log = options.log ?? ((line) => process.stderr.write(`${new Date().toISOString()} bdus-daemon: ${line}\n`));
     this.devices = new Devices(this.registry, this.log);
+    this.watchdog = new Watchdog(this.log);
     this.metrics = options.metrics;
     this.stopped = new Promise((resolve) => (this.resolveStopped = resolve));
   }
@@ -123,7 +128,10 @@ export class Daemon {
     }
     chmodSync(SOCKET_PATH, 0o600);
     server.on('error', (error) => this.log(`control socket: ${error.message}`));
-    this.watch = setInterval(() => this.devices.watchDetached(), WATCH_INTERVAL_MS);
+    this.watch = setInterval(() => {
+      this.devices.watchDetached();
+      this.watchdog.check(this.registry.list());
+    }, WATCH_INTERVAL_MS);
     this.log(`listening on ${SOCKET_PATH} (pid ${process.pid}, at most ${this.maxDevices} devices)`);
   }
 

@@ -186,8 +186,9 @@ export class Device<State = unknown> {
       await this.requests.drain();
       let message = '';
       try {
-        await this.driver.flush?.(this.ctx);
-        await this.driver.terminate?.(this.ctx);
+        // Each within requestTimeout: a hand-over must end, and the new driver is waiting.
+        await withDeadline(this.driver.flush?.(this.ctx), this.ctx.attributes.requestTimeout, 'its flush');
+        await withDeadline(this.driver.terminate?.(this.ctx), this.ctx.attributes.requestTimeout, 'its terminate');
       } catch (error) {
         message = error instanceof Error ? error.message : String(error);
         this.log(`the driver failed while handing over: ${message}`);
@@ -207,6 +208,8 @@ export class Device<State = unknown> {
     } catch (error) {
       failure = error as Error;
     }
+    // Beating until here: the daemon also ends a driver stuck in its flush or terminate.
+    this.requests.counters.stopHeartbeat();
     if (device === 'keep') {
       this.control.close();
     } else {
@@ -323,6 +326,19 @@ export async function leave(control: ControlConnection, id: bigint, log: (line: 
     }
   } catch (error) {
     log(`could not tell the control daemon that the device is gone: ${(error as Error).message}`);
+  }
+}
+
+/** `work`, or a rejection once `ms` have passed without it settling. */
+async function withDeadline(work: Promise<void> | void, ms: number, what: string): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new BdusError('ETIMEDOUT', `${what} did not finish within ${ms} ms (requestTimeout)`)), ms);
+  });
+  try {
+    await Promise.race([work, late]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 

@@ -176,8 +176,10 @@ class Instance<State> {
     };
     this.driverInstance = new DriverInstance(driver, this.ctx, log, (error) => void this.device?.abort(error), given);
     this.requests = this.driverInstance.requests;
-    // Counted in the device's stats file, after what the device's earlier drivers counted.
+    // Counted in the device's stats file, after what the device's earlier drivers counted; and
+    // from now on the daemon can tell if this process's event loop stops (src/control/watchdog.ts).
     this.requests.counters.share(record.id);
+    this.requests.counters.startHeartbeat();
     const kind = frontendKind(record.frontend);
     const callbacks = record.callbacks as RequestCallback[];
     this.frontend = kind.create({ id: this.ctx.id, index: record.index, callbacks, attributes, readOnly, requests: this.requests, log });

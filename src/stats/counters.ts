@@ -7,7 +7,11 @@
 import { LAYOUT_VERSION, FILE_BYTES, OpSlot, Slot, TOTAL_SLOTS, ERRNO_SLOTS, bucketOf, opBase, statsPath } from './layout.js';
 import { mapSharedFile } from '../util/shared-file.js';
 
+/** How often a driver process beats; the daemon allows requestTimeout without a beat. */
+export const HEARTBEAT_MS = 250;
+
 export class RequestCounters {
+  private heart: NodeJS.Timeout | undefined;
   /** The slots (layout.ts); replaced by the shared file's on share(). */
   slots: Float64Array<ArrayBufferLike> = new Float64Array(TOTAL_SLOTS);
 
@@ -24,6 +28,26 @@ export class RequestCounters {
     shared[Slot.CALLBACKS] = 0;
     shared[Slot.WAITING] = 0;
     this.slots = shared;
+  }
+
+  /**
+   * Beats every HEARTBEAT_MS from now (the driver instance exists) for as long as the process's event
+   * loop turns (the timer does not keep the process alive): a driver stuck in a callback that
+   * never returns stops beating, and the daemon ends it (src/control/watchdog.ts).
+   */
+  startHeartbeat(): void {
+    const beat = () => {
+      this.slots[Slot.HEARTBEAT] = Date.now();
+      this.slots[Slot.HEARTBEAT_PID] = process.pid;
+    };
+    beat();
+    clearInterval(this.heart);
+    this.heart = setInterval(beat, HEARTBEAT_MS).unref();
+  }
+
+  stopHeartbeat(): void {
+    clearInterval(this.heart);
+    this.heart = undefined;
   }
 
   /** A request is admitted. */

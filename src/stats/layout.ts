@@ -18,7 +18,7 @@ import { RUN_DIR } from '../util/paths.js';
 import { OPERATION_NAMES } from '../request/operation.js';
 
 /** Bumped when the layout changes; a reader ignores a file of another layout. */
-export const LAYOUT_VERSION = 1;
+export const LAYOUT_VERSION = 2;
 
 export const STATS_DIR = `${RUN_DIR}/stats`;
 
@@ -51,8 +51,15 @@ export const Slot = {
   RECOVERY_LAST_MS: 12,
   RECOVERY_MAX_MS: 13,
   RECOVERY_TOTAL_MS: 14,
+  /**
+   * The driver process's heartbeat: Date.now() at its event loop's last beat (counters.ts). The
+   * daemon reads it to tell a stuck driver (an event loop that never returns) from a slow one.
+   */
+  HEARTBEAT: 15,
+  /** The pid of the driver that beats. */
+  HEARTBEAT_PID: 16,
 } as const;
-const DEVICE_SLOTS = 16;
+const DEVICE_SLOTS = 24;
 
 /** Errno slots per operation: errno n at n (1..133); slot 0 counts any larger errno. */
 export const ERRNO_SLOTS = 134;

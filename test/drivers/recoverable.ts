@@ -5,6 +5,10 @@
  *     abort-on-discard     a discard or write-zeroes aborts the driver
  *     hang-read-at=N       a read at byte offset N never finishes
  *     crash-read-at=N      a read at byte offset N kills the process (SIGKILL)
+ *     spin-read-at=N       a read at byte offset N never returns: its event loop is stuck for good
+ *     spin-flush           a flush never returns (a stuck hand-over), from 1 s after initialize on
+ *     slow-flush=MS        a flush takes MS milliseconds, from 1 s after initialize on
+ *                          (the device's set-up flushes before that)
  *     fail-flush           every flush fails
  *     fail-terminate       terminate fails
  *     slow-terminate=MS    terminate takes MS milliseconds
@@ -25,7 +29,10 @@ export default function recoverable(args: readonly string[]): Driver<{ fd: numbe
   const hangAt = value('hang-read-at');
   const crashAt = value('crash-read-at');
   const slowTerminate = value('slow-terminate');
+  const spinAt = value('spin-read-at');
+  const slowFlush = value('slow-flush');
   const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+  let armedAt = Infinity;
 
   return {
     ...base,
@@ -35,6 +42,7 @@ export default function recoverable(args: readonly string[]): Driver<{ fd: numbe
     },
     initialize(ctx) {
       if (has('fail-initialize')) throw new Error('initialize fails, as asked');
+      armedAt = Date.now() + 1000;
       return base.initialize!(ctx);
     },
     async terminate(ctx) {
@@ -45,10 +53,13 @@ export default function recoverable(args: readonly string[]): Driver<{ fd: numbe
     async read(buffer, offset, ctx) {
       if (offset === hangAt) return new Promise<void>(() => undefined);
       if (offset === crashAt) process.kill(process.pid, 'SIGKILL');
+      if (offset === spinAt) for (;;); // eslint-disable-line no-empty
       return base.read!(buffer, offset, ctx);
     },
     async flush(ctx) {
       if (has('fail-flush')) throw new DriverError('EIO', 'flush fails, as asked');
+      if (has('spin-flush') && Date.now() > armedAt) for (;;); // eslint-disable-line no-empty
+      if (slowFlush && Date.now() > armedAt) await pause(slowFlush);
       return base.flush!(ctx);
     },
     async writeZeros(offset, size, mayUnmap, ctx) {
