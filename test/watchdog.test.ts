@@ -1,6 +1,6 @@
 /**
  * Stuck drivers (src/control/watchdog.ts): a driver whose event loop never returns is killed by
- * the daemon within requestTimeout + 1.5 s, and its device goes as its rules say; a hand-over's
+ * the daemon within max(requestTimeout, 4 s) + 1.5 s, and its device goes as its rules say; a hand-over's
  * flush has a deadline of its own. Real FUSE+loop devices over an image (test/drivers/recoverable.js).
  */
 import assert from 'node:assert/strict';
@@ -20,7 +20,7 @@ test('a driver stuck in a callback (an event loop that never returns) is killed;
   const ms = Date.now() - started;
   assert.notEqual(read.code, 0, 'the stuck read fails');
   assert.match(read.stderr, /Input\/output error/);
-  assert.ok(ms < 2000 + 1500 + 1500, `within requestTimeout + 1.5 s (and some): ${ms} ms`);
+  assert.ok(ms < 4000 + 1500 + 1500, `within max(requestTimeout, 4 s) + 1.5 s (and some): ${ms} ms`);
   for (let i = 0; i < 50 && existsSync(dev); i++) await sleep(100);
   assert.equal(existsSync(dev), false, 'the device is gone');
   assert.match(readFileSync(DAEMON_LOG_PATH, 'utf8'), new RegExp(`the driver in pid ${pid} has not run for \\d+ ms \\(requestTimeout 2000 ms\\): its event loop is stuck; killing it`));
@@ -46,7 +46,7 @@ test('a hand-over stuck in the old driver\'s flush ends in bounded time: a recov
   await sleep(1200); // armed
   const started = Date.now();
   await mustRerun(dev, [DRIVER, img]);
-  assert.ok(Date.now() - started < 8000, `${Date.now() - started} ms`);
+  assert.ok(Date.now() - started < 10_000, `${Date.now() - started} ms`);
   assert.equal((await readBlock(dev, 0)).code, 0);
 });
 
