@@ -210,3 +210,26 @@ test('restart accounting: a request the frontend says was in flight across resta
   const failReceived = layer(driver, { restartLimit: 3, recoverable: true, recoveryMode: 'fail-received' }).requests;
   assert.equal(await ask((x) => ((x.restarts = 1), failReceived.read(x, Buffer.alloc(512), 0))), EIO, 'fail-received: one death is too many');
 });
+
+test('misbehaving callbacks are contained to their request: a sync throw, a rejection with a non-Error, a value of the wrong type', async () => {
+  const odd: Driver<string[]> = {
+    read(buffer, offset) {
+      if (offset === 0) throw new Error('thrown before any await'); // synchronously
+      if (offset === 512) return Promise.reject('a string, not an Error'); // eslint-disable-line prefer-promise-reject-errors
+      if (offset === 1024) return Promise.reject(undefined); // eslint-disable-line prefer-promise-reject-errors
+      if (offset === 1536) return Promise.reject(Object.assign(new Error('odd code'), { code: 42 }));
+      if (offset === 2048) return 42 as unknown as void; // the wrong type: ignored, the read succeeds
+      buffer.fill(1);
+    },
+  };
+  const { requests, aborts } = layer(odd, { transferTries: 1 });
+  const read = (offset: number) => ask((x) => requests.read(x, Buffer.alloc(512), offset));
+  assert.equal(await read(0), EIO);
+  assert.equal(await read(512), EIO);
+  assert.equal(await read(1024), EIO);
+  assert.equal(await read(1536), EIO);
+  assert.equal(await read(2048), 0);
+  assert.equal(await read(4096), 0, 'the requests after them are served');
+  assert.deepEqual(aborts, []);
+  assert.equal(requests.inProgress, 0, 'no slot is lost');
+});

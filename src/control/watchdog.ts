@@ -1,15 +1,15 @@
 /**
  * The daemon's watch on stuck drivers. A driver whose event loop never returns (`while (true)`
  * in a callback, a synchronous wait that never ends) answers nothing, not even the ETIMEDOUT its
- * own request timer would give, and nothing in its process can notice. A driver process beats into its device's stats file every 250 ms (src/stats/counters.ts); the
- * daemon reads the beats (a mapped file: no system call) every WATCH_INTERVAL_MS, and a driver
- * that has not beaten for longer than its device's requestTimeout (at least 4 s) plus one second
- * is SIGKILLed.
- * Its end then goes as any death does (devices.ts): a recoverable device keeps its requests for
- * the next driver; any other is removed and its clients get EIO. So a stuck driver holds its
- * clients for at most max(requestTimeout, 4 s) + 1.5 s: while it sets its device up, serves, hands over
- * (flush, terminate) or is being destroyed. So no callback, initialize included, may block the
- * event loop for that long (async work may take as long as it likes).
+ * own request timer would give, and nothing in its process can notice. A driver process beats
+ * into its device's stats file every 250 ms (src/stats/counters.ts); the daemon reads the beats
+ * (a mapped file: no system call) every WATCH_INTERVAL_MS, and SIGKILLs a driver that has not
+ * beaten for longer than its device's requestTimeout (at least 4 s) plus one second. Its end
+ * then goes as any death does (devices.ts): a recoverable device keeps its requests for the next
+ * driver; any other is removed and its clients get EIO. So a stuck driver holds its clients for
+ * at most max(requestTimeout, 4 s) + 1.5 s, whether it sets its device up, serves, hands over
+ * (flush, terminate) or is being destroyed; and no callback, initialize included, may block the
+ * event loop for that long (asynchronous work may take as long as it likes).
  */
 import type { DeviceRecord } from './protocol.js';
 import { FILE_BYTES, LAYOUT_VERSION, Slot, statsPath, TOTAL_SLOTS } from '../stats/layout.js';

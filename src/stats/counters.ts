@@ -7,7 +7,7 @@
 import { LAYOUT_VERSION, FILE_BYTES, OpSlot, Slot, TOTAL_SLOTS, ERRNO_SLOTS, bucketOf, opBase, statsPath } from './layout.js';
 import { mapSharedFile } from '../util/shared-file.js';
 
-/** How often a driver process beats; the daemon allows requestTimeout without a beat. */
+/** How often a driver process beats (the daemon's patience: src/control/watchdog.ts). */
 export const HEARTBEAT_MS = 250;
 
 export class RequestCounters {
@@ -23,6 +23,7 @@ export class RequestCounters {
   share(deviceId: string): void {
     const file = mapSharedFile(statsPath(deviceId), FILE_BYTES);
     const shared = new Float64Array(file.buffer, file.byteOffset, TOTAL_SLOTS);
+    if (shared[Slot.VERSION] !== LAYOUT_VERSION) shared.fill(0); // new, or of an older bdus: start over
     shared[Slot.VERSION] = LAYOUT_VERSION;
     // Gauges are this driver's: whatever a dead one left there is gone with it.
     shared[Slot.CALLBACKS] = 0;
@@ -31,9 +32,9 @@ export class RequestCounters {
   }
 
   /**
-   * Beats every HEARTBEAT_MS from now (the driver instance exists) for as long as the process's event
-   * loop turns (the timer does not keep the process alive): a driver stuck in a callback that
-   * never returns stops beating, and the daemon ends it (src/control/watchdog.ts).
+   * Beats every HEARTBEAT_MS from now (the driver instance exists) for as long as the process's
+   * event loop turns (the timer does not keep the process alive): a driver stuck in a callback
+   * that never returns stops beating, and the daemon ends it (src/control/watchdog.ts).
    */
   startHeartbeat(): void {
     const beat = () => {

@@ -20,6 +20,7 @@ export function countDriverChange(deviceId: string, change: DriverChange, ms: nu
     const file = mapSharedFile(statsPath(deviceId), FILE_BYTES);
     const slots = new Float64Array(file.buffer, file.byteOffset, TOTAL_SLOTS);
     const [count, last, max, total] = SLOTS[change];
+    if (slots[Slot.VERSION] !== LAYOUT_VERSION) slots.fill(0);
     slots[Slot.VERSION] = LAYOUT_VERSION;
     slots[count]!++;
     slots[last] = ms;
