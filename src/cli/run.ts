@@ -179,8 +179,16 @@ function runInBackground(command: string, argv: string[]): Promise<number> {
 
 /** A rerun that says, after a few seconds and then every few, what it waits for. */
 async function rerunWithProgress(target: string, driver: Driver<unknown>, options: RunOptions): Promise<Device> {
-  const { id } = await deviceInfo(target);
-  return withProgress(rerun(target, driver, options), String(id), (seconds, e) => {
+  // The rerun goes first (the kernel may be holding requests); its failure is reported by the
+  // await below, not as an unhandled rejection while the id is looked up.
+  const work = rerun(target, driver, options);
+  work.catch(() => undefined);
+  const id = await deviceInfo(target).then(
+    (info) => String(info.id),
+    () => undefined,
+  );
+  if (id === undefined) return work;
+  return withProgress(work, id, (seconds, e) => {
     if (e.record.pid === process.pid) return `waiting ${seconds} s for this driver to initialize and serve ${target}`;
     if (e.record.pid === 0) return `waiting ${seconds} s to take ${target} over`;
     return `waiting ${seconds} s for the current driver of ${target} (pid ${e.record.pid}) to finish its requests and hand over: ${activityOf(e)}`;
