@@ -135,7 +135,7 @@ function totals(entry: DeviceStatsEntry): string {
     const errnos = Object.entries(o.errnos).map(([name, n]) => `${name} ${n}`).join(', ');
     rows.push([op, formatCount(o.requests), formatCount(o.bytes), formatCount(a.iops), formatMiB(a.bytesPerSecond), errnos ? `${o.errors} (${errnos})` : '0', String(o.inFlight), formatLatency(a.p50), formatLatency(a.p90), formatLatency(a.p99), formatLatency(a.max)]);
   }
-  lines.push(rows.length > 1 ? table(rows) : 'no requests yet', '');
+  lines.push(...(rows.length > 1 ? table(rows) : ['no requests yet']), '');
   const changes = (c: DeviceStats['swaps']) => (c.count === 0 ? '0' : `${c.count} (last ${c.lastMs} ms, longest ${c.maxMs} ms)`);
   lines.push(
     `in flight: ${inFlight(stats)}   callbacks running: ${stats.callbacks}   waiting for a slot: ${stats.waiting}`,
@@ -172,7 +172,8 @@ function pad(cell: string): string {
   return cell.padStart(8);
 }
 
-function table(rows: string[][]): string {
+/** Rows as aligned columns: the first `left` columns (names) left-aligned, the rest (numbers) right-aligned. */
+export function table(rows: string[][], left = 1): string[] {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  return rows.map((r) => r.map((cell, i) => (i === 0 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join('  ')).join('\n');
+  return rows.map((r) => r.map((cell, i) => (i < left ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join('  '));
 }

@@ -8,7 +8,7 @@
 import { ControlConnection } from '../control/client.js';
 import type { DeviceStatsEntry } from '../control/protocol.js';
 import { errors, inFlight, READS, WRITES } from '../stats/snapshot.js';
-import { formatCount, formatLatency, formatMiB, groupActivity, parseInterval } from './stats.js';
+import { formatCount, formatLatency, formatMiB, groupActivity, parseInterval, table } from './stats.js';
 import { parseCommandLine } from './suggest.js';
 import { UsageError } from './usage.js';
 
@@ -113,9 +113,7 @@ function draw(entries: DeviceStatsEntry[], before: Map<string, DeviceStatsEntry>
     return { row, iops: r.iops + w.iops };
   });
   rows.sort((a, b) => b.iops - a.iops);
-  const table = [header, ...rows.map((r) => r.row)];
-  const widths = header.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
-  const lines = table.map((r) => r.map((cell, i) => (i < 4 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join('  '));
+  const lines = table([header, ...rows.map((r) => r.row)], 4);
   const time = new Date().toTimeString().slice(0, 8);
   const title = `bdus top - ${time}  ${entries.length} device${entries.length === 1 ? '' : 's'}  every ${interval} s${screen ? '  (q quits)' : ''}`;
   let all = [title, '', ...(entries.length ? lines : ['no devices'])];

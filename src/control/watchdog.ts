@@ -12,10 +12,9 @@
  * event loop for that long (asynchronous work may take as long as it likes).
  */
 import type { DeviceRecord } from './protocol.js';
-import { FILE_BYTES, LAYOUT_VERSION, Slot, statsPath, TOTAL_SLOTS } from '../stats/layout.js';
+import { LAYOUT_VERSION, mapStats, Slot } from '../stats/layout.js';
 import { appendDeviceLog } from '../util/device-log.js';
 import { isAlive } from '../util/process.js';
-import { mapSharedFile } from '../util/shared-file.js';
 
 /** Past requestTimeout: four missed beats and then some, for a loaded machine. */
 const GRACE_MS = 1000;
@@ -60,8 +59,7 @@ export class Watchdog {
     let slots = this.beats.get(id);
     if (!slots) {
       try {
-        const file = mapSharedFile(statsPath(id), FILE_BYTES);
-        slots = new Float64Array(file.buffer, file.byteOffset, TOTAL_SLOTS);
+        slots = mapStats(id);
       } catch {
         return undefined;
       }

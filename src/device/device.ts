@@ -34,7 +34,7 @@ import type { RequestLayer } from '../request/request-layer.js';
 import { exportServer, exportUri, loadTls, type TlsOptions } from '../nbd/export.js';
 import type { ListenAddress, NbdServer } from '../nbd/server.js';
 import { Outcome } from '../util/outcome.js';
-import { sleep } from '../util/process.js';
+import { sleep, withTimeout } from '../util/process.js';
 
 /** An NBD export of a device's driver instance (see Device.export). */
 export interface DeviceExportOptions {
@@ -187,8 +187,10 @@ export class Device<State = unknown> {
       let message = '';
       try {
         // Each within requestTimeout: a hand-over must end, and the new driver is waiting.
-        await withDeadline(this.driver.flush?.(this.ctx), this.ctx.attributes.requestTimeout, 'its flush');
-        await withDeadline(this.driver.terminate?.(this.ctx), this.ctx.attributes.requestTimeout, 'its terminate');
+        const ms = this.ctx.attributes.requestTimeout;
+        const late = (what: string) => () => new BdusError('ETIMEDOUT', `${what} did not finish within ${ms} ms (requestTimeout)`);
+        await withTimeout(this.driver.flush?.(this.ctx), ms, late('its flush'));
+        await withTimeout(this.driver.terminate?.(this.ctx), ms, late('its terminate'));
       } catch (error) {
         message = error instanceof Error ? error.message : String(error);
         this.log(`the driver failed while handing over: ${message}`);
@@ -326,19 +328,6 @@ export async function leave(control: ControlConnection, id: bigint, log: (line: 
     }
   } catch (error) {
     log(`could not tell the control daemon that the device is gone: ${(error as Error).message}`);
-  }
-}
-
-/** `work`, or a rejection once `ms` have passed without it settling. */
-async function withDeadline(work: Promise<void> | void, ms: number, what: string): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new BdusError('ETIMEDOUT', `${what} did not finish within ${ms} ms (requestTimeout)`)), ms);
-  });
-  try {
-    await Promise.race([work, late]);
-  } finally {
-    clearTimeout(timer);
   }
 }
 

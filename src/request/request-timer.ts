@@ -26,8 +26,6 @@ const TICKS_PER_TIMEOUT = 4;
 export class RequestTimer {
   /** The current tick: what a frontend stamps a request with. Never IDLE or EXPIRED. */
   now = 1;
-  /** Requests answered with ETIMEDOUT so far. */
-  expired = 0;
   private readonly watched: Array<Iterable<TimedRequest>> = [];
   private timer: NodeJS.Timeout | undefined;
 
@@ -63,7 +61,6 @@ export class RequestTimer {
       }
     }
     if (count > 0) {
-      this.expired += count;
       this.log(`${count} request${count > 1 ? 's' : ''} not answered within ${this.timeoutMs} ms: the client${count > 1 ? 's see' : ' sees'} ETIMEDOUT`);
     }
   }

@@ -4,8 +4,7 @@
  * no allocation). Until share() the array is the process's own (an NBD export, bdus/testing);
  * a device's driver shares it through the device's stats file.
  */
-import { LAYOUT_VERSION, FILE_BYTES, OpSlot, Slot, TOTAL_SLOTS, ERRNO_SLOTS, bucketOf, opBase, statsPath } from './layout.js';
-import { mapSharedFile } from '../util/shared-file.js';
+import { ERRNO_SLOTS, OpSlot, Slot, TOTAL_SLOTS, bucketOf, claimLayout, mapStats, opBase } from './layout.js';
 
 /** How often a driver process beats (the daemon's patience: src/control/watchdog.ts). */
 export const HEARTBEAT_MS = 250;
@@ -21,10 +20,8 @@ export class RequestCounters {
    * dropped.
    */
   share(deviceId: string): void {
-    const file = mapSharedFile(statsPath(deviceId), FILE_BYTES);
-    const shared = new Float64Array(file.buffer, file.byteOffset, TOTAL_SLOTS);
-    if (shared[Slot.VERSION] !== LAYOUT_VERSION) shared.fill(0); // new, or of an older bdus: start over
-    shared[Slot.VERSION] = LAYOUT_VERSION;
+    const shared = mapStats(deviceId);
+    claimLayout(shared);
     // Gauges are this driver's: whatever a dead one left there is gone with it.
     shared[Slot.CALLBACKS] = 0;
     shared[Slot.WAITING] = 0;

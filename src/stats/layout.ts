@@ -15,6 +15,7 @@
  * bucket at most 12.5% wide), from 1 µs to 2^31 µs (36 minutes).
  */
 import { RUN_DIR } from '../util/paths.js';
+import { mapSharedFile } from '../util/shared-file.js';
 import { OPERATION_NAMES } from '../request/operation.js';
 
 /** Bumped when the layout changes; a reader ignores a file of another layout. */
@@ -87,6 +88,19 @@ export const OP_SLOTS = OpSlot.HISTOGRAM + BUCKETS;
 export const OPERATIONS = OPERATION_NAMES.length;
 export const TOTAL_SLOTS = DEVICE_SLOTS + OPERATIONS * OP_SLOTS;
 export const FILE_BYTES = TOTAL_SLOTS * 8;
+
+/** The device's slots, mapped from its stats file (made, zeroed, if it is not there). */
+export function mapStats(deviceId: string): Float64Array<ArrayBufferLike> {
+  const file = mapSharedFile(statsPath(deviceId), FILE_BYTES);
+  return new Float64Array(file.buffer, file.byteOffset, TOTAL_SLOTS);
+}
+
+/** Before a writer's first store: a file of another layout (an older bdus's) starts over. */
+export function claimLayout(slots: Float64Array<ArrayBufferLike>): void {
+  if (slots[Slot.VERSION] === LAYOUT_VERSION) return;
+  slots.fill(0);
+  slots[Slot.VERSION] = LAYOUT_VERSION;
+}
 
 export function opBase(op: number): number {
   return DEVICE_SLOTS + op * OP_SLOTS;

@@ -3,8 +3,7 @@
  * each took), written into the device's stats file beside the driver's request counters.
  */
 import { rmSync } from 'node:fs';
-import { mapSharedFile } from '../util/shared-file.js';
-import { FILE_BYTES, LAYOUT_VERSION, Slot, TOTAL_SLOTS, statsPath } from './layout.js';
+import { claimLayout, mapStats, Slot, statsPath } from './layout.js';
 
 /** A change of driver: a hot swap (the old one handed over) or a recovery (the old one died). */
 export type DriverChange = 'swap' | 'recovery';
@@ -17,11 +16,9 @@ const SLOTS = {
 /** Counts a change of driver that took `ms` (from the rerun or the death until the new driver served). */
 export function countDriverChange(deviceId: string, change: DriverChange, ms: number): void {
   try {
-    const file = mapSharedFile(statsPath(deviceId), FILE_BYTES);
-    const slots = new Float64Array(file.buffer, file.byteOffset, TOTAL_SLOTS);
+    const slots = mapStats(deviceId);
+    claimLayout(slots);
     const [count, last, max, total] = SLOTS[change];
-    if (slots[Slot.VERSION] !== LAYOUT_VERSION) slots.fill(0);
-    slots[Slot.VERSION] = LAYOUT_VERSION;
     slots[count]!++;
     slots[last] = ms;
     if (ms > slots[max]!) slots[max] = ms;

@@ -17,6 +17,16 @@ export function isAlive(pid: number, start: string): boolean {
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** What `work` gives, or a rejection with `late()` once `ms` have passed without it settling. */
+export async function withTimeout<T>(work: Promise<T> | T, ms: number, late: () => Error): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([work, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(late()), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /**
  * Waits for `closed`, meanwhile handing SIGTERM and SIGINT to `stop` and an uncaught exception
  * to `crash` (the shared shape of serving a device and serving an export in the foreground).

@@ -23,6 +23,7 @@ import { Holder, isResent, type RestartTable } from './restart-table.js';
 import { native } from '../../native.js';
 import { execute } from '../../util/exec.js';
 import { RUN_DIR } from '../../util/paths.js';
+import { withTimeout } from '../../util/process.js';
 import { bufferSizeFor, FuseChannel } from './channel.js';
 import { answerFileRequest, readU64, type ImageFile } from './image-file.js';
 import {
@@ -104,7 +105,7 @@ export class FuseLoopFrontend implements Frontend {
     });
     this.mounted = true;
     this.read();
-    await withTimeout(this.initDone, 10_000, 'the kernel did not send FUSE INIT');
+    await withTimeout(this.initDone, 10_000, () => new Error('the kernel did not send FUSE INIT'));
 
     const args = ['--find', '--show', '--direct-io=on', '--sector-size', String(attributes.logicalBlockSize)];
     if (!attributes.disablePartitionScanning) args.push('--partscan');
@@ -338,12 +339,4 @@ function backingFile(name: string): string {
   } catch {
     return ''; // not bound
   }
-}
-
-function withTimeout<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
-  let timer: NodeJS.Timeout;
-  return Promise.race([
-    promise,
-    new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(message)), ms))),
-  ]).finally(() => clearTimeout(timer));
 }
