@@ -17,12 +17,17 @@ export interface Exported {
   log(): string;
   /** SIGTERM, then the exit code. */
   stop(): Promise<number>;
+  /** The export's process. */
+  pid: number;
 }
 
-/** Runs `bdus export ARGS --listen unix:...` until the test ends. */
-export async function exportDriver(t: TestContext, args: readonly string[]): Promise<Exported> {
-  const socket = `${scratch('nbd')}.sock`;
-  const child = spawn(process.execPath, [BIN, 'export', ...args, '--listen', `unix:${socket}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * Runs `bdus export ARGS --listen unix:...` until the test ends; with `listen` ("127.0.0.1:0"),
+ * on TCP instead (`socket` is then "HOST:PORT" as the URI says).
+ */
+export async function exportDriver(t: TestContext, args: readonly string[], listen?: string): Promise<Exported> {
+  let socket = `${scratch('nbd')}.sock`;
+  const child = spawn(process.execPath, [BIN, 'export', ...args, '--listen', listen ?? `unix:${socket}`], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stderr.on('data', (d) => (stderr += d));
@@ -34,6 +39,7 @@ export async function exportDriver(t: TestContext, args: readonly string[]): Pro
     });
     void exited.then((code) => reject(new Error(`bdus export exited ${code}: ${stderr}`)));
   });
+  if (listen) socket = /^nbds?:\/\/([^/]+)\//.exec(uri)![1]!;
   const stop = async () => {
     child.kill('SIGTERM');
     return exited;
@@ -42,12 +48,13 @@ export async function exportDriver(t: TestContext, args: readonly string[]): Pro
     await stop();
     rmSync(socket, { force: true });
   });
-  return { uri, socket, log: () => stderr, stop };
+  return { uri, socket, log: () => stderr, stop, pid: child.pid! };
 }
 
-/** A raw connection that collects what the server sends. */
+/** A raw connection that collects what the server sends; to a Unix socket's path, or to "HOST:PORT". */
 export async function raw(socketPath: string): Promise<{ socket: Socket; received: () => Buffer; closed: Promise<void>; next: (n: number) => Promise<Buffer> }> {
-  const socket = connect(socketPath);
+  const tcp = /^([\d.]+):(\d+)$/.exec(socketPath);
+  const socket = tcp ? connect(Number(tcp[2]), tcp[1]) : connect(socketPath);
   let data = Buffer.alloc(0);
   let waiter: (() => void) | undefined;
   socket.on('data', (d: Buffer) => {

@@ -241,7 +241,8 @@ async function certificates(t: TestContext): Promise<{ server: string; client: s
 test('TLS: required, a client without TLS is refused and a TLS client works; offered, both work', async (t) => {
   const { server, client } = await certificates(t);
   const required = await exportDriver(t, ['ram', '--size', '16M', '--tls', 'require', '--tls-certificates', server]);
-  const plain = await sh('nbdinfo', [required.uri]);
+  assert.match(required.uri, /^nbds\+unix:/, 'the printed URI says TLS is required');
+  const plain = await sh('nbdinfo', [required.uri.replace(/^nbds/, 'nbd')]);
   assert.notEqual(plain.code, 0, 'a client without TLS is refused');
   const tlsUri = (uri: string) => `${uri.replace(/^nbd\+unix:/, 'nbds+unix:')}&tls-certificates=${client}`;
   const secure = await must('nbdinfo', [tlsUri(required.uri)]);

@@ -1,9 +1,8 @@
 /**
  * `bdus export`: serve a driver over NBD, in the foreground, until SIGTERM or SIGINT.
  */
-import { BdusError } from '../driver/errors.js';
-import { runExport, type TlsOptions } from '../nbd/export.js';
-import type { ListenAddress } from '../nbd/server.js';
+import { runExport } from '../nbd/export.js';
+import { EXPORT_FLAG_HELP, EXPORT_FLAG_OPTIONS, limitsFromFlags, parseListen, tlsFromFlags } from './export-flags.js';
 import { parseDriverCommand } from './driver-command.js';
 import { driverHelp, makeDriver } from './load-driver.js';
 import { attributeHelp, attributeOptions, attributesFromFlags } from './options.js';
@@ -17,13 +16,7 @@ nbdinfo, nbdcopy, nbdsh, fio's nbd engine, nbd-client.
   --listen ADDRESS    unix:PATH, HOST:PORT or PORT (default 127.0.0.1:10809: loopback only)
   --name NAME         the export's name (default ""; a client asking for "" gets it too)
   --description TEXT  a description clients may ask for
-  --tls MODE          off (default), on (offered through STARTTLS) or require (clients
-                      that do not start TLS are refused)
-  --tls-certificates DIR
-                      server-cert.pem and server-key.pem (and ca-cert.pem with
-                      --tls-verify-peer); needed with --tls on or require
-  --tls-verify-peer   require a client certificate signed by DIR/ca-cert.pem
-
+${EXPORT_FLAG_HELP}
 attributes:
 ${attributeHelp()}
 `;
@@ -35,33 +28,8 @@ export const EXPORT_OPTIONS = {
   listen: { type: 'string' },
   name: { type: 'string' },
   description: { type: 'string' },
-  tls: { type: 'string' },
-  'tls-certificates': { type: 'string' },
-  'tls-verify-peer': { type: 'boolean' },
+  ...EXPORT_FLAG_OPTIONS,
 } as const;
-
-/** "unix:/run/x.sock", "127.0.0.1:10809", "[::1]:10809", "10809" -> an address. */
-export function parseListen(text: string): ListenAddress {
-  if (text.startsWith('unix:')) {
-    if (text.length === 5) throw new BdusError('EINVAL', 'invalid --listen unix: needs a socket path');
-    return { unix: text.slice(5) };
-  }
-  const match = /^(?:(\[[^\]]+\]|[^:]+):)?(\d+)$/.exec(text);
-  const port = match ? Number(match[2]) : NaN;
-  if (!match || port > 65535) throw new BdusError('EINVAL', `invalid --listen '${text}': expected unix:PATH, HOST:PORT or PORT`);
-  return { host: (match[1] ?? '127.0.0.1').replace(/^\[(.*)\]$/, '$1'), port };
-}
-
-/** --tls, --tls-certificates, --tls-verify-peer -> TLS options (or none), checked. */
-export function tlsFromFlags(mode = 'off', certificates?: string, verifyPeer?: boolean): TlsOptions | undefined {
-  if (!['off', 'on', 'require'].includes(mode)) throw new BdusError('EINVAL', `invalid --tls '${mode}': expected off, on or require`);
-  if (mode === 'off') {
-    if (certificates || verifyPeer) throw new BdusError('EINVAL', '--tls-certificates and --tls-verify-peer need --tls on or require');
-    return undefined;
-  }
-  if (!certificates) throw new BdusError('EINVAL', `--tls ${mode} needs --tls-certificates DIR (server-cert.pem, server-key.pem)`);
-  return { certificates, required: mode === 'require', verifyPeer: verifyPeer ?? false };
-}
 
 export async function exportCommand(argv: string[]): Promise<number> {
   const line = await parseDriverCommand('export', argv, EXPORT_OPTIONS, 0);
@@ -72,8 +40,9 @@ export async function exportCommand(argv: string[]): Promise<number> {
   const values = line.values as Record<string, string | undefined>;
   const attributes = attributesFromFlags(line.values);
   const listen = parseListen(values.listen ?? `127.0.0.1:${DEFAULT_PORT}`);
-  const tls = tlsFromFlags(values.tls, values['tls-certificates'], line.values['tls-verify-peer'] as boolean | undefined);
+  const tls = tlsFromFlags(line.values);
+  const limits = limitsFromFlags(line.values, listen);
   const driver = await makeDriver(line.driver!, line.args, line.options);
-  await runExport(driver, { attributes, listen, name: values.name ?? '', description: values.description ?? '', tls });
+  await runExport(driver, { attributes, listen, name: values.name ?? '', description: values.description ?? '', tls, limits });
   return 0;
 }

@@ -25,7 +25,7 @@ import { native } from '../native.js';
 import { logStderrTo } from '../util/device-log.js';
 import { packageVersion } from '../version.js';
 import { parseDriverCommand } from './driver-command.js';
-import { parseListen, tlsFromFlags } from './export.js';
+import { anyExportFlag, EXPORT_FLAG_OPTIONS, limitsFromFlags, parseListen, tlsFromFlags } from './export-flags.js';
 import { driverHelp, makeDriver } from './load-driver.js';
 import { attributeHelp, attributeOptions, attributesFromFlags } from './options.js';
 import { activityOf, withProgress } from './progress.js';
@@ -45,8 +45,10 @@ bdus logs DEVICE). ARGS and the driver's own options go to the driver module; ev
   --frontend KIND   the kernel path: fuse (FUSE+loop), nbd (the kernel NBD client, /dev/nbdN),
                     or auto (default: fuse where the kernel has FUSE and loop, else nbd)
   --export ADDRESS  also serve the driver over NBD (unix:PATH, HOST:PORT or PORT), for as long
-                    as this driver instance runs; with --export-name NAME, and --tls MODE,
-                    --tls-certificates DIR, --tls-verify-peer as for \`bdus export\`
+                    as this driver instance runs; with --export-name NAME, and --tls,
+                    --tls-certificates, --tls-psk, --tls-verify-peer, --allow,
+                    --max-connections, --handshake-timeout, --connection-memory as for
+                    \`bdus export\`
   --foreground      serve in this process until the device is destroyed (SIGTERM, SIGINT or
                     bdus destroy), logging to stderr
 
@@ -79,9 +81,7 @@ export const RERUN_OPTIONS = {
   foreground: { type: 'boolean' },
   export: { type: 'string' },
   'export-name': { type: 'string' },
-  tls: { type: 'string' },
-  'tls-certificates': { type: 'string' },
-  'tls-verify-peer': { type: 'boolean' },
+  ...EXPORT_FLAG_OPTIONS,
 } as const;
 
 export const RUN_OPTIONS = { ...RERUN_OPTIONS, frontend: { type: 'string' } } as const;
@@ -110,8 +110,11 @@ async function runDriver(command: 'run' | 'rerun', argv: string[]): Promise<numb
   const { values, driver: module } = line;
   const attributes = attributesFromFlags(values);
   const listen = values.export === undefined ? undefined : parseListen(values.export as string);
-  const tls = tlsFromFlags(values.tls as string | undefined, values['tls-certificates'] as string | undefined, values['tls-verify-peer'] as boolean | undefined);
-  if (!listen && (tls || values['export-name'] !== undefined)) throw new UsageError(`bdus ${command}: --export-name and --tls need --export`);
+  if (!listen && (anyExportFlag(values) || values['export-name'] !== undefined)) {
+    throw new UsageError(`bdus ${command}: --export-name, --tls and the export's limits need --export`);
+  }
+  const tls = tlsFromFlags(values);
+  const limits = limitsFromFlags(values, listen);
 
   // bdus check may ask this driver instance to die inside a callback (src/check/faults.ts).
   const driver = withInjectedFault(await makeDriver(module!, line.args, line.options));
@@ -122,7 +125,7 @@ async function runDriver(command: 'run' | 'rerun', argv: string[]): Promise<numb
   const device = command === 'run' ? await start(driver, { ...options, frontend }) : await rerunWithProgress(line.leading[0]!, driver, options);
   if (listen) {
     try {
-      const exported = await device.export({ listen, name: (values['export-name'] as string | undefined) ?? '', tls });
+      const exported = await device.export({ listen, name: (values['export-name'] as string | undefined) ?? '', tls, limits });
       process.stderr.write(`${device.path}: exported over NBD at ${exported.uri}\n`);
     } catch (error) {
       await device.destroy();

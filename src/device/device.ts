@@ -32,6 +32,7 @@ import type { Frontend } from '../frontend/frontend.js';
 import type { FrontendChoice } from '../frontend/select.js';
 import type { RequestLayer } from '../request/request-layer.js';
 import { exportServer, exportUri, loadTls, type TlsOptions } from '../nbd/export.js';
+import type { ExportLimits } from '../nbd/limits.js';
 import type { ListenAddress, NbdServer } from '../nbd/server.js';
 import { Outcome } from '../util/outcome.js';
 import { sleep, withTimeout } from '../util/process.js';
@@ -44,6 +45,8 @@ export interface DeviceExportOptions {
   name?: string;
   description?: string;
   tls?: TlsOptions;
+  /** Who may connect and what a client may hold (default: DEFAULT_LIMITS, everyone who can reach it). */
+  limits?: ExportLimits;
 }
 
 /** A device's NBD export (Device.export). */
@@ -121,7 +124,7 @@ export class Device<State = unknown> {
     }
     this.servers.add(server);
     return {
-      uri: exportUri(address, name),
+      uri: exportUri(address, name, tls?.required),
       address,
       close: () => {
         this.servers.delete(server);

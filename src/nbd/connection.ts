@@ -11,9 +11,6 @@ import { Handshake, type Negotiated } from './handshake.js';
 import { MessageInput } from './input.js';
 import { Transmission } from './transmission.js';
 
-/** A client must finish the handshake within this time. */
-const HANDSHAKE_TIMEOUT_MS = 60_000;
-
 export interface ConnectionOptions {
   /**
    * A connection from the kernel's NBD client (the kernel NBD frontend): no handshake, simple
@@ -41,6 +38,8 @@ export class Connection {
   private transmission: Transmission | undefined;
   private onClose: (() => void) | undefined;
   private endWhenIdle: (() => void) | undefined;
+  /** Ends a connection whose client has not finished its handshake in time (a deadline, not an idle timeout). */
+  private handshakeDeadline: NodeJS.Timeout | undefined;
 
   constructor(
     public socket: Socket,
@@ -59,7 +58,10 @@ export class Connection {
       return;
     }
     socket.setNoDelay(true);
-    socket.setTimeout(HANDSHAKE_TIMEOUT_MS, () => this.hangUp('the client did not finish the handshake in time'));
+    const limit = exported.limits?.handshakeTimeoutMs;
+    if (limit !== undefined) {
+      this.handshakeDeadline = setTimeout(() => this.hangUp(`the client did not finish its handshake within ${limit / 1000} s`), limit);
+    }
     if (!options.input) socket.on('data', (chunk: Buffer) => this.push(chunk));
     new Handshake(this).start();
   }
@@ -123,16 +125,14 @@ export class Connection {
   secure(secure: TLSSocket): void {
     const plain = this.socket;
     plain.removeAllListeners('data');
-    plain.removeAllListeners('timeout');
     this.socket = secure;
-    secure.setTimeout(HANDSHAKE_TIMEOUT_MS, () => this.hangUp('the client did not finish the handshake in time'));
     secure.on('data', (chunk: Buffer) => this.push(chunk));
     secure.on('error', (error) => this.hangUp(`TLS: ${error.message}`));
     secure.on('close', () => this.closed());
   }
 
   transmit(negotiated: Negotiated): void {
-    this.socket.setTimeout(0);
+    clearTimeout(this.handshakeDeadline);
     const transmission = new Transmission(this, negotiated);
     this.transmission = transmission;
     transmission.start();
@@ -143,6 +143,7 @@ export class Connection {
   }
 
   private closed(): void {
+    clearTimeout(this.handshakeDeadline);
     this.endWhenIdle?.();
     this.onClose?.();
     this.onClose = undefined;

@@ -6,6 +6,7 @@ import type { SecureContext } from 'node:tls';
 import type { EffectiveAttributes } from '../driver/attributes.js';
 import type { RequestCallback } from '../driver/callbacks.js';
 import type { RequestLayer } from '../request/request-layer.js';
+import type { ExportLimits } from './limits.js';
 import { Flag } from './protocol.js';
 
 /** Largest read or write payload a client may send (advertised as the maximum block size). */
@@ -23,11 +24,15 @@ export interface NbdExport {
   readonly log: (line: string) => void;
   /** TLS through STARTTLS; absent: the server offers none. */
   readonly tls?: NbdTls;
+  /** What clients may do and hold (limits.ts); absent: no limits (the kernel's own connection). */
+  readonly limits?: ExportLimits;
 }
 
 /** How an export offers TLS (NBD_OPT_STARTTLS). */
 export interface NbdTls {
   readonly context: SecureContext;
+  /** Pre-shared keys by identity (TLS-PSK, instead of certificates). */
+  readonly keys?: ReadonlyMap<string, Buffer>;
   /** Refuse everything but STARTTLS and ABORT until the client has started TLS. */
   readonly required: boolean;
   /** Ask for a client certificate and refuse clients without one the CA signed. */

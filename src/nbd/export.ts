@@ -19,6 +19,7 @@ import { join } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import { DriverInstance, givenAttributes, type InstanceOptions } from '../instance/driver-instance.js';
 import { BdusError } from '../driver/errors.js';
+import { DEFAULT_LIMITS, type ExportLimits } from './limits.js';
 import { NbdServer, type ListenAddress, type NbdTls } from './server.js';
 
 export interface ExportOptions<State = unknown> extends InstanceOptions<State> {
@@ -30,31 +31,56 @@ export interface ExportOptions<State = unknown> extends InstanceOptions<State> {
   description?: string;
   /** TLS (STARTTLS); without it the export offers none. */
   tls?: TlsOptions;
+  /** Who may connect and what a client may hold (default: DEFAULT_LIMITS, everyone who can reach it); see exportLimits(). */
+  limits?: ExportLimits;
 }
 
-/** TLS for an export, with certificates as nbdkit and qemu-nbd take them. */
+/** TLS for an export, with certificates or pre-shared keys as nbdkit and qemu-nbd take them. */
 export interface TlsOptions {
   /**
    * A directory with server-cert.pem and server-key.pem (PEM), and ca-cert.pem to check client
-   * certificates against (with verifyPeer).
+   * certificates against (with verifyPeer). Either this or `psk`.
    */
-  certificates: string;
+  certificates?: string;
+  /**
+   * A file of pre-shared keys, one `identity:hexkey` per line (what GnuTLS's `psktool -u alice
+   * -p FILE` writes, and nbdkit's --tls-psk and qemu's tls-creds-psk read). Either this or
+   * `certificates`.
+   */
+  psk?: string;
   /** Refuse clients that do not start TLS (default false: TLS is offered, not required). */
   required?: boolean;
-  /** Require a client certificate signed by ca-cert.pem (default false). */
+  /** Require a client certificate signed by ca-cert.pem (default false; certificates only). */
   verifyPeer?: boolean;
 }
 
-/** Loads an export's TLS certificates; a clear error naming the file that is missing or bad. */
+/**
+ * Cipher suites for TLS-PSK up to TLS 1.2 (OpenSSL leaves PSK out by default); TLS 1.3 takes a
+ * pre-shared key with its usual suites.
+ */
+const PSK_CIPHERS = 'ECDHE-PSK-AES256-CBC-SHA384:ECDHE-PSK-AES128-CBC-SHA256:DHE-PSK-AES256-GCM-SHA384:DHE-PSK-AES128-GCM-SHA256:PSK-AES256-GCM-SHA384:PSK-AES128-GCM-SHA256';
+
+/** Shortest key accepted: psktool's default is 32 bytes; 16 is the least a key should have. */
+const MIN_PSK_BYTES = 16;
+
+/** Loads an export's TLS certificates or keys; a clear error naming the file that is missing or bad. */
 export function loadTls(options: TlsOptions): NbdTls {
-  const file = (name: string) => {
-    const path = join(options.certificates, name);
+  if ((options.certificates === undefined) === (options.psk === undefined)) {
+    throw new BdusError('EINVAL', 'TLS needs either certificates (a directory) or pre-shared keys (a file), not both and not neither');
+  }
+  const read = (path: string) => {
     try {
       return readFileSync(path);
     } catch (error) {
       throw new BdusError('EINVAL', `TLS: cannot read ${path}: ${(error as Error).message}`);
     }
   };
+  const required = options.required ?? false;
+  if (options.psk !== undefined) {
+    if (options.verifyPeer) throw new BdusError('EINVAL', 'TLS: verifying a peer certificate needs certificates, not pre-shared keys');
+    return { context: createSecureContext({ ciphers: PSK_CIPHERS }), keys: parsePskFile(options.psk, read(options.psk).toString('utf8')), required, verifyPeer: false };
+  }
+  const file = (name: string) => read(join(options.certificates!, name));
   let context;
   try {
     context = createSecureContext({
@@ -66,15 +92,34 @@ export function loadTls(options: TlsOptions): NbdTls {
     if (error instanceof BdusError) throw error;
     throw new BdusError('EINVAL', `TLS: the certificates in ${options.certificates} are unusable: ${(error as Error).message}`);
   }
-  return { context, required: options.required ?? false, verifyPeer: options.verifyPeer ?? false };
+  return { context, required, verifyPeer: options.verifyPeer ?? false };
 }
 
-/** The URI clients use: nbd+unix:///NAME?socket=PATH or nbd://HOST:PORT/NAME. */
-export function exportUri(address: ListenAddress, name: string): string {
+/** `identity:hexkey` lines (blank lines and # comments skipped) -> keys by identity. */
+export function parsePskFile(path: string, text: string): Map<string, Buffer> {
+  const keys = new Map<string, Buffer>();
+  text.split('\n').forEach((raw, i) => {
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#')) return;
+    const colon = line.lastIndexOf(':');
+    const identity = line.slice(0, colon);
+    const hex = line.slice(colon + 1);
+    if (colon <= 0 || !/^([0-9a-fA-F]{2})+$/.test(hex) || hex.length / 2 < MIN_PSK_BYTES) {
+      throw new BdusError('EINVAL', `TLS: ${path} line ${i + 1}: expected identity:hexkey with a key of at least ${MIN_PSK_BYTES} bytes (psktool -u NAME -p ${path})`);
+    }
+    keys.set(identity, Buffer.from(hex, 'hex'));
+  });
+  if (keys.size === 0) throw new BdusError('EINVAL', `TLS: ${path} has no keys (psktool -u NAME -p ${path} makes one)`);
+  return keys;
+}
+
+/** The URI clients use: nbd+unix:///NAME?socket=PATH or nbd://HOST:PORT/NAME (nbds when TLS is required). */
+export function exportUri(address: ListenAddress, name: string, tlsRequired = false): string {
   const path = encodeURIComponent(name);
-  if ('unix' in address) return `nbd+unix:///${path}?socket=${address.unix}`;
+  const scheme = tlsRequired ? 'nbds' : 'nbd';
+  if ('unix' in address) return `${scheme}+unix:///${path}?socket=${address.unix}`;
   const host = address.host.includes(':') ? `[${address.host}]` : address.host;
-  return `nbd://${host}:${address.port}/${path}`;
+  return `${scheme}://${host}:${address.port}/${path}`;
 }
 
 export class Export<State = unknown> {
@@ -134,7 +179,7 @@ export function exportServer(
   ctx: Pick<Context, 'attributes' | 'readOnly'>,
   requests: RequestLayer,
   log: (line: string) => void,
-  options: { name?: string; description?: string; tls?: NbdTls | undefined },
+  options: { name?: string; description?: string; tls?: NbdTls | undefined; limits?: ExportLimits | undefined },
 ): NbdServer {
   return new NbdServer({
     name: options.name ?? '',
@@ -145,6 +190,7 @@ export function exportServer(
     requests,
     log,
     tls: options.tls,
+    limits: options.limits ?? DEFAULT_LIMITS,
   });
 }
 
@@ -158,7 +204,7 @@ export async function startExport<State>(driver: Driver<State>, options: ExportO
   const ctx: Context<State> = {
     id: 0n,
     index: -1,
-    path: exportUri(options.listen, name),
+    path: exportUri(options.listen, name, tls?.required),
     kernelPath: '',
     major: 0,
     minor: 0,
@@ -179,7 +225,7 @@ export async function startExport<State>(driver: Driver<State>, options: ExportO
     await instance.unwind();
     throw error;
   }
-  Object.assign(ctx, { path: exportUri(address, name) });
+  Object.assign(ctx, { path: exportUri(address, name, tls?.required) });
   exported = new Export(instance, ctx.path, address, server);
   try {
     await instance.announce();

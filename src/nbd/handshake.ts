@@ -160,7 +160,8 @@ export class Handshake {
         secureContext: tls.context,
         requestCert: tls.verifyPeer,
         rejectUnauthorized: tls.verifyPeer,
-      }),
+        ...(tls.keys ? { pskCallback: (_socket: TLSSocket, identity: string) => tls.keys!.get(identity) ?? null } : {}),
+      } as ConstructorParameters<typeof TLSSocket>[1]),
     );
     this.nextOption();
   }

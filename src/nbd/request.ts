@@ -37,6 +37,8 @@ export class NbdRequest extends Exchange {
   /** A block-status query's answer, and whether the client asked for one extent only. */
   readonly extents: Extent[] = [];
   one = false;
+  /** Bytes of payload or reply this request holds until it ends (the connection's memory limit). */
+  held = 0;
 
   constructor(private readonly replies: NbdReplies) {
     super();

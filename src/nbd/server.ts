@@ -23,6 +23,12 @@ export class NbdServer {
   async listen(address: ListenAddress): Promise<ListenAddress> {
     // Paused: a connection without TLS moves to a socket reading into our buffers (ownSocket).
     const server = createServer({ pauseOnConnect: true }, (accepted) => {
+      const refusal = this.refusal(accepted);
+      if (refusal) {
+        this.exported.log(`nbd: refused a connection from ${accepted.remoteAddress ?? 'a Unix socket'}: ${refusal}`);
+        accepted.destroy();
+        return;
+      }
       const own = this.exported.tls ? undefined : ownSocket(accepted);
       const onClose = () => this.connections.delete(connection);
       const connection: Connection = new Connection(own?.socket ?? accepted, this.exported, { onClose, ...own });
@@ -39,6 +45,16 @@ export class NbdServer {
     });
     const bound = server.address();
     return 'unix' in address || bound === null || typeof bound === 'string' ? address : { host: address.host, port: bound.port };
+  }
+
+  /** Why a new connection is not served, if it is not (limits.ts); a Unix socket's clients are its file permissions' business. */
+  private refusal(accepted: Socket): string | undefined {
+    const limits = this.exported.limits;
+    if (!limits) return undefined;
+    const address = accepted.remoteAddress;
+    if (limits.allow && address !== undefined && !limits.allow.allows(address)) return `not in the allowed clients (${limits.allow.text})`;
+    if (this.connections.size >= limits.maxConnections) return `${limits.maxConnections} connections are open, the limit`;
+    return undefined;
   }
 
   /** Connections open right now. */

@@ -59,6 +59,10 @@ export class Transmission {
   private readonly allocationContext: boolean;
   private readonly pool: NbdRequest[] = [];
   private corked = false;
+  /** Bytes the requests in progress hold (NbdRequest.held). */
+  private held = 0;
+  /** Reading stopped: the connection holds more than its memory limit. */
+  private paused = false;
 
   constructor(
     private readonly link: TransmissionLink,
@@ -69,11 +73,18 @@ export class Transmission {
   }
 
   start(): void {
+    if (this.link.exported.limits) this.link.socket.on('drain', () => this.paused && this.resumeIfRoom());
     this.nextRequest();
   }
 
   private nextRequest(): void {
     if (this.link.ending) return;
+    if (this.overLimit()) {
+      // The socket stops being read: the client's sends block in its own kernel, not in our memory.
+      this.paused = true;
+      this.link.socket.pause();
+      return;
+    }
     this.link.input.expect(RequestHeader.SIZE, (header) => {
       if (header.readUInt32BE(RequestHeader.magic) !== REQUEST_MAGIC) return this.link.hangUp('bad request magic');
       const type = header.readUInt16BE(RequestHeader.type);
@@ -101,6 +112,7 @@ export class Transmission {
     request.high = header.readUInt32BE(RequestHeader.cookie);
     request.low = header.readUInt32BE(RequestHeader.cookie + 4);
     request.kind = Answer.STATUS;
+    request.held = 0;
     return request;
   }
 
@@ -136,6 +148,7 @@ export class Transmission {
         }
         request.kind = Answer.READ;
         request.reply = reply;
+        this.hold(request, length);
         this.inFlight++;
         return requests.read(request, reply.buffer.subarray(headerSize), offset);
       }
@@ -143,6 +156,7 @@ export class Transmission {
         // The payload is a view into a slab (unless it was gathered): kept until the callback ends.
         request.payload = payload;
         request.slab = payload ? undefined : this.link.input.hold();
+        this.hold(request, data!.length);
         this.inFlight++;
         if (flags & CommandFlag.FUA) return requests.fuaWrite(request, data!, offset);
         return requests.write(request, data!, offset);
@@ -192,13 +206,34 @@ export class Transmission {
       if (--this.inFlight === 0) this.idle?.();
     },
     finish: (request) => {
+      this.held -= request.held;
+      request.held = 0;
       request.reply?.release();
       request.payload?.release();
       this.link.input.release(request.slab);
       request.reply = request.payload = request.slab = undefined;
       this.pool.push(request);
+      if (this.paused) this.resumeIfRoom();
     },
   };
+
+  private hold(request: NbdRequest, bytes: number): void {
+    request.held = bytes;
+    this.held += bytes;
+  }
+
+  /** Whether the connection holds more than its limit: requests' buffers, and replies the client has not read. */
+  private overLimit(): boolean {
+    const limit = this.link.exported.limits?.connectionMemory;
+    return limit !== undefined && this.held + this.link.socket.writableLength > limit;
+  }
+
+  private resumeIfRoom(): void {
+    if (this.overLimit() || this.link.ending) return;
+    this.paused = false;
+    this.link.socket.resume();
+    this.nextRequest();
+  }
 
   /** base:allocation: the driver's extents (everything is data without an extents callback). */
   private sendExtents(request: NbdRequest): void {
