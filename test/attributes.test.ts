@@ -2,9 +2,11 @@
 // never raised, 0 when the callbacks are absent, and a clear refusal naming attribute, value, rule.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { adjustAttributes, checkReplacement, inheritAttributes, PAGE_SIZE, setDeviceSize, type Attributes } from '../src/driver/attributes.js';
-import { requestCallbacks } from '../src/driver/callbacks.js';
-import { AttributeError, type Driver } from '../src/index.js';
+import fc from 'fast-check';
+import { adjustAttributes, ATTRIBUTE_NAMES, checkReplacement, inheritAttributes, PAGE_SIZE, RECOVERY_MODES, setDeviceSize, type Attributes } from '../src/driver/attributes.js';
+import { REQUEST_CALLBACKS, requestCallbacks } from '../src/driver/callbacks.js';
+import { AttributeError, BdusError, type Driver } from '../src/index.js';
+import { attributesFromFlags, flagName } from '../src/cli/options.js';
 
 const noop = () => undefined;
 const full: Driver<never> = { read: noop, write: noop, writeSame: noop, writeZeros: noop, fuaWrite: noop, flush: noop, discard: noop, secureErase: noop };
@@ -126,5 +128,76 @@ test('a rerun inherits what it leaves out, and must fit the device (BDUS)', () =
   assert.throws(
     () => checkReplacement(device, all, adjustAttributes(inheritAttributes({}, device), readOnly), requestCallbacks(readOnly)),
     /lacks the write, writeSame, writeZeros, fuaWrite, flush, discard, secureErase callbacks the current driver has/,
+  );
+});
+
+/**
+ * The attribute space, fuzzed (fast-check): any attributes (known names with values of any type
+ * and size, unknown names) for any set of callbacks, through the CLI's flag parsing too. Each is
+ * either refused with an AttributeError or BdusError that names what is wrong, or adjusted into
+ * attributes that keep every rule; adjusting those again changes nothing. BDUS_FUZZ_RUNS
+ * (default 20000 here: it runs in-process).
+ */
+test('fuzzing the attribute space: a clear refusal, or attributes that keep every rule and are a fixed point', () => {
+  const runs = Number(process.env.BDUS_FUZZ_RUNS ?? 20_000);
+  const names = [...ATTRIBUTE_NAMES];
+  const interesting = fc.oneof(
+    fc.constantFrom(0, 1, 511, 512, 513, 1024, 4096, 8192, PAGE_SIZE, 2 * PAGE_SIZE, MiB, 32 * MiB, 64 * MiB, 2 ** 30, 2 ** 31, 2 ** 53 - 1, 2 ** 53, -1, -512, 0.5, NaN, Infinity),
+    fc.integer({ min: 0, max: 2 ** 40 }).map((n) => n * 512),
+    fc.nat(),
+    fc.boolean(),
+    fc.constantFrom('reissue', 'fail-received', 'fail-all', 'retry', '', '512'),
+    fc.anything({ withNullPrototype: true, withBoxedValues: true, withBigInt: true, withObjectString: true }),
+  );
+  const attributes = fc.dictionary(fc.oneof({ weight: 12, arbitrary: fc.constantFrom(...names) }, { weight: 1, arbitrary: fc.string() }), interesting, { maxKeys: 8 });
+  const driver = fc.subarray([...REQUEST_CALLBACKS]).map((has) => Object.fromEntries(has.map((name) => [name, noop])) as Driver<never>);
+  const isPowerOfTwo = (n: number) => n > 0 && (n & (n - 1)) === 0;
+  let adjusted = 0;
+  fc.assert(
+    fc.property(attributes, driver, (attrs, d) => {
+      let a;
+      try {
+        a = adjustAttributes(attrs as Attributes, d);
+      } catch (error) {
+        assert.ok(error instanceof BdusError, `not a BdusError: ${String(error)}`);
+        assert.equal(error.code, 'EINVAL');
+        assert.match(error.message, /^(invalid attribute \w+=|unknown attribute '|the device needs a size|invalid driver: )/);
+        return;
+      }
+      adjusted++;
+      const has = requestCallbacks(d);
+      assert.ok(isPowerOfTwo(a.logicalBlockSize) && a.logicalBlockSize >= 512 && a.logicalBlockSize <= PAGE_SIZE);
+      assert.ok(isPowerOfTwo(a.physicalBlockSize) && a.physicalBlockSize >= a.logicalBlockSize && a.physicalBlockSize <= PAGE_SIZE);
+      assert.ok(Number.isSafeInteger(a.size) && a.size > 0 && a.size % a.physicalBlockSize === 0);
+      assert.ok(a.maxConcurrentCallbacks >= 1 && a.maxConcurrentCallbacks <= 256);
+      const rw = has.some((c) => c === 'read' || c === 'write' || c === 'fuaWrite');
+      assert.ok(rw ? a.maxReadWriteSize >= PAGE_SIZE && a.maxReadWriteSize <= 32 * MiB : a.maxReadWriteSize === 0);
+      for (const name of ['maxReadWriteSize', 'maxWriteSameSize', 'maxWriteZerosSize', 'maxDiscardEraseSize'] as const) {
+        assert.equal(a[name] % a.logicalBlockSize, 0, name);
+        assert.ok(a[name] <= 2 ** 30, name);
+      }
+      assert.ok(a.requestTimeout >= 1 && a.requestTimeout <= 7 * 24 * 3600_000);
+      assert.ok(a.queues >= 1 && a.queues <= 64);
+      for (const name of ['restartLimit', 'recoveryLimit', 'transferTries'] as const) assert.ok(a[name] >= 1 && a[name] <= 1000, name);
+      assert.ok((RECOVERY_MODES as readonly string[]).includes(a.recoveryMode));
+      assert.ok(!has.includes('fuaWrite') || has.includes('flush'));
+      assert.deepEqual(adjustAttributes({ ...a }, d), a, 'adjusting again changes nothing');
+    }),
+    { numRuns: runs, seed: Number(process.env.BDUS_FUZZ_SEED ?? Date.now() % 2 ** 31) },
+  );
+  assert.ok(adjusted > 0, 'some attributes were valid');
+
+  // The CLI's flags: any words for any attribute flag parse into attributes or a clear error.
+  const flags = fc.dictionary(fc.constantFrom(...names.map(flagName)), fc.oneof(fc.string(), fc.constantFrom('16M', '4k', '1G', '30s', '1500ms', '2m', '0', '-1', '1e3', '99999999999999999999P', ' 8M ', '1.5s', 'fail-all'), fc.boolean()), { maxKeys: 6 });
+  fc.assert(
+    fc.property(flags, driver, (values, d) => {
+      try {
+        adjustAttributes(attributesFromFlags(values), d);
+      } catch (error) {
+        assert.ok(error instanceof BdusError, `not a BdusError: ${String(error)}`);
+        assert.match(error.message, /invalid|unknown|needs a size/);
+      }
+    }),
+    { numRuns: runs },
   );
 });

@@ -8,6 +8,7 @@
  */
 import { bounds, requestCallbacks, type RequestCallback } from './callbacks.js';
 import { AttributeError, BdusError } from './errors.js';
+import { inspect } from 'node:util';
 import { native } from '../native.js';
 
 export interface Attributes {
@@ -133,8 +134,13 @@ export const DEFAULT_TRANSFER_TRIES = 5;
 export const MAX_LIMIT = 1000;
 export const MAX_QUEUES = 64;
 
+/** A value as a message shows it; inspect(), not String(): an object without a prototype has no toString. */
+function shown(value: unknown): string {
+  return typeof value === 'object' && value !== null ? inspect(value, { depth: 1, breakLength: Infinity }) : String(value);
+}
+
 function refuse(name: string, value: unknown, rule: string): never {
-  throw new AttributeError(`invalid attribute ${name}=${String(value)}: ${rule}`);
+  throw new AttributeError(`invalid attribute ${name}=${shown(value)}: ${rule}`);
 }
 
 function isPowerOfTwo(n: number): boolean {
@@ -299,7 +305,7 @@ export function checkReplacement(
     throw new BdusError('EINVAL', `the new driver cannot replace the current one: ${why}`);
   };
   for (const name of ['size', 'logicalBlockSize', 'physicalBlockSize', 'disablePartitionScanning', 'rotational', 'optimalIoSize', 'queues'] as const) {
-    if (next[name] !== current[name]) refuseRerun(`${name} must stay ${String(current[name])} (got ${String(next[name])})`);
+    if (next[name] !== current[name]) refuseRerun(`${name} must stay ${shown(current[name])} (got ${shown(next[name])})`);
   }
   const missing = currentCallbacks.filter((name) => !nextCallbacks.includes(name));
   if (missing.length > 0) refuseRerun(`it lacks the ${missing.join(', ')} callback${missing.length > 1 ? 's' : ''} the current driver has`);
@@ -319,6 +325,6 @@ export function restartLimitOf(attributes: { readonly recoveryMode: string; read
 /** Lines describing what adjustment changed, for the `log` attribute. */
 export function describeAdjustments(given: Attributes, adjusted: EffectiveAttributes): string[] {
   return ATTRIBUTE_NAMES.filter((n) => given[n] !== undefined && given[n] !== adjusted[n]).map(
-    (n) => `attribute ${n}: ${String(given[n])} -> ${String(adjusted[n])}`,
+    (n) => `attribute ${n}: ${shown(given[n])} -> ${shown(adjusted[n])}`,
   );
 }
