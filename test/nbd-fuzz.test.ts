@@ -4,11 +4,19 @@
  * (unknown commands and flags, offsets and lengths out of range, truncated and oversized
  * payloads). Property: the server answers or hangs up cleanly, never crashes and never stops
  * serving: after every run a fresh connection completes a handshake and reads a block, and at
- * the end the data a real client wrote is intact. BDUS_FUZZ_RUNS changes the number of runs.
+ * the end the data a real client wrote is intact. The TLS state machine gets its own runs:
+ * options in the clear, STARTTLS at any point, then garbage instead of a TLS handshake, a wrong
+ * key, or a real TLS-PSK handshake followed by more random options (STARTTLS again among them).
+ * BDUS_FUZZ_RUNS changes the number of runs (default 500 of each); the diagnostic line counts
+ * the messages sent. docs/nbd.md records a long run.
  */
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { rmSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
+import { connect as tlsConnect } from 'node:tls';
 import fc from 'fast-check';
+import { must, scratch } from './helpers.js';
 import { assertRoundTrip, exportDriver, option, raw, readRequest, transmitting, untilQuiet } from './nbd-helpers.js';
 
 const RUNS = Number(process.env.BDUS_FUZZ_RUNS ?? 500);
@@ -129,5 +137,75 @@ test('fuzzing the NBD handshake and transmission: answers or clean hang-ups, nev
 
   // The data a real client writes afterwards is intact.
   await assertRoundTrip(t, exported.uri, SIZE);
+  assert.doesNotMatch(exported.log(), /TypeError|RangeError|uncaught/i, 'no crash logged');
+});
+
+/** A TLS run: options in the clear, STARTTLS, then what the client does where TLS should start. */
+const tlsRun = fc.record({
+  clear: fc.array(fc.oneof(anyOption, fc.constant(option(8)), fc.constant(option(6, Buffer.alloc(6)))), { maxLength: 3 }),
+  then: fc.constantFrom('garbage', 'wrong key', 'right key', 'right key'),
+  garbage: fc.uint8Array({ minLength: 1, maxLength: 64 }),
+  inside: fc.array(fc.oneof(anyOption, goOrInfo, fc.constant(option(8)), fc.constant(option(5))), { maxLength: 5 }),
+});
+
+test('fuzzing the TLS state machine: STARTTLS anywhere, garbage or a wrong key where TLS starts, random options inside', { timeout: 600_000 }, async (t) => {
+  const keys = scratch('fuzz.psk');
+  const key = randomBytes(32);
+  writeFileSync(keys, `alice:${key.toString('hex')}\n`);
+  t.after(() => rmSync(keys, { force: true }));
+  const exported = await exportDriver(t, ['ram', '--size', '16M', '--tls', 'on', '--tls-psk', keys]);
+  let messages = 0;
+  let secured = 0;
+
+  await fc.assert(
+    fc.asyncProperty(tlsRun, async ({ clear, then, garbage, inside }) => {
+      const c = await raw(exported.socket);
+      await c.next(18);
+      c.socket.write(Buffer.concat([Buffer.from([0, 0, 0, 3]), ...clear, option(5)]));
+      messages += 2 + clear.length;
+      await untilQuiet(c, QUIET_MS);
+      if (c.socket.destroyed) return probe(exported.socket);
+      if (then === 'garbage') {
+        c.socket.write(Buffer.from(garbage));
+        messages++;
+        await untilQuiet(c, QUIET_MS);
+        c.socket.destroy();
+        return probe(exported.socket);
+      }
+      c.socket.removeAllListeners('data');
+      const psk = then === 'right key' ? key : randomBytes(32);
+      const secure = tlsConnect({ socket: c.socket, pskCallback: () => ({ psk, identity: 'alice' }), checkServerIdentity: () => undefined });
+      const up = await new Promise<boolean>((resolve) => {
+        secure.once('secureConnect', () => resolve(true));
+        secure.once('error', () => resolve(false));
+        secure.once('close', () => resolve(false));
+        setTimeout(() => resolve(false), 2000);
+      });
+      if (then === 'wrong key') assert.equal(up, false, 'a wrong key never gets TLS up');
+      if (up) {
+        secured++;
+        for (const message of inside) secure.write(message);
+        messages += inside.length;
+        await new Promise<void>((resolve) => {
+          let timer = setTimeout(resolve, QUIET_MS * 4);
+          secure.on('data', () => {
+            clearTimeout(timer);
+            timer = setTimeout(resolve, QUIET_MS);
+          });
+          secure.once('close', () => resolve());
+          secure.on('error', () => undefined);
+        });
+      }
+      secure.destroy();
+      c.socket.destroy();
+      await probe(exported.socket);
+    }),
+    { numRuns: RUNS, seed: Number(process.env.BDUS_FUZZ_SEED ?? Date.now() % 2 ** 31) },
+  );
+
+  t.diagnostic(`the TLS fuzzer sent ${messages} messages in ${RUNS} connections, ${secured} of them with TLS up`);
+  assert.ok(secured > 0, 'some runs got TLS up');
+  const uri = `${exported.uri.replace(/^nbd\+unix:\/\//, 'nbds+unix://alice@')}&tls-psk-file=${keys}`;
+  assert.match(await must('nbdinfo', [uri]), /with TLS/, 'a real TLS client still gets in');
   assert.doesNotMatch(exported.log(), /TypeError|RangeError|uncaught/i, 'no crash logged');
 });

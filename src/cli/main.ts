@@ -66,7 +66,7 @@ interface Command extends CompletionSpec {
   readonly ownHelp?: boolean;
 }
 
-const COMMANDS: Record<string, Command> = {
+export const COMMANDS: Record<string, Command> = {
   run: { help: RUN_HELP, run: runCommand, ownHelp: true, options: RUN_OPTIONS, positionals: 'driver' },
   rerun: { help: RERUN_HELP, run: rerunCommand, ownHelp: true, options: RERUN_OPTIONS, positionals: 'device-then-driver' },
   export: { help: EXPORT_HELP, run: exportCommand, ownHelp: true, options: EXPORT_OPTIONS, positionals: 'driver' },
