@@ -106,14 +106,14 @@ export async function torture(seconds: number, log: (line: string) => void = () 
  * Writes a unique line into the kernel log: errors are counted after it. (Counting all lines
  * before and after does not work: the ring buffer drops old lines while the test runs.)
  */
-function markKernelLog(): string {
+export function markKernelLog(): string {
   const marker = `bdus torture ${process.pid} ${Date.now()}`;
   writeFileSync('/dev/kmsg', `${marker}\n`);
   return marker;
 }
 
 /** I/O errors the kernel logged for block device `name` since `marker`. */
-async function kernelIoErrorsSince(marker: string, name: string): Promise<number> {
+export async function kernelIoErrorsSince(marker: string, name: string): Promise<number> {
   const lines = (await sh('dmesg', [])).stdout.split('\n');
   const start = lines.findIndex((line) => line.includes(marker));
   return lines.slice(start + 1).filter((line) => line.includes(`error, dev ${name},`)).length;

@@ -10,11 +10,13 @@
  *     slow-flush=MS        a flush takes MS milliseconds, from 1 s after initialize on
  *                          (the device's set-up flushes before that)
  *     fail-flush           every flush fails
+ *     fail-writes-while=F  while file F exists, every write and flush fails with EIO
  *     fail-terminate       terminate fails
  *     slow-terminate=MS    terminate takes MS milliseconds
  *     fail-initialize      initialize fails
  *     fail-validate        validate fails
  */
+import { existsSync } from 'node:fs';
 import loop from '../../src/examples/loop.js';
 import { abort, DriverError, type Driver } from '../../src/index.js';
 
@@ -32,6 +34,9 @@ export default function recoverable(args: readonly string[]): Driver<{ fd: numbe
   const spinAt = value('spin-read-at');
   const slowFlush = value('slow-flush');
   const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+  const failFlag = behaviours.find((b) => b.startsWith('fail-writes-while='))?.slice('fail-writes-while='.length);
+  const failing = () => failFlag !== undefined && existsSync(failFlag);
+  const failed = (what: string) => new DriverError('EIO', `${what} fails while ${failFlag} exists, as asked`);
   let armedAt = Infinity;
 
   return {
@@ -56,8 +61,13 @@ export default function recoverable(args: readonly string[]): Driver<{ fd: numbe
       if (offset === spinAt) for (;;); // eslint-disable-line no-empty
       return base.read!(buffer, offset, ctx);
     },
+    async write(buffer, offset, ctx) {
+      if (failing()) throw failed('a write');
+      return base.write!(buffer, offset, ctx);
+    },
     async flush(ctx) {
       if (has('fail-flush')) throw new DriverError('EIO', 'flush fails, as asked');
+      if (failing()) throw failed('a flush');
       if (has('spin-flush') && Date.now() > armedAt) for (;;); // eslint-disable-line no-empty
       if (slowFlush && Date.now() > armedAt) await pause(slowFlush);
       return base.flush!(ctx);
