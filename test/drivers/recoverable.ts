@@ -6,6 +6,8 @@
  *     hang-read-at=N       a read at byte offset N never finishes
  *     crash-read-at=N      a read at byte offset N kills the process (SIGKILL)
  *     spin-read-at=N       a read at byte offset N never returns: its event loop is stuck for good
+ *     grow-read-at=N       a read at byte offset N allocates memory (touched, 16 MiB at a time)
+ *                          until something kills the process
  *     spin-flush           a flush never returns (a stuck hand-over), from 1 s after initialize on
  *     slow-flush=MS        a flush takes MS milliseconds, from 1 s after initialize on
  *                          (the device's set-up flushes before that)
@@ -32,6 +34,8 @@ export default function recoverable(args: readonly string[]): Driver<{ fd: numbe
   const crashAt = value('crash-read-at');
   const slowTerminate = value('slow-terminate');
   const spinAt = value('spin-read-at');
+  const growAt = value('grow-read-at');
+  const hoard: Buffer[] = [];
   const slowFlush = value('slow-flush');
   const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
   const failFlag = behaviours.find((b) => b.startsWith('fail-writes-while='))?.slice('fail-writes-while='.length);
@@ -59,6 +63,7 @@ export default function recoverable(args: readonly string[]): Driver<{ fd: numbe
       if (offset === hangAt) return new Promise<void>(() => undefined);
       if (offset === crashAt) process.kill(process.pid, 'SIGKILL');
       if (offset === spinAt) for (;;); // eslint-disable-line no-empty
+      if (offset === growAt) for (;;) hoard.push(Buffer.alloc(16 << 20, 1));
       return base.read!(buffer, offset, ctx);
     },
     async write(buffer, offset, ctx) {
