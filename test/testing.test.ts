@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
 import type { Driver } from 'bdus';
-import { checkConcurrency, checkDriver, checkRanges, checkReadBack, checkZeros, RequestFailed, testDriver } from 'bdus/testing';
+import { checkBufferOwnership, checkConcurrency, checkDriver, checkRanges, checkReadBack, checkZeros, RequestFailed, testDriver } from 'bdus/testing';
 import loop from '../src/examples/loop.js';
 import ram from '../src/examples/ram.js';
 import { scratch } from './helpers.js';
@@ -95,4 +95,31 @@ test('the checks catch broken drivers', async () => {
   assert.ok(c.mostInProgress <= 2);
   await checkRanges(c);
   await c.close();
+
+  // Keeps the write's buffer instead of copying it: reads back whatever the next request put there.
+  const kept = new Map<number, Buffer>();
+  const keeper: Driver = {
+    attributes: { size: 1 << 20 },
+    read(buffer, offset) {
+      (kept.get(offset) ?? Buffer.alloc(buffer.length)).copy(buffer);
+    },
+    write(data, offset) {
+      kept.set(offset, data);
+    },
+  };
+  const e = await testDriver(keeper);
+  await assert.rejects(checkBufferOwnership(e), /kept the request's buffer instead of copying its data/);
+  await e.close();
+
+  // Writes into a read's buffer after answering it.
+  const late: Driver = {
+    attributes: { size: 1 << 20 },
+    read(buffer) {
+      buffer.fill(1);
+      setTimeout(() => buffer.fill(2), 5);
+    },
+  };
+  const f = await testDriver(late);
+  await assert.rejects(checkBufferOwnership(f), /wrote into its buffer after answering/);
+  await f.close();
 });

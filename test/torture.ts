@@ -70,8 +70,9 @@ export async function torture(seconds: number, log: (line: string) => void = () 
           process.kill(Number(await info(dev, 'pid')), 'SIGKILL');
           kills++;
         }
-        const r = await bdus(['rerun', dev, 'loop', image], { timeoutMs: 60_000 });
-        if (r.code !== 0) throw new Error(`rerun ${replacements + 1} failed: ${r.stderr}`);
+        // Minutes, not seconds: in the VM (emulated, ~20x slower) on a busy host a rerun can take a minute.
+        const r = await bdus(['rerun', dev, 'loop', image], { timeoutMs: 300_000 });
+        if (r.code !== 0) throw new Error(`rerun ${replacements + 1} failed (exit ${r.code}): ${r.stderr}`);
         replacements++;
         log(`${replacements} replacements (${kills} after SIGKILL)`);
       }

@@ -208,8 +208,35 @@ export async function checkConcurrency(d: DriverUnderTest<unknown>, requests = 6
 }
 
 /**
+ * The request's buffer belongs to the driver only until it answers (docs/driver-api.md): a
+ * frontend reuses it for the next request at once. A write callback that keeps the buffer
+ * instead of copying its data reads back what the next request put there; a read callback that
+ * writes into its buffer after answering corrupts another request's data. Both are caught here:
+ * the write's buffer is overwritten once the write is answered, as a frontend would, and the read's
+ * buffer is watched for a while after its answer.
+ */
+export async function checkBufferOwnership(d: DriverUnderTest<unknown>): Promise<void> {
+  const { size, logicalBlockSize: lbs } = d.ctx.attributes;
+  const block = Math.min(size, Math.max(lbs, 4096 - (4096 % lbs)));
+  if (!d.ctx.readOnly) {
+    const data = pattern(block);
+    const written = Buffer.from(data);
+    await d.write(0, data);
+    data.fill(0xee); // the frontend's next request
+    assert.deepEqual(await d.read(0, block), written, 'the write callback kept the request\'s buffer instead of copying its data: a frontend reuses that buffer as soon as the write is answered');
+  }
+  const buffers = await Promise.all(Array.from({ length: 8 }, () => d.read(0, block)));
+  const answered = buffers.map((buffer) => Buffer.from(buffer));
+  for (let i = 0; i < 5; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+  buffers.forEach((buffer, i) =>
+    assert.ok(buffer.equals(answered[i]!), 'the read callback wrote into its buffer after answering: by then the buffer holds another request\'s data'),
+  );
+}
+
+/**
  * The checks that apply to this driver: read back at the start, the middle and the last block;
- * write-zeroes (both kinds) read back as zeros; ranges refused; the concurrency limit.
+ * write-zeroes (both kinds) read back as zeros; ranges refused; the concurrency limit; buffers
+ * left alone once answered.
  */
 export async function checkDriver(d: DriverUnderTest<unknown>): Promise<void> {
   const { size, logicalBlockSize: lbs } = d.ctx.attributes;
@@ -222,4 +249,5 @@ export async function checkDriver(d: DriverUnderTest<unknown>): Promise<void> {
   }
   await checkRanges(d);
   await checkConcurrency(d);
+  await checkBufferOwnership(d);
 }
