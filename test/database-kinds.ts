@@ -156,9 +156,9 @@ export function sqlite(mountpoint: string): Database {
     async start() {},
     async stop() {},
     ledger() {
-      // 4 KiB a row, and a checkpoint every 500: the WAL and the database file both see writes.
+      // 1 KiB a row (a long run fits the image), and a checkpoint every 500: the WAL and the database file both see writes.
       return new Ledger('sqlite3', ['-bail', '-batch', file], (n) =>
-        `INSERT INTO ledger VALUES (${n}, randomblob(4000));\n${n % 500 === 0 ? 'PRAGMA wal_checkpoint(TRUNCATE);\n' : ''}SELECT 'ok ${n}';\n`,
+        `INSERT INTO ledger VALUES (${n}, randomblob(1000));\n${n % 500 === 0 ? 'PRAGMA wal_checkpoint(TRUNCATE);\n' : ''}SELECT 'ok ${n}';\n`,
       );
     },
     async committedIds() {

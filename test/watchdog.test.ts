@@ -62,3 +62,28 @@ test('a slow flush in a hand-over has a deadline (requestTimeout): a device that
   for (let i = 0; i < 50 && existsSync(dev); i++) await sleep(100);
   assert.equal(existsSync(dev), false);
 });
+
+test('a driver that stops reading requests, its event loop running, is killed too: a recoverable device gives the waiting read to the next driver', async (t) => {
+  const img = image(t);
+  const dev = await device(t, [DRIVER, img, `stop-reading-at=${MiB}`, '--request-timeout', '2s', '--recoverable']);
+  const pid = await info(dev, 'pid');
+  const reader = background('dd', [`if=${dev}`, 'of=/dev/null', 'iflag=direct,skip_bytes', `skip=${MiB}`, 'bs=4096', 'count=1', 'status=none']);
+  const started = Date.now();
+  for (let i = 0; i < 150 && (await info(dev, 'pid')) !== '0'; i++) await sleep(100);
+  const ms = Date.now() - started;
+  assert.equal(await info(dev, 'pid'), '0', 'the driver was killed; the device waits for another');
+  assert.ok(ms < 4000 + 1500 + 2000, `within max(requestTimeout, 4 s) + 1.5 s (and some): ${ms} ms`);
+  assert.match(readFileSync(DAEMON_LOG_PATH, 'utf8'), new RegExp(`the driver in pid ${pid} has taken and answered no request for \\d+ ms while the kernel holds requests for it \\(requestTimeout 2000 ms\\): it stopped serving; killing it`));
+  await mustRerun(dev, [DRIVER, img]);
+  const r = await reader.done;
+  assert.equal(r.code, 0, `the read completes through the next driver: ${r.stderr}`);
+});
+
+test('a driver that stops reading requests on a device that is not recoverable: the client gets EIO and the device goes', async (t) => {
+  const dev = await device(t, [DRIVER, image(t), `stop-reading-at=${MiB}`, '--request-timeout', '2s']);
+  const read = await readBlock(dev, MiB);
+  assert.notEqual(read.code, 0, 'the read fails');
+  assert.match(read.stderr, /Input\/output error/);
+  for (let i = 0; i < 50 && existsSync(dev); i++) await sleep(100);
+  assert.equal(existsSync(dev), false, 'the device is gone');
+});

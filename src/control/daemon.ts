@@ -130,7 +130,7 @@ export class Daemon {
     server.on('error', (error) => this.log(`control socket: ${error.message}`));
     this.watch = setInterval(() => {
       this.devices.watchDetached();
-      this.watchdog.check(this.registry.list());
+      this.watchdog.check(this.registry.list(), (id) => this.devices.serving(id));
     }, WATCH_INTERVAL_MS);
     this.log(`listening on ${SOCKET_PATH} (pid ${process.pid}, at most ${this.maxDevices} devices)`);
   }

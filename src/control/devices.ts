@@ -270,6 +270,12 @@ export class Devices implements RecoveryHost {
     }
   }
 
+  /** Whether the device's driver serves it with no change of driver under way (the watchdog's "stopped serving" applies). */
+  serving(id: string): boolean {
+    const holding = this.holdings.get(id);
+    return holding?.serving === 'attached' && holding.replacing === 0;
+  }
+
   watchDetached(): void {
     for (const record of this.registry.list()) {
       const waiting = record.pid === 0 && driverless(this.holdings.get(record.id)); // for a rerun

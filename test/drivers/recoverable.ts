@@ -6,6 +6,9 @@
  *     hang-read-at=N       a read at byte offset N never finishes
  *     crash-read-at=N      a read at byte offset N kills the process (SIGKILL)
  *     spin-read-at=N       a read at byte offset N never returns: its event loop is stuck for good
+ *     stop-reading-at=N    a read at byte offset N makes the process stop reading requests, its
+ *                          event loop running on: /dev/fuse's descriptor number now names
+ *                          /dev/null (FUSE+loop; the daemon's copy keeps the connection open)
  *     grow-read-at=N       a read at byte offset N allocates memory (touched, 16 MiB at a time)
  *                          until something kills the process
  *     spin-flush           a flush never returns (a stuck hand-over), from 1 s after initialize on
@@ -18,7 +21,7 @@
  *     fail-initialize      initialize fails
  *     fail-validate        validate fails
  */
-import { existsSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readlinkSync } from 'node:fs';
 import loop from '../../src/examples/loop.js';
 import { abort, DriverError, type Driver } from '../../src/index.js';
 
@@ -35,6 +38,7 @@ export default function recoverable(args: readonly string[]): Driver<{ fd: numbe
   const slowTerminate = value('slow-terminate');
   const spinAt = value('spin-read-at');
   const growAt = value('grow-read-at');
+  const stopReadingAt = value('stop-reading-at');
   const hoard: Buffer[] = [];
   const slowFlush = value('slow-flush');
   const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -64,6 +68,7 @@ export default function recoverable(args: readonly string[]): Driver<{ fd: numbe
       if (offset === crashAt) process.kill(process.pid, 'SIGKILL');
       if (offset === spinAt) for (;;); // eslint-disable-line no-empty
       if (offset === growAt) for (;;) hoard.push(Buffer.alloc(16 << 20, 1));
+      if (offset === stopReadingAt) stopReading();
       return base.read!(buffer, offset, ctx);
     },
     async write(buffer, offset, ctx) {
@@ -86,4 +91,24 @@ export default function recoverable(args: readonly string[]): Driver<{ fd: numbe
       return base.discard!(offset, size, ctx);
     },
   };
+}
+
+/**
+ * Swaps /dev/fuse out from under the frontend: its descriptor number comes to name /dev/null, so
+ * every read finds nothing and every reply goes nowhere, while the event loop runs on (the
+ * watch on the old file stays, as the daemon holds that file too).
+ */
+function stopReading(): void {
+  const fd = readdirSync('/proc/self/fd').map(Number).find((n) => {
+    try {
+      return readlinkSync(`/proc/self/fd/${n}`) === '/dev/fuse';
+    } catch {
+      return false;
+    }
+  });
+  if (fd === undefined) throw new Error('stop-reading-at: no /dev/fuse descriptor (FUSE+loop only)');
+  closeSync(fd);
+  const extra: number[] = [];
+  for (let next = openSync('/dev/null', 'r+'); next !== fd; next = openSync('/dev/null', 'r+')) extra.push(next);
+  for (const n of extra) closeSync(n);
 }
