@@ -3,11 +3,14 @@
  * (before, after, before, after, ...) so that this machine's noise hits both alike; prints each
  * side's median and the after/before ratio. How a change to the request path is judged here.
  *
- *   node dist/bench/ab.js --before CHECKOUT [--after CHECKOUT] [--reps 5] [--runtime 4] [--frontend fuse]
+ *   node dist/bench/ab.js --before CHECKOUT [--after CHECKOUT] [--reps 5] [--runtime 4] [--frontend fuse|nbd|ublk|export]
  *
+ * `--frontend export` measures the NBD server instead: `bdus export ram` and fio's nbd engine.
  * A checkout is a built tree (npm ci; npx tsc -p .); --after defaults to this one. Both use the
  * daemon that runs.
  */
+import { spawn } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { execute as sh } from '../src/util/exec.js';
@@ -36,23 +39,53 @@ const results: Record<string, Record<'before' | 'after', number[]>> = {};
 for (let rep = 0; rep < reps; rep++) {
   for (const side of rep % 2 === 0 ? (['before', 'after'] as const) : (['after', 'before'] as const)) {
     const bin = `${sides[side]}dist/src/cli/bin.js`;
-    const device = (await sh(process.execPath, [bin, 'run', 'ram', '--size', '1G', '--frontend', values.frontend])).trim();
+    const { target, end } = await ramTarget(bin);
     try {
-      await sh('fio', ['--name=fill', `--filename=${device}`, '--rw=write', '--bs=1M', '--direct=1', '--ioengine=libaio', '--iodepth=8']);
+      await sh('fio', ['--name=fill', ...target, '--rw=write', '--bs=1M', '--direct=1', '--iodepth=8', '--size=1G']);
       for (const job of JOBS) {
-        const measured = await fio([`--filename=${device}`, '--ioengine=libaio'], job.args, runtime, '1G');
+        const measured = await fio(target, job.args, runtime, '1G');
         ((results[job.name] ??= { before: [], after: [] })[side]).push(measured[job.metric]);
         process.stderr.write(`run ${rep + 1}/${reps}, ${side}: ${job.name}: ${measured[job.metric].toFixed(1)} ${UNIT[job.metric]}\n`);
       }
     } finally {
-      await sh(process.execPath, [`${ROOT}dist/src/cli/bin.js`, 'destroy', '--force', '--no-flush', device]);
+      await end();
     }
   }
 }
 
+/** A 1 GiB ram device (or export) of the checkout whose CLI is `bin`: fio's arguments for it, and how to end it. */
+async function ramTarget(bin: string): Promise<{ target: string[]; end: () => Promise<unknown> }> {
+  if (values.frontend !== 'export') {
+    const device = (await sh(process.execPath, [bin, 'run', 'ram', '--size', '1G', '--frontend', values.frontend])).trim();
+    return {
+      target: [`--filename=${device}`, '--ioengine=libaio'],
+      end: () => sh(process.execPath, [`${ROOT}dist/src/cli/bin.js`, 'destroy', '--force', '--no-flush', device]),
+    };
+  }
+  const socket = `/tmp/bdus-ab-${process.pid}.sock`;
+  const child = spawn(process.execPath, [bin, 'export', 'ram', '--size', '1G', '--listen', `unix:${socket}`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const exited = new Promise((resolve) => child.on('exit', resolve));
+  const uri = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout.on('data', (d) => {
+      out += d;
+      if (out.includes('\n')) resolve(out.split('\n')[0]!);
+    });
+    void exited.then(() => reject(new Error('bdus export ended before it listened')));
+  });
+  return {
+    target: ['--ioengine=nbd', `--uri=${uri}`],
+    end: async () => {
+      child.kill('SIGTERM');
+      await exited;
+      rmSync(socket, { force: true });
+    },
+  };
+}
+
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const spread = (xs: number[]) => `${Math.min(...xs).toFixed(1)}-${Math.max(...xs).toFixed(1)}`;
-process.stdout.write(`${reps} alternating runs of ${runtime} s per job, bdus run ram --frontend ${values.frontend}\n\n`);
+process.stdout.write(`${reps} alternating runs of ${runtime} s per job, ${values.frontend === 'export' ? 'bdus export ram (fio nbd engine)' : `bdus run ram --frontend ${values.frontend}`}\n\n`);
 process.stdout.write('| job | unit | before | after | after/before |\n|---|---|---:|---:|---:|\n');
 for (const job of JOBS) {
   const { before, after } = results[job.name]!;

@@ -24,7 +24,7 @@ export {
 } from './control/manage.js';
 export { Daemon, type DaemonOptions } from './control/daemon.js';
 export { Export, exportUri, runExport, startExport, type ExportOptions, type TlsOptions } from './nbd/export.js';
-export { DEFAULT_LIMITS, exportLimits, type ClientFilter, type ExportLimits } from './nbd/limits.js';
+export { DEFAULT_LIMITS, type ExportLimits, type LimitSettings } from './nbd/limits.js';
 export type { ListenAddress } from './nbd/server.js';
 export type { DeviceState } from './control/protocol.js';
 import { packageVersion } from './version.js';

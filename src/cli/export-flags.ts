@@ -5,7 +5,7 @@
  */
 import { BdusError } from '../driver/errors.js';
 import type { TlsOptions } from '../nbd/export.js';
-import { exportLimits, type ExportLimits } from '../nbd/limits.js';
+import { exportLimits, type LimitSettings } from '../nbd/limits.js';
 import type { ListenAddress } from '../nbd/server.js';
 import { parseDuration, parseSize } from './options.js';
 
@@ -69,8 +69,8 @@ export function tlsFromFlags(values: FlagValues): TlsOptions | undefined {
   return { ...(certificates ? { certificates } : { psk: psk! }), required: mode === 'require', verifyPeer: verifyPeer ?? false };
 }
 
-/** --allow, --max-connections, --handshake-timeout, --connection-memory -> the export's limits. */
-export function limitsFromFlags(values: FlagValues, listen: ListenAddress | undefined): ExportLimits {
+/** --allow, --max-connections, --handshake-timeout, --connection-memory -> the export's limits, checked now (before the driver starts). */
+export function limitsFromFlags(values: FlagValues, listen: ListenAddress | undefined): LimitSettings {
   const text = (name: string) => values[name] as string | undefined;
   const allow = text('allow');
   if (allow !== undefined && listen && 'unix' in listen) {
@@ -80,12 +80,14 @@ export function limitsFromFlags(values: FlagValues, listen: ListenAddress | unde
   if (count !== undefined && !/^\d+$/.test(count)) throw new BdusError('EINVAL', `invalid --max-connections '${count}': expected a whole number`);
   const timeout = text('handshake-timeout');
   const memory = text('connection-memory');
-  return exportLimits({
+  const settings: LimitSettings = {
     ...(allow !== undefined ? { allow: allow.split(',').map((entry) => entry.trim()) } : {}),
     ...(count !== undefined ? { maxConnections: Number(count) } : {}),
     ...(timeout !== undefined ? { handshakeTimeoutMs: parseDuration(timeout, '--handshake-timeout') } : {}),
     ...(memory !== undefined ? { connectionMemory: parseSize(memory, '--connection-memory') } : {}),
-  });
+  };
+  exportLimits(settings);
+  return settings;
 }
 
 /** Whether any of these flags was given (they need an export). */

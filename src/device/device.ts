@@ -32,7 +32,7 @@ import type { Frontend } from '../frontend/frontend.js';
 import type { FrontendChoice } from '../frontend/select.js';
 import type { RequestLayer } from '../request/request-layer.js';
 import { exportServer, exportUri, loadTls, type TlsOptions } from '../nbd/export.js';
-import type { ExportLimits } from '../nbd/limits.js';
+import { exportLimits, type LimitSettings } from '../nbd/limits.js';
 import type { ListenAddress, NbdServer } from '../nbd/server.js';
 import { Outcome } from '../util/outcome.js';
 import { sleep, withTimeout } from '../util/process.js';
@@ -46,7 +46,7 @@ export interface DeviceExportOptions {
   description?: string;
   tls?: TlsOptions;
   /** Who may connect and what a client may hold (default: DEFAULT_LIMITS, everyone who can reach it). */
-  limits?: ExportLimits;
+  limits?: LimitSettings;
 }
 
 /** A device's NBD export (Device.export). */
@@ -113,8 +113,9 @@ export class Device<State = unknown> {
    */
   async export(options: DeviceExportOptions): Promise<DeviceExport> {
     const tls = options.tls ? loadTls(options.tls) : undefined;
+    const limits = exportLimits(options.limits);
     const name = options.name ?? '';
-    const server = exportServer(this.driver, this.ctx, this.requests, this.log, { ...options, tls });
+    const server = exportServer(this.driver, this.ctx, this.requests, this.log, { ...options, tls, limits });
     const ended = () => new BdusError('ENODEV', `${this.path}: its driver instance is ending`);
     if (this.ending) throw ended();
     const address = await server.listen(options.listen);

@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import { DriverInstance, givenAttributes, type InstanceOptions } from '../instance/driver-instance.js';
 import { BdusError } from '../driver/errors.js';
-import { DEFAULT_LIMITS, type ExportLimits } from './limits.js';
+import { DEFAULT_LIMITS, exportLimits, type ExportLimits, type LimitSettings } from './limits.js';
 import { NbdServer, type ListenAddress, type NbdTls } from './server.js';
 
 export interface ExportOptions<State = unknown> extends InstanceOptions<State> {
@@ -31,8 +31,8 @@ export interface ExportOptions<State = unknown> extends InstanceOptions<State> {
   description?: string;
   /** TLS (STARTTLS); without it the export offers none. */
   tls?: TlsOptions;
-  /** Who may connect and what a client may hold (default: DEFAULT_LIMITS, everyone who can reach it); see exportLimits(). */
-  limits?: ExportLimits;
+  /** Who may connect and what a client may hold (default: DEFAULT_LIMITS, everyone who can reach it). */
+  limits?: LimitSettings;
 }
 
 /** TLS for an export, with certificates or pre-shared keys as nbdkit and qemu-nbd take them. */
@@ -199,6 +199,7 @@ export async function startExport<State>(driver: Driver<State>, options: ExportO
   const given = givenAttributes(driver, options);
   const attributes = adjustAttributes(given, driver);
   const tls = options.tls ? loadTls(options.tls) : undefined;
+  const limits = exportLimits(options.limits);
   const name = options.name ?? '';
   const log = options.log ?? ((line: string) => process.stderr.write(`bdus export: ${line}\n`));
   const ctx: Context<State> = {
@@ -217,7 +218,7 @@ export async function startExport<State>(driver: Driver<State>, options: ExportO
   const instance = new DriverInstance(driver, ctx, log, (error) => void exported?.abort(error), given);
   await instance.validate();
   await instance.initialize();
-  const server = exportServer(driver, ctx, instance.requests, log, { ...options, tls });
+  const server = exportServer(driver, ctx, instance.requests, log, { ...options, tls, limits });
   let address: ListenAddress;
   try {
     address = await server.listen(options.listen);

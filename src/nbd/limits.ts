@@ -66,8 +66,17 @@ export function clientFilter(entries: readonly string[]): ClientFilter {
   };
 }
 
-/** Limits from what a user gave, each checked; the rest from DEFAULT_LIMITS. */
-export function exportLimits(given: Partial<Omit<ExportLimits, 'allow'>> & { allow?: readonly string[] | undefined } = {}): ExportLimits {
+/** What a user gives for an export's limits (the API's `limits` option): any of them, the rest default. */
+export interface LimitSettings {
+  handshakeTimeoutMs?: number;
+  maxConnections?: number;
+  connectionMemory?: number;
+  /** Addresses and CIDR ranges ("127.0.0.1", "192.168.1.0/24", "fd00::/8"). */
+  allow?: readonly string[];
+}
+
+/** Limits from what a user gave, each checked (a BdusError names what is wrong); the rest from DEFAULT_LIMITS. */
+export function exportLimits(given: LimitSettings = {}): ExportLimits {
   const positive = (name: string, value: number | undefined, fallback: number): number => {
     if (value === undefined) return fallback;
     if (!Number.isSafeInteger(value) || value <= 0) throw new BdusError('EINVAL', `invalid ${name} ${value}: expected a positive integer`);
