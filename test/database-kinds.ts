@@ -101,7 +101,9 @@ export function postgresql(mountpoint: string): Database {
     },
     async stop(how) {
       if (!running && !existsSync(`${data}/postmaster.pid`)) return;
-      await sh('runuser', ['-u', 'postgres', '--', `${bin}/pg_ctl`, '-D', data, '-m', how === 'crash' ? 'immediate' : 'fast', '-w', '-t', '60', 'stop'], { timeoutMs: 90_000 });
+      const stopped = await sh('runuser', ['-u', 'postgres', '--', `${bin}/pg_ctl`, '-D', data, '-m', how === 'crash' ? 'immediate' : 'fast', '-w', '-t', '60', 'stop'], { timeoutMs: 90_000 });
+      // A server pg_ctl cannot stop (its data directory unreadable on a failed filesystem) is killed: nothing may outlive the run.
+      if (stopped.code !== 0 && how === 'crash') await sh('pkill', ['-KILL', '-f', `postgres -D ${data}`]);
       running = false;
     },
     ledger() {
