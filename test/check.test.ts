@@ -64,7 +64,7 @@ test('bdus check fails a write-back cache that is lost in a crash and acknowledg
 test('bdus check fails a log replayed without sequence numbers: a torn record shows data never written', async (t) => {
   const log = scratch('log');
   t.after(() => rmSync(log, { force: true }));
-  const { code, report } = await check([`${DRIVERS}/log-no-seq.js`, log], 14);
+  const { code, report } = await check([`${DRIVERS}/log-no-seq.js`, log], 20);
   assert.equal(code, 1);
   const v = verdicts(report);
   assert.equal(v['never-written'], 'fail');

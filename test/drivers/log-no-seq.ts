@@ -16,7 +16,7 @@
  * after it. After a second crash the device shows data never written there, and has lost
  * acknowledged (and flushed) writes.
  */
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import type { Driver } from '../../src/index.js';
 
@@ -68,7 +68,10 @@ export default function logNoSeq(args: readonly string[]): Driver<State> {
       const header = Buffer.alloc(HEADER);
       header.writeBigUInt64LE(BigInt(offset), 0);
       header.writeUInt32LE(data.length, 8);
-      await ctx.state.log.write(header, 0, HEADER, at);
+      // The header goes down at once, the data a moment later: any crash inside a write tears
+      // its record (the window is made wide so that bdus check's kills land in it every time).
+      writeSync(ctx.state.log.fd, header, 0, HEADER, at);
+      await new Promise((resolve) => setTimeout(resolve, 2));
       await ctx.state.log.write(data, 0, data.length, at + HEADER);
       data.copy(ctx.state.image, offset);
     },
