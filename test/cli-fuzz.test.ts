@@ -109,16 +109,8 @@ test('fuzzing the CLI: no input loops, forks without end or hangs; errors are me
       const key = outcome.stopped ? 'stopped' : String(outcome.code);
       codes.set(key, (codes.get(key) ?? 0) + 1);
       const what = `bdus ${JSON.stringify(argv)}: exit ${outcome.code ?? outcome.signal}\n${outcome.stderr.slice(-2000)}`;
-      if (outcome.stopped) {
-        assert.ok(serves(argv), `ran past ${DEADLINE_MS} ms without being a command that serves: ${what}`);
-        served++;
-      } else {
-        assert.ok(outcome.code === 0 || outcome.code === 1 || outcome.code === 2, what);
-        if (outcome.code !== 0) assert.match(outcome.stderr, /\S/, `a failure says why: ${what}`);
-      }
-      assert.doesNotMatch(outcome.stderr, /\n\s+at .*\(?(file|node):/, `no stack trace: ${what}`);
-      // Devices the line created are the run's to keep (a background driver): destroy them, then
-      // nothing of the run may be left.
+      // First what the line made: its devices (a background driver keeps one) are destroyed, and
+      // what is left of its processes is killed after a while, so that a failure below leaves nothing.
       for (const made of (await listDevices()).filter((d) => !before.has(d.id))) {
         created++;
         await destroyDevice(made.id, { force: true, flush: false }).catch(() => undefined);
@@ -129,6 +121,22 @@ test('fuzzing the CLI: no input loops, forks without end or hangs; errors are me
         if (left.length === 0) break;
         await sleep(100);
       }
+      for (const line of left) {
+        try {
+          process.kill(Number(line.trim().split(/\s+/)[0]), 'SIGKILL');
+        } catch {
+          // gone meanwhile
+        }
+      }
+
+      if (outcome.stopped) {
+        assert.ok(serves(argv), `ran past ${DEADLINE_MS} ms without being a command that serves: ${what}`);
+        served++;
+      } else {
+        assert.ok(outcome.code === 0 || outcome.code === 1 || outcome.code === 2, what);
+        if (outcome.code !== 0) assert.match(outcome.stderr, /\S/, `a failure says why: ${what}`);
+      }
+      assert.doesNotMatch(outcome.stderr, /\n\s+at .*\(?(file|node):/, `no stack trace: ${what}`);
       assert.deepEqual(left, [], `processes left by ${what}`);
     }),
     { numRuns: RUNS, seed: SEED },
