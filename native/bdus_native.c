@@ -21,6 +21,7 @@
 //   waitReadable(fd, microseconds) -> boolean              spins until fd is readable, or the time is up
 //   dup(fd) -> fd                                          dup(2), close-on-exec, sync
 //   growUnixSendBuffer(fd, bytes) -> boolean               SO_SNDBUF, on Unix sockets only
+//   seek(fd, offset, hole) -> offset | -errno             lseek(SEEK_DATA or SEEK_HOLE), sync
 //   pageSize                                              sysconf(_SC_PAGESIZE)
 //   ublkControl, ublkQueue, ublkCommit, ublkQueueClose     ublk through io_uring: see ublk.c
 
@@ -131,6 +132,24 @@ static napi_value js_block_device_size(napi_env env, napi_callback_info info)
     if (ioctl(fd, BLKGETSIZE64, &size) != 0)
         return throw_errno(env, errno, "ioctl(BLKGETSIZE64)");
     CHECK(napi_create_bigint_uint64(env, size, &result));
+    return result;
+}
+
+// A sparse file's extents (NBD block status) come from SEEK_DATA and SEEK_HOLE, which Node's fs
+// does not offer. ENXIO (no data past the offset) is an answer, not an error: it is returned.
+static napi_value js_seek(napi_env env, napi_callback_info info)
+{
+    size_t argc = 3;
+    napi_value argv[3], result;
+    int fd;
+    int64_t offset;
+    bool hole;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    CHECK(napi_get_value_int32(env, argv[0], &fd));
+    CHECK(napi_get_value_int64(env, argv[1], &offset));
+    CHECK(napi_get_value_bool(env, argv[2], &hole));
+    off_t found = lseek(fd, (off_t)offset, hole ? SEEK_HOLE : SEEK_DATA);
+    CHECK(napi_create_int64(env, found < 0 ? -(int64_t)errno : (int64_t)found, &result));
     return result;
 }
 
@@ -609,6 +628,7 @@ static napi_value init(napi_env env, napi_value exports)
         {"waitReadable", NULL, js_wait_readable, NULL, NULL, NULL, napi_default, NULL},
         {"dup", NULL, js_dup, NULL, NULL, NULL, napi_default, NULL},
         {"growUnixSendBuffer", NULL, js_grow_unix_send_buffer, NULL, NULL, NULL, napi_default, NULL},
+        {"seek", NULL, js_seek, NULL, NULL, NULL, napi_default, NULL},
     };
     CHECK(napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props));
     ublk_register(env, exports);

@@ -58,6 +58,8 @@ interface NativeAddon {
   /** dup(2), close-on-exec. */
   dup(fd: number): number;
   /** setsockopt(SO_SNDBUF) if `fd` is a Unix socket (capped by net.core.wmem_max); true if set. */
+  /** lseek(SEEK_HOLE if `hole`, else SEEK_DATA): the offset found, or -errno (-ENXIO: none past `offset`). */
+  seek(fd: number, offset: number, hole: boolean): number;
   growUnixSendBuffer(fd: number, bytes: number): boolean;
   /** One ublk control command on /dev/ublk-control, on the libuv pool: the callback gets >= 0 or -errno. */
   ublkControl(request: UblkControlRequest, callback: (result: number) => void): void;

@@ -107,7 +107,9 @@ export async function leftovers(): Promise<string[]> {
   const ublks = (await sh('sh', ['-c', 'ls /dev/ublkb* /dev/ublkc* 2>/dev/null'])).stdout.split('\n').filter(Boolean);
   // Statistics of devices that are gone.
   const stats = (await sh('sh', ['-c', 'ls /run/bdus/stats/* 2>/dev/null'])).stdout.split('\n').filter(Boolean);
-  return [...mounts, ...loops, ...links, ...nbds, ...ublks, ...stats];
+  // Run-time filter settings of devices that are gone.
+  const settings = (await sh('sh', ['-c', 'ls -d /run/bdus/filters/* 2>/dev/null'])).stdout.split('\n').filter(Boolean);
+  return [...mounts, ...loops, ...links, ...nbds, ...ublks, ...stats, ...settings];
 }
 
 /** A field of `bdus info`. */

@@ -10,7 +10,7 @@ import type { ParseArgsConfig } from 'node:util';
 import { RECOVERY_MODES } from '../driver/attributes.js';
 import { FRONTENDS } from '../frontend/select.js';
 import { DEVICE_PATH_PREFIX } from '../util/paths.js';
-import { EXAMPLES } from './load-driver.js';
+import { DRIVER_NAMES } from '../drivers/index.js';
 import { UsageError } from './usage.js';
 
 type OptionSpecs = NonNullable<ParseArgsConfig['options']>;
@@ -79,7 +79,7 @@ export function complete(words: readonly string[], commands: Readonly<Record<str
     index++;
   }
   const kind = command.positionals;
-  const driver = () => (current.includes('/') || current.startsWith('.') ? [FILES] : [...EXAMPLES.filter((e) => e.startsWith(current)), FILES]);
+  const driver = () => (current.includes('/') || current.startsWith('.') ? [FILES] : [...DRIVER_NAMES.filter((e) => e.startsWith(current)), FILES]);
   if (typeof kind !== 'string') return index === 0 ? kind.filter((k) => k.startsWith(current)) : [];
   switch (kind) {
     case 'driver':

@@ -12,6 +12,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { BdusError } from '../driver/errors.js';
 import type { DriverOptionValues } from '../driver/module.js';
+import { DRIVER_NAMES } from '../drivers/index.js';
 import { importDriverModule, type LoadedDriverModule } from './load-driver.js';
 import { unknownOption } from './suggest.js';
 import { UsageError } from './usage.js';
@@ -29,6 +30,8 @@ export interface DriverCommandLine {
   readonly args: string[];
   /** The driver's options. */
   readonly options: DriverOptionValues;
+  /** `--filter` flags, in the order given (commands that take them). */
+  readonly filters: string[];
   /** --help (or -h) before any `--`. */
   readonly help: boolean;
   /** Where the driver is in argv: what follows it is the driver's command line. */
@@ -54,11 +57,11 @@ export async function parseDriverCommand(command: string, argv: readonly string[
   }
   const help = tokens.some((t) => t.kind === 'option' && t.name === 'help');
   if (specifier === undefined) {
-    if (help) return { values: {}, leading: [], driver: undefined, args: [], options: {}, help, driverIndex };
+    if (help) return { values: {}, leading: [], driver: undefined, args: [], options: {}, filters: [], help, driverIndex };
     throw new UsageError(
       leadingCount > 0 && positionals === 0
         ? `bdus ${command}: missing the device (a path or an id)`
-        : `bdus ${command}: missing the driver (a module path or an example: ram, zero, loop)`,
+        : `bdus ${command}: missing the driver (a module path or one of bdus's drivers: ${DRIVER_NAMES.join(', ')})`,
     );
   }
 
@@ -85,12 +88,14 @@ export async function parseDriverCommand(command: string, argv: readonly string[
   }
   const values: Record<string, string | boolean | undefined> = {};
   const options: DriverOptionValues = {};
+  const filters: string[] = [];
   for (const [name, value] of Object.entries(parsed.values)) {
     if (name in driver.options) options[name] = value as DriverOptionValues[string];
+    else if (name === 'filter') filters.push(...(value as string[]));
     else if (name !== 'help') values[name] = value as string | boolean;
   }
   const rest = parsed.positionals;
-  return { values, leading: rest.slice(0, leadingCount), driver, args: rest.slice(leadingCount + 1), options, help, driverIndex };
+  return { values, leading: rest.slice(0, leadingCount), driver, args: rest.slice(leadingCount + 1), options, filters, help, driverIndex };
 }
 
 function optionNames(specs: OptionSpecs): string[] {

@@ -1,5 +1,6 @@
 /**
- * Turning `bdus run`'s driver argument into a driver: a built-in example's name or a module path
+ * Turning `bdus run`'s driver argument into a driver: one of bdus's drivers by name (src/drivers,
+ * src/examples) or a module path
  * (JavaScript, or TypeScript where Node or the driver's project can load it). See
  * src/driver/module.ts for what a driver module exports.
  */
@@ -10,16 +11,15 @@ import { pathToFileURL } from 'node:url';
 import type { Driver } from '../driver/driver.js';
 import { BdusError } from '../driver/errors.js';
 import type { DriverModule, DriverOptions, DriverOptionValues } from '../driver/module.js';
-
-export const EXAMPLES = ['ram', 'zero', 'loop'] as const;
+import { DRIVER_NAMES, driverModuleUrl, type DriverName } from '../drivers/index.js';
 
 const TYPESCRIPT = new Set(['.ts', '.mts', '.cts']);
 
 /** A driver module, imported but not yet asked for its driver. */
 export interface LoadedDriverModule {
-  /** What the user named: an example's name or the path as given. */
+  /** What the user named: a driver's name or the path as given. */
   readonly specifier: string;
-  /** The module's file, absolute (an example's compiled file for examples). */
+  /** The module's file, absolute (the compiled file for bdus's drivers). */
   readonly file: string;
   readonly module: DriverModule;
   readonly options: DriverOptions;
@@ -28,12 +28,12 @@ export interface LoadedDriverModule {
 /** Imports a driver module, or says exactly why it cannot. */
 export async function importDriverModule(specifier: string): Promise<LoadedDriverModule> {
   let url: URL;
-  if ((EXAMPLES as readonly string[]).includes(specifier)) {
-    url = new URL(`../examples/${specifier}.js`, import.meta.url);
+  if ((DRIVER_NAMES as readonly string[]).includes(specifier)) {
+    url = driverModuleUrl(specifier as DriverName);
   } else {
     const path = resolve(specifier);
     if (!existsSync(path)) {
-      throw new BdusError('ENOENT', `no driver module at ${path} (and '${specifier}' is not an example: ${EXAMPLES.join(', ')})`);
+      throw new BdusError('ENOENT', `no driver module at ${path} (and '${specifier}' is not one of bdus's drivers: ${DRIVER_NAMES.join(', ')})`);
     }
     if (TYPESCRIPT.has(extname(path))) await enableTypeScript(path);
     url = pathToFileURL(path);

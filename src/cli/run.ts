@@ -27,6 +27,7 @@ import { packageVersion } from '../version.js';
 import { parseDriverCommand } from './driver-command.js';
 import { anyExportFlag, EXPORT_FLAG_OPTIONS, limitsFromFlags, parseListen, tlsFromFlags } from './export-flags.js';
 import { driverHelp, makeDriver } from './load-driver.js';
+import { applyFilters, libraryHelp } from './load-filter.js';
 import { attributeHelp, attributeOptions, attributesFromFlags } from './options.js';
 import { activityOf, withProgress } from './progress.js';
 import { UsageError } from './usage.js';
@@ -34,13 +35,18 @@ import { UsageError } from './usage.js';
 /** Set only in the background child: the descriptor of the pipe on which it says "ready". */
 const READY_FD_ENV = 'BDUS_BACKGROUND_READY_FD';
 
-export const RUN_HELP = `usage: bdus run <driver> [ARGS...] [--size SIZE] [--<attribute> VALUE ...] [driver options] [--frontend KIND] [--foreground] [-- ARGS...]
+export const RUN_HELP = `usage: bdus run <driver> [ARGS...] [--size SIZE] [--<attribute> VALUE ...] [driver options] [--filter F ...] [--frontend KIND] [--foreground] [-- ARGS...]
 
-Creates a device served by <driver>: a module path (.js, or .ts where Node or the driver's
-project can load TypeScript), or an example (ram, zero, loop). Prints the device's path once it
-is available; without --foreground the driver then keeps running in the background (its log:
-bdus logs DEVICE). ARGS and the driver's own options go to the driver module; everything after
-\`--\` goes to the driver as it is. \`bdus run DRIVER --help\` lists the driver's options.
+Creates a device served by <driver>: one of bdus's drivers by name (listed below), or a module
+path (.js, or .ts where Node or the driver's project can load TypeScript). Prints the device's
+path once it is available; without --foreground the driver then keeps running in the background
+(its log: bdus logs DEVICE). ARGS and the driver's own options go to the driver module;
+everything after \`--\` goes to the driver as it is. \`bdus run DRIVER --help\` lists the
+driver's options.
+
+  --filter NAME[:KEY=VALUE,...]
+                    put a filter (listed below, or a module path) in front of the driver;
+                    repeat for more: the first given is innermost, the last sees requests first
 
   --frontend KIND   the kernel path: fuse (FUSE+loop), nbd (the kernel NBD client, /dev/nbdN),
                     or auto (default: fuse where the kernel has FUSE and loop, else nbd)
@@ -56,7 +62,7 @@ attributes:
 ${attributeHelp()}
 `;
 
-export const RERUN_HELP = `usage: bdus rerun <path or id> <driver> [ARGS...] [--<attribute> VALUE ...] [driver options] [--foreground] [-- ARGS...]
+export const RERUN_HELP = `usage: bdus rerun <path or id> <driver> [ARGS...] [--<attribute> VALUE ...] [driver options] [--filter F ...] [--foreground] [-- ARGS...]
 
 Attaches <driver> to an existing device as its new driver. Everything that can be checked
 without the current driver's resources is checked first: the module loads, its arguments
@@ -70,7 +76,8 @@ not answered.
 Attributes left out (or 0) keep the device's values. Size and block sizes cannot change, max
 sizes cannot shrink, and the new driver needs every request callback the current one has.
 Prints the device's path once the new driver serves; without --foreground the driver then keeps
-running in the background (bdus logs DEVICE). --export and its options work as for \`bdus run\`.
+running in the background (bdus logs DEVICE). --filter, --export and its options work as for
+\`bdus run\`.
 
 attributes:
 ${attributeHelp()}
@@ -79,6 +86,7 @@ ${attributeHelp()}
 export const RERUN_OPTIONS = {
   ...attributeOptions(),
   foreground: { type: 'boolean' },
+  filter: { type: 'string', multiple: true },
   export: { type: 'string' },
   'export-name': { type: 'string' },
   ...EXPORT_FLAG_OPTIONS,
@@ -104,7 +112,7 @@ async function runDriver(command: 'run' | 'rerun', argv: string[]): Promise<numb
 
   const line = await parseDriverCommand(command, argv, command === 'run' ? RUN_OPTIONS : RERUN_OPTIONS, command === 'rerun' ? 1 : 0);
   if (line.help) {
-    process.stdout.write(`${command === 'run' ? RUN_HELP : RERUN_HELP}${line.driver ? `\n${driverHelp(line.driver)}` : ''}`);
+    process.stdout.write(`${command === 'run' ? RUN_HELP : RERUN_HELP}\n${line.driver ? driverHelp(line.driver) : await libraryHelp()}`);
     return 0;
   }
   const { values, driver: module } = line;
@@ -117,9 +125,9 @@ async function runDriver(command: 'run' | 'rerun', argv: string[]): Promise<numb
   const limits = limitsFromFlags(values, listen);
 
   // bdus check may ask this driver instance to die inside a callback (src/check/faults.ts).
-  const driver = withInjectedFault(await makeDriver(module!, line.args, line.options));
-  // What to type to run this driver again: shown by list and info.
-  const driverCommand = [module!.file, ...argv.slice(line.driverIndex + 1)];
+  const driver = withInjectedFault(await applyFilters(await makeDriver(module!, line.args, line.options), line.filters));
+  // What to type to run this driver again: shown by list and info (and read by bdus filter).
+  const driverCommand = [module!.file, ...filterFlagsBefore(argv, line.driverIndex), ...argv.slice(line.driverIndex + 1)];
   const frontend = values.frontend as FrontendChoice | undefined;
   const options = { attributes, command: driverCommand };
   const device = command === 'run' ? await start(driver, { ...options, frontend }) : await rerunWithProgress(line.leading[0]!, driver, options);
@@ -135,6 +143,16 @@ async function runDriver(command: 'run' | 'rerun', argv: string[]): Promise<numb
   if (readyFd !== undefined) detachFromCaller(device, Number(readyFd), driverCommand);
   await serve(device);
   return 0;
+}
+
+/** `--filter` flags given before the driver, so that the recorded command keeps them. */
+function filterFlagsBefore(argv: readonly string[], driverIndex: number): string[] {
+  const flags: string[] = [];
+  for (let i = 0; i < driverIndex; i++) {
+    if (argv[i] === '--filter' && i + 1 < driverIndex) flags.push('--filter', argv[++i]!);
+    else if (argv[i]!.startsWith('--filter=')) flags.push(argv[i]!);
+  }
+  return flags;
 }
 
 /** The background child is ready: stdout goes away, stderr to the device's log, and the caller may exit. */

@@ -18,6 +18,7 @@
  */
 import { closeSync, lstatSync, rmSync, symlinkSync } from 'node:fs';
 import { BdusError } from '../driver/errors.js';
+import { removeFilterSettings } from '../filter/settings.js';
 import { frontendKind } from '../frontend/kinds.js';
 import { native } from '../native.js';
 import { countDriverChange, removeStats } from '../stats/life.js';
@@ -245,6 +246,7 @@ export class Devices implements RecoveryHost {
     await frontendKind(record.frontend).keeping.reclaim(record, (line) => this.log(`device ${record.id}: ${line}`));
     removeLink(record);
     removeStats(record.id);
+    removeFilterSettings(record.id);
     this.registry.remove(record);
     this.log(`device ${record.id} (${record.path}) is gone`);
     return null;
