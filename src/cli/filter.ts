@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { deviceInfo } from '../control/manage.js';
 import { BdusError } from '../driver/errors.js';
+import { parseFilterSpec, parseParameters } from '../filter/parameters.js';
 import { clearFilterSettings, filterSettingsPath, writeFilterSettings } from '../filter/settings.js';
 import { importFilterModule } from './load-filter.js';
 import { parseCommandLine } from './suggest.js';
@@ -52,7 +53,11 @@ export async function filterCommand(argv: string[]): Promise<number> {
     throw new BdusError('EINVAL', `${device.path}'s driver has no ${name} filter (its command: ${command})`);
   }
   if (values.reset) clearFilterSettings(device.id, name);
-  else writeFilterSettings(device.id, name, module.parameters, words!);
+  else {
+    // The filter's own checks (a probability past 1, an unknown error code) fail here, not in the driver.
+    module.default(parseParameters(`filter ${name}`, module.parameters, parseFilterSpec(`${name}:${words}`).words));
+    writeFilterSettings(device.id, name, module.parameters, words!);
+  }
   return 0;
 }
 

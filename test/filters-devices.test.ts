@@ -1,0 +1,195 @@
+// This test ensures that bdus's filters and drivers work on real devices with real tools: fio's
+// percentiles show the delay filter's latency and its byte counts match the stats filter's;
+// ext4 on the error filter sees the kernel's I/O errors while writes fail (switched on and off
+// with `bdus filter`) and loses nothing written before; the offset filter puts a filesystem
+// where it says; the file driver's holes reach nbdinfo and nbdcopy; readonly, rate, log,
+// pattern and null do what they say; settings made with `bdus filter` survive a hot swap; and
+// every mistake on the command line is a clear error.
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { test } from 'node:test';
+import { bdus, device, fioVerify, image, info, kernelName, killDriver, mounted, must, mustRerun, scratch, sh, sleep } from './helpers.js';
+import { exportDriver } from './nbd-helpers.js';
+import { kernelIoErrorsSince, markKernelLog } from './torture.js';
+
+const MiB = 1 << 20;
+
+interface FioJob {
+  read: { io_bytes: number; total_ios: number; clat_ns: { percentile: Record<string, number> } };
+  write: { io_bytes: number; total_ios: number; clat_ns: { percentile: Record<string, number> } };
+}
+
+async function fio(dev: string, rw: string, extra: readonly string[] = []): Promise<FioJob> {
+  const out = await must('fio', [
+    '--name=job', `--filename=${dev}`, `--rw=${rw}`, '--bs=4k', '--direct=1', '--ioengine=libaio', '--output-format=json', ...extra,
+  ], { timeoutMs: 120_000 });
+  return (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: FioJob[] }).jobs[0]!;
+}
+
+function removeAfter(t: { after(fn: () => void): void }, path: string): string {
+  t.after(() => rmSync(path, { force: true, recursive: true }));
+  return path;
+}
+
+test('delay: fio\'s latency percentiles show the delay, on reads only; bdus filter changes it live', async (t) => {
+  const dev = await device(t, ['memory', '--size', '64M', '--filter', 'delay:read=20ms']);
+  const reads = await fio(dev, 'randread', ['--iodepth=1', '--size=16M', '--runtime=2', '--time_based']);
+  const p50 = reads.read.clat_ns.percentile['50.000000']!;
+  assert.ok(p50 >= 20e6 && p50 < 40e6, `read p50 ${(p50 / 1e6).toFixed(1)} ms with a 20 ms delay`);
+  const writes = await fio(dev, 'randwrite', ['--iodepth=1', '--size=16M', '--runtime=1', '--time_based']);
+  assert.ok(writes.write.clat_ns.percentile['50.000000']! < 10e6, 'writes are not delayed');
+
+  assert.equal((await bdus(['filter', dev, 'delay', 'read=0,write=30ms'])).code, 0);
+  await sleep(500);
+  const swapped = await fio(dev, 'randwrite', ['--iodepth=1', '--size=16M', '--runtime=1', '--time_based']);
+  assert.ok(swapped.write.clat_ns.percentile['50.000000']! >= 30e6, 'now writes are delayed');
+});
+
+test('stats: the bytes written below the filter are the bytes fio wrote', async (t) => {
+  const file = removeAfter(t, scratch('stats.json'));
+  const dev = await device(t, ['memory', '--size', '64M', '--filter', `stats:file=${file},interval=100ms`]);
+  const job = await fio(dev, 'randwrite', ['--iodepth=4', '--size=32M', '--io_size=8M']);
+  await sleep(400);
+  const report = JSON.parse(readFileSync(file, 'utf8')) as { operations: Record<string, { requests: number; bytes: number; failures: number }> };
+  assert.equal(report.operations.write?.bytes, job.write.io_bytes, 'the same bytes');
+  assert.ok(report.operations.write!.requests <= job.write.total_ios, 'no more requests than fio made (loop may merge)');
+  assert.equal(report.operations.write!.failures, 0);
+});
+
+test('error: ext4 sees I/O errors while writes fail, and loses nothing written before', async (t) => {
+  const dev = await device(t, ['memory', '--size', '256M', '--transfer-tries', '1', '--filter', 'error:rate=0']);
+  const name = await kernelName(dev);
+  await must('mkfs.ext4', ['-q', dev]);
+  let mnt = await mounted(t, dev);
+  const data = Buffer.alloc(8 * MiB);
+  for (let i = 0; i < data.length; i += 4) data.writeUInt32LE((i * 2654435761) >>> 0, i);
+  writeFileSync(`${mnt}/before`, data);
+  await must('sync', ['-f', `${mnt}/before`]);
+
+  const marker = markKernelLog();
+  assert.equal((await bdus(['filter', dev, 'error', 'rate=1,ops=write+flush'])).code, 0);
+  await sleep(500);
+  const failed = await sh('dd', ['if=/dev/urandom', `of=${mnt}/during`, 'bs=1M', 'count=4', 'conv=fsync', 'status=none']);
+  assert.notEqual(failed.code, 0, 'the write and fsync fail');
+  assert.ok((await kernelIoErrorsSince(marker, name)) > 0, 'the kernel logged I/O errors for the device');
+
+  assert.equal((await bdus(['filter', dev, 'error', '--reset'])).code, 0);
+  await sleep(500);
+  await must('umount', [mnt]);
+  const fsck = await sh('e2fsck', ['-fy', dev], { timeoutMs: 120_000 });
+  assert.ok(fsck.code <= 1, `e2fsck repaired what the failed writes left (${fsck.code}): ${fsck.stdout}`);
+  await must('mount', [dev, mnt]);
+  assert.ok(readFileSync(`${mnt}/before`).equals(data), 'what was synced before the failures is intact');
+  mnt = '';
+});
+
+test('offset: mkfs on the window puts the filesystem at the offset in the file below', async (t) => {
+  const img = image(t, 64 * MiB);
+  const dev = await device(t, ['file', img, '--filter', 'offset:offset=1M']);
+  assert.equal((await must('blockdev', ['--getsize64', dev])).trim(), String(63 * MiB));
+  await must('mkfs.ext4', ['-q', dev]);
+  await must('sync', []);
+  const superblock = readFileSync(img).subarray(MiB + 1024, MiB + 2048);
+  assert.equal(superblock.readUInt16LE(56), 0xef53, 'ext4\'s magic at 1 MiB + 1080 in the image');
+});
+
+test('file: its holes reach nbdinfo --map, and nbdcopy copies the data and leaves the holes', async (t) => {
+  const img = image(t, 64 * MiB);
+  await must('dd', ['if=/dev/urandom', `of=${img}`, 'bs=1M', 'seek=8', 'count=1', 'conv=notrunc', 'status=none']);
+  const exported = await exportDriver(t, ['file', img]);
+  const map = JSON.parse(await must('nbdinfo', ['--map', '--json', exported.uri])) as Array<{ offset: number; length: number; type: number }>;
+  const data = map.filter((e) => (e.type & 1) === 0);
+  assert.deepEqual(
+    data.map((e) => [e.offset, e.length]),
+    [[8 * MiB, MiB]],
+    `only the written MiB is data: ${JSON.stringify(map)}`,
+  );
+  const copy = removeAfter(t, scratch('copy.img'));
+  await must('nbdcopy', [exported.uri, copy]);
+  await must('cmp', [img, copy]);
+  assert.ok(statSync(copy).blocks * 512 < 4 * MiB, 'the copy is sparse');
+});
+
+test('readonly, rate, log, pattern and null on real devices', async (t) => {
+  const img = image(t, 16 * MiB);
+  const ro = await device(t, ['file', img, '--filter', 'readonly']);
+  assert.equal((await must('blockdev', ['--getro', ro])).trim(), '1');
+  assert.notEqual((await sh('dd', ['if=/dev/zero', `of=${ro}`, 'bs=4k', 'count=1', 'oflag=direct', 'status=none'])).code, 0);
+
+  const slow = await device(t, ['memory', '--size', '64M', '--filter', 'rate:bandwidth=16M,burst=0']);
+  let t0 = Date.now();
+  await must('dd', [`if=${slow}`, 'of=/dev/null', 'bs=1M', 'count=8', 'iflag=direct', 'status=none']);
+  assert.ok(Date.now() - t0 >= 400, `8 MiB at 16 MiB/s took ${Date.now() - t0} ms`);
+  assert.equal((await bdus(['filter', slow, 'rate', 'bandwidth=1G'])).code, 0);
+  await sleep(500);
+  t0 = Date.now();
+  await must('dd', [`if=${slow}`, 'of=/dev/null', 'bs=1M', 'count=8', 'iflag=direct', 'status=none']);
+  assert.ok(Date.now() - t0 < 400, `after bdus filter, 8 MiB took ${Date.now() - t0} ms`);
+
+  const trace = removeAfter(t, scratch('trace.log'));
+  const logged = await device(t, ['memory', '--size', '16M', '--filter', `log:file=${trace}`]);
+  await must('dd', ['if=/dev/urandom', `of=${logged}`, 'bs=4k', 'count=3', 'seek=100', 'oflag=direct', 'status=none']);
+  await sleep(300);
+  const lines = readFileSync(trace, 'utf8').split('\n').filter((l) => / write /.test(l));
+  assert.deepEqual(lines.map((l) => l.split(' ').slice(1, 5).join(' ')), ['write 409600 4096 ok', 'write 413696 4096 ok', 'write 417792 4096 ok']);
+
+  const pat = await device(t, ['pattern', '--size', '64M']);
+  const block = Buffer.from(await must('sh', ['-c', `dd if=${pat} bs=4k skip=256 count=1 iflag=direct status=none | od -An -tx1 -v | tr -d ' \\n'`]), 'hex');
+  assert.equal(block.readBigUInt64BE(0), BigInt(MiB));
+  assert.equal(block.readBigUInt64BE(4088), BigInt(MiB + 4088));
+
+  const nul = await device(t, ['null', '--size', '1G']);
+  await must('dd', ['if=/dev/urandom', `of=${nul}`, 'bs=1M', 'count=4', 'oflag=direct', 'status=none']);
+  await must('cmp', ['-n', String(4 * MiB), nul, '/dev/zero']);
+});
+
+test('a hot swap keeps what bdus filter set, and loses no write under fio verify', async (t) => {
+  const img = image(t, 64 * MiB);
+  const driver = ['file', img, '--recoverable', '--filter', 'delay:write=1ms', '--filter', 'error:rate=0'];
+  const dev = await device(t, driver);
+  assert.equal((await bdus(['filter', dev, 'delay', 'read=40ms'])).code, 0);
+  const verify = fioVerify(t, dev);
+  await sleep(1000);
+  await killDriver(dev);
+  await mustRerun(dev, driver);
+  await sleep(1000);
+  await mustRerun(dev, driver);
+  await sleep(1000);
+  assert.equal(await verify.errors(), '0', 'fio verify found no error');
+  const t0 = Date.now();
+  await must('dd', [`if=${dev}`, 'of=/dev/null', 'bs=4k', 'count=2', 'skip=1000', 'iflag=direct', 'status=none']);
+  assert.ok(Date.now() - t0 >= 80, `the new driver delays reads as set before the swaps (${Date.now() - t0} ms for two)`);
+  assert.match(await info(dev, 'driver'), /--filter delay:write=1ms --filter error:rate=0/);
+});
+
+test('command-line mistakes with filters are clear errors, and create nothing', async (t) => {
+  const cases: Array<[string[], RegExp]> = [
+    [['run', 'memory', '--size', '1M', '--filter', 'dealy'], /no filter 'dealy'; did you mean 'delay'\?/],
+    [['run', 'memory', '--size', '1M', '--filter', 'delay:reed=1ms'], /unknown parameter 'reed' \(known: read, write/],
+    [['run', 'memory', '--size', '1M', '--filter', 'delay:read=soon'], /expected a duration/],
+    [['run', 'memory', '--size', '1M', '--filter', 'error:rate=2'], /expected a probability from 0 to 1/],
+    [['run', 'memory', '--size', '1M', '--filter', 'log'], /missing parameter 'file'/],
+    [['run', 'memory', '--size', '1M', '--filter', './nowhere.js'], /no filter module at/],
+    [['run', 'file', '/nonexistent/disk.img'], /cannot open \/nonexistent\/disk.img/],
+    [['run', 'memory'], /needs a size/],
+  ];
+  for (const [args, expected] of cases) {
+    const r = await bdus([...args, '--foreground'], { timeoutMs: 30_000 });
+    assert.notEqual(r.code, 0, args.join(' '));
+    assert.match(r.stderr, expected, args.join(' '));
+  }
+  const dev = await device(t, ['memory', '--size', '1M', '--filter', 'delay']);
+  for (const [args, expected] of [
+    [['filter', dev, 'stats', 'file=/tmp/x'], /cannot change while it runs/],
+    [['filter', dev, 'error', 'rate=0.5'], /has no error filter/],
+    [['filter', dev, 'delay', 'read=x'], /expected a duration/],
+    [['filter', dev, 'delay'], /give KEY=VALUE,\.\.\. or --reset or --show/],
+    [['filter', '/dev/bdus-999', 'delay', 'read=1'], /no such/],
+  ] as Array<[string[], RegExp]>) {
+    const r = await bdus(args);
+    assert.notEqual(r.code, 0, args.join(' '));
+    assert.match(r.stderr, expected, args.join(' '));
+  }
+  assert.equal((await bdus(['filter', dev, 'delay', '--show'])).stdout, '(none: the --filter flag\'s values)\n');
+  assert.ok(!existsSync('/dev/bdus-999'));
+});
