@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { bdus, device, fioVerify, image, info, kernelName, killDriver, mounted, must, mustRerun, scratch, sh, sleep } from './helpers.js';
+import { bdus, device, fioVerify, image, info, kernelName, killDriver, killThenSwap, mounted, must, mustRerun, scratch, sh, sleep } from './helpers.js';
 import { exportDriver } from './nbd-helpers.js';
 import { kernelIoErrorsSince, markKernelLog } from './torture.js';
 
@@ -160,6 +160,40 @@ test('a hot swap keeps what bdus filter set, and loses no write under fio verify
   await must('dd', [`if=${dev}`, 'of=/dev/null', 'bs=4k', 'count=2', 'skip=1000', 'iflag=direct', 'status=none']);
   assert.ok(Date.now() - t0 >= 80, `the new driver delays reads as set before the swaps (${Date.now() - t0} ms for two)`);
   assert.match(await info(dev, 'driver'), /--filter delay:write=1ms --filter error:rate=0/);
+});
+
+test('cow: qemu-img convert onto the device leaves the base untouched; bdus cow commit puts it there', async (t) => {
+  const base = image(t, 32 * MiB);
+  const source = image(t, 32 * MiB);
+  await must('dd', ['if=/dev/urandom', `of=${base}`, 'bs=1M', 'count=32', 'conv=notrunc', 'status=none']);
+  await must('dd', ['if=/dev/urandom', `of=${source}`, 'bs=1M', 'count=8', 'conv=notrunc', 'status=none']);
+  await must('dd', ['if=/dev/urandom', `of=${source}`, 'bs=1M', 'seek=16', 'count=16', 'conv=notrunc', 'status=none']);
+  const overlay = removeAfter(t, scratch('overlay'));
+  removeAfter(t, `${overlay}.map`);
+  const before = await must('sha256sum', [base]);
+  const dev = await device(t, ['file', base, '--read-only', '--filter', `cow:overlay=${overlay}`]);
+  // -n: the device exists; qemu-img writes the data and zeroes the rest (8-16 MiB is zeros in source).
+  await must('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', source, dev], { timeoutMs: 120_000 });
+  await must('sync', []);
+  assert.equal((await sh('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', source, dev])).code, 0, 'the device holds the source');
+  assert.equal(await must('sha256sum', [base]), before, 'the base is untouched');
+
+  assert.notEqual((await bdus(['cow', 'commit', overlay, base])).code, 0, 'commit refuses while the device runs');
+  assert.equal((await bdus(['destroy', dev])).code, 0);
+  const commit = await bdus(['cow', 'commit', overlay, base]);
+  assert.equal(commit.code, 0, commit.stderr);
+  await must('cmp', [base, source]);
+  assert.ok(!existsSync(overlay) && !existsSync(`${overlay}.map`), 'the overlay is gone');
+});
+
+test('cow: recoverable through SIGKILL and hot swaps under fio verify', async (t) => {
+  const base = image(t, 64 * MiB);
+  const overlay = removeAfter(t, scratch('overlay'));
+  removeAfter(t, `${overlay}.map`);
+  const driver = ['file', base, '--read-only', '--recoverable', '--filter', `cow:overlay=${overlay},block=16K`];
+  const dev = await device(t, driver);
+  assert.equal(await killThenSwap(t, dev, driver), '0', 'fio verify found no error');
+  assert.equal(statSync(base).blocks, 0, 'the base got no write');
 });
 
 test('command-line mistakes with filters are clear errors, and create nothing', async (t) => {

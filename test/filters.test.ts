@@ -12,7 +12,7 @@ import { DriverError } from '../src/driver/errors.js';
 import { memory, nullDriver, pattern, patternAt } from '../src/drivers/index.js';
 import { compose, layer } from '../src/filter/filter.js';
 import { parseFilterSpec, parseParameters } from '../src/filter/parameters.js';
-import { delay, error, log, offset, parseLog, rate, readonly, retry, stats, type StatsReport } from '../src/filters/index.js';
+import { cow, delay, error, log, offset, parseLog, rate, readonly, retry, stats, type StatsReport } from '../src/filters/index.js';
 import { checkDriver, RequestFailed, testDriver } from '../src/testing/index.js';
 import { scratch } from './helpers.js';
 
@@ -202,4 +202,37 @@ test('--filter words: parsed against the filter\'s parameters, with a clear erro
   assert.throws(() => parseFilterSpec('delay:read'), /'read' is not KEY=VALUE/);
   assert.throws(() => parseFilterSpec(':x=1'), /expected NAME/);
   assert.throws(() => parseParameters('x', parameters, [['__proto__', '1']]), /unknown parameter/);
+});
+
+test('cow: writes land in the overlay, the base stays as it was, and a new driver instance sees them', async () => {
+  const overlay = scratch('overlay');
+  try {
+    const make = () => compose(pattern(), cow({ overlay, block: 8192 }));
+    assert.deepEqual(requestCallbacks(make()), ['read', 'write', 'writeZeros', 'flush', 'discard', 'extents'], 'cow provides the writes');
+    const checked = await testDriver(compose(pattern(), cow({ overlay: `${overlay}-check`, block: 8192 })), {
+      attributes: { size: 4 * MiB, maxConcurrentCallbacks: 16 },
+    });
+    await checkDriver(checked);
+    await checked.close();
+    const d = await testDriver(make(), { attributes: { size: 4 * MiB } });
+    await d.write(4096, Buffer.alloc(512, 5)); // inside a block: copied up from the base around it
+    await d.writeZeros(2 * MiB, 8192); // a whole block: zero, no data
+    await d.close();
+
+    const again = await testDriver(make(), { attributes: { size: 4 * MiB } });
+    const block = await again.read(0, 8192);
+    const expected = Buffer.alloc(8192);
+    patternAt(expected, 0);
+    expected.fill(5, 4096, 4608);
+    assert.deepEqual(block, expected, 'the base\'s data around the write, the write in it');
+    assert.deepEqual(await again.read(2 * MiB, 8192), Buffer.alloc(8192));
+    const untouched = Buffer.alloc(8192);
+    patternAt(untouched, 3 * MiB);
+    assert.deepEqual(await again.read(3 * MiB, 8192), untouched, 'unwritten blocks are the base\'s');
+    await assert.rejects(testDriver(make(), { attributes: { size: 4 * MiB } }), /in use by another driver/);
+    await again.close();
+    await assert.rejects(testDriver(compose(pattern(), cow({ overlay, block: 8192 })), { attributes: { size: 8 * MiB } }), /made for a 4194304-byte device/);
+  } finally {
+    for (const path of [overlay, `${overlay}.map`, `${overlay}-check`, `${overlay}-check.map`]) rmSync(path, { force: true });
+  }
 });

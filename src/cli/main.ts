@@ -3,6 +3,7 @@ import { daemonVersion } from '../control/manage.js';
 import { packageVersion } from '../version.js';
 import { CHECK_HELP, CHECK_OPTIONS, checkCommand } from './check.js';
 import { complete, COMPLETION_HELP, completionScript, type CompletionSpec } from './completion.js';
+import { COW_HELP, cowCommand } from './cow.js';
 import { DAEMON_HELP, DAEMON_OPTIONS, daemonCommand } from './daemon.js';
 import { EXPORT_HELP, EXPORT_OPTIONS, exportCommand } from './export.js';
 import { FILTER_HELP, FILTER_OPTIONS, filterCommand } from './filter.js';
@@ -45,6 +46,7 @@ commands:
   destroy [--force] [--no-flush] <path or id>...     destroy devices (refused while in use)
   resize <path or id> <size>                         grow or shrink a device while it runs
   filter <path or id> <filter> KEY=VALUE,...         change a running device's filter (delay, error, rate)
+  cow <commit | discard> <overlay> [base]            commit or discard a cow filter's overlay
   logs [--follow] <path or id>                       a device's log, across its drivers
   stats <path or id> [--json] [--interval S]         a device's request counts, rates and latencies
   top                                                every device's activity, live
@@ -78,6 +80,7 @@ export const COMMANDS: Record<string, Command> = {
   destroy: { help: DESTROY_HELP, run: destroyCommand, options: DESTROY_OPTIONS, positionals: 'devices' },
   resize: { help: RESIZE_HELP, run: resizeCommand, options: {}, positionals: 'devices' },
   filter: { help: FILTER_HELP, run: filterCommand, options: FILTER_OPTIONS, positionals: 'devices' },
+  cow: { help: COW_HELP, run: cowCommand, options: {}, positionals: ['commit', 'discard'] },
   logs: { help: LOGS_HELP, run: logsCommand, options: LOGS_OPTIONS, positionals: 'devices' },
   stats: { help: STATS_HELP, run: statsCommand, options: STATS_OPTIONS, positionals: 'devices' },
   check: { help: CHECK_HELP, run: checkCommand, options: CHECK_OPTIONS, positionals: 'driver' },

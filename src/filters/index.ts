@@ -5,6 +5,7 @@
  * line, `description` says what it does.
  */
 import type { FilterModule } from '../filter/parameters.js';
+import * as cowModule from './cow.js';
 import * as delayModule from './delay.js';
 import * as errorModule from './error.js';
 import * as logModule from './log.js';
@@ -14,6 +15,8 @@ import * as readonlyModule from './readonly.js';
 import * as retryModule from './retry.js';
 import * as statsModule from './stats.js';
 
+export { default as cow, type CowOptions } from './cow.js';
+export { commitOverlay, discardOverlay } from './cow-overlay.js';
 export { default as delay, type DelayOptions } from './delay.js';
 export { default as error, type ErrorOptions } from './error.js';
 export { default as log, parseLog, type LogOptions, type LoggedRequest } from './log.js';
@@ -25,6 +28,7 @@ export { default as stats, type OperationCounts, type StatsOptions, type StatsRe
 
 /** The filters `--filter NAME` knows, by name. */
 export const FILTERS: Readonly<Record<string, FilterModule>> = {
+  cow: cowModule as unknown as FilterModule,
   delay: delayModule,
   error: errorModule,
   log: logModule as unknown as FilterModule,
