@@ -5,11 +5,12 @@
  */
 export { file, holes, type FileOptions } from './file.js';
 export { memory } from './memory.js';
+export { nbd, type NbdDriverOptions } from './nbd.js';
 export { nullDriver } from './null.js';
 export { pattern, patternAt } from './pattern.js';
 
 /** The drivers `bdus run NAME` knows, with the examples (src/examples), in `--help`'s order. */
-export const DRIVER_NAMES = ['file', 'memory', 'null', 'pattern', 'ram', 'zero', 'loop'] as const;
+export const DRIVER_NAMES = ['file', 'memory', 'nbd', 'null', 'pattern', 'ram', 'zero', 'loop'] as const;
 export type DriverName = (typeof DRIVER_NAMES)[number];
 
 /** Where a named driver's module is. */
