@@ -336,8 +336,7 @@ export class NbdClient {
     const p = this.pending.get(cookie);
     if (!p) return this.protocolError(`a reply to unknown cookie ${cookie}`);
     if (p.command === Command.READ && error === 0) {
-      this.input.expect(p.buffer!.length, (data) => {
-        data.copy(p.buffer!);
+      this.input.expectInto(p.buffer!, () => {
         this.settle(cookie, p, 0);
         this.awaitReply();
       });
@@ -355,13 +354,28 @@ export class NbdClient {
     const length = rest.readUInt32BE(12);
     const p = this.pending.get(cookie);
     if (!p) return this.protocolError(`a chunk for unknown cookie ${cookie}`);
+    const done = () => {
+      if (flags & ReplyFlag.DONE) this.settle(cookie, p, p.error);
+      this.awaitReply();
+    };
+    if (type === ReplyType.OFFSET_DATA && p.buffer && length > 8) {
+      // offset u64, then the data: copied once, straight into the read's buffer.
+      this.input.expect(8, (where) => {
+        const at = Number(where.readBigUInt64BE(0)) - p.offset;
+        if (at < 0 || at + length - 8 > p.buffer!.length) return this.protocolError('read data outside the request');
+        this.input.expectInto(p.buffer!.subarray(at, at + length - 8), done);
+      });
+      return;
+    }
     this.input.expect(length, (payload) => {
-      if (type === ReplyType.OFFSET_DATA && p.buffer) {
+      if (length < ((type & 0x8000) !== 0 || type === ReplyType.BLOCK_STATUS ? 4 : type === ReplyType.OFFSET_HOLE ? 12 : 0)) {
+        return this.protocolError(`a ${length}-byte chunk of type ${type}`);
+      }
+      if (type === ReplyType.OFFSET_HOLE && p.buffer) {
         const at = Number(payload.readBigUInt64BE(0)) - p.offset;
-        payload.copy(p.buffer, at, 8);
-      } else if (type === ReplyType.OFFSET_HOLE && p.buffer) {
-        const at = Number(payload.readBigUInt64BE(0)) - p.offset;
-        p.buffer.fill(0, at, at + payload.readUInt32BE(8));
+        const size = payload.readUInt32BE(8);
+        if (at < 0 || at + size > p.buffer.length) return this.protocolError('a hole outside the request');
+        p.buffer.fill(0, at, at + size);
       } else if (type === ReplyType.BLOCK_STATUS && p.extents) {
         if (payload.readUInt32BE(0) === this.contextId) {
           for (let i = 4; i + 8 <= payload.length; i += 8) {
@@ -372,8 +386,9 @@ export class NbdClient {
       } else if (type & 0x8000) {
         p.error = payload.readUInt32BE(0) || 5;
       }
-      if (flags & ReplyFlag.DONE) this.settle(cookie, p, p.error);
-      this.awaitReply();
+      // A payload spread over several chunks was gathered into a pooled buffer: give it back.
+      this.input.gathered?.release();
+      done();
     });
   }
 

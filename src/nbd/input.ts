@@ -10,8 +10,8 @@
  * several is gathered into a pooled buffer.
  */
 
-/** A message's `then` runs once its `size` bytes have arrived. */
-type Waiting = { size: number; then: (data: Buffer) => void };
+/** A message's `then` runs once its `size` bytes have arrived (copied into `into`, if given). */
+type Waiting = { size: number; then: (data: Buffer) => void; into?: Buffer };
 
 const SLAB_SIZE = 1 << 20;
 /** A read gets at least this much room, or a fresh slab is taken. */
@@ -80,6 +80,15 @@ export class MessageInput {
   /** Calls `then` with the next `size` bytes, once they have arrived. */
   expect(size: number, then: (data: Buffer) => void): void {
     this.waiting = { size, then };
+    this.drain();
+  }
+
+  /**
+   * Like expect, but the bytes are copied straight into `into` (all of it): one copy for a
+   * payload whose home is known (an NBD client's read), instead of gathering it first.
+   */
+  expectInto(into: Buffer, then: (data: Buffer) => void): void {
+    this.waiting = { size: into.length, then, into };
     this.drain();
   }
 
@@ -164,11 +173,25 @@ export class MessageInput {
     if (this.draining) return;
     this.draining = true;
     while (this.waiting && this.buffered >= this.waiting.size && this.open()) {
-      const { size, then } = this.waiting;
+      const { size, then, into } = this.waiting;
       this.waiting = undefined;
-      then(this.take(size));
+      then(into ? this.takeInto(into) : this.take(size));
     }
     this.draining = false;
+  }
+
+  private takeInto(into: Buffer): Buffer {
+    this.gathered = undefined;
+    this.buffered -= into.length;
+    for (let at = 0; at < into.length; ) {
+      const chunk = this.chunks[0]!;
+      const n = Math.min(chunk.length, into.length - at);
+      chunk.copy(into, at, 0, n);
+      at += n;
+      if (n === chunk.length) this.chunks.shift();
+      else this.chunks[0] = chunk.subarray(n);
+    }
+    return into;
   }
 
   private take(size: number): Buffer {
