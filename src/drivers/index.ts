@@ -4,13 +4,14 @@
  * exports as any driver module (src/driver/module.ts) plus a typed function for code.
  */
 export { file, holes, type FileOptions } from './file.js';
+export { http, type HttpOptions } from './http.js';
 export { memory } from './memory.js';
 export { nbd, type NbdDriverOptions } from './nbd.js';
 export { nullDriver } from './null.js';
 export { pattern, patternAt } from './pattern.js';
 
 /** The drivers `bdus run NAME` knows, with the examples (src/examples), in `--help`'s order. */
-export const DRIVER_NAMES = ['file', 'memory', 'nbd', 'null', 'pattern', 'ram', 'zero', 'loop'] as const;
+export const DRIVER_NAMES = ['file', 'http', 'memory', 'nbd', 'null', 'pattern', 'ram', 'zero', 'loop'] as const;
 export type DriverName = (typeof DRIVER_NAMES)[number];
 
 /** Where a named driver's module is. */
