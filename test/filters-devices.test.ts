@@ -6,7 +6,7 @@
 // pattern and null do what they say; settings made with `bdus filter` survive a hot swap; and
 // every mistake on the command line is a clear error.
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { bdus, device, fioVerify, image, info, kernelName, killDriver, killThenSwap, mounted, must, mustRerun, scratch, sh, sleep } from './helpers.js';
 import { exportDriver } from './nbd-helpers.js';
@@ -194,6 +194,21 @@ test('cow: recoverable through SIGKILL and hot swaps under fio verify', async (t
   const dev = await device(t, driver);
   assert.equal(await killThenSwap(t, dev, driver), '0', 'fio verify found no error');
   assert.equal(statSync(base).blocks, 0, 'the base got no write');
+});
+
+test('chunked: chunks appear as written and go when discarded; recoverable under fio verify', async (t) => {
+  const dir = removeAfter(t, scratch('chunks'));
+  const driver = ['chunked', dir, '--size', '64M', '--chunk', '1M', '--recoverable'];
+  const dev = await device(t, driver);
+  const chunks = () => readdirSync(dir).filter((name) => name.startsWith('chunk-')).length;
+  assert.equal(chunks(), 0, 'nothing written, no chunk');
+  await must('dd', ['if=/dev/urandom', `of=${dev}`, 'bs=1M', 'count=3', 'seek=10', 'oflag=direct', 'status=none']);
+  assert.equal(chunks(), 3);
+  await must('blkdiscard', [dev]);
+  assert.equal(chunks(), 0, 'a discard of the whole device deletes every chunk');
+  assert.equal(await killThenSwap(t, dev, driver), '0', 'fio verify found no error');
+  const restarted = await bdus(['rerun', dev, 'chunked', dir, '--size', '32M']);
+  assert.match(restarted.stderr, /is a 67108864-byte device, not 33554432|size/);
 });
 
 test('command-line mistakes with filters are clear errors, and create nothing', async (t) => {

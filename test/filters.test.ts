@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import { isReadOnly, requestCallbacks } from '../src/driver/callbacks.js';
 import type { Driver } from '../src/driver/driver.js';
 import { DriverError } from '../src/driver/errors.js';
-import { memory, nullDriver, pattern, patternAt } from '../src/drivers/index.js';
+import { chunked, memory, nullDriver, pattern, patternAt } from '../src/drivers/index.js';
 import { compose, layer } from '../src/filter/filter.js';
 import { parseFilterSpec, parseParameters } from '../src/filter/parameters.js';
 import { cow, delay, error, log, offset, parseLog, rate, readonly, retry, stats, type StatsReport } from '../src/filters/index.js';
@@ -77,6 +77,23 @@ test('memory, null and pattern pass checkDriver, and memory reports holes', asyn
   assert.equal(block.readBigUInt64BE(0), 2n ** 32n + 4096n);
   assert.equal(block.readBigUInt64BE(8), 2n ** 32n + 4104n);
   await p.close();
+});
+
+test('chunked: passes checkDriver, and a new driver instance reads what the last one wrote', async () => {
+  const dir = scratch('chunks');
+  try {
+    const d = await testDriver(chunked(dir, { chunk: 64 << 10 }), { attributes: { size: 4 * MiB, maxConcurrentCallbacks: 16 } });
+    await checkDriver(d);
+    await d.write(MiB - 4096, Buffer.alloc(8192, 3)); // across two chunks
+    await d.close();
+    const again = await testDriver(chunked(dir));
+    assert.equal(again.ctx.attributes.size, 4 * MiB, 'the size comes from the directory');
+    assert.deepEqual(await again.read(MiB - 4096, 8192), Buffer.alloc(8192, 3));
+    await again.close();
+    assert.throws(() => chunked(dir, { chunk: 1 << 20 }), /holds 65536-byte chunks/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('offset: the window maps to the driver below, which sees its own size', async () => {

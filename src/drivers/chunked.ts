@@ -1,0 +1,203 @@
+/**
+ * chunked: a device stored as a directory of fixed-size chunk files, each created when first
+ * written and deleted when discarded whole: easy to copy, sync, back up or ship piecemeal
+ * (rsync, an object store's sync tool), and sparse at two levels (missing chunks, holes).
+ *
+ *   bdus run chunked DIR --size 100G [--chunk 4M]
+ *
+ * DIR/bdus-chunked.json records the device's size and chunk size when DIR is first used (give
+ * --size then); later runs take them from there (a different --size is an error: `bdus resize`
+ * changes it). Chunk
+ * N is DIR/chunk-N (N in hex, zero-padded), `chunk` bytes long, sparse. A chunk that does not
+ * exist reads as zeros; discard and write-zeroes delete the chunks they cover whole and punch
+ * holes in the others. Flush fsyncs the chunks written since the last one, then DIR.
+ *
+ * Recoverable: every byte is in DIR before its request is answered (written to the files, which
+ * outlive the process), and each operation is idempotent.
+ */
+import { closeSync, constants, existsSync, fdatasync, fsyncSync, ftruncateSync, mkdirSync, openSync, read, readFileSync, renameSync, unlinkSync, write, writeFileSync } from 'node:fs';
+import { promisify } from 'node:util';
+import type { Context, Driver } from '../driver/driver.js';
+import { DriverError } from '../driver/errors.js';
+import type { DriverFactory, DriverOptions } from '../driver/module.js';
+import { fallocate } from '../native.js';
+import { parseSize } from '../util/units.js';
+
+const readAsync = promisify(read);
+const writeAsync = promisify(write);
+const fdatasyncAsync = promisify(fdatasync);
+const FALLOC_FL_KEEP_SIZE = 0x01;
+const FALLOC_FL_PUNCH_HOLE = 0x02;
+/** Chunk files kept open at once; more are closed, least recently used first. */
+const OPEN_CHUNKS = 64;
+const META = 'bdus-chunked.json';
+
+export const usage = 'DIR';
+export const description = 'a directory of fixed-size chunk files, created as written, deleted when discarded (recoverable)';
+export const options = {
+  chunk: { type: 'string', description: 'the chunk size when DIR is new (default 4M)' },
+} as const satisfies DriverOptions;
+
+export interface ChunkedOptions {
+  /** The chunk size when the directory is new (default 4 MiB). */
+  chunk?: number;
+}
+
+interface Layout {
+  size: number;
+  chunk: number;
+}
+
+interface Chunks {
+  /** Open chunk files by index, least recently used first. */
+  open: Map<number, number>;
+  /** Chunks written since the last flush. */
+  dirty: Set<number>;
+}
+
+export function chunked(dir: string, options: ChunkedOptions = {}): Driver<Chunks> {
+  if (!dir) throw new DriverError('EINVAL', 'usage: bdus run chunked DIR --size SIZE [--chunk SIZE]');
+  const metaPath = `${dir}/${META}`;
+  // An existing directory says its layout; a new one gets it at initialize, from the device's size.
+  let layout: Layout | undefined = existsSync(metaPath) ? (JSON.parse(readFileSync(metaPath, 'utf8')) as Layout) : undefined;
+  const chunk = layout?.chunk ?? options.chunk ?? 4 << 20;
+  if (layout && options.chunk !== undefined && options.chunk !== layout.chunk) {
+    throw new DriverError('EINVAL', `chunked: ${dir} holds ${layout.chunk}-byte chunks; it cannot change to ${options.chunk}`);
+  }
+  if (chunk < 4096 || (chunk & (chunk - 1)) !== 0) throw new DriverError('EINVAL', `chunked: --chunk ${chunk} must be a power of two from 4096`);
+  const path = (index: number) => `${dir}/chunk-${index.toString(16).padStart(10, '0')}`;
+
+  function saveLayout(): void {
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(`${metaPath}.new`, `${JSON.stringify(layout)}\n`);
+    renameSync(`${metaPath}.new`, metaPath);
+  }
+
+  /** The chunk's descriptor, or -1 if it does not exist and `create` is false. */
+  function fd(state: Chunks, index: number, create: boolean): number {
+    let found = state.open.get(index);
+    if (found !== undefined) {
+      state.open.delete(index);
+      state.open.set(index, found);
+      return found;
+    }
+    try {
+      found = openSync(path(index), constants.O_RDWR | (create ? constants.O_CREAT : 0), 0o600);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT' && !create) return -1;
+      throw error;
+    }
+    if (create) ftruncateSync(found, chunk);
+    state.open.set(index, found);
+    if (state.open.size > OPEN_CHUNKS) {
+      const [oldest, oldFd] = state.open.entries().next().value!;
+      // A dirty chunk is synced before it is closed, so flush never loses track of it.
+      if (state.dirty.delete(oldest)) fsyncSync(oldFd);
+      closeSync(oldFd);
+      state.open.delete(oldest);
+    }
+    return found;
+  }
+
+  function forget(state: Chunks, index: number): void {
+    const open = state.open.get(index);
+    if (open !== undefined) closeSync(open);
+    state.open.delete(index);
+    state.dirty.delete(index);
+    try {
+      unlinkSync(path(index));
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    }
+  }
+
+  /** Calls `fn` for each piece of [offset, offset + size) within one chunk. */
+  async function pieces(offset: number, size: number, fn: (index: number, at: number, done: number, length: number) => Promise<void> | void): Promise<void> {
+    for (let done = 0; done < size; ) {
+      const at = (offset + done) % chunk;
+      const length = Math.min(size - done, chunk - at);
+      await fn((offset + done - at) / chunk, at, done, length);
+      done += length;
+    }
+  }
+
+  async function zero(offset: number, size: number, ctx: Context<Chunks>): Promise<void> {
+    await pieces(offset, size, async (index, at, _done, length) => {
+      if (length === chunk) return forget(ctx.state, index);
+      const file = fd(ctx.state, index, false);
+      if (file < 0) return;
+      await fallocate(file, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, at, length);
+      ctx.state.dirty.add(index);
+    });
+  }
+
+  return {
+    attributes: { ...(layout ? { size: layout.size } : {}), maxConcurrentCallbacks: 16 },
+
+    initialize(ctx) {
+      if (!layout) {
+        layout = { size: ctx.attributes.size, chunk };
+        saveLayout();
+      } else if (ctx.attributes.size !== layout.size) {
+        throw new DriverError('EINVAL', `chunked: ${dir} is a ${layout.size}-byte device, not ${ctx.attributes.size} (bdus resize changes it)`);
+      }
+      ctx.state = { open: new Map(), dirty: new Set() };
+    },
+
+    terminate(ctx) {
+      for (const [index, file] of ctx.state.open) {
+        if (ctx.state.dirty.has(index)) fsyncSync(file);
+        closeSync(file);
+      }
+    },
+
+    read(buffer, offset, ctx) {
+      return pieces(offset, buffer.length, async (index, at, done, length) => {
+        const file = fd(ctx.state, index, false);
+        if (file < 0) return void buffer.fill(0, done, done + length);
+        for (let got = 0; got < length; ) {
+          const n = (await readAsync(file, buffer, done + got, length - got, at + got)).bytesRead;
+          if (n === 0) throw new DriverError('EIO', `${path(index)} is shorter than a chunk`);
+          got += n;
+        }
+      });
+    },
+
+    write(data, offset, ctx) {
+      return pieces(offset, data.length, async (index, at, done, length) => {
+        const file = fd(ctx.state, index, true);
+        for (let put = 0; put < length; ) put += (await writeAsync(file, data, done + put, length - put, at + put)).bytesWritten;
+        ctx.state.dirty.add(index);
+      });
+    },
+
+    async flush(ctx) {
+      const dirty = [...ctx.state.dirty];
+      ctx.state.dirty.clear();
+      await Promise.all(dirty.map((index) => ctx.state.open.get(index)).filter((f) => f !== undefined).map((f) => fdatasyncAsync(f)));
+      const directory = openSync(dir, constants.O_RDONLY);
+      try {
+        fsyncSync(directory);
+      } finally {
+        closeSync(directory);
+      }
+    },
+
+    writeZeros: (offset, size, _mayUnmap, ctx) => zero(offset, size, ctx),
+    discard: (offset, size, ctx) => zero(offset, size, ctx),
+
+    // Growing: new chunks do not exist yet (zeros). Shrinking: what lies past the end goes.
+    async resize(size, ctx) {
+      const old = ctx.attributes.size;
+      if (size < old) await zero(size, Math.ceil(old / chunk) * chunk - size, ctx);
+      layout = { size, chunk };
+      saveLayout();
+    },
+  };
+}
+
+const factory: DriverFactory<Chunks> = (args, values) => {
+  if (args.length !== 1) throw new DriverError('EINVAL', 'usage: bdus run chunked DIR [--size SIZE] [--chunk SIZE]');
+  return chunked(args[0]!, { chunk: values.chunk === undefined ? undefined : parseSize(String(values.chunk), '--chunk') });
+};
+export default factory;
