@@ -20,7 +20,7 @@ import { closeSync, constants, fdatasync, fstatSync, ftruncate, openSync, read, 
 import { promisify } from 'node:util';
 import type { Driver, Extent } from '../driver/driver.js';
 import { DriverError } from '../driver/errors.js';
-import type { DriverFactory, DriverOptions } from '../driver/module.js';
+import type { DriverOptions, DriverOptionValues } from '../driver/module.js';
 import { fallocate, native } from '../native.js';
 
 const readAsync = promisify(read);
@@ -184,8 +184,8 @@ export function holes(fd: number, offset: number, length: number, block: number)
   return extents;
 }
 
-const factory: DriverFactory<FileState> = (args, values) => {
+/** The command line's way in: `bdus run file PATH [--read-only] [--direct]` (and `bdus run loop PATH`). */
+export default function fileFactory(args: readonly string[], values: DriverOptionValues = {}): Driver<FileState> {
   if (args.length !== 1) throw new DriverError('EINVAL', 'usage: bdus run file PATH [--read-only] [--direct]');
   return file(args[0]!, { readOnly: values['read-only'] === true, direct: values.direct === true });
-};
-export default factory;
+}

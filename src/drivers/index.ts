@@ -11,7 +11,7 @@ export { nbd, type NbdDriverOptions } from './nbd.js';
 export { nullDriver } from './null.js';
 export { pattern, patternAt } from './pattern.js';
 
-/** The drivers `bdus run NAME` knows, with the examples (src/examples), in `--help`'s order. */
+/** The drivers `bdus run NAME` knows, with the examples (src/examples; `loop` is `file`), in `--help`'s order. */
 export const DRIVER_NAMES = ['file', 'chunked', 'http', 'memory', 'nbd', 'null', 'pattern', 'ram', 'zero', 'loop'] as const;
 export type DriverName = (typeof DRIVER_NAMES)[number];
 

@@ -21,8 +21,26 @@
  * overlay's map, an error schedule set at run time) lives in files.
  */
 import type { Attributes, EffectiveAttributes } from '../driver/attributes.js';
-import { REQUEST_CALLBACKS } from '../driver/callbacks.js';
+import { REQUEST_CALLBACKS, type RequestCallback } from '../driver/callbacks.js';
 import type { Context, Driver } from '../driver/driver.js';
+
+/** The operations as filter parameters name them (`ops=read+write`, `delay:zero=1ms`). */
+export type FilterOp = 'read' | 'write' | 'zero' | 'discard' | 'flush' | 'extents';
+export const FILTER_OPS: readonly FilterOp[] = ['read', 'write', 'zero', 'discard', 'flush', 'extents'];
+
+/** Which of those each request callback is: FUA writes and write-sames are writes, secure erases discards. */
+export const FILTER_OP_OF: Readonly<Record<RequestCallback, FilterOp | undefined>> = {
+  read: 'read',
+  write: 'write',
+  fuaWrite: 'write',
+  writeSame: 'write',
+  writeZeros: 'zero',
+  discard: 'discard',
+  secureErase: 'discard',
+  flush: 'flush',
+  extents: 'extents',
+  ioctl: undefined,
+};
 
 /** Turns a driver into a driver. Typed for any driver state: a filter never touches `ctx.state`. */
 export type Filter = <State>(next: Driver<State>) => Driver<State>;
@@ -134,5 +152,29 @@ export function around<State>(
         await stop(ctx);
       }
     },
+  };
+}
+
+/**
+ * Overrides for every request callback, each calling `wrap` with the callback's name, the range
+ * it covers (offset 0 and size 0 for flush; the command as offset for ioctl), the context, and
+ * the inner call to make: for filters that do the same around every request (delay, error,
+ * rate, retry, log, stats). Laid over `next` by `layer`, only those the inner driver has remain.
+ */
+export function eachRequest<State>(
+  next: Driver<State>,
+  wrap: <T>(name: RequestCallback, offset: number, size: number, ctx: Context<State>, call: () => T | Promise<T>) => Promise<T>,
+): Overrides<State> {
+  return {
+    read: (buffer, offset, ctx) => wrap('read', offset, buffer.length, ctx, () => next.read!(buffer, offset, ctx)),
+    write: (data, offset, ctx) => wrap('write', offset, data.length, ctx, () => next.write!(data, offset, ctx)),
+    fuaWrite: (data, offset, ctx) => wrap('fuaWrite', offset, data.length, ctx, () => next.fuaWrite!(data, offset, ctx)),
+    writeSame: (block, offset, size, ctx) => wrap('writeSame', offset, size, ctx, () => next.writeSame!(block, offset, size, ctx)),
+    writeZeros: (offset, size, mayUnmap, ctx) => wrap('writeZeros', offset, size, ctx, () => next.writeZeros!(offset, size, mayUnmap, ctx)),
+    discard: (offset, size, ctx) => wrap('discard', offset, size, ctx, () => next.discard!(offset, size, ctx)),
+    secureErase: (offset, size, ctx) => wrap('secureErase', offset, size, ctx, () => next.secureErase!(offset, size, ctx)),
+    flush: (ctx) => wrap('flush', 0, 0, ctx, () => next.flush!(ctx)),
+    extents: (offset, size, ctx) => wrap('extents', offset, size, ctx, () => next.extents!(offset, size, ctx)),
+    ioctl: (command, argument, ctx) => wrap('ioctl', command, 0, ctx, () => next.ioctl!(command, argument, ctx)),
   };
 }

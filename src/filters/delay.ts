@@ -14,7 +14,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Filter } from '../filter/filter.js';
-import { around, layer } from '../filter/filter.js';
+import { around, eachRequest, FILTER_OP_OF, layer } from '../filter/filter.js';
 import type { Parameters } from '../filter/parameters.js';
 import { LiveSettings } from '../filter/settings.js';
 
@@ -41,48 +41,18 @@ export interface DelayOptions {
   extents?: number;
 }
 
+
 export default function delay(options: DelayOptions = {}): Filter {
   return (next) => {
     const live = new LiveSettings<DelayOptions>('delay', parameters, options);
-    const wait = (ms: number | undefined): Promise<unknown> | undefined => (ms ? sleep(ms) : undefined);
     return layer(next, {
       ...around(next, (ctx) => live.start(ctx), () => live.stop()),
-      async read(buffer, offset, ctx) {
-        await wait(live.values.read);
-        return next.read!(buffer, offset, ctx);
-      },
-      async write(data, offset, ctx) {
-        await wait(live.values.write);
-        return next.write!(data, offset, ctx);
-      },
-      async fuaWrite(data, offset, ctx) {
-        await wait(live.values.write);
-        return next.fuaWrite!(data, offset, ctx);
-      },
-      async writeSame(block, offset, size, ctx) {
-        await wait(live.values.write);
-        return next.writeSame!(block, offset, size, ctx);
-      },
-      async writeZeros(offset, size, mayUnmap, ctx) {
-        await wait(live.values.zero);
-        return next.writeZeros!(offset, size, mayUnmap, ctx);
-      },
-      async discard(offset, size, ctx) {
-        await wait(live.values.discard);
-        return next.discard!(offset, size, ctx);
-      },
-      async secureErase(offset, size, ctx) {
-        await wait(live.values.discard);
-        return next.secureErase!(offset, size, ctx);
-      },
-      async flush(ctx) {
-        await wait(live.values.flush);
-        return next.flush!(ctx);
-      },
-      async extents(offset, size, ctx) {
-        await wait(live.values.extents);
-        return next.extents!(offset, size, ctx);
-      },
+      ...eachRequest(next, async (name, _offset, _size, _ctx, call) => {
+        const which = FILTER_OP_OF[name];
+        const ms = which && live.values[which];
+        if (ms) await sleep(ms);
+        return call();
+      }),
     });
   };
 }

@@ -27,7 +27,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Context } from '../driver/driver.js';
 import { DriverError } from '../driver/errors.js';
 import type { Filter } from '../filter/filter.js';
-import { around, layer } from '../filter/filter.js';
+import { around, eachRequest, FILTER_OP_OF, FILTER_OPS, layer, type FilterOp } from '../filter/filter.js';
 import type { Parameters } from '../filter/parameters.js';
 import { LiveSettings } from '../filter/settings.js';
 
@@ -38,7 +38,7 @@ export const live = true;
 export const parameters = {
   error: { type: 'string', description: 'EIO (default), ENOSPC, ENOLINK, ETIMEDOUT, or timeout' },
   rate: { type: 'number', description: 'the probability a matching request fails, 0 to 1 (default 1)' },
-  ops: { type: 'list', description: `operations that may fail (default all): ${['read', 'write', 'zero', 'discard', 'flush', 'extents'].join('+')}` },
+  ops: { type: 'list', description: `operations that may fail (default all): ${FILTER_OPS.join('+')}` },
   offset: { type: 'size', description: 'only requests that overlap the range from here' },
   length: { type: 'size', description: '... of this many bytes (default: to the end)' },
   up: { type: 'duration', description: 'flakey: the device works this long ...' },
@@ -47,8 +47,6 @@ export const parameters = {
   count: { type: 'number', description: 'at most this many requests fail (default: no limit)' },
 } as const satisfies Parameters;
 
-const OPS = ['read', 'write', 'zero', 'discard', 'flush', 'extents'] as const;
-type Op = (typeof OPS)[number];
 const CODES = ['EIO', 'ENOSPC', 'ENOLINK', 'ETIMEDOUT', 'timeout'] as const;
 
 export interface ErrorOptions {
@@ -67,7 +65,7 @@ export interface ErrorOptions {
 interface Rules {
   readonly code: (typeof CODES)[number];
   readonly rate: number;
-  readonly ops: ReadonlySet<Op>;
+  readonly ops: ReadonlySet<FilterOp>;
   readonly from: number;
   readonly to: number;
   readonly up: number;
@@ -82,14 +80,14 @@ function rules(options: ErrorOptions): Rules {
   const rate = options.rate ?? 1;
   if (!(rate >= 0 && rate <= 1)) throw new DriverError('EINVAL', `filter error: rate=${rate}: expected a probability from 0 to 1`);
   for (const op of options.ops ?? []) {
-    if (!(OPS as readonly string[]).includes(op)) throw new DriverError('EINVAL', `filter error: ops: '${op}' is not one of ${OPS.join(', ')}`);
+    if (!(FILTER_OPS as readonly string[]).includes(op)) throw new DriverError('EINVAL', `filter error: ops: '${op}' is not one of ${FILTER_OPS.join(', ')}`);
   }
   if ((options.up === undefined) !== (options.down === undefined)) throw new DriverError('EINVAL', 'filter error: up and down go together');
   const from = options.offset ?? 0;
   return {
     code,
     rate,
-    ops: new Set((options.ops ?? OPS) as Op[]),
+    ops: new Set((options.ops ?? FILTER_OPS) as FilterOp[]),
     from,
     to: options.length === undefined ? Infinity : from + options.length,
     up: options.up ?? 0,
@@ -116,7 +114,7 @@ export default function error(options: ErrorOptions = {}): Filter {
     });
 
     /** Throws if this request is to fail; `size` 0 is a request without a range (flush). */
-    async function check(op: Op, offset: number, size: number, ctx: Context<unknown>): Promise<void> {
+    async function check(op: FilterOp, offset: number, size: number, ctx: Context<unknown>): Promise<void> {
       const r = current;
       if (!r.ops.has(op)) return;
       if (size > 0 ? offset + size <= r.from || offset >= r.to : r.from > 0 || r.to !== Infinity) return;
@@ -140,42 +138,11 @@ export default function error(options: ErrorOptions = {}): Filter {
         },
         () => live.stop(),
       ),
-      async read(buffer, offset, ctx) {
-        await check('read', offset, buffer.length, ctx);
-        return next.read!(buffer, offset, ctx);
-      },
-      async write(data, offset, ctx) {
-        await check('write', offset, data.length, ctx);
-        return next.write!(data, offset, ctx);
-      },
-      async fuaWrite(data, offset, ctx) {
-        await check('write', offset, data.length, ctx);
-        return next.fuaWrite!(data, offset, ctx);
-      },
-      async writeSame(block, offset, size, ctx) {
-        await check('write', offset, size, ctx);
-        return next.writeSame!(block, offset, size, ctx);
-      },
-      async writeZeros(offset, size, mayUnmap, ctx) {
-        await check('zero', offset, size, ctx);
-        return next.writeZeros!(offset, size, mayUnmap, ctx);
-      },
-      async discard(offset, size, ctx) {
-        await check('discard', offset, size, ctx);
-        return next.discard!(offset, size, ctx);
-      },
-      async secureErase(offset, size, ctx) {
-        await check('discard', offset, size, ctx);
-        return next.secureErase!(offset, size, ctx);
-      },
-      async flush(ctx) {
-        await check('flush', 0, 0, ctx);
-        return next.flush!(ctx);
-      },
-      async extents(offset, size, ctx) {
-        await check('extents', offset, size, ctx);
-        return next.extents!(offset, size, ctx);
-      },
+      ...eachRequest(next, async (name, offset, size, ctx, call) => {
+        const op = FILTER_OP_OF[name];
+        if (op) await check(op, offset, size, ctx);
+        return call();
+      }),
     });
   };
 }

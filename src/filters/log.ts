@@ -20,10 +20,10 @@
  */
 import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import type { Extent } from '../driver/driver.js';
+import type { RequestCallback } from '../driver/callbacks.js';
 import { DriverError } from '../driver/errors.js';
 import type { Filter } from '../filter/filter.js';
-import { around, layer } from '../filter/filter.js';
+import { around, eachRequest, layer } from '../filter/filter.js';
 import type { Parameters } from '../filter/parameters.js';
 
 export const description = 'writes a line per request to a file: a trace to read or replay';
@@ -37,6 +37,19 @@ export interface LogOptions {
 }
 
 const FLUSH_MS = 100;
+/** The operations' names in the log. */
+const NAMES: Record<RequestCallback, string> = {
+  read: 'read',
+  write: 'write',
+  fuaWrite: 'fua-write',
+  writeSame: 'write-same',
+  writeZeros: 'write-zeroes',
+  discard: 'discard',
+  secureErase: 'secure-erase',
+  flush: 'flush',
+  extents: 'extents',
+  ioctl: 'ioctl',
+};
 const HEADER = '# bdus request log: start_ms operation offset size result duration_ms';
 
 export default function log(options: LogOptions): Filter {
@@ -83,16 +96,7 @@ export default function log(options: LogOptions): Filter {
           fd = -1;
         },
       ),
-      read: (buffer, offset, ctx) => traced('read', offset, buffer.length, () => next.read!(buffer, offset, ctx)),
-      write: (data, offset, ctx) => traced('write', offset, data.length, () => next.write!(data, offset, ctx)),
-      fuaWrite: (data, offset, ctx) => traced('fua-write', offset, data.length, () => next.fuaWrite!(data, offset, ctx)),
-      writeSame: (block, offset, size, ctx) => traced('write-same', offset, size, () => next.writeSame!(block, offset, size, ctx)),
-      writeZeros: (offset, size, mayUnmap, ctx) => traced(mayUnmap ? 'write-zeroes' : 'write-zeroes-nounmap', offset, size, () => next.writeZeros!(offset, size, mayUnmap, ctx)),
-      discard: (offset, size, ctx) => traced('discard', offset, size, () => next.discard!(offset, size, ctx)),
-      secureErase: (offset, size, ctx) => traced('secure-erase', offset, size, () => next.secureErase!(offset, size, ctx)),
-      flush: (ctx) => traced('flush', 0, 0, () => next.flush!(ctx)),
-      extents: (offset, size, ctx) => traced<readonly Extent[]>('extents', offset, size, () => next.extents!(offset, size, ctx)),
-      ioctl: (command, argument, ctx) => traced('ioctl', command, 0, () => next.ioctl!(command, argument, ctx)),
+      ...eachRequest(next, (name, offset, size, _ctx, call) => traced(NAMES[name], offset, size, call)),
     });
   };
 }

@@ -16,7 +16,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { performance } from 'node:perf_hooks';
 import { DriverError } from '../driver/errors.js';
 import type { Filter } from '../filter/filter.js';
-import { around, layer } from '../filter/filter.js';
+import { around, eachRequest, FILTER_OP_OF, layer } from '../filter/filter.js';
 import type { Parameters } from '../filter/parameters.js';
 import { LiveSettings } from '../filter/settings.js';
 
@@ -73,34 +73,12 @@ export default function rate(options: RateOptions = {}): Filter {
 
     return layer(next, {
       ...around(next, (ctx) => live.start(ctx), () => live.stop()),
-      async read(buffer, offset, ctx) {
-        await turn('read', buffer.length);
-        return next.read!(buffer, offset, ctx);
-      },
-      async write(data, offset, ctx) {
-        await turn('write', data.length);
-        return next.write!(data, offset, ctx);
-      },
-      async fuaWrite(data, offset, ctx) {
-        await turn('write', data.length);
-        return next.fuaWrite!(data, offset, ctx);
-      },
-      async writeSame(block, offset, size, ctx) {
-        await turn('write', size);
-        return next.writeSame!(block, offset, size, ctx);
-      },
-      async writeZeros(offset, size, mayUnmap, ctx) {
-        await turn('zero', size);
-        return next.writeZeros!(offset, size, mayUnmap, ctx);
-      },
-      async discard(offset, size, ctx) {
-        await turn('discard', size);
-        return next.discard!(offset, size, ctx);
-      },
-      async flush(ctx) {
-        await turn('flush', 0);
-        return next.flush!(ctx);
-      },
+      ...eachRequest(next, async (name, _offset, size, _ctx, call) => {
+        const op = FILTER_OP_OF[name];
+        // Zeroing and discards move no bytes: they cost a request each.
+        if (op && op !== 'extents') await turn(op, op === 'read' || op === 'write' ? size : 0);
+        return call();
+      }),
     });
   };
 }

@@ -14,10 +14,9 @@
  * Recovery and hot swap: keeps the inner driver's recoverability; holds nothing across requests.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Extent } from '../driver/driver.js';
 import { DriverAbort } from '../driver/errors.js';
 import type { Filter } from '../filter/filter.js';
-import { layer } from '../filter/filter.js';
+import { eachRequest, layer } from '../filter/filter.js';
 import type { Parameters } from '../filter/parameters.js';
 
 export const description = 'calls a failing callback again after a growing pause';
@@ -59,16 +58,5 @@ export default function retry(options: RetryOptions = {}): Filter {
     }
   }
 
-  return (next) =>
-    layer(next, {
-      read: (buffer, offset, ctx) => again(() => next.read!(buffer, offset, ctx)),
-      write: (data, offset, ctx) => again(() => next.write!(data, offset, ctx)),
-      fuaWrite: (data, offset, ctx) => again(() => next.fuaWrite!(data, offset, ctx)),
-      writeSame: (block, offset, size, ctx) => again(() => next.writeSame!(block, offset, size, ctx)),
-      writeZeros: (offset, size, mayUnmap, ctx) => again(() => next.writeZeros!(offset, size, mayUnmap, ctx)),
-      discard: (offset, size, ctx) => again(() => next.discard!(offset, size, ctx)),
-      secureErase: (offset, size, ctx) => again(() => next.secureErase!(offset, size, ctx)),
-      flush: (ctx) => again(() => next.flush!(ctx)),
-      extents: (offset, size, ctx) => again<readonly Extent[]>(() => next.extents!(offset, size, ctx)),
-    });
+  return (next) => layer(next, eachRequest(next, (name, _offset, _size, _ctx, call) => (name === 'ioctl' ? Promise.resolve(call()) : again(call))));
 }

@@ -14,9 +14,9 @@
  */
 import { renameSync, writeFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import type { Extent } from '../driver/driver.js';
+import { REQUEST_CALLBACKS, type RequestCallback } from '../driver/callbacks.js';
 import type { Filter } from '../filter/filter.js';
-import { around, layer } from '../filter/filter.js';
+import { around, eachRequest, layer } from '../filter/filter.js';
 import type { Parameters } from '../filter/parameters.js';
 
 export const description = 'counts requests, bytes, failures and time per operation below it';
@@ -49,14 +49,11 @@ export interface StatsReport {
   operations: Record<string, OperationCounts>;
 }
 
-const NAMES = ['read', 'write', 'fuaWrite', 'writeSame', 'writeZeros', 'discard', 'secureErase', 'flush', 'extents', 'ioctl'] as const;
+const NAMES = REQUEST_CALLBACKS;
 
 export default function stats(options: StatsOptions = {}): Filter {
   return (next) => {
-    const counts = Object.fromEntries(NAMES.map((name) => [name, { requests: 0, bytes: 0, failures: 0, totalMs: 0, maxMs: 0 }])) as Record<
-      (typeof NAMES)[number],
-      OperationCounts
-    >;
+    const counts = Object.fromEntries(NAMES.map((name) => [name, { requests: 0, bytes: 0, failures: 0, totalMs: 0, maxMs: 0 }])) as Record<RequestCallback, OperationCounts>;
     let started = 0;
     let timer: NodeJS.Timeout | undefined;
 
@@ -80,12 +77,12 @@ export default function stats(options: StatsOptions = {}): Filter {
     }
 
     /** Times one inner call; `bytes` is what it moved. */
-    async function count(c: OperationCounts, bytes: number, call: () => Promise<unknown> | unknown): Promise<void> {
+    async function count<T>(c: OperationCounts, bytes: number, call: () => Promise<T> | T): Promise<T> {
       const t0 = performance.now();
       c.requests++;
       c.bytes += bytes;
       try {
-        await call();
+        return await call();
       } catch (error) {
         c.failures++;
         throw error;
@@ -109,20 +106,7 @@ export default function stats(options: StatsOptions = {}): Filter {
           write(true);
         },
       ),
-      read: (buffer, offset, ctx) => count(counts.read, buffer.length, () => next.read!(buffer, offset, ctx)),
-      write: (data, offset, ctx) => count(counts.write, data.length, () => next.write!(data, offset, ctx)),
-      fuaWrite: (data, offset, ctx) => count(counts.fuaWrite, data.length, () => next.fuaWrite!(data, offset, ctx)),
-      writeSame: (block, offset, size, ctx) => count(counts.writeSame, size, () => next.writeSame!(block, offset, size, ctx)),
-      writeZeros: (offset, size, mayUnmap, ctx) => count(counts.writeZeros, size, () => next.writeZeros!(offset, size, mayUnmap, ctx)),
-      discard: (offset, size, ctx) => count(counts.discard, size, () => next.discard!(offset, size, ctx)),
-      secureErase: (offset, size, ctx) => count(counts.secureErase, size, () => next.secureErase!(offset, size, ctx)),
-      flush: (ctx) => count(counts.flush, 0, () => next.flush!(ctx)),
-      ioctl: (command, argument, ctx) => count(counts.ioctl, 0, () => next.ioctl!(command, argument, ctx)),
-      async extents(offset, size, ctx) {
-        let answer: readonly Extent[] = [];
-        await count(counts.extents, size, async () => (answer = await next.extents!(offset, size, ctx)));
-        return answer;
-      },
+      ...eachRequest(next, (name, _offset, size, _ctx, call) => count(counts[name], name === 'ioctl' ? 0 : size, call)),
     });
   };
 }

@@ -23,9 +23,9 @@
  */
 import { closeSync, existsSync, openSync, readdirSync, readlinkSync } from 'node:fs';
 import loop from '../../src/examples/loop.js';
-import { abort, DriverError, type Driver } from '../../src/index.js';
+import { abort, DriverError } from '../../src/index.js';
 
-export default function recoverable(args: readonly string[]): Driver<{ fd: number }> {
+export default function recoverable(args: readonly string[]): ReturnType<typeof loop> {
   const [image, ...behaviours] = args;
   const base = loop([image!]);
   const has = (name: string) => behaviours.includes(name);
