@@ -8,7 +8,7 @@ export { abort, AttributeError, BdusError, DriverAbort, DriverError } from './dr
 export { Device, type DeviceExport, type DeviceExportOptions, type RunOptions } from './device/device.js';
 export { rerun, run, serve, start } from './device/start.js';
 export { FRONTENDS, type FrontendChoice } from './frontend/select.js';
-export { around, compose, InnerContexts, layer, type Filter, type LayerOptions, type Overrides } from './filter/filter.js';
+export { around, compose, composeAsync, eachRequest, InnerContexts, layer, type AsyncFilter, type Filter, type LayerOptions, type Overrides } from './filter/filter.js';
 export type { FilterModule, Parameters, ParameterSpec, ParameterType, ParameterValue } from './filter/parameters.js';
 export {
   daemonVersion,

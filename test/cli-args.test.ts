@@ -65,7 +65,7 @@ test("`bdus run DRIVER --help` lists the driver's usage and options; --help afte
   assert.match(help.stdout, /-v, --verbose +a flag/);
   assert.match(help.stdout, /--record VALUE +the file to record to/);
   const loop = await bdus(['export', 'loop', '-h']);
-  assert.match(loop.stdout, /driver loop PATH\n {2}mirrors PATH/);
+  assert.match(loop.stdout, /driver loop PATH \[driver options\]\n {2}a file or block device/);
   // After `--`, --help is the driver's argument: the command goes on (and fails on the missing size).
   const passed = await bdus(['run', `${DRIVERS}/options.js`, '--size', '0', '--', '--help']);
   assert.equal(passed.code, 1);

@@ -93,6 +93,17 @@ test('offset: mkfs on the window puts the filesystem at the offset in the file b
   assert.equal(superblock.readUInt16LE(56), 0xef53, 'ext4\'s magic at 1 MiB + 1080 in the image');
 });
 
+test('partition: mkfs on partition 2 of a GPT disk image lands inside that partition', async (t) => {
+  const img = image(t, 64 * MiB);
+  await must('sh', ['-c', `printf 'label: gpt\\nstart=2048, size=32768\\nstart=34816, size=65536\\n' | sfdisk --quiet ${img}`]);
+  const dev = await device(t, ['file', img, '--filter', 'partition:number=2']);
+  assert.equal((await must('blockdev', ['--getsize64', dev])).trim(), String(32 * MiB));
+  await must('mkfs.ext4', ['-q', dev]);
+  await must('sync', []);
+  assert.equal(readFileSync(img).readUInt16LE(34816 * 512 + 1080), 0xef53, 'ext4\'s magic 1080 bytes into partition 2');
+  assert.match(await must('sfdisk', ['--dump', img]), /start=\s*34816, size=\s*65536/, 'the table is untouched');
+});
+
 test('file: its holes reach nbdinfo --map, and nbdcopy copies the data and leaves the holes', async (t) => {
   const img = image(t, 64 * MiB);
   await must('dd', ['if=/dev/urandom', `of=${img}`, 'bs=1M', 'seek=8', 'count=1', 'conv=notrunc', 'status=none']);
@@ -194,6 +205,28 @@ test('cow: recoverable through SIGKILL and hot swaps under fio verify', async (t
   const dev = await device(t, driver);
   assert.equal(await killThenSwap(t, dev, driver), '0', 'fio verify found no error');
   assert.equal(statSync(base).blocks, 0, 'the base got no write');
+});
+
+test('cache: write-back under fio verify and hot swaps loses nothing, and a flush puts what it holds in the file', async (t) => {
+  const img = image(t, 64 * MiB);
+  const driver = ['file', img, '--filter', 'cache:size=4M,block=16K,readahead=64K'];
+  const dev = await device(t, driver);
+  const verify = fioVerify(t, dev);
+  await sleep(1000);
+  await mustRerun(dev, driver);
+  await sleep(1000);
+  await mustRerun(dev, driver);
+  await sleep(1000);
+  assert.equal(await verify.errors(), '0', 'fio verify found no error');
+
+  const data = removeAfter(t, scratch('data'));
+  await must('dd', ['if=/dev/urandom', `of=${data}`, 'bs=1M', 'count=1', 'status=none']);
+  await must('dd', [`if=${data}`, `of=${dev}`, 'bs=64k', 'seek=512', 'oflag=direct', 'status=none']);
+  assert.equal((await bdus(['flush', dev])).code, 0);
+  await must('cmp', ['-n', String(MiB), data, img, '0', String(32 * MiB)]);
+
+  const refused = await bdus(['run', 'file', img, '--recoverable', '--filter', 'cache', '--foreground'], { timeoutMs: 30_000 });
+  assert.match(refused.stderr, /a recoverable device takes mode=writethrough/);
 });
 
 test('chunked: chunks appear as written and go when discarded; recoverable under fio verify', async (t) => {

@@ -4,17 +4,17 @@
 // truth), geometry filters give the inner driver its own size, and each filter's rule holds.
 // test/filters-devices.test.ts runs them on real devices with real tools.
 import assert from 'node:assert/strict';
-import { readFileSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { isReadOnly, requestCallbacks } from '../src/driver/callbacks.js';
 import type { Driver } from '../src/driver/driver.js';
 import { DriverError } from '../src/driver/errors.js';
-import { chunked, memory, nullDriver, pattern, patternAt } from '../src/drivers/index.js';
+import { chunked, file, memory, nullDriver, pattern, patternAt } from '../src/drivers/index.js';
 import { compose, layer } from '../src/filter/filter.js';
 import { parseFilterSpec, parseParameters } from '../src/filter/parameters.js';
-import { cow, delay, error, log, offset, parseLog, rate, readonly, retry, stats, type StatsReport } from '../src/filters/index.js';
+import { cache, cow, delay, error, log, offset, parseLog, partition, rate, readonly, retry, stats, type StatsReport } from '../src/filters/index.js';
 import { checkDriver, RequestFailed, testDriver } from '../src/testing/index.js';
-import { scratch } from './helpers.js';
+import { must, scratch } from './helpers.js';
 
 const MiB = 1 << 20;
 
@@ -252,4 +252,64 @@ test('cow: writes land in the overlay, the base stays as it was, and a new drive
   } finally {
     for (const path of [overlay, `${overlay}.map`, `${overlay}-check`, `${overlay}-check.map`]) rmSync(path, { force: true });
   }
+});
+
+test('cache: write-back holds writes until a flush, stays correct under evictions and concurrency, and refuses a recoverable device', async () => {
+  const inner = memory();
+  let innerWrites = 0;
+  let innerReads = 0;
+  const spied: Driver<Map<number, Buffer>> = {
+    ...inner,
+    write(data, offset, ctx) {
+      innerWrites++;
+      return inner.write!(data, offset, ctx);
+    },
+    read(buffer, offset, ctx) {
+      innerReads++;
+      return inner.read!(buffer, offset, ctx);
+    },
+  };
+  const d = await testDriver(compose(spied, cache({ size: 64 << 10, block: 4096, readahead: 16384 })), { attributes: { size: 4 * MiB, maxConcurrentCallbacks: 16 } });
+  await d.write(0, Buffer.alloc(8192, 1));
+  assert.equal(innerWrites, 0, 'a write is answered from the cache');
+  await d.flush();
+  assert.equal(innerWrites, 2, 'flush writes the dirty blocks below');
+  const below = Buffer.alloc(8192);
+  await inner.read!(below, 0, d.ctx);
+  assert.deepEqual(below, Buffer.alloc(8192, 1));
+
+  innerReads = 0;
+  for (let at = MiB; at < MiB + 65536; at += 4096) await d.read(at, 4096);
+  assert.ok(innerReads <= 5, `sequential reads are read ahead (${innerReads} reads below for 16 blocks)`);
+  await checkDriver(d); // 16 blocks of cache: every pass evicts
+  await d.close();
+
+  await assert.rejects(testDriver(compose(memory(), cache()), { attributes: { size: MiB, recoverable: true } }), /a recoverable device takes mode=writethrough/);
+  const through = await testDriver(compose(spied, cache({ mode: 'writethrough', block: 4096 })), { attributes: { size: MiB, recoverable: true } });
+  innerWrites = 0;
+  await through.write(4096, Buffer.alloc(4096, 2));
+  assert.equal(innerWrites, 1, 'write-through writes below at once');
+  await checkDriver(through);
+  await through.close();
+});
+
+test('partition: finds MBR and GPT partitions in the driver below and serves one as the device', async () => {
+  for (const label of ['gpt', 'dos']) {
+    const img = scratch(`${label}.img`);
+    try {
+      writeFileSync(img, '');
+      truncateSync(img, 64 * MiB);
+      await must('sh', ['-c', `printf 'label: ${label}\\nstart=2048, size=32768\\nstart=34816, size=65536\\n' | sfdisk --quiet ${img}`]);
+      const filtered = await partition({ number: 2 })(file(img));
+      assert.equal(filtered.attributes?.size, 65536 * 512, `${label}: the second partition's size`);
+      const d = await testDriver(filtered);
+      await d.write(0, Buffer.alloc(4096, 9));
+      await d.close();
+      assert.deepEqual(readFileSync(img).subarray(34816 * 512, 34816 * 512 + 4096), Buffer.alloc(4096, 9), `${label}: block 0 is the partition's first`);
+      await assert.rejects(partition({ number: 3 })(file(img)), /empty|not 3/);
+    } finally {
+      rmSync(img, { force: true });
+    }
+  }
+  await assert.rejects(partition({ number: 1 })(pattern() as Driver), /must declare its size/);
 });

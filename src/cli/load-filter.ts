@@ -8,7 +8,7 @@ import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Driver } from '../driver/driver.js';
 import { BdusError } from '../driver/errors.js';
-import { compose, type Filter } from '../filter/filter.js';
+import { composeAsync, type AsyncFilter, type Filter } from '../filter/filter.js';
 import { parameterHelp, parseFilterSpec, parseParameters, type FilterModule } from '../filter/parameters.js';
 import { FILTERS } from '../filters/index.js';
 import { DRIVER_NAMES, driverModuleUrl } from '../drivers/index.js';
@@ -34,8 +34,8 @@ export async function importFilterModule(name: string): Promise<FilterModule> {
 }
 
 /** The filters of `--filter` flags, in the order given (the first is innermost). */
-export async function loadFilters(specs: readonly string[]): Promise<Filter[]> {
-  const filters: Filter[] = [];
+export async function loadFilters(specs: readonly string[]): Promise<Array<Filter | AsyncFilter>> {
+  const filters: Array<Filter | AsyncFilter> = [];
   for (const spec of specs) {
     const { name, words } = parseFilterSpec(spec);
     const module = await importFilterModule(name);
@@ -49,7 +49,7 @@ export async function loadFilters(specs: readonly string[]): Promise<Filter[]> {
 /** `driver` with the `--filter` flags' filters applied; a filter refusing the driver fails here, before any device. */
 export async function applyFilters(driver: Driver<any>, specs: readonly string[]): Promise<Driver<any>> {
   if (specs.length === 0) return driver;
-  const filtered = compose(driver, ...(await loadFilters(specs)));
+  const filtered = await composeAsync(driver, ...(await loadFilters(specs)));
   if (typeof filtered !== 'object' || filtered === null) throw new BdusError('ENOEXEC', 'a filter returned no driver');
   return filtered;
 }

@@ -45,6 +45,12 @@ export const FILTER_OP_OF: Readonly<Record<RequestCallback, FilterOp | undefined
 /** Turns a driver into a driver. Typed for any driver state: a filter never touches `ctx.state`. */
 export type Filter = <State>(next: Driver<State>) => Driver<State>;
 
+/**
+ * A filter that must learn something from the driver below before the device exists (the
+ * partition filter reads the partition table): it resolves to the filtered driver.
+ */
+export type AsyncFilter = <State>(next: Driver<State>) => Promise<Driver<State>>;
+
 /** What a filter may override: any callback, with the driver's own signature. */
 export type Overrides<State> = { -readonly [K in Exclude<keyof Driver<State>, 'attributes'>]?: Driver<State>[K] };
 
@@ -89,6 +95,13 @@ export function layer<State>(next: Driver<State>, overrides: Overrides<State>, o
 /** `driver` with `filters` applied in order: the last filter is the outermost. */
 export function compose<State>(driver: Driver<State>, ...filters: readonly Filter[]): Driver<State> {
   return filters.reduce<Driver<State>>((inner, filter) => filter(inner), driver);
+}
+
+/** `compose` for filters of which some are asynchronous: applied in the same order, each awaited. */
+export async function composeAsync<State>(driver: Driver<State>, ...filters: readonly (Filter | AsyncFilter)[]): Promise<Driver<State>> {
+  let result = driver;
+  for (const filter of filters) result = await filter(result);
+  return result;
 }
 
 /**

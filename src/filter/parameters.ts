@@ -6,7 +6,7 @@
  */
 import { BdusError } from '../driver/errors.js';
 import { parseDuration, parseSize } from '../util/units.js';
-import type { Filter } from './filter.js';
+import type { AsyncFilter, Filter } from './filter.js';
 
 export type ParameterType = 'size' | 'duration' | 'number' | 'string' | 'boolean' | 'list';
 
@@ -29,7 +29,7 @@ export interface FilterModule {
   /** Its parameters can change while the device runs (`bdus filter`, src/filter/settings.ts). */
   readonly live?: boolean;
   /** Makes the filter from its parsed parameters. */
-  readonly default: (options: Record<string, ParameterValue>) => Filter;
+  readonly default: (options: Record<string, ParameterValue>) => Filter | AsyncFilter;
 }
 
 /**
