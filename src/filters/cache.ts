@@ -26,6 +26,7 @@ import { DriverError } from '../driver/errors.js';
 import type { Context, Driver } from '../driver/driver.js';
 import type { Filter } from '../filter/filter.js';
 import { layer } from '../filter/filter.js';
+import { BlockTurns } from '../filter/turns.js';
 import type { Parameters } from '../filter/parameters.js';
 
 export const description = 'a bounded cache of blocks in memory, write-back or write-through, with read-ahead';
@@ -62,19 +63,9 @@ export default function cache(options: CacheOptions = {}): Filter {
     /** Cached blocks, least recently used first (a Map keeps insertion order). */
     const entries = new Map<number, Entry>();
     /** Blocks being filled, written back or changed: one at a time per block. */
-    const busy = new Map<number, Promise<void>>();
+    const turns = new BlockTurns();
+    const turn = <T>(b: number, fn: () => Promise<T>) => turns.run(b, fn);
     let lastReadEnd = -1;
-
-    async function turn<T>(b: number, fn: () => Promise<T>): Promise<T> {
-      for (let waiting = busy.get(b); waiting; waiting = busy.get(b)) await waiting;
-      const work = fn();
-      busy.set(b, work.then(() => undefined, () => undefined));
-      try {
-        return await work;
-      } finally {
-        busy.delete(b);
-      }
-    }
 
     const blockLength = (b: number, ctx: Context<State>) => Math.min(block, ctx.attributes.size - b * block);
 
@@ -104,12 +95,12 @@ export default function cache(options: CacheOptions = {}): Filter {
      */
     async function load(b: number, more: number, ctx: Context<State>): Promise<Entry> {
       let count = 1;
-      while (count <= more && (b + count) * block < ctx.attributes.size && !entries.has(b + count) && !busy.has(b + count)) count++;
+      while (count <= more && (b + count) * block < ctx.attributes.size && !entries.has(b + count) && !turns.has(b + count)) count++;
       const length = Math.min(count * block, ctx.attributes.size - b * block);
       const data = Buffer.allocUnsafeSlow(length);
       await next.read!(data, b * block, ctx);
       for (let i = 1; i < count; i++) {
-        if (!entries.has(b + i) && !busy.has(b + i)) entries.set(b + i, { data: data.subarray(i * block, Math.min((i + 1) * block, length)), dirty: false });
+        if (!entries.has(b + i) && !turns.has(b + i)) entries.set(b + i, { data: data.subarray(i * block, Math.min((i + 1) * block, length)), dirty: false });
       }
       const made = { data: count > 1 ? data.subarray(0, block) : data, dirty: false };
       entries.set(b, made);

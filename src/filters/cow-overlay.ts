@@ -43,8 +43,6 @@ export interface Overlay {
   map: number;
   /** A byte per block, as in the map file. */
   where: Uint8Array;
-  /** Blocks being copied up (or zeroed), and the promise of the turn's end. */
-  busy: Map<number, Promise<void>>;
 }
 
 /** Opens (or creates) an overlay for a device of `size` bytes, locked for this process. */
@@ -75,7 +73,7 @@ export function openOverlay(path: string, size: number, block: number): Overlay 
   }
   const where = new Uint8Array(blocks);
   readSync(map, where, 0, blocks, MAP_HEADER);
-  return { data, map, where, busy: new Map() };
+  return { data, map, where };
 }
 
 /** Takes an existing overlay for `bdus cow`: locked, or an error saying who has it. */

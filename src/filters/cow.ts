@@ -29,6 +29,7 @@ import type { Context, Driver, Extent } from '../driver/driver.js';
 import { DriverError } from '../driver/errors.js';
 import type { Filter } from '../filter/filter.js';
 import { layer } from '../filter/filter.js';
+import { BlockTurns } from '../filter/turns.js';
 import type { Parameters } from '../filter/parameters.js';
 import { fallocate } from '../native.js';
 import { MAP_HEADER, openOverlay, Where, type Overlay } from './cow-overlay.js';
@@ -61,17 +62,8 @@ export default function cow(options: CowOptions): Filter {
     if (!next.read) throw new DriverError('EINVAL', 'filter cow: the driver below cannot be read');
     let o: Overlay | undefined;
 
-    /** Runs `fn` with block `b` to itself (its copy-up or zeroing), after any turn already taken. */
-    async function turn(b: number, fn: () => Promise<void>): Promise<void> {
-      for (let waiting = o!.busy.get(b); waiting; waiting = o!.busy.get(b)) await waiting;
-      const work = fn();
-      o!.busy.set(b, work.then(() => undefined, () => undefined));
-      try {
-        await work;
-      } finally {
-        o!.busy.delete(b);
-      }
-    }
+    const turns = new BlockTurns();
+    const turn = (b: number, fn: () => Promise<void>) => turns.run(b, fn);
 
     async function setWhere(b: number, value: Where): Promise<void> {
       o!.where[b] = value;
@@ -90,7 +82,7 @@ export default function cow(options: CowOptions): Filter {
 
     /** Writes `data` at `offset` within block `b`, copying the block up first if it is not in the overlay. */
     async function writeInBlock(data: Buffer, offset: number, b: number, ctx: Context<State>): Promise<void> {
-      if (o!.where[b] === Where.OVERLAY && !o!.busy.has(b)) return transfer(o!.data, data, offset, true);
+      if (o!.where[b] === Where.OVERLAY && !turns.has(b)) return transfer(o!.data, data, offset, true);
       await turn(b, async () => {
         if (o!.where[b] === Where.OVERLAY) return transfer(o!.data, data, offset, true);
         const start = b * block;
