@@ -47,6 +47,8 @@ async function main(): Promise<void> {
     },
   });
   const size = values.size!;
+  // In the VM, loop and fuse are modules (the host has them built in and loads none).
+  for (const module of ['loop', 'fuse']) await sh('modprobe', [module]).catch(() => undefined);
   const reps = Number(values.reps);
   const runtime = Number(values.runtime);
   rmSync(SOCKET, { force: true });
