@@ -82,7 +82,13 @@ export default function cache(options: CacheOptions = {}): Filter {
         if (entry.dirty) {
           await turn(b, async () => {
             // A write may have brought the block back meanwhile: its copy is newer.
-            if (!entries.has(b)) await next.write!(entry.data, b * block, ctx);
+            if (entries.has(b)) return;
+            try {
+              await next.write!(entry.data, b * block, ctx);
+            } catch (error) {
+              entries.set(b, entry); // kept dirty, for the next flush to try again
+              throw error;
+            }
           });
         }
       }

@@ -106,9 +106,11 @@ export default function cow(options: CowOptions): Filter {
         const end = Math.min(offset + size, (b + 1) * block, ctx.attributes.size);
         if (at === b * block && (end === (b + 1) * block || end === ctx.attributes.size)) {
           await turn(b, async () => {
-            if (o!.where[b] === Where.ZERO) return;
+            const was = o!.where[b];
+            if (was === Where.ZERO) return;
             await setWhere(b, Where.ZERO);
-            if (o!.where[b] !== Where.BASE) await fallocate(o!.data, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, at, end - at);
+            // The map says zeros first: a driver killed before the punch leaves data nobody reads.
+            if (was === Where.OVERLAY) await fallocate(o!.data, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, at, end - at);
           });
         } else {
           await writeInBlock(Buffer.alloc(end - at), at, b, ctx);
