@@ -10,7 +10,7 @@ import type { ParseArgsConfig } from 'node:util';
 import { RECOVERY_MODES } from '../driver/attributes.js';
 import { FRONTENDS } from '../frontend/select.js';
 import { DEVICE_PATH_PREFIX } from '../util/paths.js';
-import { DRIVER_NAMES } from '../drivers/index.js';
+import { DRIVER_NAMES } from '../drivers/catalog.js';
 import { UsageError } from './usage.js';
 
 type OptionSpecs = NonNullable<ParseArgsConfig['options']>;

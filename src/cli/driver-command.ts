@@ -12,7 +12,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { BdusError } from '../driver/errors.js';
 import type { DriverOptionValues } from '../driver/module.js';
-import { DRIVER_NAMES } from '../drivers/index.js';
+import { DRIVER_NAMES } from '../drivers/catalog.js';
 import { importDriverModule, type LoadedDriverModule } from './load-driver.js';
 import { unknownOption } from './suggest.js';
 import { UsageError } from './usage.js';

@@ -11,7 +11,7 @@ import { pathToFileURL } from 'node:url';
 import type { Driver } from '../driver/driver.js';
 import { BdusError } from '../driver/errors.js';
 import type { DriverModule, DriverOptions, DriverOptionValues } from '../driver/module.js';
-import { DRIVER_NAMES, driverModuleUrl, type DriverName } from '../drivers/index.js';
+import { DRIVER_NAMES, driverModuleUrl, type DriverName } from '../drivers/catalog.js';
 
 const TYPESCRIPT = new Set(['.ts', '.mts', '.cts']);
 

@@ -10,16 +10,16 @@ import type { Driver } from '../driver/driver.js';
 import { BdusError } from '../driver/errors.js';
 import { composeAsync, type AsyncFilter, type Filter } from '../filter/filter.js';
 import { parameterHelp, parseFilterSpec, parseParameters, type FilterModule } from '../filter/parameters.js';
-import { FILTERS } from '../filters/index.js';
-import { DRIVER_NAMES, driverModuleUrl } from '../drivers/index.js';
+import { FILTER_NAMES, filterModule, isFilterName } from '../filters/catalog.js';
+import { DRIVER_NAMES, driverModuleUrl } from '../drivers/catalog.js';
 import { suggest } from './suggest.js';
 
 /** A filter module by name or path. */
 export async function importFilterModule(name: string): Promise<FilterModule> {
-  if (Object.hasOwn(FILTERS, name)) return FILTERS[name]!;
+  if (isFilterName(name)) return filterModule(name);
   if (!/[./]/.test(name)) {
-    const nearest = suggest(name, Object.keys(FILTERS));
-    throw new BdusError('EINVAL', `no filter '${name}'${nearest ? `; did you mean '${nearest}'?` : ''} (bdus's filters: ${Object.keys(FILTERS).join(', ')}; or a module path)`);
+    const nearest = suggest(name, [...FILTER_NAMES]);
+    throw new BdusError('EINVAL', `no filter '${name}'${nearest ? `; did you mean '${nearest}'?` : ''} (bdus's filters: ${FILTER_NAMES.join(', ')}; or a module path)`);
   }
   const path = resolve(name);
   if (!existsSync(path)) throw new BdusError('ENOENT', `no filter module at ${path}`);
@@ -62,7 +62,8 @@ export async function libraryHelp(): Promise<string> {
     lines.push(`  ${`${name}${module.usage ? ` ${module.usage}` : ''}`.padEnd(18)} ${module.description ?? ''}`);
   }
   lines.push('', 'filters (--filter NAME:KEY=VALUE,...; applied in order, the first innermost):');
-  for (const [name, module] of Object.entries(FILTERS)) {
+  for (const name of FILTER_NAMES) {
+    const module = await filterModule(name);
     lines.push(`  ${name.padEnd(18)} ${module.description}`);
     lines.push(...parameterHelp(module.parameters));
   }

@@ -11,12 +11,4 @@ export { nbd, type NbdDriverOptions } from './nbd.js';
 export { nullDriver } from './null.js';
 export { pattern, patternAt } from './pattern.js';
 
-/** The drivers `bdus run NAME` knows, with the examples (src/examples; `loop` is `file`), in `--help`'s order. */
-export const DRIVER_NAMES = ['file', 'chunked', 'http', 'memory', 'nbd', 'null', 'pattern', 'ram', 'zero', 'loop'] as const;
-export type DriverName = (typeof DRIVER_NAMES)[number];
-
-/** Where a named driver's module is. */
-export function driverModuleUrl(name: DriverName): URL {
-  const examples: readonly string[] = ['ram', 'zero', 'loop'];
-  return new URL(examples.includes(name) ? `../examples/${name}.js` : `./${name}.js`, import.meta.url);
-}
+export { DRIVER_NAMES, driverModuleUrl, type DriverName } from './catalog.js';
