@@ -36,6 +36,15 @@ async function kill(dev: string): Promise<void> {
   await untilDriverless(dev);
 }
 
+/** Waits until the device's current driver says it hands the device over (it is then in its flush or terminate). */
+async function untilHandingOver(dev: string): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    if ((await bdus(['logs', dev])).stdout.includes('handing the device over to a new driver')) return;
+    await sleep(50);
+  }
+  assert.fail(`${dev}'s driver never started handing over`);
+}
+
 function rerun(dev: string, args: readonly string[]): Promise<Result> {
   return bdus(['rerun', dev, DRIVER, ...args], { timeoutMs: 60_000 });
 }
@@ -219,7 +228,7 @@ test('a rerun racing with the current driver crashing: a recoverable device take
   const dev = await device(t, [DRIVER, img, 'slow-terminate=1500', '--recoverable']);
   const old = await pid(dev);
   const replacing = rerun(dev, [img]);
-  await sleep(500); // the old driver is in its terminate
+  await untilHandingOver(dev); // the old driver is in its terminate (1.5 s of it)
   process.kill(old, 'SIGKILL');
   const r = await replacing;
   assert.equal(r.code, 0, r.stderr);
@@ -231,7 +240,7 @@ test('a rerun racing with the current driver crashing: a device that is not reco
   const dev = await device(t, [DRIVER, img, 'slow-terminate=1500']);
   const old = await pid(dev);
   const replacing = rerun(dev, [img]);
-  await sleep(500);
+  await untilHandingOver(dev);
   process.kill(old, 'SIGKILL');
   const r = await replacing;
   assert.equal(r.code, 1);
