@@ -12,7 +12,7 @@ import { DriverError } from '../src/driver/errors.js';
 import { chunked, file, memory, nullDriver, pattern, patternAt } from '../src/drivers/index.js';
 import { compose, layer } from '../src/filter/filter.js';
 import { parseFilterSpec, parseParameters } from '../src/filter/parameters.js';
-import { cache, cow, delay, error, log, offset, parseLog, partition, rate, readonly, retry, stats, type StatsReport } from '../src/filters/index.js';
+import { cache, cow, delay, error, log, offset, parseLog, partition, rate, readonly, retry, stats, truncate, type StatsReport } from '../src/filters/index.js';
 import { checkDriver, RequestFailed, testDriver } from '../src/testing/index.js';
 import { must, scratch } from './helpers.js';
 
@@ -119,6 +119,32 @@ test('offset: the window maps to the driver below, which sees its own size', asy
   assert.throws(() => offset({ offset: 15 * MiB, size: 2 * MiB })(spy), /ends past the driver below/);
   assert.equal(offset({ offset: MiB })(spy).attributes?.size, 15 * MiB, 'without a size, to the end');
   await assert.rejects(testDriver(offset({ offset: 100 })(spy)), /multiple of the physical block size/);
+});
+
+test('truncate: grows the driver below with zeros that take only zeros, or shrinks it', async () => {
+  const below = memory();
+  const base: Driver<Map<number, Buffer>> = { ...below, attributes: { size: 3 * MiB } };
+  const grown = truncate({ size: 8 * MiB })(base);
+  assert.equal(grown.attributes?.size, 8 * MiB);
+  const d = await testDriver(grown);
+  await d.write(3 * MiB - 4096, Buffer.alloc(4096, 7));
+  const across = await d.read(3 * MiB - 4096, 8192);
+  assert.deepEqual(across, Buffer.concat([Buffer.alloc(4096, 7), Buffer.alloc(4096)]), 'past the end reads zeros');
+  await d.write(4 * MiB, Buffer.alloc(65536));
+  await d.writeZeros(2 * MiB, 4 * MiB);
+  await d.discard(5 * MiB, MiB);
+  await assert.rejects(d.write(3 * MiB - 4096, Buffer.alloc(8192, 1)), (e: unknown) => e instanceof RequestFailed && e.code === 'ENOSPC', 'data past the end has nowhere to go');
+  assert.deepEqual(await d.read(3 * MiB - 4096, 4096), Buffer.alloc(4096), 'write-zeroes reached the part inside');
+  await d.close();
+
+  assert.equal(truncate({ 'round-up': MiB })({ ...base, attributes: { size: 3 * MiB + 4096 } }).attributes?.size, 4 * MiB);
+  assert.equal(truncate({ 'round-down': MiB })({ ...base, attributes: { size: 3 * MiB + 4096 } }).attributes?.size, 3 * MiB);
+  const shrunk = await testDriver(truncate({ size: MiB })(base));
+  await checkDriver(shrunk);
+  await shrunk.close();
+  assert.throws(() => truncate({})(base), /one of size=, round-up= or round-down=/);
+  assert.throws(() => truncate({ 'round-up': 3000 }), /not a power of two/);
+  assert.throws(() => truncate({ size: MiB })(memory()), /does not state its size/);
 });
 
 test('error: ops, range, after and count choose the failures; the client sees the code', async () => {

@@ -4,7 +4,7 @@
  */
 import type { FilterModule } from '../filter/parameters.js';
 
-export const FILTER_NAMES = ['cache', 'cow', 'delay', 'error', 'log', 'offset', 'partition', 'rate', 'readonly', 'retry', 'stats'] as const;
+export const FILTER_NAMES = ['cache', 'cow', 'delay', 'error', 'log', 'offset', 'partition', 'rate', 'readonly', 'retry', 'stats', 'truncate'] as const;
 export type FilterName = (typeof FILTER_NAMES)[number];
 
 export function isFilterName(name: string): name is FilterName {

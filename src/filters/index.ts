@@ -16,5 +16,6 @@ export { default as rate, type RateOptions } from './rate.js';
 export { default as readonly } from './readonly.js';
 export { default as retry, type RetryOptions } from './retry.js';
 export { default as stats, type OperationCounts, type StatsOptions, type StatsReport } from './stats.js';
+export { default as truncate, type TruncateOptions } from './truncate.js';
 
 export { FILTER_NAMES, filterModule, isFilterName, type FilterName } from './catalog.js';
