@@ -3,7 +3,8 @@
 // The few system calls Node cannot make by itself. Everything here is a thin,
 // typed wrapper; the TypeScript side (src/native.ts) is the only caller.
 //
-//   fallocate(fd, mode, offset, length, callback(errno))  async, on the libuv pool
+//   fallocate(fd, mode, offset, length, callback(errno)[, discard])  async, on the libuv pool
+//                                                     (discard: BLKDISCARD of the range instead)
 //   blockDeviceSize(fd) -> bigint                         BLKGETSIZE64, sync
 //   loopSetCapacity(fd)                                   LOOP_SET_CAPACITY, sync
 //   dup2(oldfd, newfd)                                    sync
@@ -72,6 +73,7 @@ struct fallocate_work {
     int mode;
     int64_t offset;
     int64_t length;
+    int discard; /* BLKDISCARD instead of fallocate: a block device's discard has no fallocate mode */
     int err;
 };
 
@@ -79,7 +81,12 @@ static void fallocate_execute(napi_env env, void *data)
 {
     (void)env;
     struct fallocate_work *w = data;
-    w->err = fallocate(w->fd, w->mode, w->offset, w->length) == 0 ? 0 : errno;
+    if (w->discard) {
+        uint64_t range[2] = { (uint64_t)w->offset, (uint64_t)w->length };
+        w->err = ioctl(w->fd, BLKDISCARD, range) == 0 ? 0 : errno;
+    } else {
+        w->err = fallocate(w->fd, w->mode, w->offset, w->length) == 0 ? 0 : errno;
+    }
 }
 
 static void fallocate_complete(napi_env env, napi_status status, void *data)
@@ -97,13 +104,16 @@ static void fallocate_complete(napi_env env, napi_status status, void *data)
 
 static napi_value js_fallocate(napi_env env, napi_callback_info info)
 {
-    size_t argc = 5;
-    napi_value argv[5], name;
+    size_t argc = 6;
+    napi_value argv[6], name;
+    bool discard = false;
     CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-    if (argc != 5) {
-        napi_throw_type_error(env, NULL, "fallocate(fd, mode, offset, length, callback)");
+    if (argc != 5 && argc != 6) {
+        napi_throw_type_error(env, NULL, "fallocate(fd, mode, offset, length, callback[, discard])");
         return NULL;
     }
+    if (argc == 6)
+        CHECK(napi_get_value_bool(env, argv[5], &discard));
     struct fallocate_work *w = calloc(1, sizeof(*w));
     if (!w)
         return throw_errno(env, ENOMEM, "fallocate");
@@ -111,6 +121,7 @@ static napi_value js_fallocate(napi_env env, napi_callback_info info)
     CHECK(napi_get_value_int32(env, argv[1], &w->mode));
     CHECK(napi_get_value_int64(env, argv[2], &w->offset));
     CHECK(napi_get_value_int64(env, argv[3], &w->length));
+    w->discard = discard;
     CHECK(napi_create_reference(env, argv[4], 1, &w->callback));
     CHECK(napi_create_string_utf8(env, "bdus:fallocate", NAPI_AUTO_LENGTH, &name));
     CHECK(napi_create_async_work(env, NULL, name, fallocate_execute,

@@ -12,7 +12,8 @@ interface NativeAddon {
   /** The system's page size in bytes. */
   readonly pageSize: number;
   /** fallocate(2) on the libuv pool; the callback gets 0 or a positive errno. */
-  fallocate(fd: number, mode: number, offset: number, length: number, callback: (errno: number) => void): void;
+  /** With `discard`, BLKDISCARD of the range (a block device) instead of fallocate. */
+  fallocate(fd: number, mode: number, offset: number, length: number, callback: (errno: number) => void, discard?: boolean): void;
   /** ioctl(BLKGETSIZE64): a block device's size in bytes. */
   blockDeviceSize(fd: number): bigint;
   /** ioctl(LOOP_SET_CAPACITY) on a loop device: it takes its backing file's size again. */
@@ -124,12 +125,21 @@ export const native = load(fileURLToPath(new URL('../..', import.meta.url))) as 
 
 /** fallocate(2) as a promise; rejects with a Node-style error carrying `code`. */
 export function fallocate(fd: number, mode: number, offset: number, length: number): Promise<void> {
+  return onPool('fallocate', fd, mode, offset, length, false);
+}
+
+/** BLKDISCARD of a block device's range, as a promise (on the libuv pool, like fallocate). */
+export function blockDiscard(fd: number, offset: number, length: number): Promise<void> {
+  return onPool('BLKDISCARD', fd, 0, offset, length, true);
+}
+
+function onPool(syscall: string, fd: number, mode: number, offset: number, length: number, discard: boolean): Promise<void> {
   return new Promise((resolve, reject) => {
     native.fallocate(fd, mode, offset, length, (errno) => {
       if (errno === 0) return resolve();
       const code = errnoName(errno);
-      reject(Object.assign(new Error(`fallocate: ${code}`), { code, errno: -errno, syscall: 'fallocate' }));
-    });
+      reject(Object.assign(new Error(`${syscall}: ${code}`), { code, errno: -errno, syscall }));
+    }, discard);
   });
 }
 

@@ -3,8 +3,10 @@
 // ext4 on the error filter sees the kernel's I/O errors while writes fail (switched on and off
 // with `bdus filter`) and loses nothing written before; the offset filter puts a filesystem
 // where it says; the file driver's holes reach nbdinfo and nbdcopy; readonly, rate, log,
-// pattern and null do what they say; settings made with `bdus filter` survive a hot swap; and
-// every mistake on the command line is a clear error.
+// pattern and null do what they say; retry absorbs failures that reach the client without it;
+// truncate grows a file with zeros; bdus replay sends a recorded trace's requests again;
+// settings made with `bdus filter` survive a hot swap; and every mistake on the command line is
+// a clear error.
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
@@ -152,6 +154,59 @@ test('readonly, rate, log, pattern and null on real devices', async (t) => {
   const nul = await device(t, ['null', '--size', '1G']);
   await must('dd', ['if=/dev/urandom', `of=${nul}`, 'bs=1M', 'count=4', 'oflag=direct', 'status=none']);
   await must('cmp', ['-n', String(4 * MiB), nul, '/dev/zero']);
+});
+
+test('retry: a write that fails three times with ENOLINK reaches the disk; without retry it fails', async (t) => {
+  const failing = 'error:ops=write,count=3,error=ENOLINK';
+  const dev = await device(t, ['memory', '--size', '16M', '--transfer-tries', '1', '--filter', failing, '--filter', 'retry:delay=10ms,codes=ENOLINK']);
+  const data = removeAfter(t, scratch('retry.bin'));
+  await must('dd', ['if=/dev/urandom', `of=${data}`, 'bs=4k', 'count=4', 'status=none']);
+  await must('dd', [`if=${data}`, `of=${dev}`, 'bs=4k', 'oflag=direct', 'status=none']);
+  await must('cmp', ['-n', String(16 * 1024), data, dev]);
+  assert.match((await bdus(['logs', dev])).stdout, /filter retry: .*ENOLINK.*trying again in 10 ms \(1 of 5\)/);
+
+  const bare = await device(t, ['memory', '--size', '16M', '--transfer-tries', '1', '--filter', failing]);
+  assert.notEqual((await sh('dd', [`if=${data}`, `of=${bare}`, 'bs=4k', 'oflag=direct', 'status=none'])).code, 0, 'the same failure reaches the client');
+});
+
+test('truncate: a 3 MiB file grown to 64 MiB reads zeros past its end and takes only zeros there', async (t) => {
+  const img = image(t, 3 * MiB);
+  await must('dd', ['if=/dev/urandom', `of=${img}`, 'bs=1M', 'count=3', 'conv=notrunc', 'status=none']);
+  const dev = await device(t, ['file', img, '--filter', 'truncate:size=64M']);
+  assert.equal((await must('blockdev', ['--getsize64', dev])).trim(), String(64 * MiB));
+  const tail = removeAfter(t, scratch('tail.bin'));
+  await must('dd', [`if=${dev}`, `of=${tail}`, 'bs=1M', 'skip=2', 'count=2', 'iflag=direct', 'status=none']);
+  const read = readFileSync(tail);
+  assert.ok(read.subarray(0, MiB).equals(readFileSync(img).subarray(2 * MiB)), 'the file\'s last MiB');
+  assert.ok(read.subarray(MiB).equals(Buffer.alloc(MiB)), 'then zeros');
+  await must('dd', ['if=/dev/zero', `of=${dev}`, 'bs=1M', 'seek=10', 'count=1', 'oflag=direct', 'status=none']);
+  assert.notEqual((await sh('dd', ['if=/dev/urandom', `of=${dev}`, 'bs=1M', 'seek=10', 'count=1', 'oflag=direct', 'status=none'])).code, 0, 'data past the end fails');
+  assert.equal(statSync(img).size, 3 * MiB, 'the file below keeps its size');
+});
+
+test('log and bdus replay: a replayed fio trace sends the same requests to another device', async (t) => {
+  const first = removeAfter(t, scratch('first.log'));
+  const second = removeAfter(t, scratch('second.log'));
+  const recorded = await device(t, ['memory', '--size', '64M', '--filter', `log:file=${first}`]);
+  await must('fio', ['--name=w', `--filename=${recorded}`, '--rw=randtrimwrite', '--bs=4k', '--direct=1', '--ioengine=psync', '--size=8M', '--number_ios=300']);
+  await must('fio', ['--name=r', `--filename=${recorded}`, '--rw=randread', '--bs=8k', '--direct=1', '--ioengine=libaio', '--iodepth=4', '--size=8M', '--number_ios=200']);
+  const replayed = await device(t, ['memory', '--size', '64M', '--filter', `log:file=${second}`]);
+  const r = await bdus(['replay', first, replayed]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^replayed .* in [\d.]+ s \(the trace: [\d.]+ s\)\n(.*\n)*  write +\d+ sent/);
+  await sleep(300);
+  // The kernel's own reads when a device appears (partition table, udev's probe) come and go on
+  // either side: compare what fio sent, the writes and trims exactly and its 8 KiB reads.
+  const requests = (path: string) =>
+    readFileSync(path, 'utf8').split('\n').filter((l) => l !== '' && !l.startsWith('#')).map((l) => l.split(' ').slice(1, 4).join(' '))
+      .filter((l) => !l.startsWith('read ') || l.endsWith(' 8192')).sort();
+  const expected = requests(first);
+  assert.ok(expected.some((l) => l.startsWith('write-zeroes ')) && expected.some((l) => l.startsWith('read ')), 'fio trimmed, wrote and read');
+  assert.deepEqual(requests(second), expected, 'the same operations, offsets and sizes');
+
+  const small = await device(t, ['memory', '--size', '4M']);
+  assert.match((await bdus(['replay', first, small])).stderr, /the trace reaches byte \d+, past the end of/);
+  assert.match((await bdus(['replay', first, first])).stderr, /is not a block device/);
 });
 
 test('a hot swap keeps what bdus filter set, and loses no write under fio verify', async (t) => {

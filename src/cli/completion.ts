@@ -16,7 +16,7 @@ import { UsageError } from './usage.js';
 type OptionSpecs = NonNullable<ParseArgsConfig['options']>;
 
 /** What a command's positional arguments are, for completion. */
-export type Positionals = 'driver' | 'device-then-driver' | 'devices' | 'none' | readonly string[];
+export type Positionals = 'driver' | 'device-then-driver' | 'devices' | 'files' | 'none' | readonly string[];
 
 export interface CompletionSpec {
   readonly options: OptionSpecs;
@@ -88,6 +88,8 @@ export function complete(words: readonly string[], commands: Readonly<Record<str
       return index === 0 ? devicePaths().filter((d) => d.startsWith(current)) : index === 1 ? driver() : [FILES];
     case 'devices':
       return devicePaths().filter((d) => d.startsWith(current));
+    case 'files':
+      return [FILES];
     default:
       return [];
   }

@@ -23,6 +23,7 @@ import {
   RESIZE_HELP,
   resizeCommand,
 } from './manage.js';
+import { REPLAY_HELP, REPLAY_OPTIONS, replayCommand } from './replay.js';
 import { RERUN_HELP, RERUN_OPTIONS, RUN_HELP, RUN_OPTIONS, rerunCommand, runCommand } from './run.js';
 import { STATS_HELP, STATS_OPTIONS, statsCommand } from './stats.js';
 import { suggest } from './suggest.js';
@@ -47,6 +48,7 @@ commands:
   resize <path or id> <size>                         grow or shrink a device while it runs
   filter <path or id> <filter> KEY=VALUE,...         change a running device's filter (delay, error, rate)
   cow <commit | discard> <overlay> [base]            commit or discard a cow filter's overlay
+  replay <trace> <device> [--speed N]                issue a log filter's trace to a device again
   logs [--follow] <path or id>                       a device's log, across its drivers
   stats <path or id> [--json] [--interval S]         a device's request counts, rates and latencies
   top                                                every device's activity, live
@@ -81,6 +83,7 @@ export const COMMANDS: Record<string, Command> = {
   resize: { help: RESIZE_HELP, run: resizeCommand, options: {}, positionals: 'devices' },
   filter: { help: FILTER_HELP, run: filterCommand, options: FILTER_OPTIONS, positionals: 'devices' },
   cow: { help: COW_HELP, run: cowCommand, options: {}, positionals: ['commit', 'discard'] },
+  replay: { help: REPLAY_HELP, run: replayCommand, options: REPLAY_OPTIONS, positionals: 'files' },
   logs: { help: LOGS_HELP, run: logsCommand, options: LOGS_OPTIONS, positionals: 'devices' },
   stats: { help: STATS_HELP, run: statsCommand, options: STATS_OPTIONS, positionals: 'devices' },
   check: { help: CHECK_HELP, run: checkCommand, options: CHECK_OPTIONS, positionals: 'driver' },

@@ -14,7 +14,9 @@
  * start_ms counts from the driver instance's start; result is `ok` or the error's code. Lines
  * are batched and written every 100 ms and at terminate (a killed driver loses the last 100 ms).
  * A new driver instance (hot swap, recovery) appends to the same file after a `#` line with its
- * pid.
+ * pid and start time (parseLog puts its times after the first's).
+ *
+ * `bdus replay TRACE DEVICE` issues a trace's requests to a block device again, at their times.
  *
  * Recovery and hot swap: keeps the inner driver's recoverability.
  */
@@ -103,6 +105,7 @@ export default function log(options: LogOptions): Filter {
 
 /** One request of a log, as `parseLog` reads it. */
 export interface LoggedRequest {
+  /** From the first driver instance's start (a later instance's lines are moved by its start). */
   readonly startMs: number;
   readonly operation: string;
   readonly offset: number;
@@ -114,10 +117,22 @@ export interface LoggedRequest {
 /** The requests of a log file, in the order they completed (`#` lines skipped). */
 export function parseLog(path: string): LoggedRequest[] {
   const requests: LoggedRequest[] = [];
+  let first: number | undefined;
+  let shift = 0;
   for (const line of readFileSync(path, 'utf8').split('\n')) {
+    const started = /^# pid \d+ started (\S+)/.exec(line)?.[1];
+    if (started !== undefined) {
+      const at = Date.parse(started);
+      first ??= at;
+      shift = Number.isNaN(at) ? shift : at - first;
+    }
     if (line === '' || line.startsWith('#')) continue;
     const [start, operation, offset, size, result, duration] = line.split(' ');
-    requests.push({ startMs: Number(start), operation: operation!, offset: Number(offset), size: Number(size), result: result!, durationMs: Number(duration) });
+    const request = { startMs: Number(start) + shift, operation: operation!, offset: Number(offset), size: Number(size), result: result!, durationMs: Number(duration) };
+    if (!operation || [request.startMs, request.offset, request.size, request.durationMs].some((n) => !Number.isFinite(n))) {
+      throw new DriverError('EINVAL', `${path}: not a line of a bdus request log: ${JSON.stringify(line.slice(0, 80))}`);
+    }
+    requests.push(request);
   }
   return requests;
 }
