@@ -23,7 +23,9 @@ smallest failing case:
   zeroes                write-zeroes reads back as zeros
 
 Exit status 0 if every property passed (and each was exercised), 1 if not. The driver's own
-arguments follow it; bdus check's options come before it. The device is destroyed at the end.
+arguments follow it, and --filter flags to check a filter stack (bdus check file disk.img
+--filter cow:overlay=/var/tmp/o); bdus check's options come before it. The device is destroyed
+at the end.
 
   --seconds S      how long to run the workload and the faults (default 30)
   --region SIZE    how much of the device to check, from its start (default 16M)

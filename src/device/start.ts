@@ -183,7 +183,8 @@ class Instance<State> {
     const kind = frontendKind(record.frontend);
     const callbacks = record.callbacks as RequestCallback[];
     this.frontend = kind.create({ id: this.ctx.id, index: record.index, callbacks, attributes, readOnly, requests: this.requests, log });
-    const never = callbacks.filter((name) => !kind.callable.includes(name));
+    // extents answers NBD block-status queries only: no kernel device asks, so it is no surprise.
+    const never = callbacks.filter((name) => !kind.callable.includes(name) && name !== 'extents');
     if (!isRerun && never.length > 0) {
       log(`note: on ${kind.title} the kernel never calls this driver's ${never.join(', ')} callback${never.length > 1 ? 's' : ''} (an NBD export, --export, can call every one; see docs/frontends.md)`);
     }
