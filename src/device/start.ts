@@ -55,6 +55,7 @@ export async function start<State>(driver: Driver<State>, options: RunOptions<St
     await leave(control, instance.ctx.id, instance.log);
     throw error;
   }
+  if (instance.note) instance.log(instance.note);
   return instance.available();
 }
 
@@ -143,6 +144,8 @@ class Instance<State> {
   private device: Device<State> | undefined;
   private destroyAsked = false;
   private replaceAsked = false;
+  /** What the user should know about this driver on this frontend, said once the device serves. */
+  note: string | undefined;
 
   constructor(
     private readonly driver: Driver<State>,
@@ -186,7 +189,7 @@ class Instance<State> {
     // extents answers NBD block-status queries only: no kernel device asks, so it is no surprise.
     const never = callbacks.filter((name) => !kind.callable.includes(name) && name !== 'extents');
     if (!isRerun && never.length > 0) {
-      log(`note: on ${kind.title} the kernel never calls this driver's ${never.join(', ')} callback${never.length > 1 ? 's' : ''} (an NBD export, --export, can call every one; see docs/frontends.md)`);
+      this.note = `note: on ${kind.title} the kernel never calls this driver's ${never.join(', ')} callback${never.length > 1 ? 's' : ''} (an NBD export, --export, can call every one; see docs/frontends.md)`;
     }
   }
 

@@ -10,5 +10,6 @@ export { memory } from './memory.js';
 export { nbd, type NbdDriverOptions } from './nbd.js';
 export { nullDriver } from './null.js';
 export { pattern, patternAt } from './pattern.js';
+// s3 is `bdus/drivers/s3`: it loads the AWS SDK, which every importer of this module need not.
 
 export { DRIVER_NAMES, driverModuleUrl, type DriverName } from './catalog.js';

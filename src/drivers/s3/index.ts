@@ -1,0 +1,182 @@
+/**
+ * s3: a device whose bytes live in an S3-compatible object store (AWS S3, Ceph's RADOS Gateway,
+ * MinIO, Garage, R2), in fixed-size chunk objects, with a write-back cache in memory.
+ *
+ *   bdus run s3 s3://bucket/volume --create --size 100G [--chunk-size 1M]   # make it, and serve it
+ *   bdus run s3 s3://bucket/volume --recoverable                            # serve it again
+ *   bdus export s3 s3://bucket/volume
+ *   import { s3 } from 'bdus/drivers/s3';  run(await s3('s3://bucket/volume'))
+ *
+ * Credentials, region and endpoint come from the usual AWS environment and files
+ * (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL, or
+ * --endpoint). The layout, the one-writer rule and its fencing are in volume.ts; the cache in
+ * cache.ts; docs/object-store.md says it all for users.
+ *
+ * Guarantees: a flush (and a FUA write) answers once a commit in the store names everything
+ * written before it: it survives the driver, the machine and the gateway. A chunk that reads as
+ * zeros (never written, discarded, zeroed whole) has no object. Requests wait and retry while
+ * the store is unreachable, and fail with ETIMEDOUT after the device's request timeout.
+ * Recoverable as a disk with a volatile write cache is: a hot swap loses nothing (terminate
+ * flushes); a driver killed loses the writes it had not flushed, never a flushed one.
+ */
+import type { Driver } from '../../driver/driver.js';
+import { DriverError } from '../../driver/errors.js';
+import type { DriverFactory, DriverOptions } from '../../driver/module.js';
+import { parseDuration, parseSize } from '../../util/units.js';
+import { ChunkCache } from './cache.js';
+import { ObjectStore, parseS3Url, type StoreOptions } from './store.js';
+import { Volume } from './volume.js';
+
+export const usage = 's3://BUCKET[/PREFIX]';
+export const description = 'a device in an S3-compatible object store: chunk objects, a write-back cache, one writer (recoverable)';
+export const options = {
+  create: { type: 'boolean', description: 'create the volume if there is none (give --size)' },
+  'chunk-size': { type: 'string', description: 'bytes per chunk object, for --create (default 1M)' },
+  'cache-size': { type: 'string', description: 'bytes of chunks cached in memory (default 256M)' },
+  readahead: { type: 'string', description: 'bytes read ahead of reads in order (default 4M)' },
+  connections: { type: 'string', description: 'connections to the store at most (default 32)' },
+  endpoint: { type: 'string', description: 'the store\'s URL (default AWS_ENDPOINT_URL, else AWS S3)' },
+  lease: { type: 'string', description: 'how long the volume stays this driver\'s without renewal (default 15s)' },
+} as const satisfies DriverOptions;
+
+export interface S3Options extends StoreOptions {
+  /** Create the volume if there is none, of the device's size. */
+  create?: boolean;
+  chunkSize?: number;
+  cacheSize?: number;
+  readahead?: number;
+  leaseMs?: number;
+}
+
+interface S3State {
+  store: ObjectStore;
+  volume: Volume;
+  cache: ChunkCache;
+}
+
+/** How long `bdus run` waits for the store before it says it cannot reach it. */
+const STARTUP_MS = 10_000;
+
+const log = (line: string) => process.stderr.write(`bdus: ${line}\n`);
+
+/** Reads the volume's head (if any) to learn its size, and returns the driver for it. */
+export async function s3(url: string, options: S3Options = {}): Promise<Driver<S3State>> {
+  const where = parseS3Url(url);
+  const chunkSize = options.chunkSize ?? 1 << 20;
+  if (chunkSize < 4096 || chunkSize > 64 << 20 || (chunkSize & (chunkSize - 1)) !== 0) {
+    throw new DriverError('EINVAL', `s3: a chunk size of ${chunkSize} bytes: a power of two from 4K to 64M`);
+  }
+  const probe = new ObjectStore(where, options, log);
+  let found: Awaited<ReturnType<typeof Volume.inspect>>;
+  try {
+    found = await Volume.inspect(probe, undefined, Date.now() + STARTUP_MS);
+  } finally {
+    probe.destroy();
+  }
+  if (!found && !options.create) throw new DriverError('ENOENT', `s3: there is no volume at ${url} (give --create and --size to make one)`);
+  const size = found?.head.size;
+
+  const settings = (ctx: { id: bigint; attributes: { requestTimeout: number } }) => ({
+    device: String(ctx.id),
+    leaseMs: options.leaseMs ?? 15_000,
+    timeoutMs: ctx.attributes.requestTimeout,
+    log,
+  });
+
+  return {
+    attributes: { ...(size === undefined ? {} : { size }), maxConcurrentCallbacks: 64 },
+
+    async validate(ctx) {
+      if (size !== undefined && ctx.attributes.size !== size) {
+        throw new DriverError('EINVAL', `s3: the volume at ${url} is ${size} bytes; the device would be ${ctx.attributes.size}`);
+      }
+      // Refuses a volume another device holds, without taking it (the current driver may hold it: a rerun).
+      const store = new ObjectStore(where, options, log);
+      try {
+        await Volume.inspect(store, String(ctx.id), Date.now() + STARTUP_MS);
+      } finally {
+        store.destroy();
+      }
+    },
+
+    async initialize(ctx) {
+      const store = new ObjectStore(where, options, log);
+      try {
+        if (size === undefined) await Volume.create(store, ctx.attributes.size, chunkSize, Date.now() + STARTUP_MS);
+        const volume = await Volume.take(store, settings(ctx));
+        const cache = new ChunkCache(store, volume, {
+          bytes: options.cacheSize ?? 256 << 20,
+          readahead: options.readahead ?? 4 << 20,
+          connections: options.connections ?? 32,
+          blockSize: ctx.attributes.logicalBlockSize,
+          timeoutMs: ctx.attributes.requestTimeout,
+          log,
+        });
+        ctx.state = { store, volume, cache };
+      } catch (error) {
+        store.destroy();
+        throw error;
+      }
+    },
+
+    async terminate(ctx) {
+      const { store, volume, cache } = ctx.state;
+      try {
+        if (!volume.fenced) await cache.flush();
+        await volume.release();
+      } finally {
+        store.destroy();
+      }
+    },
+
+    read: (buffer, offset, ctx) => ctx.state.cache.read(buffer, offset),
+
+    write(data, offset, ctx) {
+      volume(ctx.state);
+      return ctx.state.cache.write(data, offset);
+    },
+
+    async fuaWrite(data, offset, ctx) {
+      volume(ctx.state);
+      await ctx.state.cache.write(data, offset);
+      await ctx.state.cache.flushRange(offset, data.length);
+    },
+
+    flush: (ctx) => ctx.state.cache.flush(),
+
+    // An object store allocates nothing: zeros are no object, whether the range may unmap or not.
+    writeZeros: (offset, length, _mayUnmap, ctx) => ctx.state.cache.zeroRange(offset, length),
+
+    discard: (offset, length, ctx) => ctx.state.cache.zeroRange(offset, length),
+
+    extents: (offset, length, ctx) => ctx.state.cache.extents(offset, length),
+  };
+}
+
+/** A fenced writer stops taking writes: another driver owns the volume now. */
+function volume(state: S3State): void {
+  if (state.volume.fenced) throw new DriverError('EIO', 's3: another writer took the volume: this driver writes no more');
+}
+
+function sizeOption(name: string, value: unknown): number | undefined {
+  if (value === undefined) return undefined;
+  return parseSize(String(value), `--${name}`);
+}
+
+const factory: DriverFactory<S3State> = (args, values) => {
+  if (args.length !== 1) throw new DriverError('EINVAL', `usage: bdus run s3 ${usage} [--create --size SIZE] [--chunk-size SIZE] [--cache-size SIZE] ...`);
+  const connections = values.connections === undefined ? undefined : Number(values.connections);
+  if (connections !== undefined && !(Number.isInteger(connections) && connections >= 1 && connections <= 256)) {
+    throw new DriverError('EINVAL', `--connections ${String(values.connections)}: expected a whole number from 1 to 256`);
+  }
+  return s3(args[0]!, {
+    create: values.create === true,
+    chunkSize: sizeOption('chunk-size', values['chunk-size']),
+    cacheSize: sizeOption('cache-size', values['cache-size']),
+    readahead: sizeOption('readahead', values.readahead),
+    connections,
+    endpoint: values.endpoint === undefined ? undefined : String(values.endpoint),
+    leaseMs: values.lease === undefined ? undefined : parseDuration(String(values.lease), '--lease'),
+  });
+};
+export default factory;
