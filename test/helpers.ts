@@ -109,7 +109,9 @@ export async function leftovers(): Promise<string[]> {
   const stats = (await sh('sh', ['-c', 'ls /run/bdus/stats/* 2>/dev/null'])).stdout.split('\n').filter(Boolean);
   // Run-time filter settings of devices that are gone.
   const settings = (await sh('sh', ['-c', 'ls -d /run/bdus/filters/* 2>/dev/null'])).stdout.split('\n').filter(Boolean);
-  return [...mounts, ...loops, ...links, ...nbds, ...ublks, ...stats, ...settings];
+  // Drivers' run-time directories of devices that are gone (an s3 driver's cache).
+  const runDirs = (await sh('sh', ['-c', 'ls -d /run/bdus/drivers/* 2>/dev/null'])).stdout.split('\n').filter(Boolean);
+  return [...mounts, ...loops, ...links, ...nbds, ...ublks, ...stats, ...settings, ...runDirs];
 }
 
 /** A field of `bdus info`. */

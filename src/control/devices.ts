@@ -25,6 +25,7 @@ import { countDriverChange, removeStats } from '../stats/life.js';
 import { appendDeviceLog, pruneDeviceLogs } from '../util/device-log.js';
 import { Lock } from '../util/lock.js';
 import { isAlive, processStart } from '../util/process.js';
+import { deviceRunDir } from '../util/paths.js';
 import { deviceHolders } from './holders.js';
 import { driverless, type Connection, type Holding } from './holding.js';
 import type { DaemonEvent, DeviceRecord, Requests } from './protocol.js';
@@ -247,6 +248,7 @@ export class Devices implements RecoveryHost {
     removeLink(record);
     removeStats(record.id);
     removeFilterSettings(record.id);
+    rmSync(deviceRunDir(record.id), { recursive: true, force: true });
     this.registry.remove(record);
     this.log(`device ${record.id} (${record.path}) is gone`);
     return null;

@@ -10,16 +10,19 @@
  * named in the map: volume.ts) when half of it is dirty, when it needs room, and for flush, which
  * answers once a commit names every chunk written before it. Reads of chunks not cached are read
  * whole (one GET, straight into the slot) and kept; reading on in order reads `readahead` bytes
- * of chunks ahead.
+ * of chunks ahead. Zeroing a whole chunk (discard, write-zeroes) drops its slot and names no
+ * object for it in the map at once.
+ *
+ * The slots live in a CacheMemory (cache-memory.ts): on a recoverable device, a file the next
+ * driver instance adopts if this one dies, so no acknowledged write is lost with it.
  */
 import { DriverError } from '../../driver/errors.js';
 import { native } from '../../native.js';
+import { DIRTY, WHOLE, type CacheMemory } from './cache-memory.js';
 import type { ObjectStore } from './store.js';
 import { chunkName, type Volume } from './volume.js';
 
 export interface CacheSettings {
-  /** Bytes of chunks held at most. */
-  bytes: number;
   /** Bytes of chunks read ahead of reads in order. */
   readahead: number;
   /** Store operations at once that need a buffer of their own (write-backs, merges). */
@@ -30,27 +33,27 @@ export interface CacheSettings {
   log: (line: string) => void;
 }
 
+/** A cached chunk: its place in the cache's memory, and what is under way on it. */
 class Slot {
-  /** The chunk's bytes; null: it reads as zeros (no buffer held). */
-  data: Buffer | null;
-  /** Per block, 1 where `data` holds the chunk's bytes; null: it holds all of them. */
-  known: Uint8Array | null;
   /** Writes so far, and how many of them the store has. Dirty while saved < version. */
   version = 0;
   saved = 0;
-  /** A read of the chunk from the store, under way; `direct` if it reads into `data` itself. */
+  /** A read of the chunk from the store, under way; `direct` if it reads into the slot itself. */
   loading: Promise<void> | null = null;
   direct = false;
   saving: Promise<void> | null = null;
+  /** Zeroed whole while an upload of it was under way: that upload must not name its object. */
+  dropped = false;
+  /** Reads waiting for the slot's load, to copy from it: it is not evicted under them. */
+  readers = 0;
 
   constructor(
     readonly index: number,
-    data: Buffer | null,
-    known: Uint8Array | null,
-  ) {
-    this.data = data;
-    this.known = known;
-  }
+    readonly pos: number,
+    readonly data: Buffer,
+    /** Per block, 1 where the slot holds the chunk's bytes; null: all of them. */
+    public known: Uint8Array | null,
+  ) {}
 }
 
 export class ChunkCache {
@@ -58,9 +61,8 @@ export class ChunkCache {
   private readonly slots = new Map<number, Slot>();
   /** The dirty slots, the longest dirty first. */
   private readonly dirty = new Set<Slot>();
-  private readonly free: Buffer[] = [];
-  private readonly memory: Buffer;
-  private allocated = 0;
+  /** Positions in the memory that hold no chunk. */
+  private readonly free: number[] = [];
   private readonly capacity: number;
   /** Buffers for write-backs (a copy taken as the upload starts) and merges; their number bounds those at once. */
   private readonly spare: Buffer[] = [];
@@ -73,14 +75,32 @@ export class ChunkCache {
   constructor(
     private readonly store: ObjectStore,
     private readonly volume: Volume,
+    private readonly memory: CacheMemory,
     private readonly settings: CacheSettings,
   ) {
     this.chunk = volume.chunkSize;
-    this.capacity = Math.max(4, Math.floor(settings.bytes / this.chunk));
-    // One mapping, touched as slots are first used: memory is taken as the cache fills.
-    this.memory = native.mapAnonymous((this.capacity + settings.connections) * this.chunk);
-    for (let i = 0; i < settings.connections; i++) this.spare.push(this.memory.subarray((this.capacity + i) * this.chunk, (this.capacity + i + 1) * this.chunk));
+    this.capacity = memory.geometry.capacity;
+    const spares = native.mapAnonymous(settings.connections * this.chunk);
+    for (let i = 0; i < settings.connections; i++) this.spare.push(spares.subarray(i * this.chunk, (i + 1) * this.chunk));
     this.zero = Buffer.alloc(this.chunk);
+    for (let pos = this.capacity - 1; pos >= 0; pos--) {
+      const index = memory.index[pos]!;
+      // A dead driver's dirty chunks are adopted, to be written back; its clean ones are let go.
+      if (index >= 0 && memory.flags[pos]! & DIRTY) {
+        const slot = new Slot(index, pos, memory.data(pos), memory.flags[pos]! & WHOLE ? null : memory.knownOf(pos));
+        slot.version = 1;
+        this.slots.set(index, slot);
+        this.dirty.add(slot);
+      } else {
+        memory.index[pos] = -1;
+        this.free.push(pos);
+      }
+    }
+  }
+
+  /** The dead driver's chunks this cache took on, to be written back. */
+  get adopted(): number {
+    return this.dirty.size;
   }
 
   async read(buffer: Buffer, offset: number): Promise<void> {
@@ -93,7 +113,7 @@ export class ChunkCache {
     return this.each(offset, data.length, (index, from, at, length) => this.writeChunk(index, from, data.subarray(at, at + length)));
   }
 
-  /** Zeros a range: whole chunks become zero slots (their objects go at the next commit). */
+  /** Zeros a range: whole chunks lose their slots and their objects (at the next commit). */
   zeroRange(offset: number, length: number): Promise<void> {
     return this.each(offset, length, (index, from, _at, size) => (size === this.chunk ? this.zeroChunk(index) : this.writeChunk(index, from, this.zero.subarray(0, size))));
   }
@@ -121,8 +141,7 @@ export class ChunkCache {
     for (let at = offset; at < offset + length && extents.length < 256; ) {
       const index = Math.floor(at / this.chunk);
       const end = Math.min(offset + length, (index + 1) * this.chunk);
-      const slot = this.slots.get(index);
-      const zero = slot ? slot.data === null : this.volume.map[index] === 0;
+      const zero = !this.slots.has(index) && this.volume.map[index] === 0;
       const last = extents.at(-1);
       if (last && (last.hole === true) === zero) last.length += end - at;
       else extents.push(zero ? { length: end - at, hole: true, zero: true } : { length: end - at });
@@ -149,95 +168,95 @@ export class ChunkCache {
 
   private async readChunk(index: number, from: number, into: Buffer): Promise<void> {
     for (;;) {
-      const slot = this.slots.get(index);
+      let slot = this.slots.get(index);
       if (slot) {
         this.touch(slot);
-        if (slot.data === null) return void into.fill(0);
         if (slot.known === null || this.holds(slot.known, from, into.length)) return void slot.data.copy(into, 0, from, from + into.length);
+      } else {
+        if (this.volume.map[index] === 0) return void into.fill(0);
+        const pos = await this.takePosition();
+        if (this.slots.has(index)) {
+          this.giveBack(pos);
+          continue;
+        }
+        slot = this.newSlot(index, pos, false);
+      }
+      slot.readers++;
+      try {
         await this.load(slot);
-        continue;
+      } finally {
+        slot.readers--;
       }
-      if (this.volume.map[index] === 0) return void into.fill(0);
-      const buffer = await this.takeBuffer();
-      if (this.slots.has(index)) {
-        this.free.push(buffer);
-        continue;
-      }
-      const fresh = new Slot(index, buffer, new Uint8Array(this.chunk / this.settings.blockSize));
-      this.slots.set(index, fresh);
-      await this.load(fresh);
     }
   }
 
   private async writeChunk(index: number, from: number, data: Buffer): Promise<void> {
     for (;;) {
       const slot = this.slots.get(index);
-      // A read straight into the slot's buffer would overwrite what a write puts there now: wait.
+      // A read straight into the slot would overwrite what a write puts there now: wait for it.
       if (slot?.loading && slot.direct) {
         await slot.loading.catch(() => undefined);
         continue;
       }
-      if (slot?.data) {
+      if (slot) {
         this.apply(slot, from, data);
         return this.afterWrite();
       }
-      const buffer = await this.takeBuffer();
-      const again = this.slots.get(index);
-      if (again !== slot || again?.data || again?.loading) {
-        this.giveBack(buffer);
+      const pos = await this.takePosition();
+      if (this.slots.has(index)) {
+        this.giveBack(pos);
         continue;
       }
-      let target = again;
-      if (target) {
-        buffer.fill(0); // a zero slot gets bytes: zeros, all known
-        target.data = buffer;
-      } else {
-        // A chunk never written reads as zeros; one in the store is read later, if ever needed.
-        const stored = this.volume.map[index] !== 0;
-        if (!stored) buffer.fill(0);
-        target = new Slot(index, buffer, stored ? new Uint8Array(this.chunk / this.settings.blockSize) : null);
-        this.slots.set(index, target);
-      }
-      this.apply(target, from, data);
+      // A chunk never written reads as zeros; one in the store is read later, if ever needed.
+      this.apply(this.newSlot(index, pos, this.volume.map[index] === 0), from, data);
       return this.afterWrite();
     }
   }
 
+  /** A slot for chunk `index` at `pos`: holding zeros (all of it), or nothing yet. */
+  private newSlot(index: number, pos: number, zeros: boolean): Slot {
+    const m = this.memory;
+    const data = m.data(pos);
+    const known = m.knownOf(pos);
+    // Its bytes and what it knows are in place before the slot names the chunk (an adopter trusts them).
+    if (zeros) data.fill(0);
+    else known.fill(0);
+    m.flags[pos] = zeros ? WHOLE : 0;
+    m.index[pos] = index;
+    const slot = new Slot(index, pos, data, zeros ? null : known);
+    this.slots.set(index, slot);
+    return slot;
+  }
+
   private async zeroChunk(index: number): Promise<void> {
-    for (;;) {
-      const slot = this.slots.get(index);
-      if (slot?.loading) {
-        await slot.loading.catch(() => undefined);
-        continue;
-      }
-      if (!slot) {
-        if (this.volume.map[index] === 0) return;
-        const fresh = new Slot(index, null, null);
-        fresh.version = 1;
-        this.slots.set(index, fresh);
-        this.dirty.add(fresh);
-        return;
-      }
-      if (slot.data) this.giveBack(slot.data);
-      slot.data = null;
-      slot.known = null;
-      slot.version++;
-      this.dirty.add(slot);
-      this.touch(slot);
-      return;
+    for (let slot = this.slots.get(index); slot?.loading; slot = this.slots.get(index)) await slot.loading.catch(() => undefined);
+    const slot = this.slots.get(index);
+    if (slot) {
+      slot.dropped = true;
+      this.slots.delete(index);
+      this.dirty.delete(slot);
+      this.memory.index[slot.pos] = -1;
+      this.giveBack(slot.pos);
     }
+    this.volume.setChunk(index, 0);
   }
 
   private apply(slot: Slot, from: number, data: Buffer): void {
-    data.copy(slot.data!, from);
+    data.copy(slot.data, from);
     if (slot.known) {
       const bs = this.settings.blockSize;
       slot.known.fill(1, from / bs, (from + data.length) / bs);
-      if (slot.known.indexOf(0) < 0) slot.known = null;
+      if (slot.known.indexOf(0) < 0) this.wholeNow(slot);
     }
     slot.version++;
+    this.memory.flags[slot.pos]! |= DIRTY;
     this.dirty.add(slot);
     this.touch(slot);
+  }
+
+  private wholeNow(slot: Slot): void {
+    this.memory.flags[slot.pos]! |= WHOLE;
+    slot.known = null;
   }
 
   private afterWrite(): void {
@@ -277,18 +296,26 @@ export class ChunkCache {
     const deadline = Date.now() + this.settings.timeoutMs;
     const body = await this.takeSpare();
     try {
+      if (slot.dropped) return;
       // What this upload saves is what the slot holds now: later writes make it dirty again.
       const version = slot.version;
-      const zero = slot.data === null || slot.data.equals(this.zero);
-      if (zero) this.volume.setChunk(slot.index, 0);
-      else {
-        slot.data!.copy(body);
-        const entry = this.volume.nextEntry();
+      let entry = 0;
+      if (!slot.data.equals(this.zero)) {
+        slot.data.copy(body);
+        entry = this.volume.nextEntry();
         await this.store.put(chunkName(slot.index, entry), body, deadline);
-        this.volume.setChunk(slot.index, entry);
       }
+      // Zeroed whole meanwhile: the map says zeros now, and this object is nobody's.
+      if (slot.dropped) {
+        if (entry !== 0) void this.store.delete(chunkName(slot.index, entry), deadline).catch(() => undefined);
+        return;
+      }
+      this.volume.setChunk(slot.index, entry);
       slot.saved = version;
-      if (slot.saved === slot.version) this.dirty.delete(slot);
+      if (slot.saved === slot.version) {
+        this.memory.flags[slot.pos]! &= ~DIRTY;
+        this.dirty.delete(slot);
+      }
     } finally {
       this.giveSpare(body);
     }
@@ -297,7 +324,7 @@ export class ChunkCache {
   /** Reads the chunk's bytes from the store into what the slot does not hold yet. */
   private load(slot: Slot): Promise<void> {
     if (slot.loading) return slot.loading;
-    const fresh = slot.known !== null && slot.known.indexOf(1) < 0 && slot.data !== null;
+    const fresh = slot.known !== null && slot.known.indexOf(1) < 0;
     slot.direct = fresh;
     slot.loading = (fresh ? this.loadDirect(slot) : this.loadMerge(slot)).finally(() => {
       slot.loading = null;
@@ -309,12 +336,9 @@ export class ChunkCache {
 
   private async loadDirect(slot: Slot): Promise<void> {
     const entry = this.volume.map[slot.index]!;
-    if (entry === 0) slot.data!.fill(0);
-    else {
-      const got = await this.store.get(chunkName(slot.index, entry), slot.data!, Date.now() + this.settings.timeoutMs);
-      this.checkGot(slot.index, got?.length);
-    }
-    slot.known = null;
+    if (entry === 0) slot.data.fill(0);
+    else this.checkGot(slot.index, (await this.store.get(chunkName(slot.index, entry), slot.data, Date.now() + this.settings.timeoutMs))?.length);
+    this.wholeNow(slot);
   }
 
   private async loadMerge(slot: Slot): Promise<void> {
@@ -325,11 +349,11 @@ export class ChunkCache {
       else this.checkGot(slot.index, (await this.store.get(chunkName(slot.index, entry), scratch, Date.now() + this.settings.timeoutMs))?.length);
       // Writes that landed while the chunk was read win: only the blocks still unknown take the store's bytes.
       const known = slot.known;
-      if (slot.data && known) {
+      if (known) {
         const bs = this.settings.blockSize;
         for (let b = known.indexOf(0); b >= 0; b = known.indexOf(0, b + 1)) scratch.copy(slot.data, b * bs, b * bs, (b + 1) * bs);
+        this.wholeNow(slot);
       }
-      slot.known = null;
     } finally {
       this.giveSpare(scratch);
     }
@@ -343,11 +367,9 @@ export class ChunkCache {
     const last = Math.floor((from + this.settings.readahead - 1) / this.chunk);
     for (let index = Math.floor(from / this.chunk); index <= last && index < this.volume.map.length; index++) {
       if (this.slots.has(index) || this.volume.map[index] === 0) continue;
-      const buffer = this.free.pop() ?? (this.allocated < this.capacity ? this.newBuffer() : this.evictClean());
-      if (!buffer) return; // no room without waiting: read-ahead never waits
-      const slot = new Slot(index, buffer, new Uint8Array(this.chunk / this.settings.blockSize));
-      this.slots.set(index, slot);
-      this.load(slot).catch(() => undefined);
+      const pos = this.free.pop() ?? this.evictClean();
+      if (pos === undefined) return; // no room without waiting: read-ahead never waits
+      this.load(this.newSlot(index, pos, false)).catch(() => undefined);
     }
   }
 
@@ -362,34 +384,30 @@ export class ChunkCache {
     return true;
   }
 
-  private newBuffer(): Buffer {
-    const i = this.allocated++;
-    return this.memory.subarray(i * this.chunk, (i + 1) * this.chunk);
-  }
-
-  /** The least recently used chunk that the store has and nothing is using: its buffer. */
-  private evictClean(): Buffer | null {
+  /** The least recently used chunk that the store has and nothing is using: its position. */
+  private evictClean(): number | undefined {
     for (const slot of this.slots.values()) {
-      if (slot.data && slot.saved === slot.version && !slot.loading && !slot.saving) {
+      if (slot.saved === slot.version && !slot.loading && !slot.saving && slot.readers === 0) {
         this.slots.delete(slot.index);
-        return slot.data;
+        this.memory.index[slot.pos] = -1; // before its bytes change
+        return slot.pos;
       }
     }
-    return null;
+    return undefined;
   }
 
-  /** A buffer for a chunk: a free one, a new one while under the budget, or a clean chunk's; else waits for a write-back. */
-  private async takeBuffer(): Promise<Buffer> {
+  /** A free position, or a clean chunk's; else waits for a write-back. */
+  private async takePosition(): Promise<number> {
     for (;;) {
-      const buffer = this.free.pop() ?? (this.allocated < this.capacity ? this.newBuffer() : this.evictClean());
-      if (buffer) return buffer;
+      const pos = this.free.pop() ?? this.evictClean();
+      if (pos !== undefined) return pos;
       this.writeBack();
       await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
     }
   }
 
-  private giveBack(buffer: Buffer): void {
-    this.free.push(buffer);
+  private giveBack(pos: number): void {
+    this.free.push(pos);
     this.wakeRoomWaiters();
   }
 

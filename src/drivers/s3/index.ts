@@ -16,16 +16,19 @@
  * written before it: it survives the driver, the machine and the gateway. A chunk that reads as
  * zeros (never written, discarded, zeroed whole) has no object. Requests wait and retry while
  * the store is unreachable, and fail with ETIMEDOUT after the device's request timeout.
- * Recoverable as a disk with a volatile write cache is: a hot swap loses nothing (terminate
- * flushes); a driver killed loses the writes it had not flushed, never a flushed one.
+ * Recoverable: all that is durable is in the store, and on a recoverable device the cache lives
+ * in a file of the device's (tmpfs) that the next driver instance adopts, so a driver killed
+ * loses no acknowledged write either; a hot swap writes everything back before it hands over.
  */
 import type { Driver } from '../../driver/driver.js';
 import { DriverError } from '../../driver/errors.js';
 import type { DriverFactory, DriverOptions } from '../../driver/module.js';
 import { parseDuration, parseSize } from '../../util/units.js';
+import { deviceRunDir } from '../../util/paths.js';
 import { ChunkCache } from './cache.js';
+import { CacheMemory } from './cache-memory.js';
 import { ObjectStore, parseS3Url, type StoreOptions } from './store.js';
-import { Volume } from './volume.js';
+import { mapLength, tagOf, takenBy, Volume } from './volume.js';
 
 export const usage = 's3://BUCKET[/PREFIX]';
 export const description = 'a device in an S3-compatible object store: chunk objects, a write-back cache, one writer (recoverable)';
@@ -52,6 +55,7 @@ interface S3State {
   store: ObjectStore;
   volume: Volume;
   cache: ChunkCache;
+  memory: CacheMemory;
 }
 
 /** How long `bdus run` waits for the store before it says it cannot reach it. */
@@ -103,16 +107,35 @@ export async function s3(url: string, options: S3Options = {}): Promise<Driver<S
       const store = new ObjectStore(where, options, log);
       try {
         if (size === undefined) await Volume.create(store, ctx.attributes.size, chunkSize, Date.now() + STARTUP_MS);
-        const volume = await Volume.take(store, settings(ctx));
-        const cache = new ChunkCache(store, volume, {
-          bytes: options.cacheSize ?? 256 << 20,
+        let memory: CacheMemory | undefined;
+        const volume = await Volume.take(store, settings(ctx), (head) => {
+          const geometry = {
+            tag: tagOf(store, head),
+            chunkSize: head.chunkSize,
+            capacity: Math.max(4, Math.floor((options.cacheSize ?? 256 << 20) / head.chunkSize)),
+            blocksPerChunk: head.chunkSize / ctx.attributes.logicalBlockSize,
+            mapLength: mapLength(head),
+          };
+          // A recoverable device's cache outlives its driver: the next one adopts what it had not written back.
+          if (!ctx.attributes.recoverable) memory = CacheMemory.anonymous(geometry);
+          else {
+            const made = CacheMemory.file(`${deviceRunDir(ctx.id)}/s3-cache`, geometry, head.epoch, takenBy(head, String(ctx.id)));
+            memory = made.memory;
+            return { map: memory.map, adopted: made.adopted };
+          }
+          return { map: memory.map, adopted: false };
+        });
+        memory!.epoch = volume.epoch;
+        const cache = new ChunkCache(store, volume, memory!, {
           readahead: options.readahead ?? 4 << 20,
           connections: options.connections ?? 32,
           blockSize: ctx.attributes.logicalBlockSize,
           timeoutMs: ctx.attributes.requestTimeout,
           log,
         });
-        ctx.state = { store, volume, cache };
+        ctx.state = { store, volume, cache, memory: memory! };
+        // What the last driver left is written back now, not at the next flush.
+        if (cache.adopted > 0) void cache.flush().catch((error: unknown) => log(`s3: writing back the adopted cache: ${(error as Error).message}`));
       } catch (error) {
         store.destroy();
         throw error;
@@ -120,10 +143,11 @@ export async function s3(url: string, options: S3Options = {}): Promise<Driver<S
     },
 
     async terminate(ctx) {
-      const { store, volume, cache } = ctx.state;
+      const { store, volume, cache, memory } = ctx.state;
       try {
         if (!volume.fenced) await cache.flush();
         await volume.release();
+        memory.remove(); // all written back: nothing for a next driver to adopt
       } finally {
         store.destroy();
       }

@@ -163,14 +163,17 @@ export class Volume {
   }
 
   /**
-   * Takes the volume for this writer: a commit that raises the epoch and names it the owner,
-   * then the map's pages. Refused while another writer's lease lasts.
+   * Takes the volume for this writer: a commit that raises the epoch and names it the owner.
+   * Refused while another writer's lease lasts. `prepare` gives the map to fill for the head
+   * found (its geometry), or says that a dead driver's map it adopted is newer than the store's.
    */
-  static async take(store: ObjectStore, settings: VolumeSettings): Promise<Volume> {
+  static async take(store: ObjectStore, settings: VolumeSettings, prepare: (head: Head) => { map: Float64Array; adopted: boolean }): Promise<Volume> {
     for (;;) {
       const deadline = Date.now() + settings.timeoutMs;
       const found = await Volume.inspect(store, settings.device, deadline);
       if (!found) throw new DriverError('ENOENT', `s3: there is no volume at s3://${store.url.bucket}/${store.url.prefix} (give --create and --size to make one)`);
+      const { map, adopted } = prepare(found.head);
+      if (map.length !== mapLength(found.head)) throw new Error(`s3: a map of ${map.length} entries for ${mapLength(found.head)}`);
       const owner: Owner = { host: hostname(), boot: bootId(), device: settings.device, pid: process.pid, since: new Date().toISOString() };
       const head: Head = { ...found.head, epoch: found.head.epoch + 1, owner, leaseUntil: Date.now() + settings.leaseMs };
       let etag: string;
@@ -180,20 +183,34 @@ export class Volume {
         if (error instanceof PreconditionFailed) continue; // another writer moved first: look again
         throw error;
       }
-      const chunks = Math.ceil(head.size / head.chunkSize);
-      const map = new Float64Array(Math.ceil(chunks / PAGE_ENTRIES) * PAGE_ENTRIES);
-      await Promise.all(
-        Object.entries(head.pages).map(async ([page, at]) => {
-          const view = Buffer.from(map.buffer, Number(page) * PAGE_ENTRIES * 8, PAGE_ENTRIES * 8);
-          const got = await store.get(pageName(Number(page), parseVersion(at)), view, deadline);
-          if (!got || got.length !== view.length) throw new DriverError('EIO', `s3: the volume's map page ${page} is ${got ? 'short' : 'missing'}: the volume is damaged`);
-        }),
-      );
       const volume = new Volume(store, settings, head, etag, map);
+      if (adopted) {
+        // The dead driver's map is the store's and what it wrote since: the next commit names it all.
+        for (let page = 0; page < map.length / PAGE_ENTRIES; page++) volume.dirtyPages.add(page);
+        settings.log(`s3: adopted the cache of this device's last driver (epoch ${found.head.epoch}): writing back what it had not flushed`);
+      } else {
+        map.fill(0);
+        await Promise.all(
+          Object.entries(head.pages).map(async ([page, at]) => {
+            const view = Buffer.from(map.buffer, map.byteOffset + Number(page) * PAGE_ENTRIES * 8, PAGE_ENTRIES * 8);
+            const got = await store.get(pageName(Number(page), parseVersion(at)), view, deadline);
+            if (!got || got.length !== view.length) throw new DriverError('EIO', `s3: the volume's map page ${page} is ${got ? 'short' : 'missing'}: the volume is damaged`);
+          }),
+        );
+      }
       volume.renewal = setInterval(() => void volume.commit().catch(() => undefined), Math.max(1000, settings.leaseMs / 3));
       volume.renewal.unref();
       return volume;
     }
+  }
+
+  get epoch(): number {
+    return this.head.epoch;
+  }
+
+  /** What identifies this volume (a cache left for another is not adopted). */
+  get tag(): string {
+    return tagOf(this.store, this.head);
   }
 
   /** A new name for an object of this writer's: never used before by anyone (the epoch is this writer's alone). */
@@ -241,7 +258,7 @@ export class Volume {
       await Promise.all(
         pages.map(async (page) => {
           const entry = this.nextEntry();
-          const bytes = Buffer.from(this.map.buffer, page * PAGE_ENTRIES * 8, PAGE_ENTRIES * 8);
+          const bytes = Buffer.from(this.map.buffer, this.map.byteOffset + page * PAGE_ENTRIES * 8, PAGE_ENTRIES * 8);
           await this.store.put(pageName(page, entry), Buffer.from(bytes), deadline);
           const old = refs[page];
           if (old !== undefined) oldPages.push(pageName(page, parseVersion(old)));
@@ -304,6 +321,15 @@ export class Volume {
   }
 }
 
+/** Entries in a volume's map: whole pages. */
+export function mapLength(head: Head): number {
+  return Math.ceil(Math.ceil(head.size / head.chunkSize) / PAGE_ENTRIES) * PAGE_ENTRIES;
+}
+
+export function tagOf(store: ObjectStore, head: Head): string {
+  return `s3://${store.url.bucket}/${store.url.prefix} created ${head.created}`;
+}
+
 function parseHead(bytes: Buffer, store: ObjectStore): Head {
   const where = `s3://${store.url.bucket}/${store.url.prefix}${HEAD}`;
   let head: Head;
@@ -316,6 +342,11 @@ function parseHead(bytes: Buffer, store: ObjectStore): Head {
   if (head.version !== VERSION) throw new DriverError('EINVAL', `s3: ${where} is format version ${head.version}; this bdus reads version ${VERSION}`);
   if (!(head.size > 0) || !(head.chunkSize > 0) || head.pageEntries !== PAGE_ENTRIES) throw new DriverError('EINVAL', `s3: ${where} has a bad geometry`);
   return head;
+}
+
+/** Whether the head names this device, on this boot, as its writer (a driver of ours took it last). */
+export function takenBy(head: Head, device: string): boolean {
+  return head.owner !== null && head.owner.device === device && head.owner.boot === bootId();
 }
 
 /** Why this writer may not take the volume now, or null if it may. */

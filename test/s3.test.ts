@@ -1,0 +1,193 @@
+// This test ensures that the s3 driver keeps a device in a real object store (a one-node Ceph
+// cluster's RADOS Gateway, started by test/ceph/cluster) as a disk should: the driver contract
+// (checkDriver) and partial writes through a cache far smaller than the data; ext4 made, filled and
+// read back by another driver instance; trimmed chunks lose their objects; fio verify finds no
+// error across hot swaps and SIGKILLs; a gateway restart in the middle of I/O is a pause, a flush
+// that cannot reach the store fails after the request timeout and succeeds once it is back; two
+// drivers never hold one volume, and one stopped (SIGSTOP) while another took the volume writes
+// nothing after it resumes; and every mistake (endpoint, credentials, bucket, volume, size) is a
+// clear error at `bdus run` that leaves no device behind.
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import { test } from 'node:test';
+import { s3 } from '../src/drivers/s3/index.js';
+import { checkDriver, testDriver } from '../src/testing/index.js';
+import { cephCluster } from './ceph.js';
+import { bdus, device, info, killThenSwap, mounted, must, scratch, sh, sleep } from './helpers.js';
+
+const MiB = 1 << 20;
+const cluster = cephCluster();
+let volumes = 0;
+
+/** A new volume's URL in the test bucket (made on first use). */
+let bucket: Promise<string> | undefined;
+async function volume(): Promise<string> {
+  bucket ??= cluster().bucket('bdus-tests');
+  return `s3://${await bucket}/v${++volumes}-${process.pid}`;
+}
+
+async function chunkObjects(url: string): Promise<number> {
+  const [, , name, prefix] = url.split('/');
+  return (await cluster().keys(name!, `${prefix}/chunks/`)).length;
+}
+
+/** sha256 of a file, in a child process (this process must not read a device it may serve). */
+async function sha(path: string): Promise<string> {
+  return (await must('sha256sum', [path])).split(' ')[0]!;
+}
+
+test('behind the request layer: checkDriver, and random writes through a four-chunk cache read back, also by a new driver', async () => {
+  const url = await volume();
+  const d = await testDriver(await s3(url, { create: true, chunkSize: 64 << 10, cacheSize: 256 << 10, connections: 4 }), { attributes: { size: 16 * MiB } });
+  await checkDriver(d);
+  await d.writeZeros(0, 16 * MiB);
+  // Partial writes to chunks not cached, evictions (read-modify-write from the store), whole-chunk discards.
+  const model = Buffer.alloc(16 * MiB);
+  let seed = 7;
+  const random = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31), seed % n);
+  for (let i = 0; i < 300; i++) {
+    const offset = random(16 * MiB / 512 - 16) * 512;
+    const length = (1 + random(16)) * 512;
+    model.fill((i % 251) + 1, offset, offset + length);
+    await d.write(offset, Buffer.alloc(length, (i % 251) + 1));
+    if (i % 50 === 0) await d.flush();
+    if (i % 7 === 0) {
+      const chunk = random(256) * 65536;
+      await d.discard(chunk, 65536);
+      model.fill(0, chunk, chunk + 65536);
+    }
+  }
+  assert.ok((await d.read(0, 16 * MiB)).equals(model), 'read back through the cache');
+  await d.close();
+  const again = await testDriver(await s3(url), { attributes: { size: 16 * MiB } });
+  assert.ok((await again.read(0, 16 * MiB)).equals(model), 'read back by a new driver');
+  await again.close();
+});
+
+test('ext4 on a new volume: files written, read back by a new driver; trimmed chunks lose their objects', async (t) => {
+  const url = await volume();
+  const dev = await device(t, ['s3', url, '--create', '--size', '256M', '--chunk-size', '256K']);
+  await must('mkfs.ext4', ['-q', '-E', 'nodiscard', dev]);
+  let mnt = await mounted(t, dev);
+  await must('dd', ['if=/dev/urandom', `of=${mnt}/data`, 'bs=1M', 'count=32', 'status=none']);
+  await must('cp', ['-r', `${process.cwd()}/src`, `${mnt}/src`]);
+  await must('sync', []);
+  const before = await sha(`${mnt}/data`);
+  const tree = await must('sh', ['-c', `cd ${mnt}/src && find . -type f -exec sha256sum {} + | sort`]);
+  await must('umount', [mnt]);
+  assert.equal((await bdus(['destroy', dev])).code, 0);
+  const objects = await chunkObjects(url);
+  assert.ok(objects >= 128, `32 MiB and a tree in 256 KiB chunks: ${objects} chunk objects`);
+
+  const again = await device(t, ['s3', url]);
+  assert.equal((await must('blockdev', ['--getsize64', again])).trim(), String(256 * MiB), 'the size comes from the volume');
+  await must('mount', [again, mnt]);
+  assert.equal(await sha(`${mnt}/data`), before);
+  assert.equal(await must('sh', ['-c', `cd ${mnt}/src && find . -type f -exec sha256sum {} + | sort`]), tree);
+  await must('rm', [`${mnt}/data`]);
+  await must('fstrim', [mnt]);
+  await must('sync', []);
+  await sleep(500); // deleting superseded objects follows the commit
+  const after = await chunkObjects(url);
+  assert.ok(after < objects - 100, `the 32 MiB file's chunks are gone after fstrim: ${objects} -> ${after}`);
+  mnt = '';
+});
+
+test('fio verify across a SIGKILL and hot swaps: 0 errors', async (t) => {
+  const url = await volume();
+  const driver = ['s3', url, '--recoverable'];
+  const dev = await device(t, ['s3', url, '--create', '--size', '64M', '--recoverable']);
+  assert.equal(await killThenSwap(t, dev, driver), '0');
+});
+
+test('two drivers racing for one new volume: one device, and a clear error for the other', async (t) => {
+  const url = await volume();
+  const runs = await Promise.all([0, 1].map(() => bdus(['run', 's3', url, '--create', '--size', '64M'], { timeoutMs: 60_000 })));
+  const won = runs.filter((r) => r.code === 0);
+  assert.equal(won.length, 1, runs.map((r) => r.stderr).join('\n'));
+  t.after(() => bdus(['destroy', '--force', won[0]!.stdout.trim()]));
+  const lost = runs.find((r) => r.code !== 0)!;
+  assert.match(lost.stderr, /the volume is in use by device \d+ on .* its lease runs for \d+ s more/);
+  const list = JSON.parse((await bdus(['list', '--json'])).stdout) as unknown[];
+  assert.equal(list.length, 1, 'the loser left no device');
+});
+
+test('a driver stopped (SIGSTOP) while another took the volume writes nothing after it resumes', async (t) => {
+  const url = await volume();
+  const a = await device(t, ['s3', url, '--create', '--size', '64M', '--lease', '2s']);
+  const block = (byte: number) => {
+    const path = scratch(`block-${byte}`);
+    writeFileSync(path, Buffer.alloc(4096, byte));
+    t.after(() => sh('rm', ['-f', path]));
+    return path;
+  };
+  const write = (dev: string, byte: number, at: number) => sh('dd', [`if=${block(byte)}`, `of=${dev}`, 'bs=4096', `seek=${at}`, 'oflag=direct', 'conv=fsync,notrunc', 'status=none']);
+  assert.equal((await write(a, 1, 0)).code, 0);
+  const pid = Number(await info(a, 'pid'));
+  process.kill(pid, 'SIGSTOP');
+  t.after(() => process.kill(pid, 'SIGCONT'));
+  await sleep(3000); // its lease (2 s) runs out
+
+  const b = await device(t, ['s3', url, '--lease', '2s']);
+  assert.equal((await write(b, 2, 1)).code, 0);
+  process.kill(pid, 'SIGCONT');
+  const late = await write(a, 3, 2);
+  assert.notEqual(late.code, 0, 'the resumed driver\'s write and fsync fail');
+  assert.equal((await bdus(['destroy', b])).code, 0);
+
+  const c = await device(t, ['s3', url]);
+  const read = (at: number) => must('sh', ['-c', `dd if=${c} bs=4096 skip=${at} count=1 iflag=direct status=none | od -An -tu1 -v | tr -s ' \\n' ' ' | cut -c1-4`]);
+  assert.equal((await read(0)).trim(), '1', 'what the first driver flushed');
+  assert.equal((await read(1)).trim(), '2', 'what the second driver flushed');
+  assert.equal((await read(2)).trim(), '0', 'nothing of the resumed driver\'s write');
+});
+
+test('the gateway restarted in the middle of I/O: a pause, nothing lost; a flush fails after the timeout and succeeds once it is back', async (t) => {
+  const url = await volume();
+  const dev = await device(t, ['s3', url, '--create', '--size', '64M', '--request-timeout', '6s']);
+  const data = scratch('data');
+  t.after(() => sh('rm', ['-f', data]));
+  await must('dd', ['if=/dev/urandom', `of=${data}`, 'bs=1M', 'count=16', 'status=none']);
+
+  const copying = sh('dd', [`if=${data}`, `of=${dev}`, 'bs=256k', 'oflag=direct', 'conv=fsync', 'status=none'], { timeoutMs: 120_000 });
+  await sleep(200);
+  await cluster().stopGateway();
+  await sleep(2000);
+  await cluster().startGateway();
+  assert.equal((await copying).code, 0, 'the copy and its fsync waited for the gateway');
+  await must('cmp', ['-n', String(16 * MiB), data, dev]);
+
+  await cluster().stopGateway();
+  const t0 = Date.now();
+  await must('dd', [`if=${data}`, `of=${dev}`, 'bs=1M', 'count=1', 'seek=20', 'oflag=direct', 'status=none']);
+  const flush = await sh('sync', [dev]);
+  assert.notEqual(flush.code, 0, 'a flush that cannot reach the store fails');
+  assert.ok(Date.now() - t0 >= 5000, `after the request timeout (${Date.now() - t0} ms)`);
+  await cluster().startGateway();
+  assert.equal((await sh('sync', [dev])).code, 0, 'and succeeds once it is back');
+});
+
+test('mistakes are clear errors at bdus run, and leave no device', async () => {
+  const url = await volume();
+  const cases: Array<[string[], NodeJS.ProcessEnv, RegExp]> = [
+    [['s3', url], {}, /there is no volume at .* give --create and --size/],
+    [['s3', url, '--create'], {}, /needs a size|--size/],
+    [['s3', 's3://no-such-bucket-here/v', '--create', '--size', '64M'], {}, /there is no bucket 'no-such-bucket-here'/],
+    [['s3', url, '--create', '--size', '64M'], { AWS_SECRET_ACCESS_KEY: 'wrong' }, /refused the credentials/],
+    [['s3', url, '--create', '--size', '64M', '--endpoint', 'http://127.0.0.1:9'], {}, /did not succeed|ECONNREFUSED/],
+    [['s3', 'http://bucket/x'], {}, /is not s3:\/\/BUCKET/],
+    [['s3', url, '--create', '--size', '64M', '--chunk-size', '3000'], {}, /a power of two from 4K to 64M/],
+  ];
+  for (const [args, env, expected] of cases) {
+    const r = await bdus(['run', ...args], { env: { ...process.env, ...env }, timeoutMs: 60_000 });
+    assert.notEqual(r.code, 0, args.join(' '));
+    assert.match(r.stderr, expected, args.join(' '));
+  }
+  const made = await bdus(['run', 's3', url, '--create', '--size', '64M']);
+  assert.equal(made.code, 0, made.stderr);
+  assert.equal((await bdus(['destroy', made.stdout.trim()])).code, 0);
+  const wrongSize = await bdus(['run', 's3', url, '--size', '128M']);
+  assert.match(wrongSize.stderr, /the volume at .* is 67108864 bytes; the device would be 134217728/);
+  const list = JSON.parse((await bdus(['list', '--json'])).stdout) as unknown[];
+  assert.equal(list.length, 0, 'no device left behind');
+});
