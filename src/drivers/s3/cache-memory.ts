@@ -144,3 +144,24 @@ export class CacheMemory {
     if (this.path) rmSync(this.path, { force: true });
   }
 }
+
+/** A fixed number of chunk-sized buffers, handed out in turn: their number bounds what uses them at once. */
+export class Spares {
+  private readonly free: Buffer[] = [];
+  private readonly waiters: Array<(buffer: Buffer) => void> = [];
+
+  constructor(count: number, size: number) {
+    const memory = native.mapAnonymous(count * size);
+    for (let i = 0; i < count; i++) this.free.push(memory.subarray(i * size, (i + 1) * size));
+  }
+
+  take(): Promise<Buffer> | Buffer {
+    return this.free.pop() ?? new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  give(buffer: Buffer): void {
+    const waiter = this.waiters.shift();
+    if (waiter) waiter(buffer);
+    else this.free.push(buffer);
+  }
+}

@@ -17,8 +17,7 @@
  * driver instance adopts if this one dies, so no acknowledged write is lost with it.
  */
 import { DriverError } from '../../driver/errors.js';
-import { native } from '../../native.js';
-import { DIRTY, WHOLE, type CacheMemory } from './cache-memory.js';
+import { DIRTY, Spares, WHOLE, type CacheMemory } from './cache-memory.js';
 import type { ObjectStore } from './store.js';
 import { chunkName, type Volume } from './volume.js';
 
@@ -65,8 +64,7 @@ export class ChunkCache {
   private readonly free: number[] = [];
   private readonly capacity: number;
   /** Buffers for write-backs (a copy taken as the upload starts) and merges; their number bounds those at once. */
-  private readonly spare: Buffer[] = [];
-  private readonly spareWaiters: Array<(b: Buffer) => void> = [];
+  private readonly spares: Spares;
   private readonly roomWaiters: Array<() => void> = [];
   private readonly zero: Buffer;
   private writingBack = 0;
@@ -80,8 +78,7 @@ export class ChunkCache {
   ) {
     this.chunk = volume.chunkSize;
     this.capacity = memory.geometry.capacity;
-    const spares = native.mapAnonymous(settings.connections * this.chunk);
-    for (let i = 0; i < settings.connections; i++) this.spare.push(spares.subarray(i * this.chunk, (i + 1) * this.chunk));
+    this.spares = new Spares(settings.connections, this.chunk);
     this.zero = Buffer.alloc(this.chunk);
     for (let pos = this.capacity - 1; pos >= 0; pos--) {
       const index = memory.index[pos]!;
@@ -294,7 +291,7 @@ export class ChunkCache {
   private async upload(slot: Slot): Promise<void> {
     if (slot.known) await this.load(slot); // the rest of a partly written chunk, from the store
     const deadline = Date.now() + this.settings.timeoutMs;
-    const body = await this.takeSpare();
+    const body = await this.spares.take();
     try {
       if (slot.dropped) return;
       // What this upload saves is what the slot holds now: later writes make it dirty again.
@@ -317,7 +314,7 @@ export class ChunkCache {
         this.dirty.delete(slot);
       }
     } finally {
-      this.giveSpare(body);
+      this.spares.give(body);
     }
   }
 
@@ -343,7 +340,7 @@ export class ChunkCache {
 
   private async loadMerge(slot: Slot): Promise<void> {
     const entry = this.volume.map[slot.index]!;
-    const scratch = await this.takeSpare();
+    const scratch = await this.spares.take();
     try {
       if (entry === 0) scratch.fill(0);
       else this.checkGot(slot.index, (await this.store.get(chunkName(slot.index, entry), scratch, Date.now() + this.settings.timeoutMs))?.length);
@@ -355,7 +352,7 @@ export class ChunkCache {
         this.wholeNow(slot);
       }
     } finally {
-      this.giveSpare(scratch);
+      this.spares.give(scratch);
     }
   }
 
@@ -413,21 +410,5 @@ export class ChunkCache {
 
   private wakeRoomWaiters(): void {
     for (const wake of this.roomWaiters.splice(0)) wake();
-  }
-
-  private takeSpare(): Promise<Buffer> | Buffer {
-    const buffer = this.spare.pop();
-    return buffer ?? new Promise((resolve) => this.spareWaiters.push(resolve));
-  }
-
-  private giveSpare(buffer: Buffer): void {
-    const waiter = this.spareWaiters.shift();
-    if (waiter) waiter(buffer);
-    else this.spare.push(buffer);
-  }
-
-  /** Dirty chunks now (for logs and tests). */
-  get dirtyChunks(): number {
-    return this.dirty.size;
   }
 }

@@ -74,6 +74,9 @@ export async function s3(url: string, options: S3Options = {}): Promise<Driver<S
   let found: Awaited<ReturnType<typeof Volume.inspect>>;
   try {
     found = await Volume.inspect(probe, undefined, Date.now() + STARTUP_MS);
+    // Ceph's gateway ignores If-Match and If-None-Match in versioned buckets: no fencing there.
+    const versioning = await probe.versioning(Date.now() + STARTUP_MS);
+    if (versioning) throw new DriverError('EINVAL', `s3: bucket '${where.bucket}' is versioned (${versioning}): keep volumes in an unversioned bucket (conditional puts, which keep one writer per volume, are not atomic in versioned ones)`);
   } finally {
     probe.destroy();
   }

@@ -8,7 +8,7 @@
  * The SDK's own retries are off (one attempt per call): ours keep to the device's request
  * timeout, the SDK's would not.
  */
-import { DeleteObjectCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client, S3ServiceException } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, GetBucketVersioningCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client, S3ServiceException } from '@aws-sdk/client-s3';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DriverError } from '../../driver/errors.js';
@@ -156,6 +156,16 @@ export class ObjectStore {
       token = page.IsTruncated ? page.NextContinuationToken : undefined;
     } while (token);
     return names;
+  }
+
+  /** The bucket's versioning ('Enabled', 'Suspended'), or undefined if it never had any (or we may not ask). */
+  async versioning(deadline: number): Promise<string | undefined> {
+    try {
+      return await this.retry('GET versioning', deadline, async (signal) => (await this.client.send(new GetBucketVersioningCommand({ Bucket: this.url.bucket }), { abortSignal: signal })).Status);
+    } catch (error) {
+      if ((error as { code?: string }).code === 'EACCES') return undefined; // not allowed to ask: the user's call
+      throw error;
+    }
   }
 
   destroy(): void {
