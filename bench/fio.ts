@@ -28,3 +28,18 @@ export async function fio(target: string[], args: string[], runtime: number, siz
     p99: (latency.clat_ns.percentile?.['99.000000'] ?? NaN) / 1000,
   };
 }
+
+export interface FioJob {
+  readonly name: string;
+  readonly args: string[];
+  readonly metric: Metric;
+}
+
+/** The jobs every comparison of whole systems runs (bench/nbd-driver.ts, bench/s3.ts), in order. */
+export const SYSTEM_JOBS: readonly FioJob[] = [
+  { name: '4k randread QD32', args: ['--rw=randread', '--bs=4k', '--iodepth=32'], metric: 'iops' },
+  { name: '4k randwrite QD32', args: ['--rw=randwrite', '--bs=4k', '--iodepth=32'], metric: 'iops' },
+  { name: '1M seqread QD8', args: ['--rw=read', '--bs=1M', '--iodepth=8'], metric: 'mibs' },
+  { name: '1M seqwrite QD8', args: ['--rw=write', '--bs=1M', '--iodepth=8'], metric: 'mibs' },
+  { name: '4k randread QD1', args: ['--rw=randread', '--bs=4k', '--iodepth=1'], metric: 'mean' },
+];

@@ -16,12 +16,14 @@
  *   node dist/bench/s3.js [--reps 2] [--runtime 5] [--size 1G] [--chunk-size 1M] [--cache-size 256M] [--bluestore]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+// The SDK is pinned (package.json): its warning is about later releases needing Node 22.
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { execute as sh } from '../src/util/exec.js';
 import { parseSize } from '../src/util/units.js';
-import { fio, type Metric } from './fio.js';
+import { fio, SYSTEM_JOBS, type Metric } from './fio.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const BIN = `${ROOT}dist/src/cli/bin.js`;
@@ -33,13 +35,7 @@ const TREE = `${DIR}/tree.tar`;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
 
-const JOBS: Array<{ name: string; args: string[]; metric: Metric }> = [
-  { name: '4k randread QD32', args: ['--rw=randread', '--bs=4k', '--iodepth=32'], metric: 'iops' },
-  { name: '4k randwrite QD32', args: ['--rw=randwrite', '--bs=4k', '--iodepth=32'], metric: 'iops' },
-  { name: '1M seqread QD8', args: ['--rw=read', '--bs=1M', '--iodepth=8'], metric: 'mibs' },
-  { name: '1M seqwrite QD8', args: ['--rw=write', '--bs=1M', '--iodepth=8'], metric: 'mibs' },
-  { name: '4k randread QD1', args: ['--rw=randread', '--bs=4k', '--iodepth=1'], metric: 'mean' },
-];
+const JOBS = SYSTEM_JOBS;
 
 interface System {
   name: string;

@@ -68,7 +68,9 @@ export class ChunkCache {
   private readonly roomWaiters: Array<() => void> = [];
   private readonly zero: Buffer;
   private writingBack = 0;
-  private lastReadEnd = -1;
+  /** Where the last reads ended, to tell reads in order. */
+  private readonly recentEnds: number[] = new Array(16).fill(-1);
+  private recentAt = 0;
 
   constructor(
     private readonly store: ObjectStore,
@@ -101,9 +103,11 @@ export class ChunkCache {
   }
 
   async read(buffer: Buffer, offset: number): Promise<void> {
-    await this.each(offset, buffer.length, (index, from, at, length) => this.readChunk(index, from, buffer.subarray(at, at + length)));
-    if (offset === this.lastReadEnd && this.settings.readahead > 0) this.readAhead(offset + buffer.length);
-    this.lastReadEnd = offset + buffer.length;
+    // In order: it starts where a recent read ended (reads in flight at once end in any order).
+    const inOrder = this.recentEnds.includes(offset);
+    this.recentEnds[this.recentAt++ % this.recentEnds.length] = offset + buffer.length;
+    await this.each(offset, buffer.length, (index, from, at, length) => this.readChunk(index, from, buffer.subarray(at, at + length), inOrder));
+    if (inOrder && this.settings.readahead > 0) this.readAhead(offset + buffer.length);
   }
 
   write(data: Buffer, offset: number): Promise<void> {
@@ -163,9 +167,10 @@ export class ChunkCache {
     await Promise.all(parts);
   }
 
-  private async readChunk(index: number, from: number, into: Buffer): Promise<void> {
+  private async readChunk(index: number, from: number, into: Buffer, inOrder: boolean): Promise<void> {
     for (;;) {
       let slot = this.slots.get(index);
+      let range = false;
       if (slot) {
         this.touch(slot);
         if (slot.known === null || this.holds(slot.known, from, into.length)) return void slot.data.copy(into, 0, from, from + into.length);
@@ -177,10 +182,13 @@ export class ChunkCache {
           continue;
         }
         slot = this.newSlot(index, pos, false);
+        // A read out of order reads what it asks (a range request), not the chunk: a 4 KiB read
+        // of a 1 MiB chunk would otherwise move 256 times the bytes. In order, the whole chunk.
+        range = !inOrder;
       }
       slot.readers++;
       try {
-        await this.load(slot);
+        await (range ? this.loadRange(slot, from, into.length) : this.load(slot));
       } finally {
         slot.readers--;
       }
@@ -275,7 +283,7 @@ export class ChunkCache {
   /** Makes the store hold at least the writes `slot` had when this was called. */
   private async save(slot: Slot): Promise<void> {
     const target = slot.version;
-    while (slot.saved < target) {
+    while (slot.saved < target && !slot.dropped) { // a slot zeroed whole has nothing left to save
       if (slot.saving) {
         await slot.saving;
         continue;
@@ -289,7 +297,7 @@ export class ChunkCache {
   }
 
   private async upload(slot: Slot): Promise<void> {
-    if (slot.known) await this.load(slot); // the rest of a partly written chunk, from the store
+    while (slot.known) await this.load(slot); // the rest of a partly written chunk, from the store (after a range read under way)
     const deadline = Date.now() + this.settings.timeoutMs;
     const body = await this.spares.take();
     try {
@@ -327,6 +335,24 @@ export class ChunkCache {
       slot.loading = null;
       slot.direct = false;
       this.wakeRoomWaiters(); // a slot that was loading may be evicted now
+    });
+    return slot.loading;
+  }
+
+  /** Reads part of a chunk not read yet straight into its slot (a range request). */
+  private loadRange(slot: Slot, from: number, length: number): Promise<void> {
+    const entry = this.volume.map[slot.index]!;
+    slot.direct = true; // a write waits: the read lands in the slot itself
+    slot.loading = (async () => {
+      const got = await this.store.get(chunkName(slot.index, entry), slot.data.subarray(from, from + length), Date.now() + this.settings.timeoutMs, from);
+      if (got?.length !== length) throw new DriverError('EIO', `s3: chunk ${slot.index}'s object is missing or short: the volume is damaged`);
+      const bs = this.settings.blockSize;
+      slot.known?.fill(1, from / bs, (from + length) / bs);
+      if (slot.known && slot.known.indexOf(0) < 0) this.wholeNow(slot);
+    })().finally(() => {
+      slot.loading = null;
+      slot.direct = false;
+      this.wakeRoomWaiters();
     });
     return slot.loading;
   }

@@ -91,12 +91,14 @@ export class ObjectStore {
 
   /**
    * Reads an object into `into` (from its start), or returns null if there is none. An object
-   * longer than `into` is an error (not this volume's).
+   * longer than `into` is an error (not this volume's). With `from`, only `into.length` bytes
+   * from there (a range request).
    */
-  get(name: string, into: Buffer, deadline: number): Promise<Got | null> {
+  get(name: string, into: Buffer, deadline: number, from?: number): Promise<Got | null> {
+    const range = from === undefined ? undefined : `bytes=${from}-${from + into.length - 1}`;
     return this.retry(`GET ${name}`, deadline, async (signal) => {
       try {
-        const out = await this.client.send(new GetObjectCommand({ Bucket: this.url.bucket, Key: this.key(name) }), { abortSignal: signal });
+        const out = await this.client.send(new GetObjectCommand({ Bucket: this.url.bucket, Key: this.key(name), Range: range }), { abortSignal: signal });
         let at = 0;
         for await (const piece of out.Body as Readable) {
           const bytes = piece as Buffer;
