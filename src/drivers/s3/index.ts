@@ -159,12 +159,12 @@ export async function s3(url: string, options: S3Options = {}): Promise<Driver<S
     read: (buffer, offset, ctx) => ctx.state.cache.read(buffer, offset),
 
     write(data, offset, ctx) {
-      volume(ctx.state);
+      refuseIfFenced(ctx.state);
       return ctx.state.cache.write(data, offset);
     },
 
     async fuaWrite(data, offset, ctx) {
-      volume(ctx.state);
+      refuseIfFenced(ctx.state);
       await ctx.state.cache.write(data, offset);
       await ctx.state.cache.flushRange(offset, data.length);
     },
@@ -181,7 +181,7 @@ export async function s3(url: string, options: S3Options = {}): Promise<Driver<S
 }
 
 /** A fenced writer stops taking writes: another driver owns the volume now. */
-function volume(state: S3State): void {
+function refuseIfFenced(state: S3State): void {
   if (state.volume.fenced) throw new DriverError('EIO', 's3: another writer took the volume: this driver writes no more');
 }
 

@@ -121,10 +121,6 @@ export class Volume {
     this.map = map;
   }
 
-  get size(): number {
-    return this.head.size;
-  }
-
   get chunkSize(): number {
     return this.head.chunkSize;
   }
@@ -206,11 +202,6 @@ export class Volume {
 
   get epoch(): number {
     return this.head.epoch;
-  }
-
-  /** What identifies this volume (a cache left for another is not adopted). */
-  get tag(): string {
-    return tagOf(this.store, this.head);
   }
 
   /** A new name for an object of this writer's: never used before by anyone (the epoch is this writer's alone). */
