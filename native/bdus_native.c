@@ -19,6 +19,7 @@
 //   unwatch(watcher)                                       stops and frees a watcher
 //   readFd(fd, buffer) -> n | -errno                       read(2) without throwing, sync
 //   writeFd(fd, buffer, length) -> n | -errno              write(2) without throwing, sync
+//   writeFdGather(fd, head, headLength, data) -> n | -errno  writev(2) of a head and data, sync
 //   waitReadable(fd, microseconds) -> boolean              spins until fd is readable, or the time is up
 //   dup(fd) -> fd                                          dup(2), close-on-exec, sync
 //   growUnixSendBuffer(fd, bytes) -> boolean               SO_SNDBUF, on Unix sockets only
@@ -38,6 +39,7 @@
 #include <stdlib.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
+#include <sys/uio.h>
 #include <poll.h>
 #include <sys/mman.h>
 #include <time.h>
@@ -613,6 +615,37 @@ static napi_value js_write_fd(napi_env env, napi_callback_info info)
     return fd_io(env, info, 1);
 }
 
+/* A reply whose header is in one buffer and whose data is in another (a read callback's own
+ * memory): one writev, so that the data is copied once, by the kernel, and never by us. */
+static napi_value js_write_fd_gather(napi_env env, napi_callback_info info)
+{
+    size_t argc = 4;
+    napi_value argv[4], result;
+    int fd;
+    uint32_t head_length;
+    void *head, *data;
+    size_t head_size, data_length;
+    napi_typedarray_type type;
+    napi_value arraybuffer;
+    size_t byte_offset;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    CHECK(napi_get_value_int32(env, argv[0], &fd));
+    CHECK(napi_get_buffer_info(env, argv[1], &head, &head_size));
+    CHECK(napi_get_value_uint32(env, argv[2], &head_length));
+    CHECK(napi_get_typedarray_info(env, argv[3], &type, &data_length, &data, &arraybuffer, &byte_offset));
+    if (type != napi_uint8_array && type != napi_uint8_clamped_array) {
+        napi_throw_type_error(env, NULL, "writeFdGather: data must be a Uint8Array");
+        return NULL;
+    }
+    struct iovec iov[2] = {
+        {.iov_base = head, .iov_len = head_length < head_size ? head_length : head_size},
+        {.iov_base = data, .iov_len = data_length},
+    };
+    ssize_t n = writev(fd, iov, 2);
+    CHECK(napi_create_int32(env, n < 0 ? -errno : (int32_t)n, &result));
+    return result;
+}
+
 /* ------------------------------------------------------------------------- */
 
 static napi_value init(napi_env env, napi_value exports)
@@ -636,6 +669,7 @@ static napi_value init(napi_env env, napi_value exports)
         {"unwatch", NULL, js_unwatch, NULL, NULL, NULL, napi_default, NULL},
         {"readFd", NULL, js_read_fd, NULL, NULL, NULL, napi_default, NULL},
         {"writeFd", NULL, js_write_fd, NULL, NULL, NULL, napi_default, NULL},
+        {"writeFdGather", NULL, js_write_fd_gather, NULL, NULL, NULL, napi_default, NULL},
         {"waitReadable", NULL, js_wait_readable, NULL, NULL, NULL, napi_default, NULL},
         {"dup", NULL, js_dup, NULL, NULL, NULL, napi_default, NULL},
         {"growUnixSendBuffer", NULL, js_grow_unix_send_buffer, NULL, NULL, NULL, napi_default, NULL},

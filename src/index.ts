@@ -2,6 +2,7 @@
 // Kept in the emitted .d.ts: the public types use Buffer, and a project need not name node in its tsconfig.
 /** bdus: block devices in user space, written in TypeScript. The public API. */
 export type { Context, Driver, Extent } from './driver/driver.js';
+export { readInto, type ReadResult } from './driver/read-data.js';
 export type { DriverFactory, DriverModule, DriverOption, DriverOptions, DriverOptionValues } from './driver/module.js';
 export { ATTRIBUTES, RECOVERY_MODES, type Attributes, type EffectiveAttributes, type RecoveryMode } from './driver/attributes.js';
 export { abort, AttributeError, BdusError, DriverAbort, DriverError } from './driver/errors.js';

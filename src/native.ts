@@ -54,14 +54,16 @@ interface NativeAddon {
   readFd(fd: number, buffer: Buffer): number;
   /** write(2) of the first `length` bytes of `buffer`: the bytes written, or -errno. */
   writeFd(fd: number, buffer: Buffer, length: number): number;
+  /** writev(2) of the first `headLength` bytes of `head`, then all of `data`: the bytes written, or -errno. */
+  writeFdGather(fd: number, head: Buffer, headLength: number, data: Uint8Array): number;
   /** Spins (poll with no timeout, in a loop) until `fd` is readable or `microseconds` passed; true if readable. */
   waitReadable(fd: number, microseconds: number): boolean;
   /** dup(2), close-on-exec. */
   dup(fd: number): number;
   /** setsockopt(SO_SNDBUF) if `fd` is a Unix socket (capped by net.core.wmem_max); true if set. */
+  growUnixSendBuffer(fd: number, bytes: number): boolean;
   /** lseek(SEEK_HOLE if `hole`, else SEEK_DATA): the offset found, or -errno (-ENXIO: none past `offset`). */
   seek(fd: number, offset: number, hole: boolean): number;
-  growUnixSendBuffer(fd: number, bytes: number): boolean;
   /** One ublk control command on /dev/ublk-control, on the libuv pool: the callback gets >= 0 or -errno. */
   ublkControl(request: UblkControlRequest, callback: (result: number) => void): void;
   /**

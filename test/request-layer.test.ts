@@ -233,3 +233,40 @@ test('misbehaving callbacks are contained to their request: a sync throw, a reje
   assert.deepEqual(aborts, []);
   assert.equal(requests.inProgress, 0, 'no slot is lost');
 });
+
+test("a read answered with the driver's own memory: taken by a frontend that sends it, copied for one that cannot or for a split read; the wrong size fails with EIO", async () => {
+  const store = Buffer.alloc(1 << 20);
+  for (let i = 0; i < store.length; i++) store[i] = (i * 7) & 0xff;
+  const own: Driver<string[]> = {
+    read(buffer, offset) {
+      if (offset === 4096) return store.subarray(0, 512); // too short
+      return store.subarray(offset, offset + buffer.length);
+    },
+  };
+  const { requests } = layer(own, { transferTries: 1, maxReadWriteSize: 65536 });
+  const sent = await new Promise<{ errno: number; x: Exchange }>((resolve) => {
+    const x: Exchange = new Answered((errno) => resolve({ errno, x }));
+    x.takesOwnData = true;
+    requests.read(x, Buffer.alloc(8192), 8192);
+  });
+  assert.equal(sent.errno, 0);
+  assert.ok(sent.x.ownData, 'the frontend that sends own memory gets it');
+  assert.deepEqual(Buffer.from(sent.x.ownData!), store.subarray(8192, 16384));
+
+  const copied = Buffer.alloc(8192);
+  assert.equal(await ask((x) => requests.read(x, copied, 8192)), 0);
+  assert.deepEqual(copied, store.subarray(8192, 16384), 'copied into the buffer where the frontend cannot send it (ublk)');
+
+  const split = Buffer.alloc(196608);
+  const whole = await new Promise<{ errno: number; x: Exchange }>((resolve) => {
+    const x: Exchange = new Answered((errno) => resolve({ errno, x }));
+    x.takesOwnData = true;
+    requests.read(x, split, 65536);
+  });
+  assert.equal(whole.errno, 0);
+  assert.equal(whole.x.ownData, undefined, 'a split read is assembled in its buffer');
+  assert.deepEqual(split, store.subarray(65536, 65536 + 196608));
+
+  assert.equal(await ask((x) => requests.read(x, Buffer.alloc(4096), 4096)), EIO, 'own memory of the wrong size fails the read');
+  assert.equal(requests.inProgress, 0);
+});

@@ -3,11 +3,10 @@
  * the driver): how far concurrency hides latency, for the scaling benchmark.
  */
 import ram from '../../src/examples/ram.js';
-import type { Driver } from '../../src/index.js';
 
 const pause = () => new Promise((resolve) => setTimeout(resolve, 1));
 
-const slowRam: Driver<Buffer[]> = {
+const slowRam: typeof ram = {
   ...ram,
   async read(buffer, offset, ctx) {
     await pause();

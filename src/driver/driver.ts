@@ -23,6 +23,7 @@
  * `abort()`) ends the driver instead; the device is then destroyed.
  */
 import type { Attributes, EffectiveAttributes } from './attributes.js';
+import type { ReadResult } from './read-data.js';
 
 /** Information about the device and driver instance, handed to every callback. */
 export interface Context<State = unknown> {
@@ -96,11 +97,23 @@ export interface Driver<State = unknown> {
   resize?(size: number, ctx: Context<State>): Promise<void> | void;
 
   /**
-   * Fill `buffer` (exactly the request's size) with the data at `offset`. On ublk, `buffer` is
-   * the memory the kernel copies the data from: fill it before returning.
+   * The data at `offset`, exactly `buffer.length` bytes: fill `buffer` and return nothing, or
+   * return memory of the driver's own that holds the data (a view of its store, a mapped file),
+   * which spares a copy: FUSE+loop and NBD hand that memory to the kernel as it is (one copy,
+   * the kernel's, where filling `buffer` makes two). Memory of another size fails the request
+   * with EIO.
+   *
+   * Lifetime of returned memory: bdus reads it after the callback returned, until the reply has
+   * left (on NBD, when the socket took it). Until then it must hold this request's data, and may
+   * change only by the driver serving a write, write-zeroes or discard of the same range that
+   * the client sent while this read was in flight (the client cannot tell which data it gets
+   * then, as with any read racing a write). So a view of the store is safe; memory the driver
+   * reuses for other data (a buffer taken from a pool and given back) is not: fill `buffer`
+   * from it instead. ublk, a read split by maxReadWriteSize, and filters that look at the data
+   * copy returned memory into `buffer` at once.
    * Kernel paths: ublk, FUSE+loop, kernel NBD, NBD exports.
    */
-  read?(buffer: Buffer, offset: number, ctx: Context<State>): Promise<void> | void;
+  read?(buffer: Buffer, offset: number, ctx: Context<State>): Promise<ReadResult> | ReadResult;
 
   /**
    * Store `data` (exactly the request's size) at `offset`. Do not keep `data` after returning:

@@ -19,6 +19,8 @@ import type { DriverFactory } from '../driver/module.js';
 export const description = 'a sparse device in memory: allocates 64 KiB pages as written, reports holes (give --size)';
 
 const PAGE = 64 << 10;
+/** What an unallocated page reads as; read callbacks answer with views of it, and nothing writes it. */
+const ZEROS = Buffer.alloc(PAGE);
 
 type Pages = Map<number, Buffer>;
 
@@ -53,7 +55,11 @@ export function memory(): Driver<Pages> {
       ctx.state = new Map();
     },
 
+    // A read within one page answers with a view of it (or of the zeros): the frontend hands
+    // that memory to the kernel, which copies the data once.
     read(buffer, offset, ctx) {
+      const start = offset % PAGE;
+      if (start + buffer.length <= PAGE) return (ctx.state.get((offset - start) / PAGE) ?? ZEROS).subarray(start, start + buffer.length);
       pieces(offset, buffer.length, (page, at, done, length) => {
         const stored = ctx.state.get(page);
         if (stored) stored.copy(buffer, done, at, at + length);

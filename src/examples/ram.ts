@@ -23,9 +23,42 @@ export const description = 'a device in this process\'s memory, committed only a
 const CHUNK = 1 << 30;
 const PAGE = native.pageSize;
 
-type Ram = Buffer[];
+/**
+ * A chunk of memory, and which of its pages hold data: a read of pages that all do answers with
+ * a view of them (the kernel then copies the data once, not twice), but a view of pages never
+ * written would make the kernel commit them (it pins them to copy from), so those are copied
+ * (as zeros, from the zero page) or answered from a shared buffer of zeros.
+ */
+class Chunk {
+  readonly memory = native.mapAnonymous(CHUNK);
+  private readonly written = new Uint8Array(CHUNK / PAGE / 8);
 
-function forEachPiece(offset: number, size: number, fn: (chunk: Buffer, at: number, done: number, length: number) => void, ctx: Context<Ram>): void {
+  /** 1: every page of [at, at + length) holds data; 0: none does; -1: some do. */
+  state(at: number, length: number): number {
+    const first = this.has(Math.floor(at / PAGE));
+    for (let page = Math.floor(at / PAGE) + 1; page * PAGE < at + length; page++) if (this.has(page) !== first) return -1;
+    return first ? 1 : 0;
+  }
+
+  /** Marks the pages of [at, at + length) as holding data, or (`data` false) as dropped. */
+  mark(at: number, length: number, data: boolean): void {
+    for (let page = Math.floor(at / PAGE); page * PAGE < at + length; page++) {
+      if (data) this.written[page >> 3]! |= 1 << (page & 7);
+      else this.written[page >> 3]! &= ~(1 << (page & 7));
+    }
+  }
+
+  private has(page: number): boolean {
+    return (this.written[page >> 3]! & (1 << (page & 7))) !== 0;
+  }
+}
+
+type Ram = Chunk[];
+
+/** Zeros that read callbacks answer with (views of it); grown to the largest read, never written. */
+let zeros = Buffer.alloc(0);
+
+function forEachPiece(offset: number, size: number, fn: (chunk: Chunk, at: number, done: number, length: number) => void, ctx: Context<Ram>): void {
   let done = 0;
   while (done < size) {
     const position = offset + done;
@@ -37,16 +70,22 @@ function forEachPiece(offset: number, size: number, fn: (chunk: Buffer, at: numb
 }
 
 /** Zeros [at, at + length) of a chunk: whole pages are dropped, the partial pages at its ends filled. */
-function zero(chunk: Buffer, at: number, _done: number, length: number): void {
+function zero(chunk: Chunk, at: number, _done: number, length: number): void {
   const first = Math.ceil(at / PAGE) * PAGE;
   const last = Math.floor((at + length) / PAGE) * PAGE;
   if (last <= first) {
-    chunk.fill(0, at, at + length);
+    chunk.memory.fill(0, at, at + length);
     return;
   }
-  chunk.fill(0, at, first);
-  native.dropPages(chunk, first, last - first);
-  chunk.fill(0, last, at + length);
+  chunk.memory.fill(0, at, first);
+  native.dropPages(chunk.memory, first, last - first);
+  chunk.mark(first, last - first, false);
+  chunk.memory.fill(0, last, at + length);
+}
+
+function store(data: Buffer, chunk: Chunk, at: number, done: number, length: number): void {
+  data.copy(chunk.memory, at, done, done + length);
+  chunk.mark(at, length, true);
 }
 
 const ram: Driver<Ram> = {
@@ -54,31 +93,34 @@ const ram: Driver<Ram> = {
 
   initialize(ctx) {
     ctx.state = [];
-    while (ctx.state.length * CHUNK < ctx.attributes.size) ctx.state.push(native.mapAnonymous(CHUNK));
+    while (ctx.state.length * CHUNK < ctx.attributes.size) ctx.state.push(new Chunk());
   },
 
   // Growing maps chunks (the new range reads as zeros); shrinking drops what lies past the end.
   resize(size, ctx) {
     const old = ctx.attributes.size;
     if (size < old) forEachPiece(size, old - size, zero, ctx);
-    while (ctx.state.length * CHUNK < size) ctx.state.push(native.mapAnonymous(CHUNK));
+    while (ctx.state.length * CHUNK < size) ctx.state.push(new Chunk());
     ctx.state.length = Math.ceil(size / CHUNK);
   },
 
+  // A read within one chunk answers with memory of its own where it can (see Chunk).
   read(buffer, offset, ctx) {
-    if ((offset % CHUNK) + buffer.length <= CHUNK) {
-      ctx.state[Math.floor(offset / CHUNK)]!.copy(buffer, 0, offset % CHUNK, (offset % CHUNK) + buffer.length);
-      return;
+    const at = offset % CHUNK;
+    const chunk = ctx.state[Math.floor(offset / CHUNK)]!;
+    if (at + buffer.length <= CHUNK) {
+      const state = chunk.state(at, buffer.length);
+      if (state === 1) return chunk.memory.subarray(at, at + buffer.length);
+      if (state === 0) {
+        if (zeros.length < buffer.length) zeros = Buffer.alloc(buffer.length);
+        return zeros.subarray(0, buffer.length);
+      }
     }
-    forEachPiece(offset, buffer.length, (chunk, at, done, length) => chunk.copy(buffer, done, at, at + length), ctx);
+    forEachPiece(offset, buffer.length, (c, from, done, length) => c.memory.copy(buffer, done, from, from + length), ctx);
   },
 
   write(data, offset, ctx) {
-    if ((offset % CHUNK) + data.length <= CHUNK) {
-      data.copy(ctx.state[Math.floor(offset / CHUNK)]!, offset % CHUNK);
-      return;
-    }
-    forEachPiece(offset, data.length, (chunk, at, done, length) => data.copy(chunk, at, done, done + length), ctx);
+    forEachPiece(offset, data.length, (chunk, at, done, length) => store(data, chunk, at, done, length), ctx);
   },
 
   writeZeros(offset, size, _mayUnmap, ctx) {

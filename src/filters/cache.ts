@@ -28,6 +28,7 @@ import type { Filter } from '../filter/filter.js';
 import { layer } from '../filter/filter.js';
 import { BlockTurns } from '../filter/turns.js';
 import type { Parameters } from '../filter/parameters.js';
+import { readInto } from '../driver/read-data.js';
 
 export const description = 'a bounded cache of blocks in memory, write-back or write-through, with read-ahead';
 
@@ -104,7 +105,7 @@ export default function cache(options: CacheOptions = {}): Filter {
       while (count <= more && (b + count) * block < ctx.attributes.size && !entries.has(b + count) && !turns.has(b + count)) count++;
       const length = Math.min(count * block, ctx.attributes.size - b * block);
       const data = Buffer.allocUnsafeSlow(length);
-      await next.read!(data, b * block, ctx);
+      await readInto(next.read!(data, b * block, ctx), data);
       for (let i = 1; i < count; i++) {
         if (!entries.has(b + i) && !turns.has(b + i)) entries.set(b + i, { data: data.subarray(i * block, Math.min((i + 1) * block, length)), dirty: false });
       }

@@ -33,6 +33,7 @@ import { BlockTurns } from '../filter/turns.js';
 import type { Parameters } from '../filter/parameters.js';
 import { fallocate } from '../native.js';
 import { MAP_HEADER, openOverlay, Where, type Overlay } from './cow-overlay.js';
+import { readInto } from '../driver/read-data.js';
 
 const readAsync = promisify(read);
 const writeAsync = promisify(write);
@@ -89,7 +90,7 @@ export default function cow(options: CowOptions): Filter {
         const length = Math.min(block, ctx.attributes.size - start);
         if (data.length < length) {
           const whole = Buffer.alloc(length);
-          if (o!.where[b] === Where.BASE) await next.read!(whole, start, ctx);
+          if (o!.where[b] === Where.BASE) await readInto(next.read!(whole, start, ctx), whole);
           data.copy(whole, offset - start);
           await transfer(o!.data, whole, start, true);
         } else {
@@ -151,7 +152,7 @@ export default function cow(options: CowOptions): Filter {
             const piece = buffer.subarray(at - offset, end - offset);
             if (here === Where.OVERLAY) await transfer(o!.data, piece, at, false);
             else if (here === Where.ZERO) piece.fill(0);
-            else await next.read!(piece, at, ctx);
+            else await readInto(next.read!(piece, at, ctx), piece);
             at = end;
           }
         },

@@ -20,6 +20,7 @@ import type { Context, Driver } from '../driver/driver.js';
 import { DriverError } from '../driver/errors.js';
 import type { Parameters } from '../filter/parameters.js';
 import offset from './offset.js';
+import { readInto } from '../driver/read-data.js';
 
 export const description = 'exposes one partition (MBR 1-4 or GPT) of the driver below';
 
@@ -83,7 +84,7 @@ export default function partition(options: PartitionOptions) {
     try {
       place = await findPartition(async (at, length) => {
         const buffer = Buffer.alloc(length);
-        await next.read!(buffer, at, ctx);
+        await readInto(next.read!(buffer, at, ctx), buffer);
         return buffer;
       }, options.number);
     } finally {

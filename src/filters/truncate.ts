@@ -22,6 +22,7 @@ import type { Extent } from '../driver/driver.js';
 import type { Filter } from '../filter/filter.js';
 import { InnerContexts, layer } from '../filter/filter.js';
 import type { Parameters } from '../filter/parameters.js';
+import { readInto } from '../driver/read-data.js';
 
 export const description = 'another size for the driver below: past its end reads zeros (nbdkit\'s truncate)';
 
@@ -72,8 +73,12 @@ export default function truncate(options: TruncateOptions = {}): Filter {
         },
         async read(buffer, at, ctx) {
           const n = inside(at, buffer.length);
-          if (n > 0) await next.read!(n === buffer.length ? buffer : buffer.subarray(0, n), at, inner.of(ctx));
-          if (n < buffer.length) buffer.fill(0, n);
+          if (n === buffer.length) return next.read!(buffer, at, inner.of(ctx));
+          if (n > 0) {
+            const part = buffer.subarray(0, n);
+            await readInto(next.read!(part, at, inner.of(ctx)), part);
+          }
+          buffer.fill(0, n);
         },
         write: (data, at, ctx) => written(data, at, (part) => next.write!(part, at, inner.of(ctx))),
         fuaWrite: (data, at, ctx) => written(data, at, (part) => next.fuaWrite!(part, at, inner.of(ctx))),

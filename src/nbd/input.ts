@@ -39,8 +39,15 @@ export class PooledBuffer {
   ) {
     this.buffer = Buffer.allocUnsafeSlow(size);
   }
+  private headView: Buffer | undefined;
   /** Gives the buffer back; bound once, so that it can be a write's callback. */
   readonly release = (): void => this.pool.put(this);
+
+  /** Its first `length` bytes, as a view made once (a reply's header, when its data is elsewhere). */
+  head(length: number): Buffer {
+    if (this.headView?.length !== length) this.headView = this.buffer.subarray(0, length);
+    return this.headView;
+  }
 }
 
 /** Buffers by exact size: a client's requests come in few sizes. */

@@ -28,7 +28,7 @@ export class NbdRequest extends Exchange {
   high = 0;
   low = 0;
   kind = Answer.STATUS;
-  /** A read's reply: the callback fills the bytes after its header in place. */
+  /** A read's reply: the callback fills the bytes after its header in place, or answers with its own memory (`ownData`). */
   reply: PooledBuffer | undefined;
   /** A write's payload when it was gathered from several socket reads. */
   payload: PooledBuffer | undefined;
@@ -40,8 +40,12 @@ export class NbdRequest extends Exchange {
   /** Bytes of payload or reply this request holds until it ends (the connection's memory limit). */
   held = 0;
 
+  /** The size of a read reply's header, before its data in `reply`. */
+  headerSize = 0;
+
   constructor(private readonly replies: NbdReplies) {
     super();
+    this.takesOwnData = true;
   }
 
   answer(errno: number): void {

@@ -148,6 +148,7 @@ export class Transmission {
         }
         request.kind = Answer.READ;
         request.reply = reply;
+        request.headerSize = headerSize;
         this.hold(request, length);
         this.inFlight++;
         return requests.read(request, reply.buffer.subarray(headerSize), offset);
@@ -197,7 +198,15 @@ export class Transmission {
       const reply = request.reply;
       if (request.kind === Answer.READ && errno === 0 && reply) {
         request.reply = undefined; // the socket releases it once written
-        this.send(reply.buffer, reply.release);
+        const data = request.ownData;
+        if (data) {
+          // Two writes, one system call (corked): the data goes from the callback's memory.
+          request.ownData = undefined;
+          this.send(reply.head(request.headerSize));
+          this.send(data, reply.release);
+        } else {
+          this.send(reply.buffer, reply.release);
+        }
       } else if (request.kind === Answer.EXTENTS && errno === 0) {
         this.sendExtents(request);
       } else {
@@ -260,7 +269,7 @@ export class Transmission {
    * turn of the event loop leave in one system call: the socket is corked until the promises
    * settled in this turn have run.
    */
-  private send(reply: Buffer, written?: () => void): void {
+  private send(reply: Uint8Array, written?: () => void): void {
     const { socket } = this.link;
     if (this.muted || socket.destroyed || !socket.writable) return written?.();
     if (!this.corked) {

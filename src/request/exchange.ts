@@ -30,6 +30,18 @@ export abstract class Exchange implements TimedRequest {
   op = 0;
   bytes = 0;
   admittedAt = 0;
+  /**
+   * Whether the frontend can send a read's reply from the callback's own memory (`ownData`)
+   * rather than from the request's buffer; where it cannot, the request layer copies that memory
+   * into the buffer. Set once by the frontend.
+   */
+  takesOwnData = false;
+  /**
+   * A read's data in memory of the callback's own (see Driver.read), set before answer(0) when
+   * the callback returned some, else undefined: the frontend sends it instead of the buffer, and
+   * clears it once sent.
+   */
+  ownData: Uint8Array | undefined = undefined;
   /** @internal The request layer's continuation for this exchange, made once. */
   settle: ((errno: number) => void) | undefined;
 

@@ -13,6 +13,8 @@ import { cutExtents } from './extents.js';
 import { Operation, OPERATION_NAMES } from './operation.js';
 import { RequestCounters } from '../stats/counters.js';
 import { Slot } from '../stats/layout.js';
+import { ownReadData, type ReadResult } from '../driver/read-data.js';
+import type { Exchange } from './exchange.js';
 
 const { EIO, EINVAL, EOPNOTSUPP, ENOTTY, EROFS } = constants.errno;
 const RESOLVED = [0, EIO, EINVAL, EOPNOTSUPP, ENOTTY, EROFS].reduce(
@@ -64,10 +66,11 @@ export abstract class Operations {
 
   // ---- Operations: checks, splitting, emulation; each resolves to 0 or an errno ---------------
 
-  protected readOp(buffer: Buffer, offset: number): Promise<number> {
+  /** A read; `x` takes the callback's own memory, if it answers with some and the read is not split. */
+  protected readOp(buffer: Buffer, offset: number, x: Exchange | undefined): Promise<number> {
     if (!this.accepting) return resolved(EIO);
     if (!this.driver.read) return resolved(EOPNOTSUPP);
-    return this.bufferOp(Operation.READ, buffer, offset, this.attrs.maxReadWriteSize);
+    return this.bufferOp(Operation.READ, buffer, offset, this.attrs.maxReadWriteSize, x);
   }
 
   protected writeOp(data: Buffer, offset: number): Promise<number> {
@@ -179,10 +182,10 @@ export abstract class Operations {
     return resolved(EINVAL);
   }
 
-  protected bufferOp(op: Operation, buffer: Buffer, offset: number, max: number): Promise<number> {
+  protected bufferOp(op: Operation, buffer: Buffer, offset: number, max: number, x?: Exchange): Promise<number> {
     const bad = this.checked(offset, buffer.length, op);
     if (bad) return bad;
-    if (buffer.length <= max) return this.invoke(op, buffer, offset, 0);
+    if (buffer.length <= max) return this.invoke(op, buffer, offset, 0, x);
     return this.splitBuffer(op, buffer, offset, max);
   }
 
@@ -220,8 +223,11 @@ export abstract class Operations {
     return 0;
   }
 
-  /** Runs one callback within the concurrency limit. `a`, `b`, `c` are its arguments by operation. */
-  protected async invoke(op: Operation, a: unknown, b: number, c: number): Promise<number> {
+  /**
+   * Runs one callback within the concurrency limit. `a`, `b`, `c` are its arguments by
+   * operation; `x`, for a whole (unsplit) read, may take the memory the callback answers with.
+   */
+  protected async invoke(op: Operation, a: unknown, b: number, c: number, x?: Exchange): Promise<number> {
     if (this.active < this.limit) {
       this.counters.set(Slot.CALLBACKS, ++this.active);
     } else {
@@ -231,7 +237,8 @@ export abstract class Operations {
     try {
       for (let call = 1; ; call++) {
         try {
-          await this.call(op, a, b, c);
+          const result = await this.call(op, a, b, c);
+          if (op === Operation.READ && result !== undefined) this.takeOwnData(a as Buffer, result, x);
           return 0;
         } catch (error) {
           // seed 000: an EIO from a transfer may succeed when repeated.
@@ -247,7 +254,15 @@ export abstract class Operations {
     }
   }
 
-  protected call(op: Operation, a: unknown, b: number, c: number): Promise<void> | void {
+  /** A read answered with memory of the callback's own: the frontend sends it if it can, else it is copied now. */
+  private takeOwnData(buffer: Buffer, result: unknown, x: Exchange | undefined): void {
+    const data = ownReadData(buffer, result);
+    if (!data) return;
+    if (x?.takesOwnData) x.ownData = data;
+    else buffer.set(data);
+  }
+
+  protected call(op: Operation, a: unknown, b: number, c: number): Promise<ReadResult> | ReadResult {
     const { driver, ctx } = this;
     if (this.attrs.log) this.logCall(op, b, c, a);
     switch (op) {

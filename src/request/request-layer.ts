@@ -62,7 +62,8 @@ export class RequestLayer extends Operations {
   // first. The frontend has only decoded the request; everything else happens here.
 
   read(x: Exchange, buffer: Buffer, offset: number): void {
-    if (this.admit(x, Operation.READ, buffer.length)) this.track(x, this.readOp(buffer, offset));
+    x.ownData = undefined;
+    if (this.admit(x, Operation.READ, buffer.length)) this.track(x, this.readOp(buffer, offset, x));
   }
 
   write(x: Exchange, data: Buffer, offset: number): void {

@@ -82,12 +82,14 @@ export class FuseChannel<S extends ChannelSlot> {
   reply(buffer: Buffer, length: number): void {
     if (this.muted) return;
     buffer.writeUInt32LE(length, OutHeader.len);
-    const result = native.writeFd(this.fd, buffer, length);
-    // ENOENT: the request is gone (interrupted or the connection was aborted); ENODEV: the
-    // connection is gone. Either way nobody waits for this reply any more.
-    if (result < 0 && result !== -ENOENT && result !== -ENODEV && result !== -ECONNABORTED) {
-      throw errnoError(-result, 'write to /dev/fuse');
-    }
+    this.check(native.writeFd(this.fd, buffer, length));
+  }
+
+  /** Writes the reply whose header is at the start of `buffer` and whose data is `data` (a read callback's own memory). */
+  replyGather(buffer: Buffer, data: Uint8Array): void {
+    if (this.muted) return;
+    buffer.writeUInt32LE(OutHeader.SIZE + data.byteLength, OutHeader.len);
+    this.check(native.writeFdGather(this.fd, buffer, OutHeader.SIZE, data));
   }
 
   /** Replies with only a header carrying `errno` (0 for success). */
@@ -124,6 +126,14 @@ export class FuseChannel<S extends ChannelSlot> {
     notify.writeBigUInt64LE(BigInt(ino), OutHeader.SIZE);
     notify.writeBigInt64LE(-1n, OutHeader.SIZE + 8);
     this.reply(notify, notify.length);
+  }
+
+  private check(result: number): void {
+    // ENOENT: the request is gone (interrupted or the connection was aborted); ENODEV: the
+    // connection is gone. Either way nobody waits for this reply any more.
+    if (result < 0 && result !== -ENOENT && result !== -ENODEV && result !== -ECONNABORTED) {
+      throw errnoError(-result, 'write to /dev/fuse');
+    }
   }
 
   private readonly readable = (status: number): void => {

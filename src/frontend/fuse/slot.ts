@@ -37,6 +37,7 @@ export class Slot extends Exchange {
     private readonly restartTable: RestartTable | undefined,
   ) {
     super();
+    this.takesOwnData = true;
   }
 
   readData(size: number): Buffer {
@@ -58,7 +59,12 @@ export class Slot extends Exchange {
     }
     if (errno !== 0 || this.reply === Reply.STATUS) return this.channel.replyErrno(this.buffer, errno);
     this.buffer.writeInt32LE(0, OutHeader.error);
-    if (this.reply === Reply.READ) return this.channel.reply(this.buffer, OutHeader.SIZE + this.size);
+    if (this.reply === Reply.READ) {
+      const data = this.ownData;
+      if (!data) return this.channel.reply(this.buffer, OutHeader.SIZE + this.size);
+      this.ownData = undefined;
+      return this.channel.replyGather(this.buffer, data);
+    }
     this.buffer.writeUInt32LE(this.size, OutHeader.SIZE + WriteOut.size);
     this.buffer.writeUInt32LE(0, OutHeader.SIZE + 4);
     this.channel.reply(this.buffer, OutHeader.SIZE + WriteOut.SIZE);
