@@ -10,14 +10,11 @@
 //   ublkQueue(cdevFd, queue, depth, bufferSize, callback(count)) -> { queue, descriptors,
 //                                           buffers, completions }
 //                                           one hardware queue's ring, owned by the event loop
-//                                           thread: FETCH_REQ on every tag at once, then an
-//                                           eventfd registered with the ring and watched with
-//                                           uv_poll; each wake-up reaps every completion into
-//                                           `completions` (tag, result pairs) and calls back once.
-//   ublkCommit(queue, tag, result, half)    queues a COMMIT_AND_FETCH_REQ (no system call); every
-//                                           commit of a loop turn is submitted together by one
-//                                           io_uring_enter, from a uv_prepare handle that runs
-//                                           just before the loop waits.
+//                                           thread (a command ring, ring.h): FETCH_REQ on every
+//                                           tag at once, then `callback(count)` for each batch
+//                                           of completions (tag, result pairs) in `completions`.
+//   ublkCommit(queue, tag, result, half)    queues a COMMIT_AND_FETCH_REQ (no system call): the
+//                                           turn's commits leave in one io_uring_enter.
 //   ublkQueueClose(queue)                   ends the ring: the kernel cancels its commands (a
 //                                           device with user recovery then quiesces).
 //
@@ -35,15 +32,12 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <unistd.h>
-#include <uv.h>
 
 #include "napi_util.h"
+#include "ring.h"
 #include "ublk.h"
 
 // Older uapi headers (Debian 12's are 6.1) lack the ioctl-encoded opcodes, which 6.12 requires
@@ -52,116 +46,6 @@
 #define UBLK_U_IO_FETCH_REQ _IOWR('u', UBLK_IO_FETCH_REQ, struct ublksrv_io_cmd)
 #define UBLK_U_IO_COMMIT_AND_FETCH_REQ _IOWR('u', UBLK_IO_COMMIT_AND_FETCH_REQ, struct ublksrv_io_cmd)
 #endif
-
-/* A minimal io_uring ---------------------------------------------------------------------- */
-
-struct ring {
-    int fd;
-    unsigned entries;
-    size_t sqe_size;
-    unsigned *sq_head, *sq_tail, *sq_mask, *sq_array;
-    unsigned *cq_head, *cq_tail, *cq_mask;
-    struct io_uring_cqe *cqes;
-    uint8_t *sqes;
-    void *sq_map, *cq_map;
-    size_t sq_len, cq_len, sqes_len;
-    unsigned unsubmitted;
-};
-
-static void ring_exit(struct ring *r)
-{
-    if (r->sqes)
-        munmap(r->sqes, r->sqes_len);
-    if (r->cq_map && r->cq_map != r->sq_map)
-        munmap(r->cq_map, r->cq_len);
-    if (r->sq_map)
-        munmap(r->sq_map, r->sq_len);
-    if (r->fd >= 0)
-        close(r->fd);
-    memset(r, 0, sizeof(*r));
-    r->fd = -1;
-}
-
-static int ring_init(struct ring *r, unsigned entries, unsigned flags)
-{
-    struct io_uring_params p;
-    memset(r, 0, sizeof(*r));
-    memset(&p, 0, sizeof(p));
-    p.flags = flags;
-    r->fd = (int)syscall(__NR_io_uring_setup, entries, &p);
-    if (r->fd < 0)
-        return -errno;
-    r->entries = p.sq_entries;
-    r->sqe_size = (flags & IORING_SETUP_SQE128) ? 128 : 64;
-    r->sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
-    r->cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
-    int single = p.features & IORING_FEAT_SINGLE_MMAP;
-    if (single && r->cq_len > r->sq_len)
-        r->sq_len = r->cq_len;
-    r->sq_map = mmap(NULL, r->sq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd, IORING_OFF_SQ_RING);
-    if (r->sq_map == MAP_FAILED) {
-        r->sq_map = NULL;
-        goto fail;
-    }
-    r->cq_map = single ? r->sq_map
-                       : mmap(NULL, r->cq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd, IORING_OFF_CQ_RING);
-    if (r->cq_map == MAP_FAILED) {
-        r->cq_map = NULL;
-        goto fail;
-    }
-    r->sqes_len = p.sq_entries * r->sqe_size;
-    r->sqes = mmap(NULL, r->sqes_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd, IORING_OFF_SQES);
-    if (r->sqes == MAP_FAILED) {
-        r->sqes = NULL;
-        goto fail;
-    }
-    uint8_t *sq = r->sq_map, *cq = r->cq_map;
-    r->sq_head = (unsigned *)(sq + p.sq_off.head);
-    r->sq_tail = (unsigned *)(sq + p.sq_off.tail);
-    r->sq_mask = (unsigned *)(sq + p.sq_off.ring_mask);
-    r->sq_array = (unsigned *)(sq + p.sq_off.array);
-    r->cq_head = (unsigned *)(cq + p.cq_off.head);
-    r->cq_tail = (unsigned *)(cq + p.cq_off.tail);
-    r->cq_mask = (unsigned *)(cq + p.cq_off.ring_mask);
-    r->cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
-    return 0;
-fail : {
-    int err = errno;
-    ring_exit(r);
-    return -err;
-}
-}
-
-/** The next free submission entry, zeroed and already queued, or NULL if the ring is full. */
-static struct io_uring_sqe *ring_sqe(struct ring *r)
-{
-    unsigned head = atomic_load_explicit((_Atomic unsigned *)r->sq_head, memory_order_acquire);
-    unsigned tail = *r->sq_tail;
-    if (tail - head >= r->entries)
-        return NULL;
-    unsigned index = tail & *r->sq_mask;
-    struct io_uring_sqe *sqe = (struct io_uring_sqe *)(r->sqes + index * r->sqe_size);
-    memset(sqe, 0, r->sqe_size);
-    r->sq_array[index] = index;
-    atomic_store_explicit((_Atomic unsigned *)r->sq_tail, tail + 1, memory_order_release);
-    r->unsubmitted++;
-    return sqe;
-}
-
-/** Submits what is queued; with `wait`, also waits for that many completions. */
-static int ring_enter(struct ring *r, unsigned wait)
-{
-    for (;;) {
-        int n = (int)syscall(__NR_io_uring_enter, r->fd, r->unsubmitted, wait, wait ? IORING_ENTER_GETEVENTS : 0, NULL, 0);
-        if (n >= 0) {
-            r->unsubmitted -= (unsigned)n;
-            if (!wait || r->unsubmitted == 0)
-                return 0;
-        } else if (errno != EINTR && errno != EAGAIN) {
-            return -errno;
-        }
-    }
-}
 
 /* Control commands ------------------------------------------------------------------------ */
 
@@ -274,40 +158,24 @@ static napi_value js_ublk_control(napi_env env, napi_callback_info info)
 /* I/O queues ------------------------------------------------------------------------------ */
 
 struct queue {
-    struct ring ring;
+    struct command_ring commands; // first: the ring's callbacks get the queue through it
     int cdev;
     uint16_t id, depth;
     uint32_t buffer_size;
     uint8_t *buffers;
     void *descriptors;
     size_t descriptors_len;
-    int32_t *completions;
-    int eventfd;
-    uv_poll_t poll;
-    uv_prepare_t prepare;
-    int handles;
-    int closed;
-    napi_env env;
-    napi_ref callback;
-    napi_async_context context;
 };
 
-static void handle_closed(uv_handle_t *handle)
+static void queue_freed(struct command_ring *c)
 {
-    struct queue *q = handle->data;
-    if (--q->handles == 0) {
-        free(q->completions);
-        free(q);
-    }
+    free(c);
 }
 
 static void queue_command(struct queue *q, uint32_t op, uint16_t tag, int32_t result, uint32_t half)
 {
-    struct io_uring_sqe *sqe = ring_sqe(&q->ring);
-    if (!sqe) { // cannot happen: a tag has one command at a time, and the ring has a place per tag
-        ring_enter(&q->ring, 0);
-        sqe = ring_sqe(&q->ring);
-    }
+    // A tag has one command at a time, and the ring has a place per tag: never full.
+    struct io_uring_sqe *sqe = command_ring_sqe(&q->commands);
     sqe->opcode = IORING_OP_URING_CMD;
     sqe->fd = q->cdev;
     sqe->cmd_op = op;
@@ -319,58 +187,11 @@ static void queue_command(struct queue *q, uint32_t op, uint16_t tag, int32_t re
     cmd->addr = (uint64_t)(uintptr_t)(q->buffers + ((size_t)half * q->depth + tag) * q->buffer_size);
 }
 
-static void queue_submit(uv_prepare_t *prepare)
-{
-    struct queue *q = prepare->data;
-    if (q->ring.unsubmitted)
-        ring_enter(&q->ring, 0);
-}
-
-static void queue_ready(uv_poll_t *poll, int status, int events)
-{
-    (void)status;
-    (void)events;
-    struct queue *q = poll->data;
-    uint64_t count;
-    if (read(q->eventfd, &count, sizeof(count)) < 0 && errno != EAGAIN)
-        return;
-    napi_env env = q->env;
-    // Completions that arrive while JavaScript runs are taken in the next round.
-    for (int round = 0; round < 4 && !q->closed; round++) {
-        unsigned head = *q->ring.cq_head;
-        unsigned tail = atomic_load_explicit((_Atomic unsigned *)q->ring.cq_tail, memory_order_acquire);
-        unsigned n = 0;
-        while (head != tail && n < q->depth) {
-            struct io_uring_cqe *cqe = &q->ring.cqes[head & *q->ring.cq_mask];
-            q->completions[2 * n] = (int32_t)cqe->user_data;
-            q->completions[2 * n + 1] = cqe->res;
-            n++;
-            head++;
-        }
-        atomic_store_explicit((_Atomic unsigned *)q->ring.cq_head, head, memory_order_release);
-        if (n == 0)
-            return;
-        napi_handle_scope scope;
-        napi_value callback, global, arg;
-        if (napi_open_handle_scope(env, &scope) != napi_ok)
-            return;
-        napi_get_reference_value(env, q->callback, &callback);
-        napi_get_global(env, &global);
-        napi_create_uint32(env, n, &arg);
-        // make_callback: the promises the callback settles run before the loop waits.
-        napi_make_callback(env, q->context, global, callback, 1, &arg, NULL);
-        napi_close_handle_scope(env, scope);
-    }
-}
-
 static void queue_free_early(struct queue *q)
 {
     if (q->descriptors)
         munmap(q->descriptors, q->descriptors_len);
-    if (q->eventfd >= 0)
-        close(q->eventfd);
-    ring_exit(&q->ring);
-    free(q->completions);
+    command_ring_free_early(&q->commands);
     free(q);
 }
 
@@ -383,7 +204,7 @@ static void unmap_buffers(napi_env env, void *data, void *hint)
 static napi_value js_ublk_queue(napi_env env, napi_callback_info info)
 {
     size_t argc = 5;
-    napi_value argv[5], name, result, value;
+    napi_value argv[5], result, value;
     int32_t cdev;
     uint32_t id, depth, buffer_size;
     CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
@@ -402,17 +223,15 @@ static napi_value js_ublk_queue(napi_env env, napi_callback_info info)
     struct queue *q = calloc(1, sizeof(*q));
     if (!q)
         return throw_errno(env, ENOMEM, "ublkQueue");
-    q->ring.fd = -1;
-    q->eventfd = -1;
+    q->commands.freed = queue_freed;
     q->cdev = cdev;
     q->id = (uint16_t)id;
     q->depth = (uint16_t)depth;
     q->buffer_size = buffer_size;
-    q->env = env;
-    q->completions = calloc(depth * 2, sizeof(int32_t));
-    if (!q->completions) {
-        free(q);
-        return throw_errno(env, ENOMEM, "ublkQueue");
+    int err = command_ring_init(&q->commands, depth, 0, depth);
+    if (err < 0) {
+        queue_free_early(q);
+        return throw_errno(env, -err, "ublk queue setup");
     }
 
     // The queue's request descriptors, which the kernel fills before it delivers a request.
@@ -421,7 +240,7 @@ static napi_value js_ublk_queue(napi_env env, napi_callback_info info)
     q->descriptors = mmap(NULL, q->descriptors_len, PROT_READ, MAP_SHARED | MAP_POPULATE, cdev,
                           UBLKSRV_CMD_BUF_OFFSET + id * stride);
     if (q->descriptors == MAP_FAILED) {
-        int err = errno;
+        err = errno;
         q->descriptors = NULL;
         queue_free_early(q);
         return throw_errno(env, err, "mmap of the ublk queue's descriptors");
@@ -431,7 +250,7 @@ static napi_value js_ublk_queue(napi_env env, napi_callback_info info)
     size_t buffers_len = 2 * (size_t)depth * buffer_size;
     q->buffers = mmap(NULL, buffers_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (q->buffers == MAP_FAILED) {
-        int err = errno;
+        err = errno;
         queue_free_early(q);
         return throw_errno(env, err, "mmap of the ublk queue's buffers");
     }
@@ -443,36 +262,14 @@ static napi_value js_ublk_queue(napi_env env, napi_callback_info info)
         return NULL;
     }
 
-    int err = ring_init(&q->ring, depth, 0);
-    if (err == 0) {
-        q->eventfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-        if (q->eventfd < 0)
-            err = -errno;
-    }
-    if (err == 0 && syscall(__NR_io_uring_register, q->ring.fd, IORING_REGISTER_EVENTFD, &q->eventfd, 1) < 0)
-        err = -errno;
-    if (err == 0) {
-        for (uint16_t tag = 0; tag < depth; tag++)
-            queue_command(q, UBLK_U_IO_FETCH_REQ, tag, 0, 0);
-        err = ring_enter(&q->ring, 0);
-    }
+    for (uint16_t tag = 0; tag < depth; tag++)
+        queue_command(q, UBLK_U_IO_FETCH_REQ, tag, 0, 0);
+    err = ring_enter(&q->commands.ring, 0);
     if (err < 0) {
         queue_free_early(q);
         return throw_errno(env, -err, "ublk queue setup");
     }
-
-    uv_loop_t *loop;
-    CHECK(napi_get_uv_event_loop(env, &loop));
-    uv_poll_init(loop, &q->poll, q->eventfd);
-    uv_prepare_init(loop, &q->prepare);
-    q->poll.data = q->prepare.data = q;
-    q->handles = 2;
-    uv_unref((uv_handle_t *)&q->prepare);
-    uv_prepare_start(&q->prepare, queue_submit);
-    uv_poll_start(&q->poll, UV_READABLE, queue_ready);
-    CHECK(napi_create_reference(env, argv[4], 1, &q->callback));
-    CHECK(napi_create_string_utf8(env, "bdus:ublk-queue", NAPI_AUTO_LENGTH, &name));
-    CHECK(napi_async_init(env, NULL, name, &q->context));
+    CHECK(command_ring_start(env, &q->commands, argv[4], "bdus:ublk-queue"));
 
     CHECK(napi_create_object(env, &result));
     CHECK(napi_create_external(env, q, NULL, NULL, &value));
@@ -480,7 +277,7 @@ static napi_value js_ublk_queue(napi_env env, napi_callback_info info)
     CHECK(napi_create_external_buffer(env, q->descriptors_len, q->descriptors, NULL, NULL, &value));
     CHECK(napi_set_named_property(env, result, "descriptors", value));
     CHECK(napi_set_named_property(env, result, "buffers", buffers));
-    CHECK(napi_create_external_buffer(env, depth * 2 * sizeof(int32_t), q->completions, NULL, NULL, &value));
+    CHECK(napi_create_external_buffer(env, depth * 2 * sizeof(int32_t), q->commands.completions, NULL, NULL, &value));
     CHECK(napi_set_named_property(env, result, "completions", value));
     return result;
 }
@@ -503,37 +300,26 @@ static napi_value js_ublk_commit(napi_env env, napi_callback_info info)
     CHECK(napi_get_value_uint32(env, argv[1], &tag));
     CHECK(napi_get_value_int32(env, argv[2], &result));
     CHECK(napi_get_value_uint32(env, argv[3], &half));
-    if (q && !q->closed && tag < q->depth)
+    if (q && !q->commands.closed && tag < q->depth)
         queue_command(q, UBLK_U_IO_COMMIT_AND_FETCH_REQ, (uint16_t)tag, result, half & 1);
     return NULL;
 }
 
 // The descriptors' mapping and the ring hold the character device open: both go now, so that
 // the kernel can quiesce the device for the next driver (START_USER_RECOVERY wants it closed).
-// The buffers stay mapped until collected: a callback may still hold a view of them.
+// Answers queued this turn still go (a request answered is not given to the next server). The
+// buffers stay mapped until collected: a callback may still hold a view of them.
 static napi_value js_ublk_queue_close(napi_env env, napi_callback_info info)
 {
     size_t argc = 1;
     napi_value argv[1];
     CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
     struct queue *q = queue_of(env, argv[0]);
-    if (!q || q->closed)
+    if (!q || q->commands.closed)
         return NULL;
-    q->closed = 1;
-    // Answers queued this turn still go: a request answered is not given to the next server.
-    if (q->ring.unsubmitted)
-        ring_enter(&q->ring, 0);
-    uv_poll_stop(&q->poll);
-    uv_prepare_stop(&q->prepare);
-    napi_delete_reference(env, q->callback);
-    napi_async_destroy(env, q->context);
     munmap(q->descriptors, q->descriptors_len);
     q->descriptors = NULL;
-    ring_exit(&q->ring);
-    close(q->eventfd);
-    q->eventfd = -1;
-    uv_close((uv_handle_t *)&q->poll, handle_closed);
-    uv_close((uv_handle_t *)&q->prepare, handle_closed);
+    command_ring_close(env, &q->commands);
     return NULL;
 }
 

@@ -1,0 +1,65 @@
+// SPDX-License-Identifier: MIT
+//
+// A minimal io_uring (raw system calls, no liburing), and a ring of passthrough commands served
+// on the event loop: what ublk's queues (ublk.c) and FUSE's ring (fuse_uring.c) share.
+//
+// A command ring: the ring's completions are signalled on an eventfd watched with uv_poll; each
+// wake-up reaps them into `completions` (user_data, result pairs) and calls back JavaScript once
+// per batch. Commands queued during a loop turn are submitted together by one io_uring_enter,
+// from a uv_prepare handle that runs just before the loop waits.
+#ifndef BDUS_RING_H
+#define BDUS_RING_H
+#include <linux/io_uring.h>
+#include <node_api.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct ring {
+    int fd;
+    unsigned entries;
+    size_t sqe_size;
+    unsigned *sq_head, *sq_tail, *sq_mask, *sq_array;
+    unsigned *cq_head, *cq_tail, *cq_mask;
+    struct io_uring_cqe *cqes;
+    uint8_t *sqes;
+    void *sq_map, *cq_map;
+    size_t sq_len, cq_len, sqes_len;
+    unsigned unsubmitted;
+};
+
+// Sets up a ring of `entries` (flags: IORING_SETUP_*): 0, or a negative errno.
+int ring_init(struct ring *r, unsigned entries, unsigned flags);
+void ring_exit(struct ring *r);
+// The next free submission entry, zeroed and already queued, or NULL if the ring is full.
+struct io_uring_sqe *ring_sqe(struct ring *r);
+// Submits what is queued; with `wait`, also waits for that many completions.
+int ring_enter(struct ring *r, unsigned wait);
+
+struct command_ring {
+    struct ring ring;
+    int eventfd;
+    unsigned capacity; // completions reaped per callback at most
+    int32_t *completions;
+    uv_poll_t poll;
+    uv_prepare_t prepare;
+    int handles;
+    int closed;
+    napi_env env;
+    napi_ref callback;
+    napi_async_context context;
+    // Called once the ring is closed and its handles are gone: frees what embeds it.
+    void (*freed)(struct command_ring *c);
+};
+
+// The ring (`entries`, `flags`) and its eventfd; nothing runs yet. 0, or a negative errno; on
+// failure, command_ring_free_early undoes what was done.
+int command_ring_init(struct command_ring *c, unsigned entries, unsigned flags, unsigned capacity);
+void command_ring_free_early(struct command_ring *c);
+// Starts watching: `callback(count)` for each batch of `count` completions.
+napi_status command_ring_start(napi_env env, struct command_ring *c, napi_value callback, const char *name);
+// A submission entry for a command, submitted with the turn's others.
+struct io_uring_sqe *command_ring_sqe(struct command_ring *c);
+// Submits what is queued, stops watching, ends the ring; `freed` runs once the handles closed.
+void command_ring_close(napi_env env, struct command_ring *c);
+
+#endif
