@@ -26,6 +26,7 @@
 //   seek(fd, offset, hole) -> offset | -errno             lseek(SEEK_DATA or SEEK_HOLE), sync
 //   pageSize                                              sysconf(_SC_PAGESIZE)
 //   ublkControl, ublkQueue, ublkCommit, ublkQueueClose     ublk through io_uring: see ublk.c
+//   fuseRing, fuseRingCommit, fuseRingClose               FUSE over io_uring: see fuse_uring.c
 
 #define _GNU_SOURCE
 #include <errno.h>
@@ -49,6 +50,7 @@
 
 #include "napi_util.h"
 #include "nbd_netlink.h"
+#include "fuse_uring.h"
 #include "ublk.h"
 
 napi_value throw_errno(napi_env env, int err, const char *syscall)
@@ -677,6 +679,7 @@ static napi_value init(napi_env env, napi_value exports)
     };
     CHECK(napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props));
     ublk_register(env, exports);
+    fuse_uring_register(env, exports);
     return exports;
 }
 

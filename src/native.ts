@@ -79,6 +79,27 @@ interface NativeAddon {
   ublkCommit(queue: UblkQueueHandle['queue'], tag: number, result: number, half: number): void;
   /** Ends the queue's ring and unmaps its descriptors (the buffers stay until collected). */
   ublkQueueClose(queue: UblkQueueHandle['queue']): void;
+  /**
+   * Registers `depth` ring entries on each of `queues` FUSE queues of the connection on `fd`
+   * (FUSE over io_uring), on the event loop thread: `callback(count)` whenever completions
+   * arrive, `count` (entry, result) pairs in `completions`; result 0 means a request is in the
+   * entry's header and payload.
+   */
+  fuseRing(fd: number, queues: number, depth: number, payloadSize: number, callback: (count: number) => void): FuseRingHandle;
+  /** Queues the entry's COMMIT_AND_FETCH (its answer in its header and payload), submitted with the loop turn's others. */
+  fuseRingCommit(ring: FuseRingHandle['ring'], entry: number): void;
+  /** Ends the ring (the buffers stay until collected). */
+  fuseRingClose(ring: FuseRingHandle['ring']): void;
+}
+
+export interface FuseRingHandle {
+  readonly ring: { readonly __fuseRing: unique symbol };
+  /** struct fuse_uring_req_header per entry (288 bytes). */
+  readonly headers: Buffer;
+  /** payloadSize bytes per entry. */
+  readonly payloads: Buffer;
+  /** (entry, result) pairs of the last batch, as int32. */
+  readonly completions: Buffer;
 }
 
 export interface UblkControlRequest {

@@ -52,6 +52,14 @@ export interface Attributes {
    */
   queues?: number;
   /**
+   * Serve FUSE+loop requests over io_uring (Linux 6.14 and later) instead of reading and writing
+   * /dev/fuse: fewer system calls per request. Root must allow it on the machine first
+   * (`echo Y > /sys/module/fuse/parameters/enable_uring`; bdus never does). The kernel gives a
+   * dead or replaced driver's ring requests to nobody, so such a device cannot be recoverable and
+   * cannot be rerun. FUSE+loop only; the other frontends ignore it.
+   */
+  fuseIoUring?: boolean;
+  /**
    * Keep the device when its driver dies abnormally (killed, crashed, aborted): requests wait for
    * a new driver (`bdus rerun`) instead of failing. See docs/recovery.md for what this demands.
    */
@@ -108,6 +116,7 @@ export const ATTRIBUTES: { readonly [K in AttributeName]-?: AttributeSpec } = {
   rotational: { kind: 'flag', doc: 'hint: the device is rotational (ublk only)' },
   optimalIoSize: { kind: 'bytes', doc: 'hint: preferred I/O size, 0 or a power of two >= physical block size (ublk only)' },
   queues: { kind: 'count', doc: 'hardware queues: 0 means 1, at most 64 (ublk only; the others have one)' },
+  fuseIoUring: { kind: 'flag', doc: 'FUSE+loop over io_uring (Linux 6.14+, once root allows it); not recoverable, no rerun' },
   recoverable: { kind: 'flag', doc: 'keep the device if the driver dies abnormally; a new driver attaches with rerun' },
   recoveryMode: { kind: 'choice', choices: RECOVERY_MODES, doc: 'requests a dead driver received: reissue (default), fail-received, or fail-all until a driver attaches' },
   restartLimit: { kind: 'count', doc: 'driver deaths a request may be in flight across before it fails alone (0: default 10)' },
@@ -226,6 +235,10 @@ export function adjustAttributes(attrs: Attributes, driver: object): EffectiveAt
   const mode = attrs.recoveryMode ?? 'reissue';
   if (!RECOVERY_MODES.includes(mode)) refuse('recoveryMode', mode, `must be one of ${RECOVERY_MODES.join(', ')}`);
 
+  if (flag(attrs, 'fuseIoUring') && flag(attrs, 'recoverable')) {
+    throw new AttributeError('invalid attributes: fuseIoUring and recoverable exclude each other (the kernel does not give a dead driver\'s ring requests to the next one)');
+  }
+
   if (has('fuaWrite') && !has('flush')) {
     throw new AttributeError('invalid driver: a driver with a fuaWrite callback must also have a flush callback');
   }
@@ -244,6 +257,7 @@ export function adjustAttributes(attrs: Attributes, driver: object): EffectiveAt
     rotational: flag(attrs, 'rotational'),
     optimalIoSize: optimal,
     queues: Math.min(queues || 1, MAX_QUEUES),
+    fuseIoUring: flag(attrs, 'fuseIoUring'),
     recoverable: flag(attrs, 'recoverable'),
     recoveryMode: mode,
     restartLimit: limits[0] || DEFAULT_RESTART_LIMIT,
@@ -304,7 +318,8 @@ export function checkReplacement(
   const refuseRerun = (why: string): never => {
     throw new BdusError('EINVAL', `the new driver cannot replace the current one: ${why}`);
   };
-  for (const name of ['size', 'logicalBlockSize', 'physicalBlockSize', 'disablePartitionScanning', 'rotational', 'optimalIoSize', 'queues'] as const) {
+  if (current.fuseIoUring) refuseRerun('the device is served over FUSE io_uring, where the kernel gives no request of the current driver to the next one');
+  for (const name of ['size', 'logicalBlockSize', 'physicalBlockSize', 'disablePartitionScanning', 'rotational', 'optimalIoSize', 'queues', 'fuseIoUring'] as const) {
     if (next[name] !== current[name]) refuseRerun(`${name} must stay ${shown(current[name])} (got ${shown(next[name])})`);
   }
   const missing = currentCallbacks.filter((name) => !nextCallbacks.includes(name));

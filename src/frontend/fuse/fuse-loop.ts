@@ -31,6 +31,7 @@ import {
   FallocateIn,
   FallocateMode,
   InHeader,
+  INIT2_OVER_IO_URING,
   InitFlag,
   InitIn,
   InitOut,
@@ -42,6 +43,7 @@ import {
   S_IFREG,
   WriteIn,
 } from './protocol.js';
+import { FuseRing } from './ring.js';
 import { BODY, Reply, Slot, WRITE_DATA } from './slot.js';
 
 const { EOPNOTSUPP, EPROTO } = constants.errno;
@@ -73,6 +75,8 @@ export class FuseLoopFrontend implements Frontend {
   private image: ImageFile;
   private fd = -1;
   private channel: FuseChannel<Slot> | undefined;
+  /** Set when requests come through io_uring (the fuseIoUring attribute, where the kernel offers it). */
+  private ring: FuseRing | undefined;
   private mounted = false;
   private loopPath: string | undefined;
   private initialized!: () => void;
@@ -130,6 +134,7 @@ export class FuseLoopFrontend implements Frontend {
   async detach(): Promise<void> {
     this.leaving = true;
     this.channel?.stop();
+    this.ring?.close();
   }
 
   async abandon(): Promise<void> {
@@ -138,6 +143,7 @@ export class FuseLoopFrontend implements Frontend {
     // Waiting requests now end at once; their answers (EIO) are not sent: the next reader gets them.
     this.requests.abortAll();
     this.channel?.stop();
+    this.ring?.close();
     this.release();
   }
 
@@ -204,6 +210,7 @@ export class FuseLoopFrontend implements Frontend {
     if (this.mounted) await execute('umount', ['-f', '-l', this.mountpoint]).catch((e) => errors.push(e));
     if (this.loopPath) await execute('losetup', ['-d', this.loopPath]).catch((e) => errors.push(e));
     this.channel?.stop();
+    this.ring?.close();
     this.release();
     rmSync(this.mountpoint, { force: true });
     for (const e of errors) this.options.log(`teardown: ${(e as Error).message}`);
@@ -286,7 +293,9 @@ export class FuseLoopFrontend implements Frontend {
     const flags = buf.readUInt32LE(BODY + InitIn.flags);
     const maxReadahead = buf.readUInt32LE(BODY + InitIn.maxReadahead);
     if (major !== KERNEL_VERSION) return slot.done(EPROTO);
-    const wanted = InitFlag.ASYNC_READ | InitFlag.BIG_WRITES | InitFlag.ASYNC_DIO | InitFlag.MAX_PAGES | InitFlag.ABORT_ERROR;
+    // The kernel offers io_uring only where root allowed it (enable_uring).
+    const ring = this.options.attributes.fuseIoUring && (flags & InitFlag.INIT_EXT) !== 0 && (buf.readUInt32LE(BODY + InitIn.flags2) & INIT2_OVER_IO_URING) !== 0;
+    const wanted = InitFlag.ASYNC_READ | InitFlag.BIG_WRITES | InitFlag.ASYNC_DIO | InitFlag.MAX_PAGES | InitFlag.ABORT_ERROR | (ring ? InitFlag.INIT_EXT : 0);
     const out = OutHeader.SIZE;
     buf.fill(0, out, out + InitOut.SIZE);
     buf.writeUInt32LE(KERNEL_VERSION, out + InitOut.major);
@@ -298,7 +307,11 @@ export class FuseLoopFrontend implements Frontend {
     buf.writeUInt32LE(MAX_WRITE, out + InitOut.maxWrite);
     buf.writeUInt32LE(1, out + InitOut.timeGran);
     buf.writeUInt16LE(MAX_PAGES, out + InitOut.maxPages);
+    buf.writeUInt32LE(ring ? INIT2_OVER_IO_URING : 0, out + InitOut.flags2);
     slot.ok(out + InitOut.SIZE);
+    // The kernel now holds every request until each of its queues has a ring entry.
+    if (ring) this.ring = new FuseRing(this.fd, this.channel!, MAX_WRITE, (s, length) => this.handle(s, length), this.options.log);
+    else if (this.options.attributes.fuseIoUring) this.options.log('warning: this kernel offers no FUSE over io_uring; serving /dev/fuse');
     this.initialized();
   }
 }

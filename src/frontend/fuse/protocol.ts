@@ -86,6 +86,8 @@ export const InitFlag = {
   MAX_PAGES: 1 << 22,
   INIT_EXT: 1 << 30,
 } as const;
+/** FUSE_OVER_IO_URING (bit 41 of the INIT flags: bit 9 of flags2): requests may come through io_uring (src/frontend/fuse/ring.ts). */
+export const INIT2_OVER_IO_URING = 1 << 9;
 
 /**
  * struct fuse_attr: ino, size, blocks, atime, mtime, ctime u64; atimensec, mtimensec, ctimensec,

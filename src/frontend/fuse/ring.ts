@@ -1,0 +1,185 @@
+/**
+ * FUSE over io_uring (Linux 6.14 and later, where root allows it: docs/frontends.md): once INIT
+ * is answered, the driver registers ring entries on the connection and the kernel sends each
+ * request as the completion of an entry's command; the answer is the entry's next command
+ * (COMMIT_AND_FETCH), and every answer of a loop turn leaves in one io_uring_enter. A busy
+ * device so costs no read or write system call per request (/dev/fuse costs one of each).
+ *
+ * An entry is a header (struct fuse_uring_req_header: the fuse_in_header, then the operation's
+ * own header, then the commit id and payload size) and a payload buffer (a write's data, a
+ * read's answer). Each entry has a RingSlot: the FUSE+loop decoder reads the request from the
+ * slot's buffer as it would a /dev/fuse message (the two headers are copied there: 168 bytes),
+ * and the data buffers it hands to callbacks are views of the payload, so data is copied only
+ * by the kernel and by the callback, as on /dev/fuse.
+ *
+ * What the kernel does not do for rings (fs/fuse/dev_uring.c, up to 6.18), and what it means:
+ * requests a dead process's entries held are never sent again (FUSE_NOTIFY_RESEND covers
+ * /dev/fuse only), and requests that wait while no entry is free are taken only when an entry of
+ * their queue is committed, not when a new one registers. So a device served over the ring
+ * cannot outlive its driver or change driver: it must not be recoverable, and `bdus rerun`
+ * refuses it (docs/frontends.md).
+ */
+import { constants } from 'node:os';
+import { readFileSync } from 'node:fs';
+import { native, type FuseRingHandle } from '../../native.js';
+import type { FuseChannel } from './channel.js';
+import { InHeader, OutHeader, WriteOut } from './protocol.js';
+import { BODY, Reply, Slot } from './slot.js';
+
+const { ETIMEDOUT } = constants.errno;
+
+/** struct fuse_uring_req_header: in_out[128], op_in[128], struct fuse_uring_ent_in_out. */
+const HEADER = 288;
+const OP_IN = 128;
+const PAYLOAD_SIZE_AT = 256 + 16; // ent_in_out.payload_sz
+/** The operation headers FUSE+loop reads are at most this long (fuse_write_in, fuse_fallocate_in: 40). */
+const OP_HEADER_MAX = 64;
+
+/** Entries per queue: as many requests as one CPU's queue keeps in flight to us. */
+const DEPTH = 32;
+
+/** Whether root has allowed FUSE over io_uring on this kernel (the module parameter exists and is Y). */
+export function fuseUringEnabled(): boolean {
+  try {
+    return readFileSync('/sys/module/fuse/parameters/enable_uring', 'utf8').trim() === 'Y';
+  } catch {
+    return false;
+  }
+}
+
+/** The kernel's queues: one per possible CPU (num_possible_cpus()). */
+function possibleCpus(): number {
+  const text = readFileSync('/sys/devices/system/cpu/possible', 'utf8').trim();
+  let count = 0;
+  for (const part of text.split(',')) {
+    const [first, last = first] = part.split('-').map(Number) as [number, number?];
+    count += (last as number) - first + 1;
+  }
+  return count;
+}
+
+/** One entry's request: decoded by FUSE+loop from `buffer`, answered through the ring. */
+export class RingSlot extends Slot {
+  /** Answered with ETIMEDOUT while a callback holds the payload: committed once it lets go. */
+  private deferred = false;
+
+  constructor(
+    private readonly ring: FuseRing,
+    readonly index: number,
+    private readonly header: Buffer,
+    private readonly payload: Buffer,
+  ) {
+    // The channel is /dev/fuse's, for the slot's base class; a ring slot never writes to it.
+    super(Buffer.allocUnsafeSlow(4096), ring.channel, Buffer.alloc(OutHeader.SIZE), undefined);
+  }
+
+  /** Copies the request's headers where the decoder reads them; returns its length as /dev/fuse would give it. */
+  load(): number {
+    this.header.copy(this.buffer, 0, 0, InHeader.SIZE);
+    this.header.copy(this.buffer, BODY, OP_IN, OP_IN + OP_HEADER_MAX);
+    return this.buffer.readUInt32LE(InHeader.len);
+  }
+
+  override readData(size: number): Buffer {
+    return this.payload.subarray(0, size);
+  }
+
+  override writeData(size: number): Buffer {
+    return this.payload.subarray(0, size);
+  }
+
+  override answer(errno: number): void {
+    if (this.timedOut) {
+      this.deferred = true;
+      return;
+    }
+    if (errno !== 0 || this.reply === Reply.STATUS) return this.commit(-errno, 0);
+    if (this.reply === Reply.READ) {
+      const data = this.ownData;
+      this.ownData = undefined;
+      if (data) this.payload.set(data); // the ring's reply is the entry's payload: one copy
+      return this.commit(0, this.size);
+    }
+    this.payload.writeUInt32LE(this.size, WriteOut.size);
+    this.payload.writeUInt32LE(0, 4);
+    this.commit(0, WriteOut.SIZE);
+  }
+
+  override finish(): void {
+    if (this.deferred) {
+      this.deferred = false;
+      this.commit(-ETIMEDOUT, 0);
+    }
+  }
+
+  override ok(length: number): void {
+    this.buffer.copy(this.payload, 0, OutHeader.SIZE, length);
+    this.commit(0, length - OutHeader.SIZE);
+  }
+
+  /** A ring request cannot stay with the kernel unanswered (its entry would be lost): it fails. */
+  override drop(): void {
+    this.commit(-constants.errno.ENOSYS, 0);
+  }
+
+  private commit(error: number, payloadBytes: number): void {
+    const h = this.header;
+    h.writeUInt32LE(OutHeader.SIZE + payloadBytes, OutHeader.len);
+    h.writeInt32LE(error, OutHeader.error);
+    // The unique id stays where the kernel put it (in_out starts with the in header's unique at 8).
+    h.writeUInt32LE(payloadBytes, PAYLOAD_SIZE_AT);
+    this.ring.commit(this.index);
+  }
+}
+
+export class FuseRing {
+  private readonly handle: FuseRingHandle;
+  private readonly slots: RingSlot[] = [];
+  private readonly completions: Int32Array;
+  private closed = false;
+  private failed = 0;
+
+  constructor(
+    fd: number,
+    readonly channel: FuseChannel<Slot>,
+    payloadSize: number,
+    private readonly handler: (slot: RingSlot, length: number) => void,
+    private readonly log: (line: string) => void,
+  ) {
+    const queues = possibleCpus();
+    this.handle = native.fuseRing(fd, queues, DEPTH, payloadSize, (count) => this.arrived(count));
+    const c = this.handle.completions;
+    this.completions = new Int32Array(c.buffer, c.byteOffset, queues * DEPTH * 2);
+    for (let i = 0; i < queues * DEPTH; i++) {
+      this.slots.push(
+        new RingSlot(this, i, this.handle.headers.subarray(i * HEADER, (i + 1) * HEADER), this.handle.payloads.subarray(i * payloadSize, (i + 1) * payloadSize)),
+      );
+    }
+  }
+
+  commit(index: number): void {
+    if (!this.closed) native.fuseRingCommit(this.handle.ring, index);
+  }
+
+  /** Ends the ring: entries that wait are cancelled; answers of this turn still go. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    native.fuseRingClose(this.handle.ring);
+  }
+
+  private arrived(count: number): void {
+    const c = this.completions;
+    for (let i = 0; i < count && !this.closed; i++) {
+      const index = c[2 * i]!;
+      const result = c[2 * i + 1]!;
+      if (result < 0) {
+        // The connection ended (ENOTCONN), or the kernel refused the entry (io_uring off).
+        if (this.failed++ === 0) this.log(`FUSE io_uring entry ${index} ended: errno ${-result}`);
+        continue;
+      }
+      const slot = this.slots[index]!;
+      this.handler(slot, slot.load());
+    }
+  }
+}

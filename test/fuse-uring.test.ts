@@ -1,0 +1,85 @@
+/**
+ * FUSE over io_uring (the fuseIoUring attribute) on this machine's kernel: requests come through
+ * the driver's ring; ext4 and fio verify on it; what it refuses (recoverable, rerun); a SIGKILLed
+ * driver's I/O fails at once and nothing is left; and with the kernel's parameter off, the device
+ * is served over /dev/fuse with a warning.
+ *
+ * The kernel's enable_uring parameter is the machine's, switched by root: these tests switch it
+ * on (as a user would) and put it back as it was.
+ */
+import assert from 'node:assert/strict';
+import { existsSync, readdirSync, readlinkSync, readFileSync, writeFileSync } from 'node:fs';
+import { test, type TestContext } from 'node:test';
+import { background, bdus, device, info, leftovers, mounted, must, sleep } from './helpers.js';
+
+const PARAMETER = '/sys/module/fuse/parameters/enable_uring';
+const available = existsSync(PARAMETER);
+
+function setUring(t: TestContext, on: boolean): void {
+  const before = readFileSync(PARAMETER, 'utf8').trim();
+  writeFileSync(PARAMETER, on ? 'Y' : 'N');
+  t.after(() => writeFileSync(PARAMETER, before));
+}
+
+function hasRing(pid: number): boolean {
+  return readdirSync(`/proc/${pid}/fd`).some((fd) => {
+    try {
+      return readlinkSync(`/proc/${pid}/fd/${fd}`) === 'anon_inode:[io_uring]';
+    } catch {
+      return false;
+    }
+  });
+}
+
+const FIO_VERIFY = ['--ioengine=libaio', '--direct=1', '--size=32M', '--verify=crc32c', '--verify_fatal=1', '--output-format=terse'];
+
+test('fuseIoUring: requests come through the ring; ext4 and fio verify (4k QD32 and 1M) on it', { skip: !available && 'this kernel has no FUSE over io_uring (before 6.14)' }, async (t) => {
+  setUring(t, true);
+  const dev = await device(t, ['ram', '--size', '256M', '--fuse-io-uring']);
+  assert.ok(hasRing(Number(await info(dev, 'pid'))), 'the driver holds an io_uring');
+  for (const [bs, depth] of [['4k', '32'], ['1M', '8']] as const) {
+    const fio = await must('fio', ['--name=v', `--filename=${dev}`, '--rw=randwrite', `--bs=${bs}`, `--iodepth=${depth}`, ...FIO_VERIFY], { timeoutMs: 120_000 });
+    assert.equal(fio.split(';')[4], '0', `fio ${bs} saw no error`);
+  }
+  await must('mkfs.ext4', ['-q', '-F', dev]);
+  const mnt = await mounted(t, dev);
+  writeFileSync(`${mnt}/file`, Buffer.alloc(4 << 20, 7));
+  await must('sync', []);
+  await must('umount', [mnt]);
+  await must('e2fsck', ['-f', '-n', dev]);
+  await must('mount', [dev, mnt]);
+  assert.deepEqual(readFileSync(`${mnt}/file`), Buffer.alloc(4 << 20, 7));
+});
+
+test('fuseIoUring: refused with recoverable, and by rerun; a SIGKILLed driver\'s I/O fails at once and nothing is left', { skip: !available && 'this kernel has no FUSE over io_uring (before 6.14)' }, async (t) => {
+  setUring(t, true);
+  const refused = await bdus(['run', 'ram', '--size', '64M', '--fuse-io-uring', '--recoverable']);
+  assert.equal(refused.code, 1);
+  assert.match(refused.stderr, /fuseIoUring and recoverable exclude each other/);
+
+  const dev = await device(t, ['ram', '--size', '64M', '--fuse-io-uring']);
+  const rerun = await bdus(['rerun', dev, 'ram']);
+  assert.equal(rerun.code, 1);
+  assert.match(rerun.stderr, /served over FUSE io_uring/);
+
+  const fio = background('fio', ['--name=w', `--filename=${dev}`, '--rw=randwrite', '--bs=4k', '--iodepth=16', '--ioengine=libaio', '--direct=1', '--size=32M', '--time_based', '--runtime=60']);
+  t.after(() => fio.stop());
+  await sleep(1000);
+  process.kill(Number(await info(dev, 'pid')), 'SIGKILL');
+  const ended = await fio.done;
+  assert.ok(ended.ms < 20_000, `fio ended ${ended.ms} ms after the kill`);
+  assert.match(ended.stderr, /Input\/output error/, 'pending I/O failed');
+  for (let i = 0; i < 100 && (await leftovers()).length > 0; i++) await sleep(100);
+  assert.deepEqual(await leftovers(), []);
+});
+
+test('fuseIoUring with the kernel\'s parameter off: served over /dev/fuse, with a warning', { skip: !available && 'this kernel has no FUSE over io_uring (before 6.14)' }, async (t) => {
+  setUring(t, false);
+  const r = await bdus(['run', 'ram', '--size', '64M', '--fuse-io-uring'], { timeoutMs: 30_000 });
+  assert.equal(r.code, 0, r.stderr);
+  const dev = r.stdout.trim();
+  t.after(() => bdus(['destroy', '--force', dev]));
+  assert.match(r.stderr, /warning: this kernel offers no FUSE over io_uring; serving \/dev\/fuse/);
+  assert.ok(!hasRing(Number(await info(dev, 'pid'))), 'no ring');
+  await must('dd', ['if=/dev/zero', `of=${dev}`, 'bs=1M', 'count=8', 'oflag=direct', 'status=none']);
+});
