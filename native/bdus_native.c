@@ -259,21 +259,25 @@ static void unmap(napi_env env, void *data, void *hint)
     munmap(data, (size_t)(uintptr_t)hint);
 }
 
-static napi_value map_buffer(napi_env env, int64_t length, int flags, int fd)
+napi_value mapped_buffer(napi_env env, void *p, size_t length)
 {
     napi_value result;
+    if (napi_create_external_buffer(env, length, p, unmap, (void *)(uintptr_t)length, &result) != napi_ok) {
+        munmap(p, length);
+        napi_throw_error(env, NULL, "bdus_native: napi_create_external_buffer failed");
+        return NULL;
+    }
+    return result;
+}
+
+static napi_value map_buffer(napi_env env, int64_t length, int flags, int fd)
+{
     if (length <= 0)
         return throw_errno(env, EINVAL, "mmap");
     void *p = mmap(NULL, (size_t)length, PROT_READ | PROT_WRITE, flags, fd, 0);
     if (p == MAP_FAILED)
         return throw_errno(env, errno, "mmap");
-    if (napi_create_external_buffer(env, (size_t)length, p, unmap, (void *)(uintptr_t)length,
-                                    &result) != napi_ok) {
-        munmap(p, (size_t)length);
-        napi_throw_error(env, NULL, "bdus_native: napi_create_external_buffer failed");
-        return NULL;
-    }
-    return result;
+    return mapped_buffer(env, p, (size_t)length);
 }
 
 static napi_value js_map_shared(napi_env env, napi_callback_info info)

@@ -79,12 +79,6 @@ static void entry_command(struct fuse_ring *r, uint32_t op, uint32_t entry)
         memcpy(&cmd->commit_id, r->headers + (size_t)entry * URING_HEADER_SIZE + URING_ENT_IN_OUT + 8, 8);
 }
 
-static void unmap(napi_env env, void *data, void *hint)
-{
-    (void)env;
-    munmap(data, (size_t)(uintptr_t)hint);
-}
-
 static void free_early(struct fuse_ring *r)
 {
     if (r->headers)
@@ -153,9 +147,10 @@ static napi_value js_fuse_ring(napi_env env, napi_callback_info info)
     r->commands.spin_microseconds = 20; // as /dev/fuse's reader (src/frontend/fuse/channel.ts)
     CHECK(command_ring_start(env, &r->commands, argv[4], "bdus:fuse-ring"));
 
-    napi_value headers, payloads;
-    CHECK(napi_create_external_buffer(env, r->headers_len, r->headers, unmap, (void *)(uintptr_t)r->headers_len, &headers));
-    CHECK(napi_create_external_buffer(env, r->payloads_len, r->payloads, unmap, (void *)(uintptr_t)r->payloads_len, &payloads));
+    napi_value headers = mapped_buffer(env, r->headers, r->headers_len);
+    napi_value payloads = headers ? mapped_buffer(env, r->payloads, r->payloads_len) : NULL;
+    if (!payloads)
+        return NULL;
     CHECK(napi_create_object(env, &result));
     CHECK(napi_create_external(env, r, NULL, NULL, &value));
     CHECK(napi_set_named_property(env, result, "ring", value));

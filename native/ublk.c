@@ -195,12 +195,6 @@ static void queue_free_early(struct queue *q)
     free(q);
 }
 
-static void unmap_buffers(napi_env env, void *data, void *hint)
-{
-    (void)env;
-    munmap(data, (size_t)(uintptr_t)hint);
-}
-
 static napi_value js_ublk_queue(napi_env env, napi_callback_info info)
 {
     size_t argc = 5;
@@ -254,11 +248,9 @@ static napi_value js_ublk_queue(napi_env env, napi_callback_info info)
         queue_free_early(q);
         return throw_errno(env, err, "mmap of the ublk queue's buffers");
     }
-    napi_value buffers;
-    if (napi_create_external_buffer(env, buffers_len, q->buffers, unmap_buffers, (void *)(uintptr_t)buffers_len, &buffers) != napi_ok) {
-        munmap(q->buffers, buffers_len);
+    napi_value buffers = mapped_buffer(env, q->buffers, buffers_len);
+    if (!buffers) {
         queue_free_early(q);
-        napi_throw_error(env, NULL, "bdus_native: napi_create_external_buffer failed");
         return NULL;
     }
 
