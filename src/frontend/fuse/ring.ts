@@ -62,6 +62,7 @@ function possibleCpus(): number {
 export class RingSlot extends Slot {
   /** Answered with ETIMEDOUT while a callback holds the payload: committed once it lets go. */
   private deferred = false;
+  private data: Buffer;
 
   constructor(
     private readonly ring: FuseRing,
@@ -71,6 +72,7 @@ export class RingSlot extends Slot {
   ) {
     // The channel is /dev/fuse's, for the slot's base class; a ring slot never writes to it.
     super(Buffer.allocUnsafeSlow(4096), ring.channel, Buffer.alloc(OutHeader.SIZE), undefined);
+    this.data = payload;
   }
 
   /** Copies the request's headers where the decoder reads them; returns its length as /dev/fuse would give it. */
@@ -80,12 +82,14 @@ export class RingSlot extends Slot {
     return this.buffer.readUInt32LE(InHeader.len);
   }
 
+  /** The payload's first bytes for a read or a write, made anew only when the size changes. */
   override readData(size: number): Buffer {
-    return this.payload.subarray(0, size);
+    if (this.data.length !== size) this.data = this.payload.subarray(0, size);
+    return this.data;
   }
 
   override writeData(size: number): Buffer {
-    return this.payload.subarray(0, size);
+    return this.readData(size);
   }
 
   override answer(errno: number): void {
