@@ -11,7 +11,11 @@ test('torture: XFS + fio verify while the driver is replaced every 2 s, half the
   const seconds = Number(process.env.BDUS_TORTURE_SECONDS ?? 60);
   const report = await torture(seconds, (line) => t.diagnostic(line));
   t.diagnostic(JSON.stringify(report));
-  assert.ok(report.replacements >= seconds / 3, `only ${report.replacements} replacements`);
+  // What is checked is fio's and the kernel's errors; the count only shows the test did its job.
+  // A cycle is the 2 s pause plus a rerun under XFS + fio load, which took 1-1.5 s on these
+  // machines (17-18 replacements a minute on one, 20+ on another): at least one every 5 s.
+  assert.ok(report.replacements >= seconds / 5, `only ${report.replacements} replacements`);
+  assert.ok(report.kills >= seconds / 10, `only ${report.kills} replacements after SIGKILL`);
   assert.equal(report.fioErrors, '0', 'fio saw no error (I/O or verify)');
   assert.equal(report.kernelIoErrors, 0, 'the kernel logged no I/O error for the device');
 });
