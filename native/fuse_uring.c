@@ -144,7 +144,6 @@ static napi_value js_fuse_ring(napi_env env, napi_callback_info info)
     }
     // A refused REGISTER (io_uring off, a payload too small) completes at once: the caller sees
     // its result as the first completions.
-    r->commands.spin_microseconds = 20; // as /dev/fuse's reader (src/frontend/fuse/channel.ts)
     CHECK(command_ring_start(env, &r->commands, argv[4], "bdus:fuse-ring"));
 
     napi_value headers = mapped_buffer(env, r->headers, r->headers_len);

@@ -10,7 +10,6 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "ring.h"
@@ -153,11 +152,22 @@ static void handle_closed(uv_handle_t *handle)
     }
 }
 
-/* Reaps completions into `completions` and calls JavaScript once per batch; returns the batches. */
-static int reap(struct command_ring *c)
+static void submit(uv_prepare_t *prepare)
 {
+    struct command_ring *c = prepare->data;
+    if (c->ring.unsubmitted)
+        ring_enter(&c->ring, 0);
+}
+
+static void ready(uv_poll_t *poll, int status, int events)
+{
+    (void)status;
+    (void)events;
+    struct command_ring *c = poll->data;
+    uint64_t count;
+    if (read(c->eventfd, &count, sizeof(count)) < 0 && errno != EAGAIN)
+        return;
     napi_env env = c->env;
-    int batches = 0;
     // Completions that arrive while JavaScript runs are taken in the next round.
     for (int round = 0; round < 4 && !c->closed; round++) {
         unsigned head = *c->ring.cq_head;
@@ -172,12 +182,11 @@ static int reap(struct command_ring *c)
         }
         atomic_store_explicit((_Atomic unsigned *)c->ring.cq_head, head, memory_order_release);
         if (n == 0)
-            break;
-        batches++;
+            return;
         napi_handle_scope scope;
         napi_value callback, global, arg;
         if (napi_open_handle_scope(env, &scope) != napi_ok)
-            break;
+            return;
         napi_get_reference_value(env, c->callback, &callback);
         napi_get_global(env, &global);
         napi_create_uint32(env, n, &arg);
@@ -185,47 +194,6 @@ static int reap(struct command_ring *c)
         napi_make_callback(env, c->context, global, callback, 1, &arg, NULL);
         napi_close_handle_scope(env, scope);
     }
-    return batches;
-}
-
-static int64_t now_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
-}
-
-// Submits the turn's commands. After a turn that handled requests, spins for the next
-// completion for up to `spin_microseconds` before the loop sleeps (see command_ring.spin...).
-static void submit(uv_prepare_t *prepare)
-{
-    struct command_ring *c = prepare->data;
-    if (c->ring.unsubmitted)
-        ring_enter(&c->ring, 0);
-    for (int caught = 0; c->busy && c->spin_microseconds && caught < 8 && !c->closed; caught++) {
-        c->busy = 0;
-        int64_t until = now_ns() + (int64_t)c->spin_microseconds * 1000;
-        while (atomic_load_explicit((_Atomic unsigned *)c->ring.cq_tail, memory_order_acquire) == *c->ring.cq_head && now_ns() < until)
-            ;
-        if (reap(c) == 0)
-            break;
-        c->busy = 1;
-        if (c->ring.unsubmitted)
-            ring_enter(&c->ring, 0);
-    }
-    c->busy = 0;
-}
-
-static void ready(uv_poll_t *poll, int status, int events)
-{
-    (void)status;
-    (void)events;
-    struct command_ring *c = poll->data;
-    uint64_t count;
-    if (read(c->eventfd, &count, sizeof(count)) < 0 && errno != EAGAIN)
-        return;
-    if (reap(c) > 0)
-        c->busy = 1;
 }
 
 napi_status command_ring_start(napi_env env, struct command_ring *c, napi_value callback, const char *name)

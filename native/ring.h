@@ -44,11 +44,6 @@ struct command_ring {
     uv_prepare_t prepare;
     int handles;
     int closed;
-    // After a loop turn that handled completions, how long to spin for the next before the loop
-    // sleeps (a client at queue depth 1 sends its next request within microseconds, and a sleep
-    // and wake-up costs more on a virtual machine); 0: never. Up to 8 batches are caught so.
-    unsigned spin_microseconds;
-    int busy;
     napi_env env;
     napi_ref callback;
     napi_async_context context;
