@@ -51,7 +51,6 @@ struct fuse_ring {
     struct command_ring commands; // first: the ring's callbacks get the fuse ring through it
     int fd;
     uint32_t depth, entries;
-    uint32_t payload_size;
     uint8_t *headers, *payloads;
     size_t headers_len, payloads_len;
     struct iovec *iovecs; // two per entry, read by the kernel at REGISTER
@@ -121,7 +120,6 @@ static napi_value js_fuse_ring(napi_env env, napi_callback_info info)
     r->fd = fd;
     r->depth = depth;
     r->entries = queues * depth;
-    r->payload_size = payload_size;
     r->headers_len = (size_t)r->entries * URING_HEADER_SIZE;
     r->payloads_len = (size_t)r->entries * payload_size;
     r->iovecs = calloc(2 * (size_t)r->entries, sizeof(struct iovec));

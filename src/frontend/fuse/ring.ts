@@ -73,6 +73,9 @@ export class RingSlot extends Slot {
     // The channel is /dev/fuse's, for the slot's base class; a ring slot never writes to it.
     super(Buffer.allocUnsafeSlow(4096), ring.channel, Buffer.alloc(OutHeader.SIZE), undefined);
     this.data = payload;
+    // A ring's answer must be in the entry's payload: the request layer copies a read callback's
+    // own memory into the buffer it gave (a view of the payload), as for ublk.
+    this.takesOwnData = false;
   }
 
   /** Copies the request's headers where the decoder reads them; returns its length as /dev/fuse would give it. */
@@ -98,12 +101,7 @@ export class RingSlot extends Slot {
       return;
     }
     if (errno !== 0 || this.reply === Reply.STATUS) return this.commit(-errno, 0);
-    if (this.reply === Reply.READ) {
-      const data = this.ownData;
-      this.ownData = undefined;
-      if (data) this.payload.set(data); // the ring's reply is the entry's payload: one copy
-      return this.commit(0, this.size);
-    }
+    if (this.reply === Reply.READ) return this.commit(0, this.size);
     this.payload.writeUInt32LE(this.size, WriteOut.size);
     this.payload.writeUInt32LE(0, 4);
     this.commit(0, WriteOut.SIZE);
