@@ -32,6 +32,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <linux/fuse.h>
 #include <linux/loop.h>
 #include <node_api.h>
 #include <uv.h>
@@ -245,6 +246,31 @@ static napi_value js_get_fd(napi_env env, napi_callback_info info)
     close(pidfd);
     if (fd < 0)
         return throw_errno(env, err, "pidfd_getfd");
+    CHECK(napi_create_int32(env, fd, &result));
+    return result;
+}
+
+/* ------------------------------------------------------------------------- */
+
+// A second reader of a FUSE connection (a lane, src/lane): a new /dev/fuse file attached to the
+// connection of `fd` (FUSE_DEV_IOC_CLONE). The kernel gives each pending request to whichever
+// reader reads first, and takes each reply on the file its request was read from.
+static napi_value js_fuse_clone(napi_env env, napi_callback_info info)
+{
+    size_t argc = 1;
+    napi_value argv[1], result;
+    int session;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    CHECK(napi_get_value_int32(env, argv[0], &session));
+    int fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return throw_errno(env, errno, "open /dev/fuse");
+    uint32_t source = (uint32_t)session;
+    if (ioctl(fd, FUSE_DEV_IOC_CLONE, &source) != 0) {
+        int err = errno;
+        close(fd);
+        return throw_errno(env, err, "ioctl(FUSE_DEV_IOC_CLONE)");
+    }
     CHECK(napi_create_int32(env, fd, &result));
     return result;
 }
@@ -666,6 +692,7 @@ static napi_value init(napi_env env, napi_value exports)
         {"loopSetCapacity", NULL, js_loop_set_capacity, NULL, NULL, NULL, napi_default, NULL},
         {"tryLock", NULL, js_try_lock, NULL, NULL, NULL, napi_default, NULL},
         {"getFd", NULL, js_get_fd, NULL, NULL, NULL, napi_default, NULL},
+        {"fuseClone", NULL, js_fuse_clone, NULL, NULL, NULL, napi_default, NULL},
         {"mapShared", NULL, js_map_shared, NULL, NULL, NULL, napi_default, NULL},
         {"mapAnonymous", NULL, js_map_anonymous, NULL, NULL, NULL, napi_default, NULL},
         {"dropPages", NULL, js_drop_pages, NULL, NULL, NULL, napi_default, NULL},

@@ -24,6 +24,11 @@ interface NativeAddon {
   tryLock(fd: number): boolean;
   /** A duplicate, in this process, of file descriptor `fd` of process `pid` (pidfd_getfd(2); close-on-exec). */
   getFd(pid: number, fd: number): number;
+  /**
+   * A new /dev/fuse file attached to the FUSE connection open as `fd` (FUSE_DEV_IOC_CLONE): a
+   * second reader of the same connection, for a lane (src/lane).
+   */
+  fuseClone(fd: number): number;
   /** The first `length` bytes of the file open as `fd`, mapped shared; unmapped when the Buffer is collected. */
   mapShared(fd: number, length: number): Buffer;
   /**

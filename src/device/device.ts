@@ -34,6 +34,7 @@ import type { RequestLayer } from '../request/request-layer.js';
 import { exportServer, exportUri, loadTls, type TlsOptions } from '../nbd/export.js';
 import { exportLimits, type LimitSettings } from '../nbd/limits.js';
 import type { ListenAddress, NbdServer } from '../nbd/server.js';
+import type { DriverRecipe, Lanes } from '../lane/lanes.js';
 import { Outcome } from '../util/outcome.js';
 import { sleep, withTimeout } from '../util/process.js';
 
@@ -70,6 +71,11 @@ export interface RunOptions<State = unknown> extends InstanceOptions<State> {
    * the CLI gives the driver module and the arguments that followed it.
    */
   command?: readonly string[];
+  /**
+   * How a lane makes this driver in its own thread, for the `lanes` attribute (the CLI gives
+   * the driver module and its arguments; a program gives its own module's path).
+   */
+  recipe?: DriverRecipe;
 }
 
 /** Longest pause between attempts to re-attach to a restarted daemon. */
@@ -91,6 +97,8 @@ export class Device<State = unknown> {
     private readonly requests: RequestLayer,
     private readonly frontend: Frontend,
     private readonly log: (line: string) => void,
+    /** The device's other lanes, if it has any (the `lanes` attribute). */
+    private readonly lanes?: Lanes,
   ) {
     this.closed = this.outcome.promise;
     this.listen(control);
@@ -143,6 +151,8 @@ export class Device<State = unknown> {
       await this.control.request('terminating', { id: this.ctx.id.toString() }).catch(() => undefined);
       if (options.flush) await flushNode(this.ctx.kernelPath);
       await this.requests.drain();
+      const failures = (await this.lanes?.stop(this.ctx.attributes.requestTimeout, this.requests.counters.slots)) ?? [];
+      for (const failure of failures) this.log(`a lane's terminate failed: ${failure}`);
       await this.driver.terminate?.(this.ctx);
     });
     return this.closed;
@@ -171,6 +181,7 @@ export class Device<State = unknown> {
   lost(reason: Error): Promise<void> {
     this.ending ??= this.end('remove', async () => {
       this.requests.abortAll();
+      await this.lanes?.kill();
       void this.control.request('terminating', { id: this.ctx.id.toString() }).catch(() => undefined);
       throw reason;
     });

@@ -18,6 +18,7 @@ import { frontendKind } from '../frontend/kinds.js';
 import { chooseFrontend } from '../frontend/select.js';
 import { native } from '../native.js';
 import type { RequestLayer } from '../request/request-layer.js';
+import { Lanes, type DriverRecipe } from '../lane/lanes.js';
 import { untilClosed } from '../util/process.js';
 import { Device, leave, type RunOptions } from './device.js';
 
@@ -33,6 +34,9 @@ export async function start<State>(driver: Driver<State>, options: RunOptions<St
   const attributes = kind.attributes(adjustAttributes(given, driver));
   const readOnly = isReadOnly(driver);
   const callbacks = requestCallbacks(driver);
+  if (attributes.lanes > 1 && !options.recipe) {
+    throw new BdusError('EINVAL', `lanes ${attributes.lanes} needs the driver's module, for each lane to make the driver in its own thread: run it with \`bdus run\`, or pass run() the \`recipe\` option`);
+  }
 
   const control = await ControlConnection.open();
   let record;
@@ -47,9 +51,12 @@ export async function start<State>(driver: Driver<State>, options: RunOptions<St
   try {
     await driverInstance.validate();
     await driverInstance.initialize();
-    await instance.serve(await instance.frontend.start(), instance.frontend.kernelFd);
+    const kernel = await instance.frontend.start();
+    await instance.startLanes(kind, options.recipe);
+    await instance.serve(kernel, instance.frontend.kernelFd);
   } catch (error) {
     instance.requests.abortAll();
+    await instance.lanes?.kill();
     await instance.frontend.stop();
     await driverInstance.unwind();
     await leave(control, instance.ctx.id, instance.log);
@@ -141,6 +148,10 @@ class Instance<State> {
   readonly log: (line: string) => void;
   readonly requests: RequestLayer;
   readonly frontend: Frontend;
+  /** The device's other lanes, once started (the `lanes` attribute). */
+  lanes: Lanes | undefined;
+  /** A lane that failed before the Device existed: it aborts the device once it does. */
+  private laneFailure: Error | undefined;
   private device: Device<State> | undefined;
   private destroyAsked = false;
   private replaceAsked = false;
@@ -165,6 +176,7 @@ class Instance<State> {
       attributes,
       isRerun,
       readOnly,
+      ...(attributes.lanes > 1 ? { lane: 0 } : {}),
       state: options.state as State,
     };
     // Events that come before the Device exists (say, in the same read as the answer to
@@ -193,6 +205,17 @@ class Instance<State> {
     }
   }
 
+  /** Starts the device's other lanes, if its attributes ask for more than one (start() checked the recipe). */
+  async startLanes(kind: FrontendKind, recipe: DriverRecipe | undefined): Promise<void> {
+    const { lanes } = this.ctx.attributes;
+    if (lanes <= 1) return;
+    if (!kind.lanes || !this.frontend.laneShare) throw new BdusError('EINVAL', `the ${kind.title} frontend has no lanes`);
+    const abort = (error: Error) => void (this.device ? this.device.abort(error) : (this.laneFailure ??= error));
+    this.lanes = await Lanes.start(lanes, recipe!, kind.name, this.frontend.laneShare(), this.ctx, this.log, abort);
+    const { counters } = this.requests;
+    counters.onBeat = () => this.lanes!.beat(counters.slots);
+  }
+
   /**
    * The kernel device serves requests: tell the daemon, which makes (or keeps) it available.
    * `thenRead` starts reading requests on a device adopted from another driver.
@@ -203,10 +226,11 @@ class Instance<State> {
     // A frontend without a kernel end (ublk) gives none.
     await this.control.request('available', { id: this.ctx.id.toString(), kernelPath, major, minor, ...(kernelFd >= 0 ? { kernelFd } : {}) });
     await thenRead?.();
-    const device = new Device(this.ctx, this.driver, this.control, this.requests, this.frontend, this.log);
+    const device = new Device(this.ctx, this.driver, this.control, this.requests, this.frontend, this.log, this.lanes);
     this.device = device;
     void this.frontend.ended.then((error) => error && void device.lost(error));
-    if (this.replaceAsked) device.handOver();
+    if (this.laneFailure) void device.abort(this.laneFailure);
+    else if (this.replaceAsked) device.handOver();
   }
 
   /** Runs onDeviceAvailable (default: print the path); a failure destroys the device. */

@@ -60,6 +60,15 @@ export interface Attributes {
    */
   fuseIoUring?: boolean;
   /**
+   * Threads serving the device's requests in the driver process: 0 means 1 (the main thread
+   * alone), at most 64. Each lane is a thread with its own event loop, request layer and driver
+   * instance, made anew from the driver's module; the kernel gives each request to whichever lane
+   * reads it first. The driver must say it can (`laneSafe`: its data is shared, in a file say)
+   * and come from a module (the CLI, or run()'s `recipe` option). FUSE+loop over /dev/fuse only,
+   * so far; no recoverable, no rerun (docs/performance.md, "lanes").
+   */
+  lanes?: number;
+  /**
    * Keep the device when its driver dies abnormally (killed, crashed, aborted): requests wait for
    * a new driver (`bdus rerun`) instead of failing. See docs/recovery.md for what this demands.
    */
@@ -117,6 +126,7 @@ export const ATTRIBUTES: { readonly [K in AttributeName]-?: AttributeSpec } = {
   optimalIoSize: { kind: 'bytes', doc: 'hint: preferred I/O size, 0 or a power of two >= physical block size (ublk only)' },
   queues: { kind: 'count', doc: 'hardware queues: 0 means 1, at most 64 (ublk only; the others have one)' },
   fuseIoUring: { kind: 'flag', doc: 'FUSE+loop over io_uring (Linux 6.14+, once root allows it); not recoverable, no rerun' },
+  lanes: { kind: 'count', doc: 'threads serving requests: 0 means 1, at most 64 (FUSE+loop; lane-safe drivers; not recoverable, no rerun)' },
   recoverable: { kind: 'flag', doc: 'keep the device if the driver dies abnormally; a new driver attaches with rerun' },
   recoveryMode: { kind: 'choice', choices: RECOVERY_MODES, doc: 'requests a dead driver received: reissue (default), fail-received, or fail-all until a driver attaches' },
   restartLimit: { kind: 'count', doc: 'driver deaths a request may be in flight across before it fails alone (0: default 10)' },
@@ -142,6 +152,7 @@ export const DEFAULT_TRANSFER_TRIES = 5;
 /** Upper bound for the three limits: beyond it a limit is no limit. */
 export const MAX_LIMIT = 1000;
 export const MAX_QUEUES = 64;
+export const MAX_LANES = 64;
 
 /** A value as a message shows it; inspect(), not String(): an object without a prototype has no toString. */
 function shown(value: unknown): string {
@@ -235,6 +246,16 @@ export function adjustAttributes(attrs: Attributes, driver: object): EffectiveAt
   const mode = attrs.recoveryMode ?? 'reissue';
   if (!RECOVERY_MODES.includes(mode)) refuse('recoveryMode', mode, `must be one of ${RECOVERY_MODES.join(', ')}`);
 
+  const lanes = integer(attrs, 'lanes');
+  if (lanes > MAX_LANES) refuse('lanes', lanes, `must be at most ${MAX_LANES}`);
+  if (lanes > 1) {
+    if (!(driver as { laneSafe?: boolean }).laneSafe) {
+      throw new AttributeError(`invalid attributes: lanes ${lanes} needs a lane-safe driver (laneSafe: its data is shared between instances, as the file driver's is); this one keeps its data to itself`);
+    }
+    if (flag(attrs, 'recoverable')) throw new AttributeError('invalid attributes: lanes and recoverable exclude each other (the kernel fails the requests a dead lane had taken)');
+    if (flag(attrs, 'fuseIoUring')) throw new AttributeError('invalid attributes: lanes and fuseIoUring exclude each other (lanes read /dev/fuse)');
+  }
+
   if (flag(attrs, 'fuseIoUring') && flag(attrs, 'recoverable')) {
     throw new AttributeError('invalid attributes: fuseIoUring and recoverable exclude each other (the kernel does not give a dead driver\'s ring requests to the next one)');
   }
@@ -258,6 +279,7 @@ export function adjustAttributes(attrs: Attributes, driver: object): EffectiveAt
     optimalIoSize: optimal,
     queues: Math.min(queues || 1, MAX_QUEUES),
     fuseIoUring: flag(attrs, 'fuseIoUring'),
+    lanes: Math.max(lanes, 1),
     recoverable: flag(attrs, 'recoverable'),
     recoveryMode: mode,
     restartLimit: limits[0] || DEFAULT_RESTART_LIMIT,
@@ -319,7 +341,8 @@ export function checkReplacement(
     throw new BdusError('EINVAL', `the new driver cannot replace the current one: ${why}`);
   };
   if (current.fuseIoUring) refuseRerun('the device is served over FUSE io_uring, where the kernel gives no request of the current driver to the next one');
-  for (const name of ['size', 'logicalBlockSize', 'physicalBlockSize', 'disablePartitionScanning', 'rotational', 'optimalIoSize', 'queues', 'fuseIoUring'] as const) {
+  if (current.lanes > 1) refuseRerun('the device is served by lanes, which cannot hand it over yet');
+  for (const name of ['size', 'logicalBlockSize', 'physicalBlockSize', 'disablePartitionScanning', 'rotational', 'optimalIoSize', 'queues', 'fuseIoUring', 'lanes'] as const) {
     if (next[name] !== current[name]) refuseRerun(`${name} must stay ${shown(current[name])} (got ${shown(next[name])})`);
   }
   const missing = currentCallbacks.filter((name) => !nextCallbacks.includes(name));

@@ -44,6 +44,12 @@ export interface Context<State = unknown> {
   readonly isRerun: boolean;
   /** Whether the device refuses writes (the driver has no write-type callback). */
   readonly readOnly: boolean;
+  /**
+   * On a device with lanes (the `lanes` attribute; the driver has `laneSafe`): which lane this
+   * instance serves, 0 for the process's main thread, 1 and up for the others. Undefined
+   * without lanes.
+   */
+  readonly lane?: number;
   /** Free for the driver's own use; bdus never reads or changes it. */
   state: State;
 }
@@ -52,6 +58,17 @@ export interface Context<State = unknown> {
 export interface Driver<State = unknown> {
   /** Default attributes; options given to `run()` or the CLI's flags override them. */
   readonly attributes?: Attributes;
+
+  /**
+   * Whether several instances of this driver may serve one device at once, each in a thread of
+   * its own (the `lanes` attribute, docs/performance.md): each lane makes the driver anew from
+   * its module and runs its own `initialize` and `terminate`, and the kernel gives each request
+   * to whichever lane reads it first. Say true only if every instance sees the same data (it
+   * lives in a file, a block device or a remote store, not in the instance's memory), and a
+   * flush on any instance covers the writes every instance completed (`fdatasync` on a shared
+   * file does). The `file` driver is lane-safe.
+   */
+  readonly laneSafe?: boolean;
 
   /**
    * Checks that this driver instance can serve the device, before anything changes: its

@@ -95,6 +95,8 @@ export function file(path: string, options: FileOptions = {}): Driver<FileState>
 
   const driver: Driver<FileState> = {
     attributes: { size: size - (size % 4096), logicalBlockSize: blockSize, maxConcurrentCallbacks: concurrency },
+    // Every instance opens the same file, and an fdatasync covers the writes of them all.
+    laneSafe: true,
 
     initialize(ctx) {
       const fd = openSync(path, flags);

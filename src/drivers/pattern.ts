@@ -26,6 +26,8 @@ export function patternAt(buffer: Buffer, offset: number): void {
 export function pattern(): Driver {
   return {
     attributes: { maxConcurrentCallbacks: 64 },
+    // Nothing to share: every instance computes the same bytes.
+    laneSafe: true,
     read(buffer, offset) {
       patternAt(buffer, offset);
     },

@@ -29,6 +29,28 @@ export interface FrontendKind {
   create(options: FrontendOptions): Frontend;
   /** The daemon's side. */
   readonly keeping: FrontendKeeping;
+  /** How a lane (src/lane) serves a device of this path alongside the frontend; absent: this path has no lanes. */
+  readonly lanes?: LaneKind;
+}
+
+/**
+ * A kernel path whose requests several threads of one driver process can take (the `lanes`
+ * attribute): each lane reads the device's requests through an end of its own and answers them
+ * through its own request layer.
+ */
+export interface LaneKind {
+  /** Starts serving in this thread, from what the frontend's laneShare() gave. */
+  serve(share: unknown, requests: RequestLayer, log: (message: string) => void): LaneServer;
+}
+
+/** A lane's end of a kernel device. */
+export interface LaneServer {
+  /** Stops taking requests: those taken are answered; the others go to the frontend's own reader. */
+  stop(): void;
+  /** Closes the lane's end, once its requests are answered. */
+  close(): void;
+  /** Resolves when the kernel side ended (undefined when stop() ended it), as Frontend.ended. */
+  readonly ended: Promise<Error | undefined>;
 }
 
 /** What the daemon knows of a device, for its frontend. */
@@ -149,4 +171,9 @@ export interface Frontend {
    * ended on its own (say, someone unmounted it).
    */
   readonly ended: Promise<Error | undefined>;
+  /**
+   * What a lane needs to serve this device alongside the frontend (structured-clonable, for a
+   * worker thread), once start() resolved; present where the kind has `lanes`.
+   */
+  laneShare?(): unknown;
 }

@@ -228,10 +228,15 @@ export abstract class Operations {
    * operation; `x`, for a whole (unsplit) read, may take the memory the callback answers with.
    */
   protected async invoke(op: Operation, a: unknown, b: number, c: number, x?: Exchange): Promise<number> {
+    // The gauges move by steps, not by stores of the count: a device's lanes add theirs in (src/lane).
     if (this.active < this.limit) {
-      this.counters.set(Slot.CALLBACKS, ++this.active);
+      this.active++;
+      this.counters.add(Slot.CALLBACKS);
     } else {
-      await new Promise<void>((resolve) => this.counters.set(Slot.WAITING, this.waiting.push(resolve)));
+      await new Promise<void>((resolve) => {
+        this.waiting.push(resolve);
+        this.counters.add(Slot.WAITING);
+      });
       if (this.aborted) return EIO;
     }
     try {
@@ -292,10 +297,11 @@ export abstract class Operations {
   protected release(): void {
     const next = this.waiting.shift();
     if (next) {
-      this.counters.set(Slot.WAITING, this.waiting.length);
+      this.counters.add(Slot.WAITING, -1);
       return next(); // the slot passes to the next waiter
     }
-    this.counters.set(Slot.CALLBACKS, --this.active);
+    this.active--;
+    this.counters.add(Slot.CALLBACKS, -1);
     if (this.active === 0 && this.onIdle) {
       this.onIdle();
       this.onIdle = undefined;

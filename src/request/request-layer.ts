@@ -189,7 +189,7 @@ export class RequestLayer extends Operations {
     this.accepting = false;
     this.aborted = true;
     this.timer.stop();
+    this.counters.add(Slot.WAITING, -this.waiting.length);
     for (const wake of this.waiting.splice(0)) wake();
-    this.counters.set(Slot.WAITING, 0);
   }
 }

@@ -13,6 +13,11 @@ export class RequestCounters {
   private heart: NodeJS.Timeout | undefined;
   /** The slots (layout.ts); replaced by the shared file's on share(). */
   slots: Float64Array<ArrayBufferLike> = new Float64Array(TOTAL_SLOTS);
+  /**
+   * Runs at every beat, in the main thread of a device with lanes (src/lane): folds the lanes'
+   * counts into these slots and returns the oldest of their beats.
+   */
+  onBeat: (() => number) | undefined;
 
   /**
    * Counts in the device's stats file from now on, on top of what earlier drivers of the device
@@ -35,7 +40,8 @@ export class RequestCounters {
    */
   startHeartbeat(): void {
     const beat = () => {
-      this.slots[Slot.HEARTBEAT] = Date.now();
+      // A lane stuck in a callback stops the process's beat too: the daemon's watch then sees it.
+      this.slots[Slot.HEARTBEAT] = Math.min(Date.now(), this.onBeat?.() ?? Infinity);
       this.slots[Slot.HEARTBEAT_PID] = process.pid;
     };
     beat();

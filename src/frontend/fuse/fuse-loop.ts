@@ -3,53 +3,30 @@
  * raw FUSE protocol on /dev/fuse (no libfuse), turned into a block device by a loop device with
  * direct I/O.
  *
- * Where a request enters: FuseChannel delivers each /dev/fuse message to `handle()`, which decodes
- * it and calls the request layer; the slot's continuation encodes the reply in the same buffer.
- *
- * Kernel request -> FUSE message -> request layer:
- *   read                         READ                        read
- *   write                        WRITE                       write
- *   flush (fsync, journal, sync) FSYNC                       flush
- *   discard                      FALLOCATE(PUNCH_HOLE)       discard, zeroes (see RequestLayer.discard)
- *   write-zeroes, may unmap      FALLOCATE(PUNCH_HOLE)       discard, zeroes
- *   write-zeroes, no unmap       FALLOCATE(ZERO_RANGE)       writeZeros(mayUnmap=false)
- * Loop never sends FUA writes (it reports no FUA), secure erase, write-same or ioctls to the file.
+ * Where a request enters: FuseChannel delivers each /dev/fuse message to FuseDispatch
+ * (dispatch.ts), which decodes it and calls the request layer; the slot's continuation encodes
+ * the reply in the same buffer. Lanes (lane.ts) read the same connection through clones of it.
  */
 import { closeSync, promises as fsp, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import type { Frontend, FrontendOptions, KernelDevice } from '../frontend.js';
 import type { RequestLayer } from '../../request/request-layer.js';
-import { Holder, isResent, type RestartTable } from './restart-table.js';
+import type { RestartTable } from './restart-table.js';
 import { native } from '../../native.js';
 import { execute } from '../../util/exec.js';
 import { RUN_DIR } from '../../util/paths.js';
 import { withTimeout } from '../../util/process.js';
 import { bufferSizeFor, FuseChannel } from './channel.js';
-import { answerFileRequest, readU64, type ImageFile } from './image-file.js';
-import {
-  FUSE_ROOT_ID,
-  FallocateIn,
-  FallocateMode,
-  InHeader,
-  INIT2_OVER_IO_URING,
-  InitFlag,
-  InitIn,
-  InitOut,
-  KERNEL_MINOR_VERSION,
-  KERNEL_VERSION,
-  Opcode,
-  OutHeader,
-  ReadIn,
-  S_IFREG,
-  WriteIn,
-} from './protocol.js';
+import { FuseDispatch } from './dispatch.js';
+import type { ImageFile } from './image-file.js';
+import { FUSE_ROOT_ID, INIT2_OVER_IO_URING, InitFlag, InitIn, InitOut, KERNEL_MINOR_VERSION, KERNEL_VERSION, OutHeader, S_IFREG } from './protocol.js';
 import { FuseRing } from './ring.js';
-import { BODY, Reply, Slot, WRITE_DATA } from './slot.js';
+import { BODY, Slot } from './slot.js';
 
-const { EOPNOTSUPP, EPROTO } = constants.errno;
+const { EPROTO } = constants.errno;
 
 /** Largest READ/WRITE the kernel sends (max_write; reads follow max_pages). */
-const MAX_WRITE = 1 << 20;
+export const MAX_WRITE = 1 << 20;
 const MAX_PAGES = MAX_WRITE / 4096;
 /** Requests the kernel keeps in flight to us; bounds the buffers we hold. */
 const MAX_BACKGROUND = 256;
@@ -57,7 +34,13 @@ const MAX_BACKGROUND = 256;
  * Spin-wait for the next request after handling some (FuseChannel): 20 us brought 4k QD1 latency
  * from ~60 to ~35 us here at no cost to deep queues (docs/performance.md); an idle device never spins.
  */
-const SPIN_MICROSECONDS = 20;
+export const SPIN_MICROSECONDS = 20;
+
+/** What a lane (lane.ts) takes from the frontend: the connection (an fd of this process), and the image's look. */
+export interface FuseLaneShare {
+  readonly fd: number;
+  readonly image: ImageFile;
+}
 
 export interface FuseLoopOptions extends FrontendOptions {
   /** Where re-sent requests' restart counts are kept across driver deaths. */
@@ -71,6 +54,7 @@ export class FuseLoopFrontend implements Frontend {
   private readonly requests: RequestLayer;
   private readonly restarts: RestartTable;
   private readonly expiryReply = Buffer.alloc(OutHeader.SIZE);
+  private readonly dispatch: FuseDispatch;
   private readonly mountpoint: string;
   private image: ImageFile;
   private fd = -1;
@@ -92,6 +76,7 @@ export class FuseLoopFrontend implements Frontend {
     this.mountpoint = mountpointOf(options.index);
     this.image = { size: options.attributes.size, physicalBlockSize: options.attributes.physicalBlockSize, readOnly: options.readOnly };
     this.ended = new Promise((resolve) => (this.resolveEnded = resolve));
+    this.dispatch = new FuseDispatch(this.requests, () => this.image, this.restarts, (slot) => this.init(slot));
   }
 
   get kernelFd(): number {
@@ -121,6 +106,15 @@ export class FuseLoopFrontend implements Frontend {
     }
     const [major, minor] = readFileSync(`/sys/block/${name}/dev`, 'utf8').trim().split(':').map(Number) as [number, number];
     return { path: this.loopPath, major, minor };
+  }
+
+  laneShare(): FuseLaneShare {
+    return { fd: this.fd, image: this.image };
+  }
+
+  async cannotResize(): Promise<string | undefined> {
+    // Lanes answer the kernel's questions about the image too, from the size they started with.
+    return this.options.attributes.lanes > 1 ? 'a device served by lanes cannot change its size yet' : undefined;
   }
 
   async adopt(fd: number, kernel: KernelDevice): Promise<void> {
@@ -187,7 +181,7 @@ export class FuseLoopFrontend implements Frontend {
     const newSlot = (c: FuseChannel<Slot>) => {
       return new Slot(Buffer.allocUnsafeSlow(bufferSizeFor(MAX_WRITE)), c, this.expiryReply, this.restarts);
     };
-    const channel = new FuseChannel<Slot>(this.fd, newSlot, (slot, length) => this.handle(slot, length), SPIN_MICROSECONDS);
+    const channel = new FuseChannel<Slot>(this.fd, newSlot, this.dispatch.handle, SPIN_MICROSECONDS);
     this.channel = channel;
     void channel.ended.then((error) => {
       if (this.leaving && !this.stopping) return;
@@ -216,75 +210,7 @@ export class FuseLoopFrontend implements Frontend {
     for (const e of errors) this.options.log(`teardown: ${(e as Error).message}`);
   }
 
-  // ---- Request decoding -----------------------------------------------------------------------
-
-  /** Decodes and starts one request; returns the bytes of data it moves (FuseChannel bounds batches by them). */
-  private handle(slot: Slot, length: number): number {
-    const buf = slot.buffer;
-    const opcode = buf.readUInt32LE(InHeader.opcode);
-    slot.reply = Reply.STATUS;
-    slot.restarts = 0;
-    switch (opcode) {
-      case Opcode.READ: {
-        if (isResent(buf, InHeader.unique)) this.countRestarts(slot);
-        const size = buf.readUInt32LE(BODY + ReadIn.size);
-        slot.size = size;
-        slot.reply = Reply.READ;
-        if (size === 0) slot.done(0);
-        else this.requests.read(slot, slot.readData(size), readU64(buf, BODY + ReadIn.offset));
-        return size;
-      }
-      case Opcode.WRITE: {
-        if (isResent(buf, InHeader.unique)) this.countRestarts(slot);
-        const size = buf.readUInt32LE(BODY + WriteIn.size);
-        slot.size = size;
-        slot.reply = Reply.WRITE;
-        if (length < WRITE_DATA + size) slot.done(EPROTO);
-        else if (size === 0) slot.done(0);
-        else this.requests.write(slot, slot.writeData(size), readU64(buf, BODY + WriteIn.offset));
-        return size;
-      }
-      case Opcode.FSYNC:
-        if (isResent(buf, InHeader.unique)) this.countRestarts(slot);
-        this.requests.flush(slot);
-        return 0;
-      case Opcode.FALLOCATE:
-        if (isResent(buf, InHeader.unique)) this.countRestarts(slot);
-        this.fallocate(slot);
-        return 0;
-      case Opcode.INIT:
-        this.init(slot);
-        return 0;
-      default:
-        answerFileRequest(slot, opcode, this.image);
-        return 0;
-    }
-  }
-
-  /**
-   * A request the kernel sent again after a driver died holding it: its deaths are counted in
-   * the restart table (which outlives drivers), and the request layer decides (restartLimit).
-   */
-  private countRestarts(slot: Slot): void {
-    slot.entry = this.restarts.track(slot.buffer, InHeader.unique, Holder.DRIVER);
-    slot.restarts = this.restarts.restarts;
-  }
-
-  private fallocate(slot: Slot): void {
-    const buf = slot.buffer;
-    const offset = readU64(buf, BODY + FallocateIn.offset);
-    const length = readU64(buf, BODY + FallocateIn.length);
-    const mode = buf.readUInt32LE(BODY + FallocateIn.mode);
-    if (mode & ~(FallocateMode.KEEP_SIZE | FallocateMode.PUNCH_HOLE | FallocateMode.ZERO_RANGE)) return slot.done(EOPNOTSUPP);
-    if (mode & FallocateMode.PUNCH_HOLE) {
-      this.requests.discard(slot, offset, length, true);
-    } else if (mode & FallocateMode.ZERO_RANGE) {
-      this.requests.writeZeros(slot, offset, length, false);
-    } else {
-      // Plain preallocation: every block of the image already exists.
-      slot.done(offset + length <= this.options.attributes.size ? 0 : EOPNOTSUPP);
-    }
-  }
+  // ---- INIT -----------------------------------------------------------------------------------
 
   private init(slot: Slot): void {
     const buf = slot.buffer;
@@ -310,7 +236,7 @@ export class FuseLoopFrontend implements Frontend {
     buf.writeUInt32LE(ring ? INIT2_OVER_IO_URING : 0, out + InitOut.flags2);
     slot.ok(out + InitOut.SIZE);
     // The kernel now holds every request until each of its queues has a ring entry.
-    if (ring) this.ring = new FuseRing(this.fd, this.channel!, MAX_WRITE, (s, length) => this.handle(s, length), this.options.log);
+    if (ring) this.ring = new FuseRing(this.fd, this.channel!, MAX_WRITE, this.dispatch.handle, this.options.log);
     else if (this.options.attributes.fuseIoUring) this.options.log('warning: this kernel offers no FUSE over io_uring; serving /dev/fuse');
     this.initialized();
   }

@@ -8,6 +8,7 @@ import { oneBlockSize } from '../block-size.js';
 import type { FrontendKind } from '../frontend.js';
 import { FuseLoopFrontend, reclaimFuseLoop } from './fuse-loop.js';
 import { FuseKeeper } from './keeper.js';
+import { fuseLanes } from './lane.js';
 import { RestartTable } from './restart-table.js';
 
 export const fuseLoop: FrontendKind = {
@@ -25,6 +26,8 @@ export const fuseLoop: FrontendKind = {
   // loop sends no FUA (O_DSYNC becomes write + flush), no secure erase, no write-same, and
   // answers ioctls itself; block status is an NBD query.
   callable: ['read', 'write', 'writeZeros', 'flush', 'discard'],
+
+  lanes: fuseLanes,
 
   create: (options) => new FuseLoopFrontend({ ...options, restarts: RestartTable.open(options.id.toString()) }),
 

@@ -9,6 +9,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { lockAttributes } from '../../driver/attributes.js';
+import { AttributeError } from '../../driver/errors.js';
 import type { FrontendKind, KeptDevice, Keeper } from '../frontend.js';
 import { Command, control, deviceInfo, ublkAvailable, ublkNumberOf } from './control.js';
 import { InflightTable } from './inflight-table.js';
@@ -57,6 +58,7 @@ export const ublk: FrontendKind = {
 
   /** The kernel gives a device at most one queue per CPU: fewer are asked for, visibly. */
   attributes(attributes) {
+    if (attributes.lanes > 1) throw new AttributeError('invalid attribute lanes: the ublk frontend has no lanes yet (FUSE+loop has: --frontend fuse)');
     const cpus = availableParallelism();
     return attributes.queues <= cpus ? attributes : lockAttributes({ ...attributes, queues: cpus });
   },

@@ -1,0 +1,165 @@
+/**
+ * Lanes: more than one core per device. A lane is a worker thread of the driver process with its
+ * own event loop, its own driver instance (made anew from the driver's module: a driver object
+ * cannot cross threads), its own request layer and its own end of the kernel device (the
+ * frontend kind's LaneKind). The process's main thread is lane 0 and keeps everything else: the
+ * control connection, the device's life, the statistics file. Nothing crosses threads on the
+ * request path; the main thread folds the lanes' counters into the stats file at every beat
+ * (counters.ts).
+ *
+ * Lanes start once the kernel device exists, each initializing its own instance, and stop before
+ * the main thread's instance terminates: each stops taking requests, answers those it took, runs
+ * terminate, and closes its end. A lane whose driver aborts, or whose thread fails, aborts the
+ * device. Which drivers may run in lanes, and why not recoverable: docs/performance.md.
+ */
+import { Worker } from 'node:worker_threads';
+import type { EffectiveAttributes } from '../driver/attributes.js';
+import type { Context } from '../driver/driver.js';
+import { BdusError } from '../driver/errors.js';
+import type { DriverOptionValues } from '../driver/module.js';
+import { LaneCounters } from './counters.js';
+
+/**
+ * How another thread makes the same driver: what `bdus run` was given (the CLI fills it in), or
+ * what a program passes to run()/start() as `recipe`.
+ */
+export interface DriverRecipe {
+  /** The driver module: an absolute path or a file: URL. */
+  readonly module: string;
+  /** Positional arguments for the module's factory (if its default export is one). */
+  readonly args?: readonly string[];
+  /** Option values for the factory. */
+  readonly options?: DriverOptionValues;
+}
+
+/** What the main thread tells a lane's thread at its start (worker.ts). */
+export interface LaneData {
+  readonly lane: number;
+  readonly recipe: DriverRecipe;
+  /** The frontend kind's name. */
+  readonly frontend: string;
+  /** The frontend's laneShare(). */
+  readonly share: unknown;
+  readonly ctx: Omit<Context<unknown>, 'state' | 'isRerun' | 'lane'>;
+  readonly slots: Float64Array;
+}
+
+/** What a lane's thread says (worker.ts). */
+export type LaneMessage =
+  | { type: 'ready' }
+  | { type: 'failed'; code: string; message: string }
+  | { type: 'log'; line: string }
+  | { type: 'abort'; message: string }
+  | { type: 'stopped'; message: string };
+
+/** A lane's thread may take this long to stop beyond its requests' timeout before it is ended. */
+const STOP_SLACK_MS = 5000;
+
+class Lane {
+  readonly counters = new LaneCounters();
+  readonly worker: Worker;
+  private stopped: ((message: string) => void) | undefined;
+  private readonly exited: Promise<void>;
+
+  constructor(
+    data: Omit<LaneData, 'slots'>,
+    private readonly log: (line: string) => void,
+    private readonly abort: (error: Error) => void,
+    ready: (error: Error | undefined) => void,
+  ) {
+    this.worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: { ...data, slots: this.counters.slots } });
+    this.worker.on('message', (m: LaneMessage) => {
+      if (m.type === 'ready') ready(undefined);
+      else if (m.type === 'failed') ready(new BdusError(m.code, `lane ${data.lane}: ${m.message}`));
+      else if (m.type === 'log') this.log(`lane ${data.lane}: ${m.line}`);
+      else if (m.type === 'abort') this.abort(new Error(`lane ${data.lane}: ${m.message}`));
+      else this.stopped?.(m.message);
+    });
+    this.worker.on('error', (error) => {
+      ready(error);
+      this.abort(new Error(`lane ${data.lane} failed: ${error.message}`));
+    });
+    this.exited = new Promise((resolve) => this.worker.once('exit', () => resolve()));
+    this.exited.then(() => {
+      ready(new Error(`lane ${data.lane} ended while starting`));
+      this.stopped?.('');
+    });
+  }
+
+  /** Asks the lane to stop (see Lanes.stop); resolves with its terminate's failure, or ''. */
+  stop(timeoutMs: number): Promise<string> {
+    const done = new Promise<string>((resolve) => (this.stopped = resolve));
+    this.worker.postMessage('stop');
+    const timer = setTimeout(() => void this.worker.terminate(), timeoutMs);
+    return done.finally(() => clearTimeout(timer));
+  }
+
+  async kill(): Promise<void> {
+    await this.worker.terminate();
+  }
+}
+
+export class Lanes {
+  /** Set once the lanes were asked to stop: their beats no longer hold the main thread's. */
+  private stopping = false;
+
+  private constructor(private readonly lanes: Lane[]) {}
+
+  /**
+   * Starts lanes 1 to count-1 (the main thread is lane 0), each initialized and serving, or
+   * none: if one fails to start, those started are ended and it rejects.
+   */
+  static async start(
+    count: number,
+    recipe: DriverRecipe,
+    frontend: string,
+    share: unknown,
+    ctx: Context<unknown>,
+    log: (line: string) => void,
+    abort: (error: Error) => void,
+  ): Promise<Lanes> {
+    const { state: _state, isRerun: _rerun, lane: _lane, ...names } = ctx;
+    const shared = { ...names, attributes: { ...ctx.attributes } as EffectiveAttributes };
+    const lanes: Lane[] = [];
+    const starts: Promise<Error | undefined>[] = [];
+    for (let lane = 1; lane < count; lane++) {
+      starts.push(new Promise((resolve) => lanes.push(new Lane({ lane, recipe, frontend, share, ctx: shared }, log, abort, resolve))));
+    }
+    const failure = (await Promise.all(starts)).find((error) => error !== undefined);
+    if (failure) {
+      await Promise.all(lanes.map((lane) => lane.kill()));
+      throw failure;
+    }
+    return new Lanes(lanes);
+  }
+
+  /**
+   * Folds the lanes' counts into `into` (the device's slots) and returns the oldest of their
+   * beats: the main thread beats no later than its slowest lane.
+   */
+  beat(into: Float64Array<ArrayBufferLike>): number {
+    let oldest = Infinity;
+    for (const lane of this.lanes) {
+      lane.counters.fold(into);
+      oldest = Math.min(oldest, lane.counters.heartbeat);
+    }
+    return this.stopping ? Infinity : oldest;
+  }
+
+  /**
+   * Stops every lane (a destruction): each stops taking requests, answers those it took (within
+   * their timeout), runs terminate and closes its end. Returns the terminate failures.
+   */
+  async stop(requestTimeout: number, into: Float64Array<ArrayBufferLike>): Promise<string[]> {
+    this.stopping = true;
+    const messages = await Promise.all(this.lanes.map((lane) => lane.stop(requestTimeout * 1.25 + STOP_SLACK_MS)));
+    this.beat(into);
+    return messages.filter((m) => m !== '');
+  }
+
+  /** Ends every lane at once (an abort): nothing more is answered by them. */
+  async kill(): Promise<void> {
+    this.stopping = true;
+    await Promise.all(this.lanes.map((lane) => lane.kill()));
+  }
+}

@@ -1,0 +1,59 @@
+/**
+ * A lane's thread (lanes.ts): makes the driver from its recipe, initializes its own instance,
+ * and serves the device's requests through the frontend kind's LaneKind until the main thread
+ * says stop.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { importDriverModule, makeDriver } from '../cli/load-driver.js';
+import { lockAttributes } from '../driver/attributes.js';
+import type { Context } from '../driver/driver.js';
+import { BdusError } from '../driver/errors.js';
+import { frontendKind } from '../frontend/kinds.js';
+import { DriverInstance } from '../instance/driver-instance.js';
+import type { LaneData, LaneMessage } from './lanes.js';
+
+const port = parentPort!;
+const data = workerData as LaneData;
+const say = (message: LaneMessage) => port.postMessage(message);
+const log = (line: string) => say({ type: 'log', line });
+
+let instance: DriverInstance<unknown> | undefined;
+
+async function main(): Promise<void> {
+  const loaded = await importDriverModule(data.recipe.module);
+  const driver = await makeDriver(loaded, data.recipe.args ?? [], data.recipe.options ?? {});
+  if (!driver.laneSafe) throw new BdusError('EINVAL', `${data.recipe.module} made a driver that is not lane-safe`);
+  const ctx: Context<unknown> = { ...data.ctx, attributes: lockAttributes(data.ctx.attributes), isRerun: false, lane: data.lane, state: undefined };
+  instance = new DriverInstance(driver, ctx, log, (error) => say({ type: 'abort', message: error.message }));
+  const { requests } = instance;
+  const { counters } = requests;
+  counters.slots = data.slots;
+  counters.startHeartbeat();
+  await instance.initialize();
+  const server = frontendKind(data.frontend).lanes!.serve(data.share, requests, log);
+  void server.ended.then((error) => error && say({ type: 'abort', message: error.message }));
+  port.once('message', () => {
+    server.stop();
+    void (async () => {
+      await requests.drain();
+      let message = '';
+      try {
+        await instance!.terminate();
+      } catch (error) {
+        message = error instanceof Error ? error.message : String(error);
+      }
+      server.close();
+      counters.stopHeartbeat();
+      say({ type: 'stopped', message });
+      port.close();
+    })();
+  });
+  say({ type: 'ready' });
+}
+
+main().catch(async (error: unknown) => {
+  await instance?.unwind();
+  const code = typeof (error as { code?: unknown })?.code === 'string' ? (error as { code: string }).code : 'EIO';
+  say({ type: 'failed', code, message: error instanceof Error ? error.message : String(error) });
+  port.close();
+});

@@ -1,0 +1,103 @@
+/**
+ * Lanes (the `lanes` attribute): a device whose requests several threads of its driver process
+ * serve, each through its own clone of the FUSE connection. ext4 and fio verify on it, every lane
+ * serving and counted; what it refuses; a lane that cannot start, or aborts, leaves nothing.
+ */
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { test } from 'node:test';
+import { background, bdus, BIN, device, DRIVERS, image, info, leftovers, mounted, must, scratch, sleep } from './helpers.js';
+
+const DRIVER = `${DRIVERS}/lanes.js`;
+
+function fuseFiles(pid: number): number {
+  return readdirSync(`/proc/${pid}/fd`).filter((fd) => {
+    try {
+      return readlinkSync(`/proc/${pid}/fd/${fd}`) === '/dev/fuse';
+    } catch {
+      return false;
+    }
+  }).length;
+}
+
+function marks(t: { after(f: () => void): void }): string {
+  const path = scratch('marks');
+  writeFileSync(path, '');
+  t.after(() => rmSync(path, { force: true }));
+  return path;
+}
+
+async function noLeftovers(): Promise<void> {
+  for (let i = 0; i < 100 && (await leftovers()).length > 0; i++) await sleep(100);
+  assert.deepEqual(await leftovers(), []);
+}
+
+test('lanes: two threads serve a file device: fio verify and ext4 on it, every lane serves and is counted', async (t) => {
+  const img = image(t, 256 << 20);
+  const seen = marks(t);
+  const dev = await device(t, ['--frontend', 'fuse', DRIVER, 'serve', img, seen, '--lanes', '2']);
+  const pid = Number(await info(dev, 'pid'));
+  assert.equal(fuseFiles(pid), 2, 'the driver reads the connection through two /dev/fuse files');
+
+  const fio = await must('fio', ['--name=v', `--filename=${dev}`, '--rw=randwrite', '--bs=4k', '--iodepth=32', '--ioengine=libaio', '--direct=1', '--size=64M', '--verify=crc32c', '--verify_fatal=1', '--output-format=terse'], { timeoutMs: 180_000 });
+  assert.equal(fio.split(';')[4], '0', 'fio saw no error');
+  assert.deepEqual(readFileSync(seen, 'utf8').split('\n').filter(Boolean).sort(), ['0', '1'], 'both lanes served requests');
+
+  // The lanes' counts reach the stats file at the main thread's next beat.
+  await sleep(600);
+  const stats = JSON.parse(await must(process.execPath, [BIN, 'stats', dev, '--json'])) as { operations: Record<string, { requests: number }>; callbacks: number };
+  assert.ok(stats.operations.write!.requests >= 16384, `every 4k write is counted (${stats.operations.write!.requests})`);
+  assert.ok(stats.operations.read!.requests >= 16384, `every 4k read is counted (${stats.operations.read!.requests})`);
+  assert.equal(stats.callbacks, 0, 'no callback is left counted as running');
+
+  await must('mkfs.ext4', ['-q', '-F', dev]);
+  const mnt = await mounted(t, dev);
+  writeFileSync(`${mnt}/file`, Buffer.alloc(8 << 20, 5));
+  await must('umount', [mnt]);
+  await must('e2fsck', ['-f', '-n', dev]);
+
+  const destroyed = await bdus(['destroy', dev], { timeoutMs: 60_000 });
+  assert.equal(destroyed.code, 0, destroyed.stderr);
+  await noLeftovers();
+});
+
+test('lanes: refused for a driver that keeps its data to itself, with recoverable, with filters, above 64, and by rerun', async (t) => {
+  const img = image(t);
+  // Exit status 2: a usage error (the command line); 1: the attributes.
+  const cases: Array<[string[], number, RegExp]> = [
+    [['run', '--frontend', 'fuse', 'memory', '--size', '64M', '--lanes', '2'], 1, /needs a lane-safe driver/],
+    [['run', '--frontend', 'fuse', 'file', img, '--lanes', '2', '--recoverable'], 1, /lanes and recoverable exclude each other/],
+    [['run', '--frontend', 'fuse', '--filter', 'delay', 'file', img, '--lanes', '2'], 2, /--lanes cannot be combined with --filter/],
+    [['run', '--frontend', 'fuse', 'file', img, '--lanes', '65'], 1, /lanes.*must be at most 64/],
+  ];
+  for (const [args, code, message] of cases) {
+    const r = await bdus(args, { timeoutMs: 30_000 });
+    assert.equal(r.code, code, `${args.join(' ')}: ${r.stdout}`);
+    assert.match(r.stderr, message);
+  }
+  await noLeftovers();
+  const dev = await device(t, ['--frontend', 'fuse', 'file', img, '--lanes', '2']);
+  const rerun = await bdus(['rerun', dev, 'file', img], { timeoutMs: 30_000 });
+  assert.equal(rerun.code, 1);
+  assert.match(rerun.stderr, /served by lanes/);
+  assert.equal(await info(dev, 'state'), 'available');
+});
+
+test('lanes: a lane that cannot start fails the command and leaves nothing; a lane that aborts ends the device', async (t) => {
+  const img = image(t);
+  const failed = await bdus(['run', '--frontend', 'fuse', DRIVER, 'fail-init', img, marks(t), '--lanes', '2'], { timeoutMs: 30_000 });
+  assert.equal(failed.code, 1);
+  assert.match(failed.stderr, /lane 1: the driver's initialize failed: lane 1 cannot start/);
+  await noLeftovers();
+
+  const dev = await device(t, ['--frontend', 'fuse', DRIVER, 'abort', img, marks(t), '--lanes', '2']);
+  const pid = Number(await info(dev, 'pid'));
+  const fio = background('fio', ['--name=r', `--filename=${dev}`, '--rw=randread', '--bs=4k', '--iodepth=16', '--ioengine=libaio', '--direct=1', '--time_based', '--runtime=60']);
+  t.after(() => fio.stop());
+  const ended = await fio.done;
+  assert.ok(ended.ms < 30_000, `fio ended ${ended.ms} ms in`);
+  assert.match(ended.stderr, /Input\/output error/, 'I/O fails once the driver is gone');
+  for (let i = 0; i < 100 && readdirSync('/proc').includes(String(pid)); i++) await sleep(100);
+  assert.ok(!readdirSync('/proc').includes(String(pid)), 'the driver process ended');
+  await noLeftovers();
+});
