@@ -16,7 +16,8 @@
  *
  * Every system of a path gets the same fio job in turn, job by job, repeated, so machine noise
  * hits them alike. Then the scaling runs: 4k random reads by queue depth and
- * maxConcurrentCallbacks, for the ram example and for a driver with 1 ms of latency per request.
+ * maxConcurrentCallbacks, for the ram example and for a driver with 1 ms of latency per request;
+ * and the lanes runs (bench/lanes.ts): jobs by the number of threads serving one device.
  *
  *   npm run bench [-- --reps 3 --runtime 5 --scaling-runtime 3]
  */
@@ -27,6 +28,7 @@ import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { execute as sh } from '../src/util/exec.js';
 import { fio as runFio, type Measured, type Metric } from './fio.js';
+import { lanesLines, lanesRuns } from './lanes.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const BIN = `${ROOT}dist/src/cli/bin.js`;
@@ -416,6 +418,8 @@ async function main(): Promise<void> {
   }
   log('scaling runs (a dot per run): ');
   const scaled = await scaling(Number(values['scaling-runtime']), log);
+  log('\nlanes runs (a dot per run): ');
+  const lanes = await lanesRuns(BIN, Number(values['scaling-runtime']), 2, log);
   log('\n');
 
   const names = (path: string) => systems.filter((s) => s.path === path).map((s) => s.name);
@@ -448,10 +452,14 @@ async function main(): Promise<void> {
     '',
     ...scalingLines(scaled),
     '',
+    '## Lanes: more than one core per device',
+    '',
+    ...lanesLines(lanes, cpus().length),
+    '',
   ];
   writeFileSync(`${values.out}.md`, lines.join('\n'));
   writeFileSync(`${values.out}.svg`, chart(results));
-  writeFileSync(`${values.out}.json`, `${JSON.stringify({ started, reps, runtime, results: Object.fromEntries(results), scaling: scaled }, null, 1)}\n`);
+  writeFileSync(`${values.out}.json`, `${JSON.stringify({ started, reps, runtime, results: Object.fromEntries(results), scaling: scaled, lanes }, null, 1)}\n`);
   process.stdout.write(`${readFileSync(`${values.out}.md`, 'utf8')}`);
 }
 

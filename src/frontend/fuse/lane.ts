@@ -15,7 +15,7 @@ import type { LaneKind, LaneServer } from '../frontend.js';
 import { native } from '../../native.js';
 import { bufferSizeFor, FuseChannel } from './channel.js';
 import { FuseDispatch } from './dispatch.js';
-import { MAX_WRITE, SPIN_MICROSECONDS, type FuseLaneShare } from './fuse-loop.js';
+import { MAX_WRITE, type FuseLaneShare } from './fuse-loop.js';
 import { OutHeader } from './protocol.js';
 import { Slot } from './slot.js';
 
@@ -32,7 +32,9 @@ export const fuseLanes: LaneKind = {
       slot.done(EPROTO);
     });
     const newSlot = (c: FuseChannel<Slot>) => new Slot(Buffer.allocUnsafeSlow(bufferSizeFor(MAX_WRITE)), c, expiryReply, undefined);
-    const channel = new FuseChannel<Slot>(fd, newSlot, dispatch.handle, SPIN_MICROSECONDS);
+    // No spinning: the frontend's own reader spins for the next request already, and a second
+    // thread spinning beside it takes a core from the client on a small machine.
+    const channel = new FuseChannel<Slot>(fd, newSlot, dispatch.handle, 0);
     channel.start();
     let closed = false;
     return {

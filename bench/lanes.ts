@@ -1,0 +1,118 @@
+/**
+ * The lanes runs of `npm run bench` (bench/run.ts): jobs by lanes (the threads serving one
+ * device), for two drivers at the ends of the range. `pattern` computes every byte it reads in
+ * JavaScript (its thread is the bound: what lanes are for); `file` on a file in /dev/shm leaves
+ * the work to the kernel (copies, the loop worker), with the kernel's loop device on the same
+ * file beside it. Lane counts alternate within each repetition, so noise hits them alike.
+ */
+import { rmSync } from 'node:fs';
+import { execute as sh } from '../src/util/exec.js';
+import { fio, type Metric } from './fio.js';
+
+const SIZE = '1G';
+const LANES = [1, 2];
+
+interface LaneJob {
+  readonly name: string;
+  readonly args: string[];
+  readonly metric: Metric;
+  /** Read-only drivers (pattern) skip writes. */
+  readonly writes?: boolean;
+}
+
+const JOBS: readonly LaneJob[] = [
+  { name: '4k randread QD32', args: ['--rw=randread', '--bs=4k', '--iodepth=32'], metric: 'iops' },
+  { name: '4k randwrite QD32', args: ['--rw=randwrite', '--bs=4k', '--iodepth=32'], metric: 'iops', writes: true },
+  { name: '1M seqread QD8', args: ['--rw=read', '--bs=1M', '--iodepth=8'], metric: 'mibs' },
+  { name: '4k randread QD1', args: ['--rw=randread', '--bs=4k', '--iodepth=1'], metric: 'mean' },
+];
+
+export interface LanesRow {
+  driver: string;
+  job: string;
+  metric: Metric;
+  /** Median by lane count (LANES), then the kernel loop device's where it ran. */
+  values: number[];
+  loop?: number;
+}
+
+const IMAGE = '/dev/shm/bdus-bench-lanes';
+
+interface Subject {
+  readonly driver: string;
+  readonly args: string[];
+  readonly writes: boolean;
+}
+
+export async function lanesRuns(bin: string, runtime: number, reps: number, log: (s: string) => void): Promise<LanesRow[]> {
+  await sh('fio', ['--name=fill', `--filename=${IMAGE}`, '--rw=write', '--bs=1M', `--size=${SIZE}`]);
+  const subjects: Subject[] = [
+    { driver: 'pattern', args: ['pattern', '--size', SIZE], writes: false },
+    { driver: 'file (/dev/shm)', args: ['file', IMAGE], writes: true },
+  ];
+  const samples = new Map<string, number[]>();
+  const add = (k: string, v: number) => samples.set(k, [...(samples.get(k) ?? []), v]);
+  try {
+    for (let rep = 0; rep < reps; rep++) {
+      for (const subject of subjects) {
+        for (const lanes of LANES) {
+          const device = (await sh(process.execPath, [bin, 'run', ...subject.args, '--lanes', String(lanes), '--frontend', 'fuse'])).trim();
+          try {
+            for (const job of JOBS.filter((j) => subject.writes || !j.writes)) {
+              add(`${subject.driver}|${job.name}|${lanes}`, (await fio([`--filename=${device}`, '--ioengine=libaio'], job.args, runtime, SIZE))[job.metric]);
+              log('.');
+            }
+          } finally {
+            await sh(process.execPath, [bin, 'destroy', '--force', '--no-flush', device]);
+          }
+        }
+      }
+      const loop = (await sh('losetup', ['--find', '--show', '--direct-io=on', IMAGE])).trim();
+      try {
+        for (const job of JOBS) {
+          add(`loop|${job.name}`, (await fio([`--filename=${loop}`, '--ioengine=libaio'], job.args, runtime, SIZE))[job.metric]);
+          log('.');
+        }
+      } finally {
+        await sh('losetup', ['-d', loop]);
+      }
+    }
+  } finally {
+    rmSync(IMAGE, { force: true });
+  }
+  const rows: LanesRow[] = [];
+  for (const subject of subjects) {
+    for (const job of JOBS.filter((j) => subject.writes || !j.writes)) {
+      const values = LANES.map((lanes) => median(samples.get(`${subject.driver}|${job.name}|${lanes}`)!));
+      rows.push({ driver: subject.driver, job: job.name, metric: job.metric, values, ...(subject.writes ? { loop: median(samples.get(`loop|${job.name}`)!) } : {}) });
+    }
+  }
+  return rows;
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+const UNIT: Record<Metric, string> = { iops: 'IOPS', mibs: 'MiB/s', mean: 'us mean', p99: 'us p99' };
+
+export function lanesLines(rows: LanesRow[], cores: number): string[] {
+  const lines = [
+    `Jobs by lanes (threads serving one device, \`--lanes N\`) on this ${cores}-vCPU machine, FUSE+loop over /dev/fuse; median`,
+    'of the repetitions, lane counts alternating. `pattern` computes every byte it reads (its thread is the bound);',
+    '`file` on a file in /dev/shm leaves the work to the kernel, beside the kernel loop device on the same file. "2 / 1" is',
+    'the gain of the second lane (for latency, below 1 is better).',
+    '',
+    `| driver | job | ${LANES.map((n) => `${n} lane${n > 1 ? 's' : ''}`).join(' | ')} | 2 / 1 | kernel loop |`,
+    `|---|---|${LANES.map(() => '---:').join('|')}|---:|---:|`,
+  ];
+  for (const row of rows) {
+    const shown = row.values.map((v) => `${v.toFixed(row.metric === 'mean' ? 1 : 0)} ${UNIT[row.metric]}`);
+    const gain = (row.values[1]! / row.values[0]!).toFixed(2);
+    const loop = row.loop === undefined ? '' : `${row.loop.toFixed(row.metric === 'mean' ? 1 : 0)} ${UNIT[row.metric]}`;
+    lines.push(`| ${row.driver} | ${row.job} | ${shown.join(' | ')} | ${gain}x | ${loop} |`);
+  }
+  return lines;
+}
