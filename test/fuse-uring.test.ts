@@ -8,9 +8,9 @@
  * on (as a user would) and put it back as it was.
  */
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, readlinkSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { test, type TestContext } from 'node:test';
-import { background, bdus, device, info, leftovers, mounted, must, sleep } from './helpers.js';
+import { background, bdus, device, info, leftovers, mounted, must, openFiles, sleep } from './helpers.js';
 
 const PARAMETER = '/sys/module/fuse/parameters/enable_uring';
 const available = existsSync(PARAMETER);
@@ -22,13 +22,7 @@ function setUring(t: TestContext, on: boolean): void {
 }
 
 function hasRing(pid: number): boolean {
-  return readdirSync(`/proc/${pid}/fd`).some((fd) => {
-    try {
-      return readlinkSync(`/proc/${pid}/fd/${fd}`) === 'anon_inode:[io_uring]';
-    } catch {
-      return false;
-    }
-  });
+  return openFiles(pid).includes('anon_inode:[io_uring]');
 }
 
 const FIO_VERIFY = ['--ioengine=libaio', '--direct=1', '--size=32M', '--verify=crc32c', '--verify_fatal=1', '--output-format=terse'];

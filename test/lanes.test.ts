@@ -4,20 +4,14 @@
  * serving and counted; what it refuses; a lane that cannot start, or aborts, leaves nothing.
  */
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { background, bdus, BIN, device, DRIVERS, image, info, leftovers, mounted, must, scratch, sleep } from './helpers.js';
+import { background, bdus, BIN, device, DRIVERS, image, info, leftovers, mounted, must, openFiles, scratch, sleep } from './helpers.js';
 
 const DRIVER = `${DRIVERS}/lanes.js`;
 
 function fuseFiles(pid: number): number {
-  return readdirSync(`/proc/${pid}/fd`).filter((fd) => {
-    try {
-      return readlinkSync(`/proc/${pid}/fd/${fd}`) === '/dev/fuse';
-    } catch {
-      return false;
-    }
-  }).length;
+  return openFiles(pid).filter((target) => target === '/dev/fuse').length;
 }
 
 function marks(t: { after(f: () => void): void }): string {
@@ -99,5 +93,20 @@ test('lanes: a lane that cannot start fails the command and leaves nothing; a la
   assert.match(ended.stderr, /Input\/output error/, 'I/O fails once the driver is gone');
   for (let i = 0; i < 100 && readdirSync('/proc').includes(String(pid)); i++) await sleep(100);
   assert.ok(!readdirSync('/proc').includes(String(pid)), 'the driver process ended');
+  await noLeftovers();
+});
+
+test('lanes: a lane stuck in a callback stops the process\'s beat, and the daemon ends the driver', async (t) => {
+  const img = image(t);
+  const dev = await device(t, ['--frontend', 'fuse', DRIVER, 'stuck', img, marks(t), '--lanes', '2', '--request-timeout', '1s']);
+  const pid = Number(await info(dev, 'pid'));
+  const fio = background('fio', ['--name=r', `--filename=${dev}`, '--rw=randread', '--bs=4k', '--iodepth=16', '--ioengine=libaio', '--direct=1', '--time_based', '--runtime=60']);
+  t.after(() => fio.stop());
+  const ended = await fio.done;
+  // The watch kills a driver silent for max(requestTimeout, 4 s) + 1 s; it looks every half second or so.
+  assert.ok(ended.ms < 20_000, `fio ended ${ended.ms} ms in`);
+  assert.match(ended.stderr, /Input\/output error/);
+  for (let i = 0; i < 100 && readdirSync('/proc').includes(String(pid)); i++) await sleep(100);
+  assert.ok(!readdirSync('/proc').includes(String(pid)), 'the driver process was ended');
   await noLeftovers();
 });

@@ -64,6 +64,7 @@ function summary(d: DeviceInfo): string {
   const parts = [`lbs ${a.logicalBlockSize}`, `pbs ${a.physicalBlockSize}`, `concurrency ${a.maxConcurrentCallbacks}`];
   if (d.readOnly) parts.push('read-only');
   if (a.recoverable) parts.push('recoverable');
+  if (a.lanes > 1) parts.push(`lanes ${a.lanes}`);
   return parts.join(', ');
 }
 

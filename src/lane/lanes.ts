@@ -59,7 +59,6 @@ class Lane {
   readonly counters = new LaneCounters();
   readonly worker: Worker;
   private stopped: ((message: string) => void) | undefined;
-  private readonly exited: Promise<void>;
 
   constructor(
     data: Omit<LaneData, 'slots'>,
@@ -79,8 +78,9 @@ class Lane {
       ready(error);
       this.abort(new Error(`lane ${data.lane} failed: ${error.message}`));
     });
-    this.exited = new Promise((resolve) => this.worker.once('exit', () => resolve()));
-    this.exited.then(() => {
+    // A thread that ends unasked (or is ended by kill) settles whatever waits on it (a second
+    // resolve of a promise does nothing).
+    this.worker.once('exit', () => {
       ready(new Error(`lane ${data.lane} ended while starting`));
       this.stopped?.('');
     });

@@ -1,7 +1,8 @@
 /**
  * The file driver for lanes tests, with a mark and a fault: `lanes.js MODE IMAGE MARKS`. Each
  * lane appends its number to MARKS at its first read or write. MODE 'serve' does nothing more;
- * 'fail-init': lane 1's initialize fails; 'abort': lane 1 aborts the driver at its first read.
+ * 'fail-init': lane 1's initialize fails; 'abort': lane 1 aborts the driver at its first read;
+ * 'stuck': lane 1's event loop never returns from its first read.
  */
 import { appendFileSync } from 'node:fs';
 import { abort, type Driver } from '../../src/index.js';
@@ -25,6 +26,7 @@ export default function lanes(args: readonly string[]): Driver<any> {
     read(buffer, offset, ctx) {
       mark(ctx.lane);
       if (mode === 'abort' && ctx.lane === 1) abort('lane 1 gives up');
+      if (mode === 'stuck' && ctx.lane === 1) for (;;);
       return inner.read!(buffer, offset, ctx);
     },
     write(data, offset, ctx) {

@@ -34,7 +34,7 @@ const MAX_BACKGROUND = 256;
  * Spin-wait for the next request after handling some (FuseChannel): 20 us brought 4k QD1 latency
  * from ~60 to ~35 us here at no cost to deep queues (docs/performance.md); an idle device never spins.
  */
-export const SPIN_MICROSECONDS = 20;
+const SPIN_MICROSECONDS = 20;
 
 /** What a lane (lane.ts) takes from the frontend: the connection (an fd of this process), and the image's look. */
 export interface FuseLaneShare {
