@@ -198,8 +198,12 @@ export class Device<State = unknown> {
     this.ending ??= this.end('keep', async () => {
       this.log('handing the device over to a new driver');
       await this.frontend.detach();
+      // Each lane stops reading, answers what it took, terminates and closes its end, so that
+      // the next driver finds every request either answered or still with the kernel.
+      const laneFailures = (await this.lanes?.stop(this.ctx.attributes.requestTimeout, this.requests.counters.slots)) ?? [];
       await this.requests.drain();
-      let message = '';
+      let message = laneFailures.length > 0 ? `a lane's terminate failed: ${laneFailures[0]}` : '';
+      if (message) this.log(message);
       try {
         // Each within requestTimeout: a hand-over must end, and the new driver is waiting.
         const ms = this.ctx.attributes.requestTimeout;
@@ -207,8 +211,9 @@ export class Device<State = unknown> {
         await withTimeout(this.driver.flush?.(this.ctx), ms, late('its flush'));
         await withTimeout(this.driver.terminate?.(this.ctx), ms, late('its terminate'));
       } catch (error) {
-        message = error instanceof Error ? error.message : String(error);
-        this.log(`the driver failed while handing over: ${message}`);
+        const failed = error instanceof Error ? error.message : String(error);
+        this.log(`the driver failed while handing over: ${failed}`);
+        message ||= failed;
       }
       await this.frontend.release();
       await this.control.request('handover', { id: this.ctx.id.toString(), ok: message === '', message }).catch(() => undefined);

@@ -34,9 +34,7 @@ export async function start<State>(driver: Driver<State>, options: RunOptions<St
   const attributes = kind.attributes(adjustAttributes(given, driver));
   const readOnly = isReadOnly(driver);
   const callbacks = requestCallbacks(driver);
-  if (attributes.lanes > 1 && !options.recipe) {
-    throw new BdusError('EINVAL', `lanes ${attributes.lanes} needs the driver's module, for each lane to make the driver in its own thread: run it with \`bdus run\`, or pass run() the \`recipe\` option`);
-  }
+  checkRecipe(attributes, options);
 
   const control = await ControlConnection.open();
   let record;
@@ -95,6 +93,7 @@ export async function rerun<State>(device: DeviceName, driver: Driver<State>, op
     const attributes = kind.attributes(adjustAttributes(inheritAttributes(given, currentAttributes), driver));
     // Checked here too, so that a driver that cannot fit never disturbs the current one.
     checkReplacement(currentAttributes, current.callbacks, attributes, callbacks);
+    checkRecipe(attributes, options);
     if (driver.validate) {
       const ctx = { ...deviceNames(current), attributes, isRerun: true, readOnly: current.readOnly } as Context<State>;
       await lifeCycle('validate', () => driver.validate!(ctx));
@@ -114,14 +113,20 @@ export async function rerun<State>(device: DeviceName, driver: Driver<State>, op
     // device even if a re-sent request then kills it (that request's own limit deals with it).
     const kernel = { path: ctx.kernelPath, major: ctx.major, minor: ctx.minor };
     // A frontend without a kernel end (ublk) recovers the device by number, after the report.
-    if (fd >= 0 || !kind.keeping.kernelEnd) await instance.serve(kernel, fd, () => frontend.adopt(fd, kernel));
-    else {
+    // Lanes start once this process reads the device (they clone its kernel end).
+    const adopt = async () => {
       await frontend.adopt(fd, kernel);
+      await instance.startLanes(kind, options.recipe);
+    };
+    if (fd >= 0 || !kind.keeping.kernelEnd) await instance.serve(kernel, fd, adopt);
+    else {
+      await adopt();
       await instance.serve(kernel, frontend.kernelFd);
     }
   } catch (error) {
     // The device stays with the daemon, which decides: a recoverable one waits for another driver.
     const adopted = frontend.kernelFd === fd;
+    await instance.lanes?.kill();
     await frontend.abandon();
     if (!adopted && fd >= 0) closeFd(fd);
     await driverInstance.unwind();
@@ -129,6 +134,13 @@ export async function rerun<State>(device: DeviceName, driver: Driver<State>, op
     throw afterHandover(error, ctx);
   }
   return instance.available();
+}
+
+/** Lanes make the driver anew in their threads: they need to know from what. */
+function checkRecipe(attributes: EffectiveAttributes, options: RunOptions<unknown>): void {
+  if (attributes.lanes > 1 && !options.recipe) {
+    throw new BdusError('EINVAL', `lanes ${attributes.lanes} needs the driver's module, for each lane to make the driver in its own thread: run it with \`bdus run\`, or pass the \`recipe\` option`);
+  }
 }
 
 /** A rerun's driver failed once the device was handed to it: say what became of the device. */

@@ -65,7 +65,8 @@ export interface Attributes {
    * instance, made anew from the driver's module; the kernel gives each request to whichever lane
    * reads it first. The driver must say it can (`laneSafe`: its data is shared, in a file say)
    * and come from a module (the CLI, or run()'s `recipe` option). FUSE+loop over /dev/fuse only,
-   * so far; no recoverable, no rerun (docs/performance.md, "lanes").
+   * so far; not with recoverable (docs/performance.md, "lanes"). A rerun's driver may have
+   * another number of lanes.
    */
   lanes?: number;
   /**
@@ -126,7 +127,7 @@ export const ATTRIBUTES: { readonly [K in AttributeName]-?: AttributeSpec } = {
   optimalIoSize: { kind: 'bytes', doc: 'hint: preferred I/O size, 0 or a power of two >= physical block size (ublk only)' },
   queues: { kind: 'count', doc: 'hardware queues: 0 means 1, at most 64 (ublk only; the others have one)' },
   fuseIoUring: { kind: 'flag', doc: 'FUSE+loop over io_uring (Linux 6.14+, once root allows it); not recoverable, no rerun' },
-  lanes: { kind: 'count', doc: 'threads serving requests: 0 means 1, at most 64 (FUSE+loop; lane-safe drivers; not recoverable, no rerun)' },
+  lanes: { kind: 'count', doc: 'threads serving requests: 0 means 1, at most 64 (FUSE+loop; lane-safe drivers; not recoverable)' },
   recoverable: { kind: 'flag', doc: 'keep the device if the driver dies abnormally; a new driver attaches with rerun' },
   recoveryMode: { kind: 'choice', choices: RECOVERY_MODES, doc: 'requests a dead driver received: reissue (default), fail-received, or fail-all until a driver attaches' },
   restartLimit: { kind: 'count', doc: 'driver deaths a request may be in flight across before it fails alone (0: default 10)' },
@@ -341,8 +342,7 @@ export function checkReplacement(
     throw new BdusError('EINVAL', `the new driver cannot replace the current one: ${why}`);
   };
   if (current.fuseIoUring) refuseRerun('the device is served over FUSE io_uring, where the kernel gives no request of the current driver to the next one');
-  if (current.lanes > 1) refuseRerun('the device is served by lanes, which cannot hand it over yet');
-  for (const name of ['size', 'logicalBlockSize', 'physicalBlockSize', 'disablePartitionScanning', 'rotational', 'optimalIoSize', 'queues', 'fuseIoUring', 'lanes'] as const) {
+  for (const name of ['size', 'logicalBlockSize', 'physicalBlockSize', 'disablePartitionScanning', 'rotational', 'optimalIoSize', 'queues', 'fuseIoUring'] as const) {
     if (next[name] !== current[name]) refuseRerun(`${name} must stay ${shown(current[name])} (got ${shown(next[name])})`);
   }
   const missing = currentCallbacks.filter((name) => !nextCallbacks.includes(name));
