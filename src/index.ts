@@ -7,6 +7,7 @@ export type { DriverFactory, DriverModule, DriverOption, DriverOptions, DriverOp
 export { ATTRIBUTES, RECOVERY_MODES, type Attributes, type EffectiveAttributes, type RecoveryMode } from './driver/attributes.js';
 export { abort, AttributeError, BdusError, DriverAbort, DriverError } from './driver/errors.js';
 export { Device, type DeviceExport, type DeviceExportOptions, type RunOptions } from './device/device.js';
+export type { DriverRecipe } from './lane/lanes.js';
 export { rerun, run, serve, start } from './device/start.js';
 export { FRONTENDS, type FrontendChoice } from './frontend/select.js';
 export { around, compose, composeAsync, eachRequest, InnerContexts, layer, type AsyncFilter, type Filter, type LayerOptions, type Overrides } from './filter/filter.js';

@@ -96,6 +96,10 @@ test('lanes: refused for a driver that keeps its data to itself, with recoverabl
   const rerun = await bdus(['rerun', dev, 'memory', '--size', '64M'], { timeoutMs: 30_000 });
   assert.equal(rerun.code, 1);
   assert.match(rerun.stderr, /needs a lane-safe driver/);
+  // A filtered driver cannot be made again in a lane: it inherits the lanes, and is refused.
+  const filtered = await bdus(['rerun', dev, '--filter', 'delay', 'file', img], { timeoutMs: 30_000 });
+  assert.equal(filtered.code, 1);
+  assert.match(filtered.stderr, /needs a lane-safe driver .*filters/);
   assert.equal(await info(dev, 'state'), 'available');
 });
 

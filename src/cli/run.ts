@@ -129,9 +129,10 @@ async function runDriver(command: 'run' | 'rerun', argv: string[]): Promise<numb
   // What to type to run this driver again: shown by list and info (and read by bdus filter).
   const driverCommand = [module!.file, ...filterFlagsBefore(argv, line.driverIndex), ...argv.slice(line.driverIndex + 1)];
   const frontend = values.frontend as FrontendChoice | undefined;
-  // A lane makes the driver again in its own thread, from the same module and arguments.
+  // A lane makes the driver again in its own thread, from the same module and arguments; it
+  // cannot make the filters (yet), so a filtered driver has no recipe and runs without lanes.
   if ((attributes.lanes ?? 0) > 1 && line.filters.length > 0) throw new UsageError(`bdus ${command}: --lanes cannot be combined with --filter yet`);
-  const recipe = { module: module!.file, args: line.args, options: line.options };
+  const recipe = line.filters.length > 0 ? undefined : { module: module!.file, args: line.args, options: line.options };
   const options = { attributes, command: driverCommand, recipe };
   const device = command === 'run' ? await start(driver, { ...options, frontend }) : await rerunWithProgress(line.leading[0]!, driver, options);
   if (listen) {

@@ -139,7 +139,7 @@ export async function rerun<State>(device: DeviceName, driver: Driver<State>, op
 /** Lanes make the driver anew in their threads: they need to know from what. */
 function checkRecipe(attributes: EffectiveAttributes, options: RunOptions<unknown>): void {
   if (attributes.lanes > 1 && !options.recipe) {
-    throw new BdusError('EINVAL', `lanes ${attributes.lanes} needs the driver's module, for each lane to make the driver in its own thread: run it with \`bdus run\`, or pass the \`recipe\` option`);
+    throw new BdusError('EINVAL', `lanes ${attributes.lanes} needs the driver's module, for each lane to make the driver in its own thread: run it with \`bdus run\` or \`bdus rerun\` (without --filter), or pass the \`recipe\` option; or give --lanes 1`);
   }
 }
 

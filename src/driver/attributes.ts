@@ -251,7 +251,7 @@ export function adjustAttributes(attrs: Attributes, driver: object): EffectiveAt
   if (lanes > MAX_LANES) refuse('lanes', lanes, `must be at most ${MAX_LANES}`);
   if (lanes > 1) {
     if (!(driver as { laneSafe?: boolean }).laneSafe) {
-      throw new AttributeError(`invalid attributes: lanes ${lanes} needs a lane-safe driver (laneSafe: its data is shared between instances, as the file driver's is); this one keeps its data to itself`);
+      throw new AttributeError(`invalid attributes: lanes ${lanes} needs a lane-safe driver (laneSafe: its instances see the same data, as the file driver's do); this one is not (and a driver with filters is not, yet)`);
     }
     if (flag(attrs, 'recoverable')) throw new AttributeError('invalid attributes: lanes and recoverable exclude each other (the kernel fails the requests a dead lane had taken)');
     if (flag(attrs, 'fuseIoUring')) throw new AttributeError('invalid attributes: lanes and fuseIoUring exclude each other (lanes read /dev/fuse)');

@@ -3,6 +3,7 @@
  * and serves the device's requests through the frontend kind's LaneKind until the main thread
  * says stop.
  */
+import { fileURLToPath } from 'node:url';
 import { parentPort, workerData } from 'node:worker_threads';
 import { importDriverModule, makeDriver } from '../cli/load-driver.js';
 import { lockAttributes } from '../driver/attributes.js';
@@ -20,7 +21,8 @@ const log = (line: string) => say({ type: 'log', line });
 let instance: DriverInstance<unknown> | undefined;
 
 async function main(): Promise<void> {
-  const loaded = await importDriverModule(data.recipe.module);
+  const { module } = data.recipe;
+  const loaded = await importDriverModule(module.startsWith('file:') ? fileURLToPath(module) : module);
   const driver = await makeDriver(loaded, data.recipe.args ?? [], data.recipe.options ?? {});
   if (!driver.laneSafe) throw new BdusError('EINVAL', `${data.recipe.module} made a driver that is not lane-safe`);
   const ctx: Context<unknown> = { ...data.ctx, attributes: lockAttributes(data.ctx.attributes), isRerun: false, lane: data.lane, state: undefined };
