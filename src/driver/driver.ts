@@ -66,7 +66,7 @@ export interface Driver<State = unknown> {
    * to whichever lane reads it first. Say true only if every instance sees the same data (it
    * lives in a file, a block device or a remote store, not in the instance's memory), and a
    * flush on any instance covers the writes every instance completed (`fdatasync` on a shared
-   * file does). The `file` driver is lane-safe.
+   * file does). The `file`, `null` and `pattern` drivers are lane-safe.
    */
   readonly laneSafe?: boolean;
 

@@ -5,9 +5,9 @@
  * once, for every reader: whichever reads first takes a request, and its reply goes back on the
  * file it came from. Nothing is shared between threads on the request path.
  *
- * The kernel ends the requests a clone had taken when the clone is closed unanswered (fs/fuse
- * dev.c, fuse_dev_release), instead of keeping them for the connection's next reader: that is why
- * lanes exclude `recoverable`. A lane closes its clone only after its requests are answered.
+ * The kernel ends the requests a clone had taken when the clone is closed unanswered
+ * (fs/fuse/dev.c, fuse_dev_release), instead of keeping them for the connection's next reader:
+ * that is why lanes exclude `recoverable`. A lane closes its clone only after its requests are answered.
  */
 import { closeSync } from 'node:fs';
 import { constants } from 'node:os';
