@@ -40,7 +40,7 @@ export interface LaneData {
   readonly frontend: string;
   /** The frontend's laneShare(). */
   readonly share: unknown;
-  readonly ctx: Omit<Context<unknown>, 'state' | 'isRerun' | 'lane'>;
+  readonly ctx: Omit<Context<unknown>, 'state' | 'lane'>;
   readonly slots: Float64Array;
 }
 
@@ -118,7 +118,7 @@ export class Lanes {
     log: (line: string) => void,
     abort: (error: Error) => void,
   ): Promise<Lanes> {
-    const { state: _state, isRerun: _rerun, lane: _lane, ...names } = ctx;
+    const { state: _state, lane: _lane, ...names } = ctx;
     const shared = { ...names, attributes: { ...ctx.attributes } as EffectiveAttributes };
     const lanes: Lane[] = [];
     const starts: Promise<Error | undefined>[] = [];

@@ -81,8 +81,4 @@ export class RequestCounters {
   add(slot: number, count = 1): void {
     this.slots[slot]! += count;
   }
-
-  set(slot: number, value: number): void {
-    this.slots[slot] = value;
-  }
 }
