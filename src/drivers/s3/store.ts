@@ -5,13 +5,15 @@
  * operation's deadline, then fails with ETIMEDOUT; anything else (403, 404 where it matters, a
  * missing bucket) fails at once with a clear message.
  *
- * The SDK's own retries are off (one attempt per call): ours keep to the device's request
- * timeout, the SDK's would not.
+ * Gets, puts and deletes, the driver's every chunk and commit, are single signed requests
+ * (wire.ts: the SDK's commands cost more CPU than the gateway's work); listing and bucket
+ * queries use the SDK's client, whose own retries are off (one attempt per call): ours keep to
+ * the device's request timeout, the SDK's would not.
  */
-import { DeleteObjectCommand, GetBucketVersioningCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client, S3ServiceException } from '@aws-sdk/client-s3';
-import type { Readable } from 'node:stream';
+import { GetBucketVersioningCommand, ListObjectsV2Command, S3Client, S3ServiceException } from '@aws-sdk/client-s3';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DriverError } from '../../driver/errors.js';
+import { Wire } from './wire.js';
 
 // The SDK is pinned (package.json); its warning is about later releases needing Node 22.
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
@@ -60,6 +62,7 @@ const TRANSIENT_CODES = new Set(['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDO
 
 export class ObjectStore {
   readonly client: S3Client;
+  private readonly wire: Wire;
 
   constructor(
     readonly url: VolumeUrl,
@@ -69,10 +72,12 @@ export class ObjectStore {
   ) {
     const endpoint = options.endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL;
     const sockets = options.connections ?? 32;
+    const region = process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1';
+    const pathStyle = options.pathStyle ?? endpoint !== undefined;
     this.client = new S3Client({
       ...(endpoint ? { endpoint } : {}),
-      region: process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1',
-      forcePathStyle: options.pathStyle ?? endpoint !== undefined,
+      region,
+      forcePathStyle: pathStyle,
       maxAttempts: 1,
       // Ceph's gateway (Pacific) has no aws-chunked trailers: checksums only where S3 requires them.
       requestChecksumCalculation: 'WHEN_REQUIRED',
@@ -83,6 +88,7 @@ export class ObjectStore {
         connectionTimeout: 5000,
       },
     });
+    this.wire = new Wire(this.client, url.bucket, region, endpoint, pathStyle, sockets);
   }
 
   key(name: string): string {
@@ -98,15 +104,8 @@ export class ObjectStore {
     const range = from === undefined ? undefined : `bytes=${from}-${from + into.length - 1}`;
     return this.retry(`GET ${name}`, deadline, async (signal) => {
       try {
-        const out = await this.client.send(new GetObjectCommand({ Bucket: this.url.bucket, Key: this.key(name), Range: range }), { abortSignal: signal });
-        let at = 0;
-        for await (const piece of out.Body as Readable) {
-          const bytes = piece as Buffer;
-          if (at + bytes.length > into.length) throw new DriverError('EIO', `s3: ${this.key(name)} is longer than ${into.length} bytes: not this volume's`);
-          bytes.copy(into, at);
-          at += bytes.length;
-        }
-        return { length: at, etag: unquote(out.ETag) };
+        const got = await this.wire.send({ method: 'GET', key: this.key(name), into, signal, ...(range ? { headers: { range } } : {}) });
+        return { length: got.length, etag: got.etag };
       } catch (error) {
         if (status(error) === 404 && (error as { name?: string }).name !== 'NoSuchBucket') return null;
         throw error;
@@ -118,19 +117,11 @@ export class ObjectStore {
   put(name: string, body: Buffer, deadline: number, condition: { ifMatch?: string; ifNoneMatch?: boolean } = {}): Promise<string> {
     return this.retry(`PUT ${name}`, deadline, async (signal) => {
       try {
-        const out = await this.client.send(
-          new PutObjectCommand({
-            Bucket: this.url.bucket,
-            Key: this.key(name),
-            Body: body,
-            ContentLength: body.length,
-            // RGW compares If-Match with the stored ETag unquoted (ceph-facts.md, section 5).
-            ...(condition.ifMatch !== undefined ? { IfMatch: condition.ifMatch } : {}),
-            ...(condition.ifNoneMatch ? { IfNoneMatch: '*' } : {}),
-          }),
-          { abortSignal: signal },
-        );
-        return unquote(out.ETag);
+        const headers: Record<string, string> = {};
+        // RGW compares If-Match with the stored ETag unquoted (ceph-facts.md, section 5).
+        if (condition.ifMatch !== undefined) headers['if-match'] = condition.ifMatch;
+        if (condition.ifNoneMatch) headers['if-none-match'] = '*';
+        return (await this.wire.send({ method: 'PUT', key: this.key(name), body, headers, signal })).etag;
       } catch (error) {
         const conditional = condition.ifMatch !== undefined || condition.ifNoneMatch === true;
         // RGW answers a conditional put that lost a race with 412, or 500 from its guard (ECANCELED).
@@ -142,7 +133,7 @@ export class ObjectStore {
 
   delete(name: string, deadline: number): Promise<void> {
     return this.retry(`DELETE ${name}`, deadline, async (signal) => {
-      await this.client.send(new DeleteObjectCommand({ Bucket: this.url.bucket, Key: this.key(name) }), { abortSignal: signal });
+      await this.wire.send({ method: 'DELETE', key: this.key(name), signal });
     });
   }
 
@@ -171,6 +162,7 @@ export class ObjectStore {
   }
 
   destroy(): void {
+    this.wire.destroy();
     this.client.destroy();
   }
 
@@ -197,10 +189,6 @@ export class ObjectStore {
       }
     }
   }
-}
-
-function unquote(etag: string | undefined): string {
-  return (etag ?? '').replaceAll('"', '');
 }
 
 function status(error: unknown): number | undefined {
