@@ -7,7 +7,7 @@
  * read from the store when it is needed, so partial writes coalesce in memory and a chunk is read
  * and rewritten once, not once per write), and how many writes it has had against how many the
  * store has. Writes are copied in and answered; the cache writes chunks back (a new object each,
- * named in the map: volume.ts) when half of it is dirty, when it needs room, and for flush, which
+ * named in the map: volume.ts) when 3/4 of it is dirty, when it needs room, and for flush, which
  * answers once a commit names every chunk written before it. Reads of chunks not cached are read
  * whole (one GET, straight into the slot) and kept; reading on in order reads `readahead` bytes
  * of chunks ahead. Zeroing a whole chunk (discard, write-zeroes) drops its slot and names no
@@ -265,13 +265,18 @@ export class ChunkCache {
   }
 
   private afterWrite(): void {
-    if (this.dirty.size > this.capacity / 2) this.writeBack();
+    if (this.dirty.size > (this.capacity * 3) / 4) this.writeBack();
   }
 
-  /** Starts writing back the longest-dirty chunks, `connections` at a time, until a quarter of the cache is dirty. */
+  /**
+   * Starts writing back the longest-dirty chunks, `connections` at a time, until 5/8 of the cache
+   * is dirty. The more chunks stay dirty, the more writes land in a chunk already dirty and share
+   * its write-back (a GET and a PUT of the whole chunk if it was written in part); a quarter of
+   * the cache stays clean, for reads.
+   */
   private writeBack(): void {
     for (const slot of this.dirty) {
-      if (this.writingBack >= this.settings.connections || this.dirty.size - this.writingBack <= this.capacity / 4) return;
+      if (this.writingBack >= this.settings.connections || this.dirty.size - this.writingBack <= (this.capacity * 5) / 8) return;
       if (slot.saving) continue;
       this.writingBack++;
       this.save(slot)
