@@ -1,13 +1,15 @@
 // This test ensures that the s3 driver keeps a device in a real object store (a one-node Ceph
 // cluster's RADOS Gateway, started by test/ceph/cluster) as a disk should: the driver contract
-// (checkDriver) and partial writes and reads through a cache far smaller than the data; ext4 made, filled and
+// (checkDriver) and partial writes and reads through a cache far smaller than the data; small
+// writes written back as patches, read back over their chunks, merged when they grow; a format
+// version 1 volume served and upgraded; ext4 made, filled and
 // read back by another driver instance; trimmed chunks lose their objects; fio verify finds no
 // error across hot swaps and SIGKILLs; a gateway restart in the middle of I/O is a pause, a flush
 // that cannot reach the store fails after the request timeout and succeeds once it is back; two
 // drivers never hold one volume, and one stopped (SIGSTOP) while another took the volume writes
 // nothing after it resumes; and every mistake (endpoint, credentials, bucket, volume, size) is a
 // clear error at `bdus run` that leaves no device behind.
-import { PutBucketVersioningCommand } from '@aws-sdk/client-s3';
+import { GetObjectCommand, PutBucketVersioningCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { test } from 'node:test';
@@ -72,6 +74,77 @@ test('behind the request layer: checkDriver, and random writes through a four-ch
   await d.close();
   const again = await testDriver(await s3(url), { attributes: { size: 16 * MiB } });
   assert.ok((await again.read(0, 16 * MiB)).equals(model), 'read back by a new driver');
+  await again.close();
+});
+
+test('small writes to chunks not cached write back as patches, read back by a new driver; a patch past its bound makes the chunk whole', async () => {
+  const url = await volume();
+  const [, , name, prefix] = url.split('/');
+  const keys = async (under: string) => (await cluster().keys(name!, `${prefix}/${under}`)).length;
+  const options = { chunkSize: 64 << 10, cacheSize: 256 << 10, connections: 4 };
+  const size = 4 * MiB;
+  const model = Buffer.alloc(size);
+  for (let i = 0; i < size; i += 4) model.writeUInt32LE(i, i);
+  let d = await testDriver(await s3(url, { ...options, create: true }), { attributes: { size, logicalBlockSize: 4096 } });
+  await d.write(0, model);
+  await d.close(); // flushed: 64 whole chunks
+  assert.equal(await keys('chunks/'), 64);
+
+  // A new driver caches nothing: a 4 KiB write to each chunk becomes a patch.
+  d = await testDriver(await s3(url, options), { attributes: { size, logicalBlockSize: 4096 } });
+  for (let chunk = 0; chunk < 64; chunk++) {
+    const at = chunk * 65536 + (chunk % 16) * 4096;
+    model.fill(chunk + 1, at, at + 4096);
+    await d.write(at, model.subarray(at, at + 4096));
+  }
+  await d.flush();
+  assert.equal(await keys('patches/'), 64, 'a patch per chunk');
+  // Reads of chunks with patches, out of order (range requests) and in order (whole chunks), through a small cache.
+  for (let chunk = 63; chunk >= 0; chunk -= 5) {
+    const at = chunk * 65536 + (chunk % 16) * 4096;
+    assert.ok((await d.read(at, 4096)).equals(model.subarray(at, at + 4096)), `chunk ${chunk}'s patched block`);
+  }
+  await d.close();
+
+  d = await testDriver(await s3(url, options), { attributes: { size, logicalBlockSize: 4096 } });
+  assert.ok((await d.read(0, size)).equals(model), 'read back by a new driver: objects with patches over them');
+  // More blocks of chunk 0, not cached: the patch grows (cumulative: it keeps block 0), then, past
+  // its bound (2 of the chunk's 16 blocks), the chunk is written back whole and has no patch.
+  await d.close();
+  for (const [block, patches] of [[1, 64], [2, 63]] as const) {
+    d = await testDriver(await s3(url, options), { attributes: { size, logicalBlockSize: 4096 } });
+    model.fill(200 + block, block * 4096, (block + 1) * 4096);
+    await d.write(block * 4096, model.subarray(block * 4096, (block + 1) * 4096));
+    await d.close();
+    assert.equal(await keys('patches/'), patches, `after block ${block}`);
+  }
+  d = await testDriver(await s3(url, options), { attributes: { size, logicalBlockSize: 512 } });
+  assert.ok((await d.read(0, size)).equals(model), 'read back by a driver of another block size');
+  await d.close();
+  assert.equal(await keys('chunks/'), 64);
+});
+
+test('a version 1 volume (no patches in its map) is served, and becomes version 2 at its first commit', async () => {
+  const url = await volume();
+  const [, , name, prefix] = url.split('/');
+  const put = (key: string, body: Buffer | string) => cluster().s3.send(new PutObjectCommand({ Bucket: name, Key: `${prefix}/${key}`, Body: body }));
+  const chunk = Buffer.alloc(65536, 0x5a);
+  await put('chunks/000000000001.1.1', chunk);
+  const page = new Float64Array(8192);
+  page[1] = 2 ** 32 + 1; // chunk 1: epoch 1, seq 1
+  await put('map/00000000.1.2', Buffer.from(page.buffer));
+  const head = { format: 'bdus-s3-volume', version: 1, size: MiB, chunkSize: 65536, pageEntries: 8192, created: new Date().toISOString(), epoch: 1, commit: 1, pages: { 0: '1.2' }, owner: null, leaseUntil: 0 };
+  await put('bdus-volume', JSON.stringify(head));
+  const d = await testDriver(await s3(url), { attributes: { size: MiB } });
+  assert.ok((await d.read(65536, 65536)).equals(chunk));
+  assert.ok((await d.read(0, 65536)).equals(Buffer.alloc(65536)));
+  await d.write(4096, Buffer.alloc(4096, 1));
+  await d.close();
+  const text = await (await cluster().s3.send(new GetObjectCommand({ Bucket: name, Key: `${prefix}/bdus-volume` }))).Body!.transformToString();
+  assert.equal(JSON.parse(text).version, 2);
+  const again = await testDriver(await s3(url), { attributes: { size: MiB } });
+  assert.ok((await again.read(65536, 65536)).equals(chunk), 'read back from version 2 pages');
+  assert.ok((await again.read(4096, 4096)).equals(Buffer.alloc(4096, 1)));
   await again.close();
 });
 

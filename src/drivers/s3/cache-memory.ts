@@ -12,7 +12,8 @@
  * change), and what a killed driver was doing when it died was not answered: the kernel sends
  * it again. Otherwise the mapping is anonymous memory.
  *
- * Layout (every part page-aligned): a header; the map (8 bytes per chunk); per slot, its chunk
+ * Layout (every part page-aligned): a header; the map (8 bytes per chunk for its object, then 8
+ * for its patch); per slot, its chunk
  * (8 bytes; -1: free), flags (1 byte) and a byte per block (1: the slot holds it); the slots'
  * bytes.
  */
@@ -24,7 +25,7 @@ export const DIRTY = 1;
 /** The slot holds every block of its chunk (its per-block bytes say nothing then). */
 export const WHOLE = 2;
 
-const MAGIC = 'bdus-s3-cache-1';
+const MAGIC = 'bdus-s3-cache-2';
 const HEADER = 4096;
 const PAGE = 4096;
 /** Header fields (float64s after the magic and the volume's tag). */
@@ -48,7 +49,7 @@ const round = (n: number) => Math.ceil(n / PAGE) * PAGE;
 
 function sizes(g: Geometry) {
   const map = HEADER;
-  const index = map + round(g.mapLength * 8);
+  const index = map + round(g.mapLength * 16);
   const flags = index + round(g.capacity * 8);
   const known = flags + round(g.capacity);
   const data = known + round(g.capacity * g.blocksPerChunk);
@@ -56,6 +57,7 @@ function sizes(g: Geometry) {
 }
 
 export class CacheMemory {
+  /** The volume's map: each chunk's object, then each chunk's patch. */
   readonly map: Float64Array;
   readonly index: Float64Array;
   readonly flags: Uint8Array;
@@ -72,7 +74,7 @@ export class CacheMemory {
     const at = sizes(geometry);
     const view = <T>(Type: new (b: ArrayBuffer, o: number, n: number) => T, offset: number, n: number) => new Type(memory.buffer as ArrayBuffer, memory.byteOffset + offset, n);
     this.fields = view(Float64Array, 1024, 16);
-    this.map = view(Float64Array, at.map, geometry.mapLength);
+    this.map = view(Float64Array, at.map, 2 * geometry.mapLength);
     this.index = view(Float64Array, at.index, geometry.capacity);
     this.flags = view(Uint8Array, at.flags, geometry.capacity);
     this.known = view(Uint8Array, at.known, geometry.capacity * geometry.blocksPerChunk);

@@ -13,13 +13,18 @@
  * of chunks ahead. Zeroing a whole chunk (discard, write-zeroes) drops its slot and names no
  * object for it in the map at once.
  *
+ * A chunk written in part writes back as a patch (patch.ts: its known blocks, in an object of
+ * their own, over the chunk's object) while the patch stays small: a PUT of those blocks instead
+ * of a GET and a PUT of the whole chunk. Past PATCH_SHARE of the chunk it is written back whole.
+ *
  * The slots live in a CacheMemory (cache-memory.ts): on a recoverable device, a file the next
  * driver instance adopts if this one dies, so no acknowledged write is lost with it.
  */
 import { DriverError } from '../../driver/errors.js';
 import { DIRTY, Spares, WHOLE, type CacheMemory } from './cache-memory.js';
+import { layOver, PatchCache, patchLimit, patchRoom, writePatch, type Patch } from './patch.js';
 import type { ObjectStore } from './store.js';
-import { chunkName, type Volume } from './volume.js';
+import { chunkName, patchName, type Volume } from './volume.js';
 
 export interface CacheSettings {
   /** Bytes of chunks read ahead of reads in order. */
@@ -45,6 +50,8 @@ class Slot {
   dropped = false;
   /** Reads waiting for the slot's load, to copy from it: it is not evicted under them. */
   readers = 0;
+  /** Every block of the chunk's patch is known here (or it has none): a patch made of the known blocks holds it. */
+  patchIn = false;
 
   constructor(
     readonly index: number,
@@ -65,6 +72,11 @@ export class ChunkCache {
   private readonly capacity: number;
   /** Buffers for write-backs (a copy taken as the upload starts) and merges; their number bounds those at once. */
   private readonly spares: Spares;
+  /** Buffers for patches read (their number bounds those reads at once). */
+  private readonly patchSpares: Spares;
+  private readonly patchCache: PatchCache;
+  /** The most blocks a patch holds (0: no patches in this geometry). */
+  private readonly patchLimit: number;
   private readonly roomWaiters: Array<() => void> = [];
   private readonly zero: Buffer;
   private writingBack = 0;
@@ -81,6 +93,9 @@ export class ChunkCache {
     this.chunk = volume.chunkSize;
     this.capacity = memory.geometry.capacity;
     this.spares = new Spares(settings.connections, this.chunk);
+    this.patchSpares = new Spares(settings.connections, patchRoom(this.chunk));
+    this.patchLimit = patchLimit(this.chunk, settings.blockSize);
+    this.patchCache = new PatchCache((this.capacity * this.chunk) / 8);
     this.zero = Buffer.alloc(this.chunk);
     for (let pos = this.capacity - 1; pos >= 0; pos--) {
       const index = memory.index[pos]!;
@@ -142,7 +157,7 @@ export class ChunkCache {
     for (let at = offset; at < offset + length && extents.length < 256; ) {
       const index = Math.floor(at / this.chunk);
       const end = Math.min(offset + length, (index + 1) * this.chunk);
-      const zero = !this.slots.has(index) && this.volume.map[index] === 0;
+      const zero = !this.slots.has(index) && this.readsAsZeros(index);
       const last = extents.at(-1);
       if (last && (last.hole === true) === zero) last.length += end - at;
       else extents.push(zero ? { length: end - at, hole: true, zero: true } : { length: end - at });
@@ -175,7 +190,7 @@ export class ChunkCache {
         this.touch(slot);
         if (slot.known === null || this.holds(slot.known, from, into.length)) return void slot.data.copy(into, 0, from, from + into.length);
       } else {
-        if (this.volume.map[index] === 0) return void into.fill(0);
+        if (this.readsAsZeros(index)) return void into.fill(0);
         const pos = await this.takePosition();
         if (this.slots.has(index)) {
           this.giveBack(pos);
@@ -213,7 +228,7 @@ export class ChunkCache {
         continue;
       }
       // A chunk never written reads as zeros; one in the store is read later, if ever needed.
-      this.apply(this.newSlot(index, pos, this.volume.map[index] === 0), from, data);
+      this.apply(this.newSlot(index, pos, this.readsAsZeros(index)), from, data);
       return this.afterWrite();
     }
   }
@@ -244,6 +259,7 @@ export class ChunkCache {
       this.giveBack(slot.pos);
     }
     this.volume.setChunk(index, 0);
+    this.patchCache.delete(index);
   }
 
   private apply(slot: Slot, from: number, data: Buffer): void {
@@ -302,6 +318,11 @@ export class ChunkCache {
   }
 
   private async upload(slot: Slot): Promise<void> {
+    if (slot.known && this.patchLimit > 0) {
+      while (slot.loading) await slot.loading.catch(() => undefined); // a range read lands in the slot itself
+      if (slot.known && !slot.patchIn) await this.absorbPatch(slot);
+      if (slot.known && slot.patchIn && blocksIn(slot.known) <= this.patchLimit) return this.uploadPatch(slot);
+    }
     while (slot.known) await this.load(slot); // the rest of a partly written chunk, from the store (after a range read under way)
     const deadline = Date.now() + this.settings.timeoutMs;
     const body = await this.spares.take();
@@ -321,13 +342,96 @@ export class ChunkCache {
         return;
       }
       this.volume.setChunk(slot.index, entry);
-      slot.saved = version;
-      if (slot.saved === slot.version) {
-        this.memory.flags[slot.pos]! &= ~DIRTY;
-        this.dirty.delete(slot);
-      }
+      this.patchCache.delete(slot.index);
+      slot.patchIn = true; // it has none now
+      this.saved(slot, version);
     } finally {
       this.spares.give(body);
+    }
+  }
+
+  /** Writes back a chunk known in part as a patch of its known blocks (they hold its last patch's). */
+  private async uploadPatch(slot: Slot): Promise<void> {
+    const deadline = Date.now() + this.settings.timeoutMs;
+    const body = await this.spares.take();
+    try {
+      // Zeroed whole; or read whole, or written past a patch's bound, while this waited: the next upload writes it whole.
+      if (slot.dropped || !slot.known || blocksIn(slot.known) > this.patchLimit) return;
+      const version = slot.version;
+      const length = writePatch(body, slot.data, slot.known, this.settings.blockSize);
+      const entry = this.volume.nextEntry();
+      await this.store.put(patchName(slot.index, entry), body.subarray(0, length), deadline);
+      if (slot.dropped) {
+        void this.store.delete(patchName(slot.index, entry), deadline).catch(() => undefined);
+        return;
+      }
+      this.volume.setPatch(slot.index, entry);
+      this.patchCache.set(slot.index, entry, body.subarray(0, length), this.chunk, patchName(slot.index, entry));
+      this.saved(slot, version);
+    } finally {
+      this.spares.give(body);
+    }
+  }
+
+  /** Reads the chunk's patch and lays it over what the slot does not know yet (one load at a time). */
+  private absorbPatch(slot: Slot): Promise<void> {
+    slot.loading = (async () => {
+      const patch = await this.patchOf(slot.index);
+      slot.patchIn = patch === null || !slot.known || layOver(patch, slot.data, slot.known, this.settings.blockSize);
+      if (slot.known && slot.known.indexOf(0) < 0) this.wholeNow(slot);
+    })().finally(() => {
+      slot.loading = null;
+      this.wakeRoomWaiters();
+    });
+    return slot.loading;
+  }
+
+  /** The chunk's patch (from the patch cache, else the store); null if it has none. */
+  private async patchOf(index: number): Promise<Patch | null> {
+    const entry = this.volume.patches[index]!;
+    if (entry === 0) return null;
+    const cached = this.patchCache.get(index, entry);
+    if (cached) return cached;
+    const name = patchName(index, entry);
+    const buffer = await this.patchSpares.take();
+    try {
+      const got = await this.store.get(name, buffer, Date.now() + this.settings.timeoutMs);
+      if (!got) throw new DriverError('EIO', `s3: chunk ${index}'s patch is missing: the volume is damaged`);
+      return this.patchCache.set(index, entry, buffer.subarray(0, got.length), this.chunk, name);
+    } finally {
+      this.patchSpares.give(buffer);
+    }
+  }
+
+  /**
+   * Reads the chunk's patch (if it has one the slot does not hold) beside `load`, a read of its
+   * object; once both are in, `then` (which puts the object's bytes in place), then the patch
+   * over what the slot does not know.
+   */
+  private async withPatch(slot: Slot, load: Promise<void>, then?: () => void): Promise<void> {
+    if (slot.patchIn || this.volume.patches[slot.index] === 0) {
+      slot.patchIn = true;
+      await load;
+      return then?.();
+    }
+    // Both settle before anything goes on: the object's read may be landing in a buffer given back after.
+    const [patch, base] = await Promise.allSettled([this.patchOf(slot.index), load]);
+    if (base.status === 'rejected') throw base.reason;
+    if (patch.status === 'rejected') throw patch.reason;
+    then?.();
+    slot.patchIn = patch.value === null || !slot.known || layOver(patch.value, slot.data, slot.known, this.settings.blockSize);
+  }
+
+  private readsAsZeros(index: number): boolean {
+    return this.volume.map[index] === 0 && this.volume.patches[index] === 0;
+  }
+
+  /** The store has the slot's writes up to `version`. */
+  private saved(slot: Slot, version: number): void {
+    slot.saved = version;
+    if (slot.saved === slot.version) {
+      this.memory.flags[slot.pos]! &= ~DIRTY;
+      this.dirty.delete(slot);
     }
   }
 
@@ -344,13 +448,11 @@ export class ChunkCache {
     return slot.loading;
   }
 
-  /** Reads part of a chunk not read yet straight into its slot (a range request). */
+  /** Reads part of a chunk not read yet straight into its slot (a range request), and its patch over it. */
   private loadRange(slot: Slot, from: number, length: number): Promise<void> {
-    const entry = this.volume.map[slot.index]!;
     slot.direct = true; // a write waits: the read lands in the slot itself
     slot.loading = (async () => {
-      const got = await this.store.get(chunkName(slot.index, entry), slot.data.subarray(from, from + length), Date.now() + this.settings.timeoutMs, from);
-      if (got?.length !== length) throw new DriverError('EIO', `s3: chunk ${slot.index}'s object is missing or short: the volume is damaged`);
+      await this.withPatch(slot, this.getBase(slot.index, slot.data.subarray(from, from + length), from));
       const bs = this.settings.blockSize;
       slot.known?.fill(1, from / bs, (from + length) / bs);
       if (slot.known && slot.known.indexOf(0) < 0) this.wholeNow(slot);
@@ -363,38 +465,39 @@ export class ChunkCache {
   }
 
   private async loadDirect(slot: Slot): Promise<void> {
-    const entry = this.volume.map[slot.index]!;
-    if (entry === 0) slot.data.fill(0);
-    else this.checkGot(slot.index, (await this.store.get(chunkName(slot.index, entry), slot.data, Date.now() + this.settings.timeoutMs))?.length);
+    await this.withPatch(slot, this.getBase(slot.index, slot.data));
     this.wholeNow(slot);
   }
 
   private async loadMerge(slot: Slot): Promise<void> {
-    const entry = this.volume.map[slot.index]!;
     const scratch = await this.spares.take();
     try {
-      if (entry === 0) scratch.fill(0);
-      else this.checkGot(slot.index, (await this.store.get(chunkName(slot.index, entry), scratch, Date.now() + this.settings.timeoutMs))?.length);
-      // Writes that landed while the chunk was read win: only the blocks still unknown take the store's bytes.
-      const known = slot.known;
-      if (known) {
+      await this.withPatch(slot, this.getBase(slot.index, scratch), () => {
+        // Writes that landed while the chunk was read win: only the blocks still unknown take the store's bytes (the patch's go over them).
+        const known = slot.known;
         const bs = this.settings.blockSize;
-        for (let b = known.indexOf(0); b >= 0; b = known.indexOf(0, b + 1)) scratch.copy(slot.data, b * bs, b * bs, (b + 1) * bs);
-        this.wholeNow(slot);
-      }
+        if (known) for (let b = known.indexOf(0); b >= 0; b = known.indexOf(0, b + 1)) scratch.copy(slot.data, b * bs, b * bs, (b + 1) * bs);
+      });
+      if (slot.known) this.wholeNow(slot);
     } finally {
       this.spares.give(scratch);
     }
   }
 
-  private checkGot(index: number, length: number | undefined): void {
-    if (length !== this.chunk) throw new DriverError('EIO', `s3: chunk ${index}'s object is ${length === undefined ? 'missing' : `${length} bytes, not ${this.chunk}`}: the volume is damaged`);
+  /** Reads `into.length` bytes of chunk `index`'s object from `from` (zeros if it has none). */
+  private async getBase(index: number, into: Buffer, from?: number): Promise<void> {
+    const entry = this.volume.map[index]!;
+    if (entry === 0) return void into.fill(0);
+    const got = await this.store.get(chunkName(index, entry), into, Date.now() + this.settings.timeoutMs, from);
+    if (got?.length !== into.length) {
+      throw new DriverError('EIO', `s3: chunk ${index}'s object is ${got === null ? 'missing' : `${got.length} bytes, not ${into.length}`}: the volume is damaged`);
+    }
   }
 
   private readAhead(from: number): void {
     const last = Math.floor((from + this.settings.readahead - 1) / this.chunk);
     for (let index = Math.floor(from / this.chunk); index <= last && index < this.volume.map.length; index++) {
-      if (this.slots.has(index) || this.volume.map[index] === 0) continue;
+      if (this.slots.has(index) || this.readsAsZeros(index)) continue;
       const pos = this.free.pop() ?? this.evictClean();
       if (pos === undefined) return; // no room without waiting: read-ahead never waits
       this.load(this.newSlot(index, pos, false)).catch(() => undefined);
@@ -442,4 +545,10 @@ export class ChunkCache {
   private wakeRoomWaiters(): void {
     for (const wake of this.roomWaiters.splice(0)) wake();
   }
+}
+
+function blocksIn(known: Uint8Array): number {
+  let n = 0;
+  for (let b = known.indexOf(1); b >= 0; b = known.indexOf(1, b + 1)) n++;
+  return n;
 }

@@ -6,8 +6,10 @@
  *   bdus-volume                  the head: JSON (format, size, chunk size, the writer's epoch and
  *                                lease, the map's pages); changed only by conditional puts
  *   map/PAGE.EPOCH.SEQ           a page of the chunk map: for PAGE_ENTRIES chunks, which object
- *                                holds each (0: none, the chunk reads as zeros)
+ *                                holds each (0: none, zeros), then which patch (0: none)
  *   chunks/INDEX.EPOCH.SEQ       a chunk's bytes, chunkSize of them; never overwritten
+ *   patches/INDEX.EPOCH.SEQ      blocks of a chunk written since its object (patch.ts): a chunk
+ *                                reads as its object (or zeros) with its patch over it
  *
  * Objects are written once under new names and become the volume's only when a commit puts a
  * head that names them (through its map pages) in place of the one the writer last saw
@@ -29,8 +31,9 @@ import { PreconditionFailed, type ObjectStore } from './store.js';
 
 export const HEAD = 'bdus-volume';
 const FORMAT = 'bdus-s3-volume';
-const VERSION = 1;
-/** Chunks per map page: a page is 64 KiB (8 bytes per chunk). */
+/** 2: map pages name a patch per chunk too. A version 1 volume is served, and becomes version 2 at its first commit. */
+const VERSION = 2;
+/** Chunks per map page: a page is 128 KiB (8 bytes per chunk for its object, 8 for its patch; version 1: 64 KiB, objects only). */
 export const PAGE_ENTRIES = 8192;
 /** Entries are EPOCH * 2^32 + SEQ: exact in a double while EPOCH < 2^21. */
 const SEQ_SPAN = 2 ** 32;
@@ -62,6 +65,10 @@ export interface Head {
 
 export function chunkName(index: number, entry: number): string {
   return `chunks/${index.toString(16).padStart(12, '0')}.${version(entry)}`;
+}
+
+export function patchName(index: number, entry: number): string {
+  return `patches/${index.toString(16).padStart(12, '0')}.${version(entry)}`;
 }
 
 function pageName(page: number, entry: number): string {
@@ -98,6 +105,9 @@ export interface VolumeSettings {
 export class Volume {
   /** The chunk map: the object holding each chunk (0: none). Changed only as objects land. */
   readonly map: Float64Array;
+  /** Each chunk's patch (0: none). */
+  readonly patches: Float64Array;
+
   private head: Head;
   private etag: string;
   private seq = 0;
@@ -118,7 +128,8 @@ export class Volume {
   ) {
     this.head = head;
     this.etag = etag;
-    this.map = map;
+    this.map = map.subarray(0, map.length / 2);
+    this.patches = map.subarray(map.length / 2);
   }
 
   get chunkSize(): number {
@@ -161,7 +172,8 @@ export class Volume {
   /**
    * Takes the volume for this writer: a commit that raises the epoch and names it the owner.
    * Refused while another writer's lease lasts. `prepare` gives the map to fill for the head
-   * found (its geometry), or says that a dead driver's map it adopted is newer than the store's.
+   * found (its geometry: the objects' entries, then the patches'), or says that a dead driver's
+   * map it adopted is newer than the store's.
    */
   static async take(store: ObjectStore, settings: VolumeSettings, prepare: (head: Head) => { map: Float64Array; adopted: boolean }): Promise<Volume> {
     for (;;) {
@@ -169,7 +181,7 @@ export class Volume {
       const found = await Volume.inspect(store, settings.device, deadline);
       if (!found) throw new DriverError('ENOENT', `s3: there is no volume at s3://${store.url.bucket}/${store.url.prefix} (give --create and --size to make one)`);
       const { map, adopted } = prepare(found.head);
-      if (map.length !== mapLength(found.head)) throw new Error(`s3: a map of ${map.length} entries for ${mapLength(found.head)}`);
+      if (map.length !== 2 * mapLength(found.head)) throw new Error(`s3: a map of ${map.length} entries for ${mapLength(found.head)} chunks`);
       const owner: Owner = { host: hostname(), boot: bootId(), device: settings.device, pid: process.pid, since: new Date().toISOString() };
       const head: Head = { ...found.head, epoch: found.head.epoch + 1, owner, leaseUntil: Date.now() + settings.leaseMs };
       let etag: string;
@@ -180,17 +192,23 @@ export class Volume {
         throw error;
       }
       const volume = new Volume(store, settings, head, etag, map);
+      // A version 1 head: the next commit writes every page anew, in version 2's form, and says so.
+      if (head.version === 1) for (const page of Object.keys(head.pages)) volume.dirtyPages.add(Number(page));
       if (adopted) {
         // The dead driver's map is the store's and what it wrote since: the next commit names it all.
-        for (let page = 0; page < map.length / PAGE_ENTRIES; page++) volume.dirtyPages.add(page);
+        for (let page = 0; page < volume.map.length / PAGE_ENTRIES; page++) volume.dirtyPages.add(page);
         settings.log(`s3: adopted the cache of this device's last driver (epoch ${found.head.epoch}): writing back what it had not flushed`);
       } else {
         map.fill(0);
+        const half = PAGE_ENTRIES * 8;
         await Promise.all(
           Object.entries(head.pages).map(async ([page, at]) => {
-            const view = Buffer.from(map.buffer, map.byteOffset + Number(page) * PAGE_ENTRIES * 8, PAGE_ENTRIES * 8);
-            const got = await store.get(pageName(Number(page), parseVersion(at)), view, deadline);
-            if (!got || got.length !== view.length) throw new DriverError('EIO', `s3: the volume's map page ${page} is ${got ? 'short' : 'missing'}: the volume is damaged`);
+            if (!(Number(page) >= 0 && Number(page) < volume.map.length / PAGE_ENTRIES)) throw new DriverError('EIO', `s3: the volume's head names map page '${page}', past its size: the volume is damaged`);
+            const bytes = Buffer.allocUnsafe(head.version === 1 ? half : 2 * half);
+            const got = await store.get(pageName(Number(page), parseVersion(at)), bytes, deadline);
+            if (!got || got.length !== bytes.length) throw new DriverError('EIO', `s3: the volume's map page ${page} is ${got ? 'short' : 'missing'}: the volume is damaged`);
+            volume.pageView(volume.map, Number(page)).set(bytes.subarray(0, half));
+            if (head.version !== 1) volume.pageView(volume.patches, Number(page)).set(bytes.subarray(half));
           }),
         );
       }
@@ -209,13 +227,31 @@ export class Volume {
     return this.head.epoch * SEQ_SPAN + ++this.seq;
   }
 
-  /** Names `entry` as chunk `index`'s object (its object is in the store); the old one goes at a later commit. */
+  /**
+   * Names `entry` as chunk `index`'s object (its object is in the store), with no patch; the old
+   * ones go at a later commit.
+   */
   setChunk(index: number, entry: number): void {
     const old = this.map[index]!;
+    this.setPatch(index, 0);
     if (old === entry) return;
     if (old !== 0) this.superseded.push(chunkName(index, old));
     this.map[index] = entry;
     this.dirtyPages.add(Math.floor(index / PAGE_ENTRIES));
+  }
+
+  /** Names `entry` as chunk `index`'s patch (in the store; 0: none); the old one goes at a later commit. */
+  setPatch(index: number, entry: number): void {
+    const old = this.patches[index]!;
+    if (old === entry) return;
+    if (old !== 0) this.superseded.push(patchName(index, old));
+    this.patches[index] = entry;
+    this.dirtyPages.add(Math.floor(index / PAGE_ENTRIES));
+  }
+
+  /** A page's bytes of one half of the map. */
+  private pageView(half: Float64Array, page: number): Buffer {
+    return Buffer.from(half.buffer, half.byteOffset + page * PAGE_ENTRIES * 8, PAGE_ENTRIES * 8);
   }
 
   /**
@@ -249,14 +285,14 @@ export class Volume {
       await Promise.all(
         pages.map(async (page) => {
           const entry = this.nextEntry();
-          const bytes = Buffer.from(this.map.buffer, this.map.byteOffset + page * PAGE_ENTRIES * 8, PAGE_ENTRIES * 8);
-          await this.store.put(pageName(page, entry), Buffer.from(bytes), deadline);
+          await this.store.put(pageName(page, entry), Buffer.concat([this.pageView(this.map, page), this.pageView(this.patches, page)]), deadline);
           const old = refs[page];
           if (old !== undefined) oldPages.push(pageName(page, parseVersion(old)));
           refs[page] = version(entry);
         }),
       );
-      const head: Head = { ...this.head, commit: this.head.commit + 1, pages: refs, leaseUntil: Date.now() + this.settings.leaseMs };
+      // Every page was written anew when upgrading: the head says what its pages are.
+      const head: Head = { ...this.head, version: VERSION, commit: this.head.commit + 1, pages: refs, leaseUntil: Date.now() + this.settings.leaseMs };
       try {
         this.etag = await this.store.put(HEAD, Buffer.from(JSON.stringify(head)), deadline, { ifMatch: this.etag });
       } catch (error) {
@@ -330,7 +366,7 @@ function parseHead(bytes: Buffer, store: ObjectStore): Head {
     throw new DriverError('EINVAL', `s3: ${where} is not a bdus volume's head (not JSON)`);
   }
   if (head.format !== FORMAT) throw new DriverError('EINVAL', `s3: ${where} is not a bdus volume's head`);
-  if (head.version !== VERSION) throw new DriverError('EINVAL', `s3: ${where} is format version ${head.version}; this bdus reads version ${VERSION}`);
+  if (head.version !== 1 && head.version !== VERSION) throw new DriverError('EINVAL', `s3: ${where} is format version ${head.version}; this bdus reads versions 1 to ${VERSION}`);
   if (!(head.size > 0) || !(head.chunkSize > 0) || head.pageEntries !== PAGE_ENTRIES) throw new DriverError('EINVAL', `s3: ${where} has a bad geometry`);
   return head;
 }
