@@ -196,7 +196,7 @@ export class ChunkCache {
           this.giveBack(pos);
           continue;
         }
-        slot = this.newSlot(index, pos, false);
+        slot = this.newSlot(index, pos);
         // A read out of order reads what it asks (a range request), not the chunk: a 4 KiB read
         // of a 1 MiB chunk would otherwise move 256 times the bytes. In order, the whole chunk.
         range = !inOrder;
@@ -205,7 +205,7 @@ export class ChunkCache {
       try {
         await (range ? this.loadRange(slot, from, into.length) : this.load(slot));
       } finally {
-        slot.readers--;
+        if (--slot.readers === 0) this.wakeRoomWaiters(); // it may be evicted now
       }
     }
   }
@@ -220,30 +220,33 @@ export class ChunkCache {
       }
       if (slot) {
         this.apply(slot, from, data);
-        return this.afterWrite();
+        return this.afterWrite(slot, from + data.length);
       }
       const pos = await this.takePosition();
       if (this.slots.has(index)) {
         this.giveBack(pos);
         continue;
       }
-      // A chunk never written reads as zeros; one in the store is read later, if ever needed.
-      this.apply(this.newSlot(index, pos, this.readsAsZeros(index)), from, data);
-      return this.afterWrite();
+      // A chunk in the store is read later, if ever needed.
+      const fresh = this.newSlot(index, pos);
+      this.apply(fresh, from, data);
+      return this.afterWrite(fresh, from + data.length);
     }
   }
 
-  /** A slot for chunk `index` at `pos`: holding zeros (all of it), or nothing yet. */
-  private newSlot(index: number, pos: number, zeros: boolean): Slot {
+  /**
+   * A slot for chunk `index` at `pos`, knowing none of its blocks yet. A chunk that reads as
+   * zeros is no different: its unknown blocks are zeros when a read needs them (no store
+   * access), and a chunk written whole, or in part as a patch, never fills a megabyte of zeros.
+   */
+  private newSlot(index: number, pos: number): Slot {
     const m = this.memory;
-    const data = m.data(pos);
     const known = m.knownOf(pos);
-    // Its bytes and what it knows are in place before the slot names the chunk (an adopter trusts them).
-    if (zeros) data.fill(0);
-    else known.fill(0);
-    m.flags[pos] = zeros ? WHOLE : 0;
+    // What it knows is in place before the slot names the chunk (an adopter trusts it).
+    known.fill(0);
+    m.flags[pos] = 0;
     m.index[pos] = index;
-    const slot = new Slot(index, pos, data, zeros ? null : known);
+    const slot = new Slot(index, pos, m.data(pos), known);
     this.slots.set(index, slot);
     return slot;
   }
@@ -280,7 +283,13 @@ export class ChunkCache {
     slot.known = null;
   }
 
-  private afterWrite(): void {
+  /**
+   * A write that ends at the end of a chunk the slot holds whole (a stream of writes passing
+   * through it: a file written, a journal, `sync` of a tree) starts that chunk's write-back now,
+   * beside the writes that follow, instead of at the flush that will want it.
+   */
+  private afterWrite(slot: Slot, end: number): void {
+    if (end === this.chunk && slot.known === null && !slot.saving && this.writingBack < this.settings.connections) this.startSave(slot);
     if (this.dirty.size > (this.capacity * 3) / 4) this.writeBack();
   }
 
@@ -293,12 +302,15 @@ export class ChunkCache {
   private writeBack(): void {
     for (const slot of this.dirty) {
       if (this.writingBack >= this.settings.connections || this.dirty.size - this.writingBack <= (this.capacity * 5) / 8) return;
-      if (slot.saving) continue;
-      this.writingBack++;
-      this.save(slot)
-        .catch((error: unknown) => this.settings.log(`s3: writing back chunk ${slot.index} failed (${(error as Error).message}); it stays in the cache`))
-        .finally(() => this.writingBack--);
+      if (!slot.saving) this.startSave(slot);
     }
+  }
+
+  private startSave(slot: Slot): void {
+    this.writingBack++;
+    this.save(slot)
+      .catch((error: unknown) => this.settings.log(`s3: writing back chunk ${slot.index} failed (${(error as Error).message}); it stays in the cache`))
+      .finally(() => this.writingBack--);
   }
 
   /** Makes the store hold at least the writes `slot` had when this was called. */
@@ -358,6 +370,12 @@ export class ChunkCache {
       // Zeroed whole; or read whole, or written past a patch's bound, while this waited: the next upload writes it whole.
       if (slot.dropped || !slot.known || blocksIn(slot.known) > this.patchLimit) return;
       const version = slot.version;
+      if (this.volume.map[slot.index] === 0 && knownZeros(slot.data, slot.known, this.settings.blockSize, this.zero)) {
+        // No object, and zeros over it (the patch's blocks among them): the chunk reads as zeros, with no object at all.
+        this.volume.setChunk(slot.index, 0);
+        this.patchCache.delete(slot.index);
+        return this.saved(slot, version);
+      }
       const length = writePatch(body, slot.data, slot.known, this.settings.blockSize);
       const entry = this.volume.nextEntry();
       await this.store.put(patchName(slot.index, entry), body.subarray(0, length), deadline);
@@ -500,7 +518,7 @@ export class ChunkCache {
       if (this.slots.has(index) || this.readsAsZeros(index)) continue;
       const pos = this.free.pop() ?? this.evictClean();
       if (pos === undefined) return; // no room without waiting: read-ahead never waits
-      this.load(this.newSlot(index, pos, false)).catch(() => undefined);
+      this.load(this.newSlot(index, pos)).catch(() => undefined);
     }
   }
 
@@ -551,4 +569,11 @@ function blocksIn(known: Uint8Array): number {
   let n = 0;
   for (let b = known.indexOf(1); b >= 0; b = known.indexOf(1, b + 1)) n++;
   return n;
+}
+
+/** Whether every block `known` marks holds zeros (`zero`: a buffer of zeros, a block or longer). */
+function knownZeros(data: Buffer, known: Uint8Array, blockSize: number, zero: Buffer): boolean {
+  const zeros = zero.subarray(0, blockSize);
+  for (let b = known.indexOf(1); b >= 0; b = known.indexOf(1, b + 1)) if (!data.subarray(b * blockSize, (b + 1) * blockSize).equals(zeros)) return false;
+  return true;
 }

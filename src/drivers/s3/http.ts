@@ -283,7 +283,8 @@ class Connection {
 
   private finish(x: Exchange): void {
     this.exchange = null;
-    const keep = !/close/i.test(x.headers.get('connection') ?? '') && x.remaining !== -2;
+    // A refusal may come before the whole body was sent: that connection is not in step any more.
+    const keep = !/close/i.test(x.headers.get('connection') ?? '') && x.remaining !== -2 && !(x.status >= 300 && x.request.body);
     if (!keep) this.closed = true;
     this.done(this, keep);
     x.resolve({ status: x.status, headers: x.headers, length: x.status < 300 && x.request.into ? x.length : 0, text: x.text });
