@@ -137,7 +137,7 @@ export class ChunkCache {
   /** Writes back every chunk written before this call, then commits: they are the volume's. */
   async flush(): Promise<void> {
     await Promise.all([...this.dirty].map((slot) => this.save(slot)));
-    await this.volume.commit();
+    await this.volume.settle();
   }
 
   /** Writes back the chunks of one range (a FUA write), then commits. */
@@ -148,7 +148,7 @@ export class ChunkCache {
       if (slot && slot.saved < slot.version) saves.push(this.save(slot));
     }
     await Promise.all(saves);
-    await this.volume.commit();
+    await this.volume.settle();
   }
 
   /** Extents for NBD block status: chunks that read as zeros are holes. */

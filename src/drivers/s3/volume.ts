@@ -271,6 +271,16 @@ export class Volume {
     return this.queued;
   }
 
+  /**
+   * What a flush needs: everything set so far is the volume's once this resolves. A commit only
+   * if something changed since the last one started (a flush with nothing new written back costs
+   * no round trip: a filesystem's sync sends several); a fenced writer's still fails.
+   */
+  settle(): Promise<void> {
+    if (this.dirtyPages.size > 0 || this.queued || this.fencedBy) return this.commit();
+    return this.committing ?? Promise.resolve();
+  }
+
   private async runCommit(): Promise<void> {
     if (this.fencedBy) throw fenced(this.fencedBy);
     const deadline = Date.now() + this.settings.timeoutMs;
