@@ -343,19 +343,9 @@ export class HttpClient {
       const abort = () => connection.destroy(request.signal.reason as Error);
       request.signal.addEventListener('abort', abort, { once: true });
       const settle = () => request.signal.removeEventListener('abort', abort);
-      connection.start(
-        new Exchange(
-          request,
-          (answer) => {
-            settle();
-            resolve(answer);
-          },
-          (error) => {
-            settle();
-            reject(request.signal.aborted ? request.signal.reason : error);
-          },
-        ),
-      );
+      const answered = (answer: HttpAnswer) => (settle(), resolve(answer));
+      const failed = (error: unknown) => (settle(), reject(request.signal.aborted ? request.signal.reason : error));
+      connection.start(new Exchange(request, answered, failed));
     });
   }
 

@@ -63,21 +63,13 @@ export interface Head {
   readonly leaseUntil: number;
 }
 
-export function chunkName(index: number, entry: number): string {
-  return `chunks/${index.toString(16).padStart(12, '0')}.${version(entry)}`;
-}
+/** Chunk `index`'s object named `entry`. */
+export const chunkName = (index: number, entry: number) => `chunks/${index.toString(16).padStart(12, '0')}.${version(entry)}`;
+/** Chunk `index`'s patch named `entry`. */
+export const patchName = (index: number, entry: number) => `patches/${index.toString(16).padStart(12, '0')}.${version(entry)}`;
 
-export function patchName(index: number, entry: number): string {
-  return `patches/${index.toString(16).padStart(12, '0')}.${version(entry)}`;
-}
-
-function pageName(page: number, entry: number): string {
-  return `map/${page.toString(16).padStart(8, '0')}.${version(entry)}`;
-}
-
-function version(entry: number): string {
-  return `${Math.floor(entry / SEQ_SPAN).toString(16)}.${(entry % SEQ_SPAN).toString(16)}`;
-}
+const pageName = (page: number, entry: number) => `map/${page.toString(16).padStart(8, '0')}.${version(entry)}`;
+const version = (entry: number) => `${Math.floor(entry / SEQ_SPAN).toString(16)}.${(entry % SEQ_SPAN).toString(16)}`;
 
 function parseVersion(text: string): number {
   const [epoch, seq] = text.split('.').map((part) => parseInt(part, 16));
