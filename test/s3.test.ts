@@ -36,9 +36,10 @@ async function versioned(): Promise<string> {
   return name;
 }
 
-async function chunkObjects(url: string): Promise<number> {
+/** How many objects the volume at `url` has under `under` ('chunks/', 'patches/'). */
+async function objects(url: string, under = 'chunks/'): Promise<number> {
   const [, , name, prefix] = url.split('/');
-  return (await cluster().keys(name!, `${prefix}/chunks/`)).length;
+  return (await cluster().keys(name!, `${prefix}/${under}`)).length;
 }
 
 /** sha256 of a file, in a child process (this process must not read a device it may serve). */
@@ -79,8 +80,6 @@ test('behind the request layer: checkDriver, and random writes through a four-ch
 
 test('small writes to chunks not cached write back as patches, read back by a new driver; a patch past its bound makes the chunk whole', async () => {
   const url = await volume();
-  const [, , name, prefix] = url.split('/');
-  const keys = async (under: string) => (await cluster().keys(name!, `${prefix}/${under}`)).length;
   const options = { chunkSize: 64 << 10, cacheSize: 256 << 10, connections: 4 };
   const size = 4 * MiB;
   const model = Buffer.alloc(size);
@@ -88,7 +87,7 @@ test('small writes to chunks not cached write back as patches, read back by a ne
   let d = await testDriver(await s3(url, { ...options, create: true }), { attributes: { size, logicalBlockSize: 4096 } });
   await d.write(0, model);
   await d.close(); // flushed: 64 whole chunks
-  assert.equal(await keys('chunks/'), 64);
+  assert.equal(await objects(url), 64);
 
   // A new driver caches nothing: a 4 KiB write to each chunk becomes a patch.
   d = await testDriver(await s3(url, options), { attributes: { size, logicalBlockSize: 4096 } });
@@ -98,7 +97,7 @@ test('small writes to chunks not cached write back as patches, read back by a ne
     await d.write(at, model.subarray(at, at + 4096));
   }
   await d.flush();
-  assert.equal(await keys('patches/'), 64, 'a patch per chunk');
+  assert.equal(await objects(url, 'patches/'), 64, 'a patch per chunk');
   // Reads of chunks with patches, out of order (range requests) and in order (whole chunks), through a small cache.
   for (let chunk = 63; chunk >= 0; chunk -= 5) {
     const at = chunk * 65536 + (chunk % 16) * 4096;
@@ -116,12 +115,12 @@ test('small writes to chunks not cached write back as patches, read back by a ne
     model.fill(200 + block, block * 4096, (block + 1) * 4096);
     await d.write(block * 4096, model.subarray(block * 4096, (block + 1) * 4096));
     await d.close();
-    assert.equal(await keys('patches/'), patches, `after block ${block}`);
+    assert.equal(await objects(url, 'patches/'), patches, `after block ${block}`);
   }
   d = await testDriver(await s3(url, options), { attributes: { size, logicalBlockSize: 512 } });
   assert.ok((await d.read(0, size)).equals(model), 'read back by a driver of another block size');
   await d.close();
-  assert.equal(await keys('chunks/'), 64);
+  assert.equal(await objects(url), 64);
 });
 
 test('a version 1 volume (no patches in its map) is served, and becomes version 2 at its first commit', async () => {
@@ -160,8 +159,8 @@ test('ext4 on a new volume: files written, read back by a new driver; trimmed ch
   const tree = await must('sh', ['-c', `cd ${mnt}/src && find . -type f -exec sha256sum {} + | sort`]);
   await must('umount', [mnt]);
   assert.equal((await bdus(['destroy', dev])).code, 0);
-  const objects = await chunkObjects(url);
-  assert.ok(objects >= 128, `32 MiB and a tree in 256 KiB chunks: ${objects} chunk objects`);
+  const written = await objects(url);
+  assert.ok(written >= 128, `32 MiB and a tree in 256 KiB chunks: ${written} chunk objects`);
 
   const again = await device(t, ['s3', url]);
   assert.equal((await must('blockdev', ['--getsize64', again])).trim(), String(256 * MiB), 'the size comes from the volume');
@@ -172,12 +171,12 @@ test('ext4 on a new volume: files written, read back by a new driver; trimmed ch
   await must('sync', []); // ext4 trims blocks freed in a committed transaction only
   await must('fstrim', [mnt]);
   await must('sync', [again]); // a flush: the commit that drops the trimmed chunks
-  let after = await chunkObjects(url);
-  for (let i = 0; i < 50 && after > objects - 100; i++) {
+  let after = await objects(url);
+  for (let i = 0; i < 50 && after > written - 100; i++) {
     await sleep(100); // deleting what the commit no longer names follows it
-    after = await chunkObjects(url);
+    after = await objects(url);
   }
-  assert.ok(after < objects - 100, `the 32 MiB file's chunks are gone after fstrim: ${objects} -> ${after}`);
+  assert.ok(after < written - 100, `the 32 MiB file's chunks are gone after fstrim: ${written} -> ${after}`);
   mnt = '';
 });
 

@@ -157,21 +157,17 @@ class Connection {
       const stop = () => {
         clearTimeout(timer);
         signal.removeEventListener('abort', abort);
+        this.socket.off(event, connected).off('error', failed);
       };
+      const connected = () => (stop(), resolve());
+      const failed = (error: Error) => (stop(), reject(error));
       const abort = () => {
         stop();
         this.socket.destroy();
         reject(signal.reason);
       };
       signal.addEventListener('abort', abort, { once: true });
-      this.socket.once(event, () => {
-        stop();
-        resolve();
-      });
-      this.socket.once('error', (error) => {
-        stop();
-        reject(error);
-      });
+      this.socket.once(event, connected).once('error', failed);
     });
   }
 

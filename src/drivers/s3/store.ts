@@ -104,8 +104,7 @@ export class ObjectStore {
     const range = from === undefined ? undefined : `bytes=${from}-${from + into.length - 1}`;
     return this.retry(`GET ${name}`, deadline, async (signal) => {
       try {
-        const got = await this.wire.send({ method: 'GET', key: this.key(name), into, signal, ...(range ? { headers: { range } } : {}) });
-        return { length: got.length, etag: got.etag };
+        return await this.wire.send({ method: 'GET', key: this.key(name), into, signal, ...(range ? { headers: { range } } : {}) });
       } catch (error) {
         if (status(error) === 404 && (error as { name?: string }).name !== 'NoSuchBucket') return null;
         throw error;
