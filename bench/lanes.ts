@@ -1,9 +1,9 @@
 /**
  * The lanes runs of `npm run bench` (bench/run.ts): jobs by lanes (the threads serving one
- * device), for two drivers at the ends of the range. `pattern` computes every byte it reads in
- * JavaScript (its thread is the bound: what lanes are for); `file` on a file in /dev/shm leaves
- * the work to the kernel (copies, the loop worker), with the kernel's loop device on the same
- * file beside it. Lane counts alternate within each repetition, so noise hits them alike.
+ * device), for three drivers. `pattern` computes every byte it reads in JavaScript (its thread
+ * is the bound: what lanes are for); `file` on a file in /dev/shm leaves the work to the kernel
+ * (copies, the loop worker, libuv's pool), with the kernel's loop device on the same file beside
+ * it; `ram` answers from memory the lanes share (the headline driver, the lanes' own cost). Lane counts alternate within each repetition, so noise hits them alike.
  */
 import { rmSync } from 'node:fs';
 import { execute as sh } from '../src/util/exec.js';
@@ -42,6 +42,8 @@ interface Subject {
   readonly driver: string;
   readonly args: string[];
   readonly writes: boolean;
+  /** Written whole before its jobs: a read of a page it never had costs it nothing. */
+  readonly fill?: boolean;
 }
 
 export async function lanesRuns(bin: string, runtime: number, reps: number, log: (s: string) => void): Promise<LanesRow[]> {
@@ -49,6 +51,7 @@ export async function lanesRuns(bin: string, runtime: number, reps: number, log:
   const subjects: Subject[] = [
     { driver: 'pattern', args: ['pattern', '--size', SIZE], writes: false },
     { driver: 'file (/dev/shm)', args: ['file', IMAGE], writes: true },
+    { driver: 'ram', args: ['ram', '--size', SIZE], writes: true, fill: true },
   ];
   const samples = new Map<string, number[]>();
   const add = (k: string, v: number) => samples.set(k, [...(samples.get(k) ?? []), v]);
@@ -58,6 +61,7 @@ export async function lanesRuns(bin: string, runtime: number, reps: number, log:
         for (const lanes of LANES) {
           const device = (await sh(process.execPath, [bin, 'run', ...subject.args, '--lanes', String(lanes), '--frontend', 'fuse'])).trim();
           try {
+            if (subject.fill) await sh('fio', ['--name=fill', `--filename=${device}`, '--rw=write', '--bs=1M', `--size=${SIZE}`, '--direct=1', '--ioengine=libaio', '--iodepth=8']);
             for (const job of JOBS.filter((j) => subject.writes || !j.writes)) {
               add(`${subject.driver}|${job.name}|${lanes}`, (await fio([`--filename=${device}`, '--ioengine=libaio'], job.args, runtime, SIZE))[job.metric]);
               log('.');
@@ -102,8 +106,9 @@ export function lanesLines(rows: LanesRow[], cores: number): string[] {
   const lines = [
     `Jobs by lanes (threads serving one device, \`--lanes N\`) on this ${cores}-vCPU machine, FUSE+loop over /dev/fuse; median`,
     'of the repetitions, lane counts alternating. `pattern` computes every byte it reads (its thread is the bound);',
-    '`file` on a file in /dev/shm leaves the work to the kernel, beside the kernel loop device on the same file. "2 / 1" is',
-    'the gain of the second lane (for latency, below 1 is better).',
+    '`file` on a file in /dev/shm leaves the work to the kernel, beside the kernel loop device on the same file; `ram` answers',
+    'from memory its lanes share (the loop column is the same /dev/shm file\'s). "2 / 1" is the gain of the second lane (for',
+    'latency, below 1 is better).',
     '',
     `| driver | job | ${LANES.map((n) => `${n} lane${n > 1 ? 's' : ''}`).join(' | ')} | 2 / 1 | kernel loop |`,
     `|---|---|${LANES.map(() => '---:').join('|')}|---:|---:|`,

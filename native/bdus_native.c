@@ -12,7 +12,8 @@
 //   getFd(pid, fd) -> fd                                  pidfd_open + pidfd_getfd, sync
 //   mapShared(fd, length) -> Buffer                       mmap(MAP_SHARED), unmapped when collected
 //   mapAnonymous(length) -> Buffer                        mmap(MAP_PRIVATE | MAP_ANONYMOUS), idem
-//   dropPages(buffer, offset, length)                     madvise(MADV_DONTNEED) of whole pages
+//   dropPages(buffer, offset, length[, remove])           madvise(MADV_DONTNEED, or MADV_REMOVE) of whole pages
+//   memfd(name, length) -> fd                             memfd_create + ftruncate, close-on-exec, sync
 //   socketPair() -> [fd, fd]                              socketpair(AF_UNIX, SOCK_STREAM), sync
 //   nbdNetlink(request, callback(errno, index))           the kernel NBD client's netlink, async
 //   watch(fd, callback(status)) -> watcher                 uv_poll for readability on the event loop
@@ -332,8 +333,8 @@ static napi_value js_map_anonymous(napi_env env, napi_callback_info info)
 
 static napi_value js_drop_pages(napi_env env, napi_callback_info info)
 {
-    size_t argc = 3;
-    napi_value argv[3];
+    size_t argc = 4;
+    napi_value argv[4];
     void *data;
     size_t size;
     int64_t offset, length;
@@ -341,12 +342,41 @@ static napi_value js_drop_pages(napi_env env, napi_callback_info info)
     CHECK(napi_get_buffer_info(env, argv[0], &data, &size));
     CHECK(napi_get_value_int64(env, argv[1], &offset));
     CHECK(napi_get_value_int64(env, argv[2], &length));
+    bool remove = false;
+    if (argc > 3)
+        CHECK(napi_get_value_bool(env, argv[3], &remove));
     long page = sysconf(_SC_PAGESIZE);
     if (offset < 0 || length < 0 || (size_t)(offset + length) > size || ((uintptr_t)data + offset) % page || length % page)
         return throw_errno(env, EINVAL, "madvise");
-    if (length > 0 && madvise((char *)data + offset, (size_t)length, MADV_DONTNEED) != 0)
+    if (length > 0 && madvise((char *)data + offset, (size_t)length, remove ? MADV_REMOVE : MADV_DONTNEED) != 0)
         return throw_errno(env, errno, "madvise");
     return NULL;
+}
+
+// Memory that several threads map, each with a Buffer of its own (a Buffer cannot cross
+// threads; a file descriptor can): anonymous shared memory with a name for /proc only.
+static napi_value js_memfd(napi_env env, napi_callback_info info)
+{
+    size_t argc = 2;
+    napi_value argv[2];
+    char name[64];
+    int64_t length;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    CHECK(napi_get_value_string_utf8(env, argv[0], name, sizeof(name), NULL));
+    CHECK(napi_get_value_int64(env, argv[1], &length));
+    if (length < 0)
+        return throw_errno(env, EINVAL, "memfd_create");
+    int fd = memfd_create(name, MFD_CLOEXEC);
+    if (fd < 0)
+        return throw_errno(env, errno, "memfd_create");
+    if (ftruncate(fd, length) != 0) {
+        int error = errno;
+        close(fd);
+        return throw_errno(env, error, "ftruncate");
+    }
+    napi_value result;
+    CHECK(napi_create_int32(env, fd, &result));
+    return result;
 }
 
 /* ------------------------------------------------------------------------- */
@@ -696,6 +726,7 @@ static napi_value init(napi_env env, napi_value exports)
         {"mapShared", NULL, js_map_shared, NULL, NULL, NULL, napi_default, NULL},
         {"mapAnonymous", NULL, js_map_anonymous, NULL, NULL, NULL, napi_default, NULL},
         {"dropPages", NULL, js_drop_pages, NULL, NULL, NULL, napi_default, NULL},
+        {"memfd", NULL, js_memfd, NULL, NULL, NULL, napi_default, NULL},
         {"socketPair", NULL, js_socket_pair, NULL, NULL, NULL, napi_default, NULL},
         {"nbdNetlink", NULL, js_nbd_netlink, NULL, NULL, NULL, napi_default, NULL},
         {"watch", NULL, js_watch, NULL, NULL, NULL, napi_default, NULL},

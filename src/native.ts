@@ -39,8 +39,15 @@ interface NativeAddon {
   /**
    * madvise(MADV_DONTNEED) on whole pages of a mapAnonymous buffer: their memory goes back to
    * the system at once and they read as zeros. `offset` and `length` must be page-aligned.
+   * `remove`: MADV_REMOVE instead, for a mapShared buffer of a memfd (the pages leave the file,
+   * so every mapping of it reads zeros there).
    */
-  dropPages(buffer: Buffer, offset: number, length: number): void;
+  dropPages(buffer: Buffer, offset: number, length: number, remove?: boolean): void;
+  /**
+   * memfd_create(MFD_CLOEXEC) of `length` bytes: memory that every thread of the process can map
+   * (mapShared) with a Buffer of its own; committed as it is written. Close it when done.
+   */
+  memfd(name: string, length: number): number;
   /** socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC). */
   socketPair(): [number, number];
   /** One command of the kernel NBD client's generic netlink, on the libuv pool (see src/frontend/nbd/netlink.ts). */

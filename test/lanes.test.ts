@@ -1,7 +1,7 @@
 /**
  * Lanes (the `lanes` attribute): a device whose requests several threads of its driver process
  * serve, each through its own clone of the FUSE connection. ext4 and fio verify on it, every lane
- * serving and counted; hot swaps between lane counts; what it refuses; a lane that cannot start,
+ * serving and counted; the ram example's lanes sharing its memory; hot swaps between lane counts; what it refuses; a lane that cannot start,
  * aborts or gets stuck leaves nothing.
  */
 import assert from 'node:assert/strict';
@@ -51,6 +51,30 @@ test('lanes: two threads serve a file device: fio verify and ext4 on it, every l
   await must('umount', [mnt]);
   await must('e2fsck', ['-f', '-n', dev]);
 
+  const destroyed = await bdus(['destroy', dev], { timeoutMs: 60_000 });
+  assert.equal(destroyed.code, 0, destroyed.stderr);
+  await noLeftovers();
+});
+
+test('lanes: the ram example in two lanes shares one memory: fio verify, discard, ext4', async (t) => {
+  const dev = await device(t, ['--frontend', 'fuse', 'ram', '--size', '256M', '--lanes', '2']);
+  const pid = Number(await info(dev, 'pid'));
+  assert.equal(fuseFiles(pid), 2, 'the driver reads the connection through two /dev/fuse files');
+  const maps = readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').filter((line) => line.includes('/memfd:bdus-ram'));
+  assert.equal(maps.length, 2, 'each lane maps the one memfd');
+
+  // A write answered by one lane and its read by the other: verify fails unless they share memory.
+  const fio = await must('fio', ['--name=v', `--filename=${dev}`, '--rw=randwrite', '--bs=4k', '--iodepth=32', '--ioengine=libaio', '--direct=1', '--size=64M', '--verify=crc32c', '--verify_fatal=1', '--output-format=terse'], { timeoutMs: 180_000 });
+  assert.equal(fio.split(';')[4], '0', 'fio saw no error');
+  await must('blkdiscard', ['-o', '0', '-l', String(16 << 20), dev]);
+  const zeros = await must('sh', ['-c', `dd if=${dev} bs=1M count=16 iflag=direct status=none | tr -d '\\0' | wc -c`]);
+  assert.equal(zeros.trim(), '0', 'a discarded range reads as zeros in every lane');
+
+  await must('mkfs.ext4', ['-q', '-F', dev]);
+  const mnt = await mounted(t, dev);
+  writeFileSync(`${mnt}/file`, Buffer.alloc(8 << 20, 5));
+  await must('umount', [mnt]);
+  await must('e2fsck', ['-f', '-n', dev]);
   const destroyed = await bdus(['destroy', dev], { timeoutMs: 60_000 });
   assert.equal(destroyed.code, 0, destroyed.stderr);
   await noLeftovers();

@@ -223,7 +223,7 @@ class Instance<State> {
     if (lanes <= 1) return;
     if (!kind.lanes || !this.frontend.laneShare) throw new BdusError('EINVAL', `the ${kind.title} frontend has no lanes`);
     const abort = (error: Error) => void (this.device ? this.device.abort(error) : (this.laneFailure ??= error));
-    this.lanes = await Lanes.start(lanes, recipe!, kind.name, this.frontend.laneShare(), this.ctx, this.log, abort);
+    this.lanes = await Lanes.start(lanes, recipe!, kind.name, this.frontend.laneShare(), this.driver.laneShare?.(this.ctx), this.ctx, this.log, abort);
     const { counters } = this.requests;
     counters.onBeat = () => this.lanes!.beat(counters.slots);
   }

@@ -50,6 +50,11 @@ export interface Context<State = unknown> {
    * without lanes.
    */
   readonly lane?: number;
+  /**
+   * On lanes 1 and up: what lane 0's instance handed them through {@link Driver.laneShare} (a
+   * structured clone of it), already set when their `initialize` runs. Undefined elsewhere.
+   */
+  readonly laneShared?: unknown;
   /** Free for the driver's own use; bdus never reads or changes it. */
   state: State;
 }
@@ -66,9 +71,20 @@ export interface Driver<State = unknown> {
    * to whichever lane reads it first. Say true only if every instance sees the same data (it
    * lives in a file, a block device or a remote store, not in the instance's memory), and a
    * flush on any instance covers the writes every instance completed (`fdatasync` on a shared
-   * file does). The `file`, `null` and `pattern` drivers are lane-safe.
+   * file does). The `file`, `null` and `pattern` drivers and the `ram` example are lane-safe.
    */
   readonly laneSafe?: boolean;
+
+  /**
+   * For lane-safe drivers whose instances share state that no file holds (the `ram` example):
+   * what lane 0's instance (the process's main thread) hands every other lane's instance. Called
+   * once, after lane 0's `initialize` and before the other lanes start; they find it as
+   * `ctx.laneShared` in their own `initialize`. It crosses threads by structured clone: plain
+   * data, SharedArrayBuffers (the same memory in every lane), file descriptors (numbers: the
+   * lanes are threads of one process; lane 0 owns them and closes them in its `terminate`,
+   * which runs after every other lane has stopped).
+   */
+  laneShare?(ctx: Context<State>): unknown;
 
   /**
    * Checks that this driver instance can serve the device, before anything changes: its

@@ -8,9 +8,12 @@
  * (madvise(MADV_DONTNEED)), so mkfs's discard of the whole device frees memory instead of
  * touching every page, and `blkdiscard` takes what it takes on the kernel's own loop device.
  *
+ * Lane-safe (`--lanes N`): the lanes share one memory (a memfd per GiB, mapped by each thread).
+ *
  * Not recoverable: its contents die with the process, and a new instance (`bdus rerun`) starts
  * with a device full of zeros.
  */
+import { closeSync } from 'node:fs';
 import type { Context, Driver } from '../driver/driver.js';
 import { native } from '../native.js';
 
@@ -23,15 +26,41 @@ export const description = 'a device in this process\'s memory, committed only a
 const CHUNK = 1 << 30;
 const PAGE = native.pageSize;
 
+/** What lane 0 hands the other lanes for each chunk (laneShare): the memory and its page map. */
+interface SharedChunk {
+  readonly fd: number;
+  readonly written: SharedArrayBuffer;
+}
+
 /**
  * A chunk of memory, and which of its pages hold data: a read of pages that all do answers with
  * a view of them (the kernel then copies the data once, not twice), but a view of pages never
  * written would make the kernel commit them (it pins them to copy from), so those are copied
- * (as zeros, from the zero page) or answered from a shared buffer of zeros.
+ * (as zeros) or answered from a shared buffer of zeros.
+ *
+ * Without lanes the memory is private to the process's main thread (an anonymous mapping). With
+ * lanes every thread maps one memfd per chunk and shares the page map (a SharedArrayBuffer
+ * whose bits change atomically: two lanes writing neighbouring pages must not lose each
+ * other's bit).
  */
 class Chunk {
-  readonly memory = native.mapAnonymous(CHUNK);
-  private readonly written = new Uint8Array(CHUNK / PAGE / 8);
+  readonly memory: Buffer;
+  readonly written: Uint8Array;
+  /** The memfd (lanes only), or -1. */
+  readonly fd: number;
+
+  constructor(mode: 'private' | 'lanes' | SharedChunk) {
+    const bytes = CHUNK / PAGE / 8;
+    if (mode === 'private') {
+      this.fd = -1;
+      this.memory = native.mapAnonymous(CHUNK);
+      this.written = new Uint8Array(bytes);
+    } else {
+      this.fd = mode === 'lanes' ? native.memfd('bdus-ram', CHUNK) : mode.fd;
+      this.memory = native.mapShared(this.fd, CHUNK);
+      this.written = new Uint8Array(mode === 'lanes' ? new SharedArrayBuffer(bytes) : mode.written);
+    }
+  }
 
   /** 1: every page of [at, at + length) holds data; 0: none does; -1: some do. */
   state(at: number, length: number): number {
@@ -42,10 +71,37 @@ class Chunk {
 
   /** Marks the pages of [at, at + length) as holding data, or (`data` false) as dropped. */
   mark(at: number, length: number, data: boolean): void {
-    for (let page = Math.floor(at / PAGE); page * PAGE < at + length; page++) {
-      if (data) this.written[page >> 3]! |= 1 << (page & 7);
-      else this.written[page >> 3]! &= ~(1 << (page & 7));
+    let page = Math.floor(at / PAGE);
+    const end = Math.ceil((at + length) / PAGE);
+    for (; page < end && page & 7; page++) this.markOne(page, data);
+    // Whole bytes: every page in them is this request's, so no other lane's bit is lost.
+    if (page < (end & ~7)) {
+      this.written.fill(data ? 0xff : 0, page >> 3, end >> 3);
+      page = end & ~7;
     }
+    for (; page < end; page++) this.markOne(page, data);
+  }
+
+  /** Copies [at, at + length) into `buffer` at `done`, pages never written as zeros (untouched). */
+  copyOut(buffer: Buffer, at: number, done: number, length: number): void {
+    for (let end = at + length; at < end; ) {
+      const next = Math.min(end, (Math.floor(at / PAGE) + 1) * PAGE);
+      if (this.has(Math.floor(at / PAGE))) this.memory.copy(buffer, done, at, next);
+      else buffer.fill(0, done, done + next - at);
+      done += next - at;
+      at = next;
+    }
+  }
+
+  /** Gives the pages of [at, at + length) (whole pages) back to the system: they read as zeros. */
+  drop(at: number, length: number): void {
+    native.dropPages(this.memory, at, length, this.fd >= 0);
+    this.mark(at, length, false);
+  }
+
+  private markOne(page: number, data: boolean): void {
+    if (data) Atomics.or(this.written, page >> 3, 1 << (page & 7));
+    else Atomics.and(this.written, page >> 3, ~(1 << (page & 7)));
   }
 
   private has(page: number): boolean {
@@ -78,8 +134,7 @@ function zero(chunk: Chunk, at: number, _done: number, length: number): void {
     return;
   }
   chunk.memory.fill(0, at, first);
-  native.dropPages(chunk.memory, first, last - first);
-  chunk.mark(first, last - first, false);
+  chunk.drop(first, last - first);
   chunk.memory.fill(0, last, at + length);
 }
 
@@ -91,16 +146,34 @@ function store(data: Buffer, chunk: Chunk, at: number, done: number, length: num
 const ram: Driver<Ram> = {
   attributes: { size: 1 << 30, maxConcurrentCallbacks: 64 },
 
+  // With lanes, each lane maps lane 0's memory (Chunk): every lane sees every write.
+  laneSafe: true,
+
   initialize(ctx) {
+    const shared = ctx.laneShared as SharedChunk[] | undefined;
+    if (shared) {
+      ctx.state = shared.map((chunk) => new Chunk(chunk));
+      return;
+    }
     ctx.state = [];
-    while (ctx.state.length * CHUNK < ctx.attributes.size) ctx.state.push(new Chunk());
+    while (ctx.state.length * CHUNK < ctx.attributes.size) ctx.state.push(new Chunk(ctx.lane === 0 ? 'lanes' : 'private'));
+  },
+
+  laneShare(ctx): SharedChunk[] {
+    return ctx.state.map(({ fd, written }) => ({ fd, written: written.buffer as SharedArrayBuffer }));
+  },
+
+  // Lane 0 owns the memfds; the other lanes have stopped (and unmapped as they are collected).
+  terminate(ctx) {
+    if (ctx.lane === 0) for (const chunk of ctx.state) closeSync(chunk.fd);
   },
 
   // Growing maps chunks (the new range reads as zeros); shrinking drops what lies past the end.
+  // (A device with lanes cannot be resized.)
   resize(size, ctx) {
     const old = ctx.attributes.size;
     if (size < old) forEachPiece(size, old - size, zero, ctx);
-    while (ctx.state.length * CHUNK < size) ctx.state.push(new Chunk());
+    while (ctx.state.length * CHUNK < size) ctx.state.push(new Chunk('private'));
     ctx.state.length = Math.ceil(size / CHUNK);
   },
 
@@ -116,7 +189,7 @@ const ram: Driver<Ram> = {
         return zeros.subarray(0, buffer.length);
       }
     }
-    forEachPiece(offset, buffer.length, (c, from, done, length) => c.memory.copy(buffer, done, from, from + length), ctx);
+    forEachPiece(offset, buffer.length, (c, from, done, length) => c.copyOut(buffer, from, done, length), ctx);
   },
 
   write(data, offset, ctx) {

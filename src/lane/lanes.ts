@@ -40,7 +40,9 @@ export interface LaneData {
   readonly frontend: string;
   /** The frontend's laneShare(). */
   readonly share: unknown;
-  readonly ctx: Omit<Context<unknown>, 'state' | 'lane'>;
+  /** The driver's laneShare() (Driver.laneShare), given to each lane's instance as ctx.laneShared. */
+  readonly driverShare: unknown;
+  readonly ctx: Omit<Context<unknown>, 'state' | 'lane' | 'laneShared'>;
   readonly slots: Float64Array;
 }
 
@@ -114,6 +116,7 @@ export class Lanes {
     recipe: DriverRecipe,
     frontend: string,
     share: unknown,
+    driverShare: unknown,
     ctx: Context<unknown>,
     log: (line: string) => void,
     abort: (error: Error) => void,
@@ -123,7 +126,7 @@ export class Lanes {
     const lanes: Lane[] = [];
     const starts: Promise<Error | undefined>[] = [];
     for (let lane = 1; lane < count; lane++) {
-      starts.push(new Promise((resolve) => lanes.push(new Lane({ lane, recipe, frontend, share, ctx: shared }, log, abort, resolve))));
+      starts.push(new Promise((resolve) => lanes.push(new Lane({ lane, recipe, frontend, share, driverShare, ctx: shared }, log, abort, resolve))));
     }
     const failure = (await Promise.all(starts)).find((error) => error !== undefined);
     if (failure) {

@@ -25,7 +25,7 @@ async function main(): Promise<void> {
   const loaded = await importDriverModule(module.startsWith('file:') ? fileURLToPath(module) : module);
   const driver = await makeDriver(loaded, data.recipe.args ?? [], data.recipe.options ?? {});
   if (!driver.laneSafe) throw new BdusError('EINVAL', `${data.recipe.module} made a driver that is not lane-safe`);
-  const ctx: Context<unknown> = { ...data.ctx, attributes: lockAttributes(data.ctx.attributes), lane: data.lane, state: undefined };
+  const ctx: Context<unknown> = { ...data.ctx, attributes: lockAttributes(data.ctx.attributes), lane: data.lane, laneShared: data.driverShare, state: undefined };
   instance = new DriverInstance(driver, ctx, log, (error) => say({ type: 'abort', message: error.message }));
   const { requests } = instance;
   const { counters } = requests;

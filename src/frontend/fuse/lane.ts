@@ -32,8 +32,8 @@ export const fuseLanes: LaneKind = {
       slot.done(EPROTO);
     });
     const newSlot = (c: FuseChannel<Slot>) => new Slot(Buffer.allocUnsafeSlow(bufferSizeFor(MAX_WRITE)), c, expiryReply, undefined);
-    // No spinning: the frontend's own reader spins for the next request already, and a second
-    // thread spinning beside it takes a core from the client on a small machine.
+    // No spinning (nor does the main thread's reader when there are lanes): a thread spinning
+    // for the next request takes a core that another lane or the client needs.
     const channel = new FuseChannel<Slot>(fd, newSlot, dispatch.handle, 0);
     channel.start();
     let closed = false;
