@@ -1,7 +1,7 @@
 /**
  * Lanes (the `lanes` attribute): a device whose requests several threads of its driver process
  * serve, each through its own clone of the FUSE connection. ext4 and fio verify on it, every lane
- * serving and counted; the ram example's lanes sharing its memory; hot swaps between lane counts; what it refuses; a lane that cannot start,
+ * serving and counted; the ram example's lanes sharing its memory; resizes; hot swaps between lane counts; what it refuses; a lane that cannot start,
  * aborts or gets stuck leaves nothing.
  */
 import assert from 'node:assert/strict';
@@ -77,6 +77,29 @@ test('lanes: the ram example in two lanes shares one memory: fio verify, discard
   await must('e2fsck', ['-f', '-n', dev]);
   const destroyed = await bdus(['destroy', dev], { timeoutMs: 60_000 });
   assert.equal(destroyed.code, 0, destroyed.stderr);
+  await noLeftovers();
+});
+
+test('lanes: resize: a file and a ram device with two lanes grow and shrink, and both lanes serve the new range', async (t) => {
+  const MiB = 2 ** 20;
+  const verify = async (dev: string, offset: number, size: number) => {
+    const fio = await must('fio', ['--name=v', `--filename=${dev}`, '--rw=randwrite', '--bs=4k', '--iodepth=32', '--ioengine=libaio', '--direct=1', `--offset=${offset}`, `--size=${size}`, '--verify=crc32c', '--verify_fatal=1', '--output-format=terse'], { timeoutMs: 180_000 });
+    assert.equal(fio.split(';')[4], '0', `fio verify of [${offset / MiB}M, +${size / MiB}M) on ${dev}: no error`);
+  };
+  const img = image(t, 128 * MiB);
+  // ram grows past its first GiB: the other lane maps the memory lane 0 added.
+  for (const [args, grown, shrunk] of [[['file', img], 384, 96], [['ram', '--size', '256M'], 1280, 512]] as const) {
+    const dev = await device(t, ['--frontend', 'fuse', ...args, '--lanes', '2']);
+    const first = Number(await must('blockdev', ['--getsize64', dev]));
+    const r = await bdus(['resize', dev, `${grown}M`]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(Number(await must('blockdev', ['--getsize64', dev])), grown * MiB, `${args[0]}: clients see the new size`);
+    await verify(dev, first, grown * MiB - first);
+    assert.equal((await bdus(['resize', dev, `${shrunk}M`])).code, 0);
+    assert.equal(Number(await must('blockdev', ['--getsize64', dev])), shrunk * MiB);
+    await verify(dev, 0, shrunk * MiB);
+    assert.equal((await bdus(['destroy', dev])).code, 0);
+  }
   await noLeftovers();
 });
 

@@ -248,8 +248,9 @@ export class Device<State = unknown> {
   }
 
   /**
-   * The daemon's `resize` event (`bdus resize`): the driver's resize callback, then the kernel;
-   * if the kernel refuses, the callback is asked back to the old size. Answers with `resized`.
+   * The daemon's `resize` event (`bdus resize`): the driver's resize callback (lane 0's, then
+   * the other lanes'), then the kernel; if a lane or the kernel refuses, the callbacks are asked
+   * back to the old size. Answers with `resized`.
    */
   private async resize(size: number): Promise<void> {
     const { attributes } = this.ctx;
@@ -266,11 +267,20 @@ export class Device<State = unknown> {
       if (size !== old) {
         await this.driver.resize(size, this.ctx);
         setDeviceSize(attributes, size);
+        const back = async () => {
+          setDeviceSize(attributes, old);
+          await Promise.resolve(this.driver.resize!(old, this.ctx)).catch(() => undefined);
+          await this.lanes?.resize(old, this.driver.laneShare?.(this.ctx));
+        };
+        const laneFailures = (await this.lanes?.resize(size, this.driver.laneShare?.(this.ctx))) ?? [];
+        if (laneFailures.length > 0) {
+          await back();
+          throw new BdusError('EIO', `a lane's driver refused the new size: ${laneFailures[0]}`);
+        }
         try {
           await this.frontend.resize(size);
         } catch (error) {
-          setDeviceSize(attributes, old);
-          await Promise.resolve(this.driver.resize(old, this.ctx)).catch(() => undefined);
+          await back();
           throw new BdusError('EIO', `the kernel refused the new size: ${(error as Error).message}`);
         }
         this.log(`resized from ${old} to ${size} bytes`);

@@ -124,6 +124,11 @@ export interface Driver<State = unknown> {
    * callbacks only after it returned, and once it returned, none reach past a smaller size.
    * `ctx.attributes.size` changes once it returned and the kernel took the new size (the kernel
    * refusing calls it again with the old size). Without it, the device cannot be resized.
+   * With lanes it runs on lane 0's instance, then on every other lane's, each before the kernel
+   * learns the size; on those, `ctx.laneShared` is lane 0's `laneShare` as it is after its
+   * resize (a driver whose store is shared does the work on lane 0 and, on the others, takes
+   * what it needs from there: the ram example maps the memory lane 0 added). A lane that throws
+   * refuses the resize: every instance is asked back to the old size.
    * Kernel paths: FUSE+loop (loop's capacity change), kernel NBD (netlink reconfigure) and ublk
    * on Linux 6.16 and later (UPDATE_SIZE; earlier kernels refuse the resize before calling it).
    */

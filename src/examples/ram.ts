@@ -169,12 +169,19 @@ const ram: Driver<Ram> = {
   },
 
   // Growing maps chunks (the new range reads as zeros); shrinking drops what lies past the end.
-  // (A device with lanes cannot be resized.)
+  // With lanes, lane 0 does it; the other lanes then map what its laneShare now names.
   resize(size, ctx) {
+    const shared = ctx.laneShared as SharedChunk[] | undefined;
+    if (shared) {
+      while (ctx.state.length < shared.length) ctx.state.push(new Chunk(shared[ctx.state.length]!));
+      ctx.state.length = shared.length;
+      return;
+    }
     const old = ctx.attributes.size;
     if (size < old) forEachPiece(size, old - size, zero, ctx);
-    while (ctx.state.length * CHUNK < size) ctx.state.push(new Chunk('private'));
-    ctx.state.length = Math.ceil(size / CHUNK);
+    while (ctx.state.length * CHUNK < size) ctx.state.push(new Chunk(ctx.lane === 0 ? 'lanes' : 'private'));
+    // A lane still maps a chunk dropped here until its own resize: the mapping keeps the memory.
+    for (const dropped of ctx.state.splice(Math.ceil(size / CHUNK))) if (dropped.fd >= 0) closeSync(dropped.fd);
   },
 
   // A read within one chunk answers with memory of its own where it can (see Chunk).

@@ -49,6 +49,8 @@ export interface LaneServer {
   stop(): void;
   /** Closes the lane's end, once its requests are answered. */
   close(): void;
+  /** The device is `size` bytes now: the lane answers the kernel's questions with it (a resize). */
+  resize(size: number): void;
   /** Resolves when the kernel side ended (undefined when stop() ended it), as Frontend.ended. */
   readonly ended: Promise<Error | undefined>;
 }

@@ -52,7 +52,11 @@ export type LaneMessage =
   | { type: 'failed'; code: string; message: string }
   | { type: 'log'; line: string }
   | { type: 'abort'; message: string }
-  | { type: 'stopped'; message: string };
+  | { type: 'stopped'; message: string }
+  | { type: 'resized'; message: string };
+
+/** What the main thread tells a lane's thread after its start (worker.ts). */
+export type LaneOrder = { type: 'stop' } | { type: 'resize'; size: number; driverShare: unknown };
 
 /** A lane's thread may take this long to stop beyond its requests' timeout before it is ended. */
 const STOP_SLACK_MS = 5000;
@@ -61,6 +65,7 @@ class Lane {
   readonly counters = new LaneCounters();
   readonly worker: Worker;
   private stopped: ((message: string) => void) | undefined;
+  private resized: ((message: string) => void) | undefined;
 
   constructor(
     data: Omit<LaneData, 'slots'>,
@@ -74,6 +79,7 @@ class Lane {
       else if (m.type === 'failed') ready(new BdusError(m.code, `lane ${data.lane}: ${m.message}`));
       else if (m.type === 'log') this.log(`lane ${data.lane}: ${m.line}`);
       else if (m.type === 'abort') this.abort(new Error(`lane ${data.lane}: ${m.message}`));
+      else if (m.type === 'resized') this.resized?.(m.message);
       else this.stopped?.(m.message);
     });
     this.worker.on('error', (error) => {
@@ -85,19 +91,31 @@ class Lane {
     this.worker.once('exit', () => {
       ready(new Error(`lane ${data.lane} ended while starting`));
       this.stopped?.('');
+      this.resized?.(`lane ${data.lane} ended`);
     });
   }
 
   /** Asks the lane to stop (see Lanes.stop); resolves with its terminate's failure, or ''. */
   stop(timeoutMs: number): Promise<string> {
     const done = new Promise<string>((resolve) => (this.stopped = resolve));
-    this.worker.postMessage('stop');
+    this.order({ type: 'stop' });
     const timer = setTimeout(() => void this.worker.terminate(), timeoutMs);
     return done.finally(() => clearTimeout(timer));
   }
 
+  /** Asks the lane to take a new size (see Lanes.resize); resolves with its failure, or ''. */
+  resize(size: number, driverShare: unknown): Promise<string> {
+    const done = new Promise<string>((resolve) => (this.resized = resolve));
+    this.order({ type: 'resize', size, driverShare });
+    return done;
+  }
+
   async kill(): Promise<void> {
     await this.worker.terminate();
+  }
+
+  private order(order: LaneOrder): void {
+    this.worker.postMessage(order);
   }
 }
 
@@ -157,6 +175,17 @@ export class Lanes {
     this.stopping = true;
     const messages = await Promise.all(this.lanes.map((lane) => lane.stop(requestTimeout * 1.25 + STOP_SLACK_MS)));
     this.beat(into);
+    return messages.filter((m) => m !== '');
+  }
+
+  /**
+   * A resize, after lane 0's driver instance took the new size: every other lane's instance
+   * runs its resize callback (with `ctx.laneShared` now `driverShare`, lane 0's laneShare()
+   * after its resize), then takes the size and answers the kernel with it. Resolves with the
+   * lanes' failures (the caller puts the old size back).
+   */
+  async resize(size: number, driverShare: unknown): Promise<string[]> {
+    const messages = await Promise.all(this.lanes.map((lane) => lane.resize(size, driverShare)));
     return messages.filter((m) => m !== '');
   }
 

@@ -6,12 +6,12 @@
 import { fileURLToPath } from 'node:url';
 import { parentPort, workerData } from 'node:worker_threads';
 import { importDriverModule, makeDriver } from '../cli/load-driver.js';
-import { lockAttributes } from '../driver/attributes.js';
+import { lockAttributes, setDeviceSize } from '../driver/attributes.js';
 import type { Context } from '../driver/driver.js';
 import { BdusError } from '../driver/errors.js';
 import { frontendKind } from '../frontend/kinds.js';
 import { DriverInstance } from '../instance/driver-instance.js';
-import type { LaneData, LaneMessage } from './lanes.js';
+import type { LaneData, LaneMessage, LaneOrder } from './lanes.js';
 
 const port = parentPort!;
 const data = workerData as LaneData;
@@ -34,7 +34,22 @@ async function main(): Promise<void> {
   await instance.initialize();
   const server = frontendKind(data.frontend).lanes!.serve(data.share, requests, log);
   void server.ended.then((error) => error && say({ type: 'abort', message: error.message }));
-  port.once('message', () => {
+  port.on('message', (order: LaneOrder) => {
+    if (order.type === 'resize') {
+      void (async () => {
+        let message = '';
+        try {
+          (ctx as { laneShared?: unknown }).laneShared = order.driverShare;
+          await driver.resize?.(order.size, ctx);
+          setDeviceSize(ctx.attributes, order.size);
+          server.resize(order.size);
+        } catch (error) {
+          message = error instanceof Error ? error.message : String(error);
+        }
+        say({ type: 'resized', message });
+      })();
+      return;
+    }
     server.stop();
     void (async () => {
       await requests.drain();

@@ -115,11 +115,6 @@ export class FuseLoopFrontend implements Frontend {
     return { fd: this.fd, image: this.image };
   }
 
-  async cannotResize(): Promise<string | undefined> {
-    // Lanes answer the kernel's questions about the image too, from the size they started with.
-    return this.options.attributes.lanes > 1 ? 'a device served by lanes cannot change its size yet' : undefined;
-  }
-
   async adopt(fd: number, kernel: KernelDevice): Promise<void> {
     this.fd = fd;
     this.mounted = true;

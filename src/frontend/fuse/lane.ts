@@ -23,7 +23,8 @@ const { EPROTO } = constants.errno;
 
 export const fuseLanes: LaneKind = {
   serve(share, requests, log): LaneServer {
-    const { fd: connection, image } = share as FuseLaneShare;
+    const { fd: connection } = share as FuseLaneShare;
+    let { image } = share as FuseLaneShare;
     const fd = native.fuseClone(connection);
     const expiryReply = Buffer.alloc(OutHeader.SIZE);
     // INIT came and went before any lane existed: a second one is a broken kernel.
@@ -43,6 +44,10 @@ export const fuseLanes: LaneKind = {
         channel.stop();
         if (!closed) closeSync(fd);
         closed = true;
+      },
+      // Before the main thread has the kernel ask again (FuseLoopFrontend.resize): any reader may answer.
+      resize: (size) => {
+        image = { ...image, size };
       },
       ended: channel.ended,
     };
