@@ -11,8 +11,22 @@ interface FioSide {
   clat_ns: { percentile?: Record<string, number> };
 }
 
+/**
+ * Set by SIGINT or SIGTERM: the next fio run throws instead of running, so that every section of
+ * a benchmark leaves through its `finally` and removes what it set up (devices, loop devices,
+ * servers, a Ceph cluster, the FUSE io_uring switch). A second signal kills at once.
+ */
+let stopping: string | undefined;
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    stopping = signal;
+    process.stderr.write(`\n${signal}: stopping after this fio run, and cleaning up\n`);
+  });
+}
+
 /** One time-based fio run over `size`; `target` is the block device's or the NBD URI's fio arguments. */
 export async function fio(target: string[], args: string[], runtime: number, size: string): Promise<Measured> {
+  if (stopping) throw new Error(`stopped by ${stopping}`);
   const out = await sh('fio', [
     '--name=bench', ...target, '--direct=1', `--size=${size}`, '--time_based', `--runtime=${runtime}`, '--ramp_time=1',
     '--norandommap', '--randrepeat=0', '--output-format=json', ...args,

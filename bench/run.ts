@@ -6,6 +6,7 @@
  * Systems, all RAM-backed:
  *   FUSE+loop path (fio libaio, direct I/O, on the block device)
  *     bdus ram          bdus's FUSE+loop frontend, the ram example driver, over /dev/fuse
+ *     bdus ram (2 lanes)  the same served by two threads (`--lanes 2`: docs/performance.md)
  *     bdus ram (io_uring)  the same over FUSE's io_uring (Linux 6.14+; the run switches the
  *                       kernel's enable_uring on for itself and back, and says so)
  *     nbdkit+nbdfuse    nbdkit's memory plugin behind nbdfuse + loop (the C peer, same kernel path)
@@ -136,6 +137,7 @@ async function nbdSystem(name: string, command: string, args: (socket: string) =
 
 const SYSTEMS: Array<() => Promise<System | undefined>> = [
   () => bdusDevice('bdus ram', ['ram', '--size', SIZE]),
+  () => bdusDevice('bdus ram (2 lanes)', ['ram', '--size', SIZE, '--lanes', '2']),
   uringDevice,
   async () => {
     const dir = '/tmp/bdus-bench-nbdfuse';
@@ -188,6 +190,7 @@ const TARGETS: Target[] = [
     minimum: (job) => (/QD32|^1M/.test(job.name) ? 2 : undefined),
   },
   { ours: 'bdus ram', other: 'kernel loop', minimum: againstLoop },
+  { ours: 'bdus ram (2 lanes)', other: 'kernel loop', minimum: againstLoop },
   { ours: 'bdus ram (io_uring)', other: 'kernel loop', minimum: againstLoop },
   { ours: 'bdus export ram', other: 'nbdkit memory', minimum: () => 1.3 },
 ];
