@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import { background, bdus, BIN, device, DRIVERS, fioVerify, image, info, leftovers, mounted, must, mustRerun, openFiles, scratch, sleep } from './helpers.js';
 
 const DRIVER = `${DRIVERS}/lanes.js`;
@@ -22,6 +22,24 @@ function marks(t: { after(f: () => void): void }): string {
   return path;
 }
 
+/** fio verify of random 4k writes at QD32 over [offset, offset + size): both lanes take some. */
+async function verifyLanes(dev: string, offset = 0, size = 64 << 20): Promise<void> {
+  const fio = await must('fio', ['--name=v', `--filename=${dev}`, '--rw=randwrite', '--bs=4k', '--iodepth=32', '--ioengine=libaio', '--direct=1', `--offset=${offset}`, `--size=${size}`, '--verify=crc32c', '--verify_fatal=1', '--output-format=terse'], { timeoutMs: 180_000 });
+  assert.equal(fio.split(';')[4], '0', `fio verify of [${offset >> 20}M, +${size >> 20}M) on ${dev}: no error`);
+}
+
+/** ext4 on the device, a file written, e2fsck clean; then destroyed, leaving nothing. */
+async function ext4ThenDestroy(t: TestContext, dev: string): Promise<void> {
+  await must('mkfs.ext4', ['-q', '-F', dev]);
+  const mnt = await mounted(t, dev);
+  writeFileSync(`${mnt}/file`, Buffer.alloc(8 << 20, 5));
+  await must('umount', [mnt]);
+  await must('e2fsck', ['-f', '-n', dev]);
+  const destroyed = await bdus(['destroy', dev], { timeoutMs: 60_000 });
+  assert.equal(destroyed.code, 0, destroyed.stderr);
+  await noLeftovers();
+}
+
 async function noLeftovers(): Promise<void> {
   for (let i = 0; i < 100 && (await leftovers()).length > 0; i++) await sleep(100);
   assert.deepEqual(await leftovers(), []);
@@ -34,8 +52,7 @@ test('lanes: two threads serve a file device: fio verify and ext4 on it, every l
   const pid = Number(await info(dev, 'pid'));
   assert.equal(fuseFiles(pid), 2, 'the driver reads the connection through two /dev/fuse files');
 
-  const fio = await must('fio', ['--name=v', `--filename=${dev}`, '--rw=randwrite', '--bs=4k', '--iodepth=32', '--ioengine=libaio', '--direct=1', '--size=64M', '--verify=crc32c', '--verify_fatal=1', '--output-format=terse'], { timeoutMs: 180_000 });
-  assert.equal(fio.split(';')[4], '0', 'fio saw no error');
+  await verifyLanes(dev);
   assert.deepEqual(readFileSync(seen, 'utf8').split('\n').filter(Boolean).sort(), ['0', '1'], 'both lanes served requests');
 
   // The lanes' counts reach the stats file at the main thread's next beat.
@@ -44,16 +61,7 @@ test('lanes: two threads serve a file device: fio verify and ext4 on it, every l
   assert.ok(stats.operations.write!.requests >= 16384, `every 4k write is counted (${stats.operations.write!.requests})`);
   assert.ok(stats.operations.read!.requests >= 16384, `every 4k read is counted (${stats.operations.read!.requests})`);
   assert.equal(stats.callbacks, 0, 'no callback is left counted as running');
-
-  await must('mkfs.ext4', ['-q', '-F', dev]);
-  const mnt = await mounted(t, dev);
-  writeFileSync(`${mnt}/file`, Buffer.alloc(8 << 20, 5));
-  await must('umount', [mnt]);
-  await must('e2fsck', ['-f', '-n', dev]);
-
-  const destroyed = await bdus(['destroy', dev], { timeoutMs: 60_000 });
-  assert.equal(destroyed.code, 0, destroyed.stderr);
-  await noLeftovers();
+  await ext4ThenDestroy(t, dev);
 });
 
 test('lanes: the ram example in two lanes shares one memory: fio verify, discard, ext4', async (t) => {
@@ -64,28 +72,15 @@ test('lanes: the ram example in two lanes shares one memory: fio verify, discard
   assert.equal(maps.length, 2, 'each lane maps the one memfd');
 
   // A write answered by one lane and its read by the other: verify fails unless they share memory.
-  const fio = await must('fio', ['--name=v', `--filename=${dev}`, '--rw=randwrite', '--bs=4k', '--iodepth=32', '--ioengine=libaio', '--direct=1', '--size=64M', '--verify=crc32c', '--verify_fatal=1', '--output-format=terse'], { timeoutMs: 180_000 });
-  assert.equal(fio.split(';')[4], '0', 'fio saw no error');
+  await verifyLanes(dev);
   await must('blkdiscard', ['-o', '0', '-l', String(16 << 20), dev]);
   const zeros = await must('sh', ['-c', `dd if=${dev} bs=1M count=16 iflag=direct status=none | tr -d '\\0' | wc -c`]);
   assert.equal(zeros.trim(), '0', 'a discarded range reads as zeros in every lane');
-
-  await must('mkfs.ext4', ['-q', '-F', dev]);
-  const mnt = await mounted(t, dev);
-  writeFileSync(`${mnt}/file`, Buffer.alloc(8 << 20, 5));
-  await must('umount', [mnt]);
-  await must('e2fsck', ['-f', '-n', dev]);
-  const destroyed = await bdus(['destroy', dev], { timeoutMs: 60_000 });
-  assert.equal(destroyed.code, 0, destroyed.stderr);
-  await noLeftovers();
+  await ext4ThenDestroy(t, dev);
 });
 
 test('lanes: resize: a file and a ram device with two lanes grow and shrink, and both lanes serve the new range', async (t) => {
   const MiB = 2 ** 20;
-  const verify = async (dev: string, offset: number, size: number) => {
-    const fio = await must('fio', ['--name=v', `--filename=${dev}`, '--rw=randwrite', '--bs=4k', '--iodepth=32', '--ioengine=libaio', '--direct=1', `--offset=${offset}`, `--size=${size}`, '--verify=crc32c', '--verify_fatal=1', '--output-format=terse'], { timeoutMs: 180_000 });
-    assert.equal(fio.split(';')[4], '0', `fio verify of [${offset / MiB}M, +${size / MiB}M) on ${dev}: no error`);
-  };
   const img = image(t, 128 * MiB);
   // ram grows past its first GiB: the other lane maps the memory lane 0 added.
   for (const [args, grown, shrunk] of [[['file', img], 384, 96], [['ram', '--size', '256M'], 1280, 512]] as const) {
@@ -94,10 +89,10 @@ test('lanes: resize: a file and a ram device with two lanes grow and shrink, and
     const r = await bdus(['resize', dev, `${grown}M`]);
     assert.equal(r.code, 0, r.stderr);
     assert.equal(Number(await must('blockdev', ['--getsize64', dev])), grown * MiB, `${args[0]}: clients see the new size`);
-    await verify(dev, first, grown * MiB - first);
+    await verifyLanes(dev, first, grown * MiB - first);
     assert.equal((await bdus(['resize', dev, `${shrunk}M`])).code, 0);
     assert.equal(Number(await must('blockdev', ['--getsize64', dev])), shrunk * MiB);
-    await verify(dev, 0, shrunk * MiB);
+    await verifyLanes(dev, 0, shrunk * MiB);
     assert.equal((await bdus(['destroy', dev])).code, 0);
   }
   await noLeftovers();
