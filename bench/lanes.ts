@@ -3,11 +3,12 @@
  * device), for three drivers. `pattern` computes every byte it reads in JavaScript (its thread
  * is the bound: what lanes are for); `file` on a file in /dev/shm leaves the work to the kernel
  * (copies, the loop worker, libuv's pool), with the kernel's loop device on the same file beside
- * it; `ram` answers from memory the lanes share (the headline driver, the lanes' own cost). Lane counts alternate within each repetition, so noise hits them alike.
+ * it; `ram` answers from memory the lanes share (the headline driver, the lanes' own cost).
+ * Lane counts alternate within each repetition, so noise hits them alike.
  */
 import { rmSync } from 'node:fs';
 import { execute as sh } from '../src/util/exec.js';
-import { fio, type Metric } from './fio.js';
+import { fill, fio, type Metric } from './fio.js';
 
 const SIZE = '1G';
 const LANES = [1, 2];
@@ -61,7 +62,7 @@ export async function lanesRuns(bin: string, runtime: number, reps: number, log:
         for (const lanes of LANES) {
           const device = (await sh(process.execPath, [bin, 'run', ...subject.args, '--lanes', String(lanes), '--frontend', 'fuse'])).trim();
           try {
-            if (subject.fill) await sh('fio', ['--name=fill', `--filename=${device}`, '--rw=write', '--bs=1M', `--size=${SIZE}`, '--direct=1', '--ioengine=libaio', '--iodepth=8']);
+            if (subject.fill) await fill([`--filename=${device}`, '--ioengine=libaio'], SIZE);
             for (const job of JOBS.filter((j) => subject.writes || !j.writes)) {
               add(`${subject.driver}|${job.name}|${lanes}`, (await fio([`--filename=${device}`, '--ioengine=libaio'], job.args, runtime, SIZE))[job.metric]);
               log('.');

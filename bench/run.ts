@@ -28,7 +28,7 @@ import { cpus, totalmem } from 'node:os';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { execute as sh } from '../src/util/exec.js';
-import { fio as runFio, type Measured, type Metric } from './fio.js';
+import { fill, fio as runFio, type Measured, type Metric } from './fio.js';
 import { lanesLines, lanesRuns } from './lanes.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -397,7 +397,7 @@ async function main(): Promise<void> {
     }
     if (uringBefore !== undefined) log(`enable_uring was ${uringBefore}: switched on for this run, put back at the end\n`);
     // Fill every system first, so that reads read data, not holes.
-    for (const s of systems) await sh('fio', ['--name=fill', ...s.target, '--rw=write', '--bs=1M', '--iodepth=8', `--size=${SIZE}`, '--direct=1']);
+    for (const s of systems) await fill(s.target, SIZE);
     // Progress: one line per fio run, with what is left (runtime plus the 1 s ramp per run).
     const runs = reps * JOBS.length * systems.length;
     let done = 0;

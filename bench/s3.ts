@@ -14,8 +14,9 @@
  * They differ for s3backer: Debian's s3backer (1.5.4) answers FUSE's fsync and flush at once
  * without writing its cache back (fuse_ops.c: `return 0`), so its `sync` returns while the tree
  * is still in its memory; it is durable when its stats file shows no dirty block. bdus answers a
- * flush only when the data is in the store, so for it the two times are one. Prints Markdown: medians, ratios (>1: bdus is better), and the CPU each
- * process used per job (what bounds the number).
+ * flush only when the data is in the store, so for it the two times are one. Prints Markdown:
+ * medians, ratios (>1: bdus is better), and the CPU each process used per job (what bounds the
+ * number).
  *
  *   node dist/bench/s3.js [--reps 2] [--runtime 5] [--size 1G] [--chunk-size 1M] [--cache-size 256M] [--bluestore]
  */
@@ -27,7 +28,7 @@ import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { execute as sh } from '../src/util/exec.js';
 import { parseSize } from '../src/util/units.js';
-import { fio, SYSTEM_JOBS, type Metric } from './fio.js';
+import { fill, fio, SYSTEM_JOBS, type Metric } from './fio.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const BIN = `${ROOT}dist/src/cli/bin.js`;
@@ -37,8 +38,10 @@ const S3B_MNT = `${DIR}/s3backer`;
 const FS_MNT = `${DIR}/fs`;
 const TREE = `${DIR}/tree.tar`;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-/** s3backer's cache holds nothing that is not in the store (its stats file, polled; the ratio has
- * four decimals: exact while the cache has fewer than 10,000 blocks). */
+/**
+ * s3backer's cache holds nothing that is not in the store (its stats file, polled; the ratio has
+ * four decimals: exact while the cache has fewer than 10,000 blocks).
+ */
 async function s3backerClean(): Promise<void> {
   for (let i = 0; i < 6000; i++) {
     if (/block_cache_dirty_ratio\s+0\.0000\b/.test(readFileSync(`${S3B_MNT}/stats`, 'utf8'))) return;
@@ -130,7 +133,7 @@ async function main(): Promise<void> {
     // Fill every device: a read of a chunk never written costs no store access in any of them.
     for (const system of systems) {
       const t0 = Date.now();
-      await sh('fio', ['--name=fill', ...system.target, '--direct=1', `--size=${size}`, '--rw=write', '--bs=1M', '--iodepth=8']);
+      await fill(system.target, size);
       if (system.device) await sh('sync', [system.device]);
       process.stderr.write(`filled ${system.name} in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
     }
