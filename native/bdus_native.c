@@ -489,11 +489,30 @@ struct watcher {
     napi_ref callback;
     napi_async_context context;
     int closing;
+    // Set while the watcher is open: a worker thread (a lane) ended unasked closes it (below).
+    napi_async_cleanup_hook_handle cleanup;
+    int tearing_down;
 };
 
 static void watcher_closed(uv_handle_t *handle)
 {
-    free(handle->data);
+    struct watcher *w = handle->data;
+    if (w->tearing_down)
+        napi_remove_async_cleanup_hook(w->cleanup);
+    free(w);
+}
+
+// The thread's environment ends with the watcher open (Worker.terminate()): Node aborts the
+// process if an event loop closes with a handle still open, so it is closed here, and the
+// environment waits until it is (the hook is removed once the handle is closed).
+static void watcher_teardown(napi_async_cleanup_hook_handle handle, void *data)
+{
+    struct watcher *w = data;
+    w->cleanup = handle;
+    w->tearing_down = 1;
+    w->closing = 1;
+    uv_poll_stop(&w->poll);
+    uv_close((uv_handle_t *)&w->poll, watcher_closed);
 }
 
 static int64_t now_ns(void)
@@ -580,6 +599,7 @@ static napi_value js_watch(napi_env env, napi_callback_info info)
         uv_close((uv_handle_t *)&w->poll, watcher_closed);
         return throw_errno(env, -err, "uv_poll_start");
     }
+    CHECK(napi_add_async_cleanup_hook(env, watcher_teardown, w, &w->cleanup));
     CHECK(napi_create_external(env, w, NULL, NULL, &result));
     return result;
 }
@@ -594,6 +614,7 @@ static napi_value js_unwatch(napi_env env, napi_callback_info info)
     if (w->closing)
         return NULL;
     w->closing = 1;
+    napi_remove_async_cleanup_hook(w->cleanup);
     uv_poll_stop(&w->poll);
     napi_delete_reference(env, w->callback);
     napi_async_destroy(env, w->context);

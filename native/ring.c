@@ -148,8 +148,38 @@ static void handle_closed(uv_handle_t *handle)
     if (--c->handles == 0) {
         free(c->completions);
         c->completions = NULL;
+        if (c->tearing_down)
+            napi_remove_async_cleanup_hook(c->cleanup);
         c->freed(c);
     }
+}
+
+// What both ways of closing do: answers queued this turn still go, then the ring ends.
+static void close_ring(struct command_ring *c)
+{
+    c->closed = 1;
+    if (c->ring.unsubmitted)
+        ring_enter(&c->ring, 0);
+    uv_poll_stop(&c->poll);
+    uv_prepare_stop(&c->prepare);
+    ring_exit(&c->ring);
+    close(c->eventfd);
+    c->eventfd = -1;
+    uv_close((uv_handle_t *)&c->poll, handle_closed);
+    uv_close((uv_handle_t *)&c->prepare, handle_closed);
+}
+
+// The thread's environment ends with the ring open (Worker.terminate(): a lane killed). Node
+// aborts the process if an event loop closes with handles open, and an open ring would keep
+// its device's kernel end (ublk's character device) held: closed here, and the environment
+// waits for the handles (the hook is removed in handle_closed). JavaScript runs no more, so
+// its references are left to the environment's end.
+static void teardown(napi_async_cleanup_hook_handle handle, void *data)
+{
+    struct command_ring *c = data;
+    c->cleanup = handle;
+    c->tearing_down = 1;
+    close_ring(c);
 }
 
 static void submit(uv_prepare_t *prepare)
@@ -217,7 +247,7 @@ napi_status command_ring_start(napi_env env, struct command_ring *c, napi_value 
     uv_unref((uv_handle_t *)&c->prepare);
     uv_prepare_start(&c->prepare, submit);
     uv_poll_start(&c->poll, UV_READABLE, ready);
-    return napi_ok;
+    return napi_add_async_cleanup_hook(env, teardown, c, &c->cleanup);
 }
 
 struct io_uring_sqe *command_ring_sqe(struct command_ring *c)
@@ -234,16 +264,8 @@ void command_ring_close(napi_env env, struct command_ring *c)
 {
     if (c->closed)
         return;
-    c->closed = 1;
-    if (c->ring.unsubmitted)
-        ring_enter(&c->ring, 0);
-    uv_poll_stop(&c->poll);
-    uv_prepare_stop(&c->prepare);
+    napi_remove_async_cleanup_hook(c->cleanup);
     napi_delete_reference(env, c->callback);
     napi_async_destroy(env, c->context);
-    ring_exit(&c->ring);
-    close(c->eventfd);
-    c->eventfd = -1;
-    uv_close((uv_handle_t *)&c->poll, handle_closed);
-    uv_close((uv_handle_t *)&c->prepare, handle_closed);
+    close_ring(c);
 }

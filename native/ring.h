@@ -49,6 +49,9 @@ struct command_ring {
     napi_async_context context;
     // Called once the ring is closed and its handles are gone: frees what embeds it.
     void (*freed)(struct command_ring *c);
+    // Set while the ring runs: a worker thread (a lane) ended unasked closes it (ring.c).
+    napi_async_cleanup_hook_handle cleanup;
+    int tearing_down;
 };
 
 // The ring (`entries`, `flags`) and its eventfd; nothing runs yet. 0, or a negative errno; on
@@ -60,6 +63,7 @@ napi_status command_ring_start(napi_env env, struct command_ring *c, napi_value 
 // A submission entry for a command, submitted with the turn's others.
 struct io_uring_sqe *command_ring_sqe(struct command_ring *c);
 // Submits what is queued, stops watching, ends the ring; `freed` runs once the handles closed.
+// If the thread's environment ends first (Worker.terminate()), the ring is closed then.
 void command_ring_close(napi_env env, struct command_ring *c);
 
 #endif

@@ -169,7 +169,11 @@ struct queue {
 
 static void queue_freed(struct command_ring *c)
 {
-    free(c);
+    struct queue *q = (struct queue *)c;
+    // Still mapped if the ring was closed by its thread's end rather than by ublkQueueClose.
+    if (q->descriptors)
+        munmap(q->descriptors, q->descriptors_len);
+    free(q);
 }
 
 static void queue_command(struct queue *q, uint32_t op, uint16_t tag, int32_t result, uint32_t half)
