@@ -128,6 +128,19 @@ export function image(t: TestContext, size = 64 << 20): string {
   return path;
 }
 
+/** A file the lanes test driver (drivers/lanes.ts) marks with the number of each lane that serves, removed after the test. */
+export function laneMarks(t: TestContext): string {
+  const path = scratch('marks');
+  writeFileSync(path, '');
+  t.after(() => rmSync(path, { force: true }));
+  return path;
+}
+
+/** The lanes that marked `path`, sorted ('undefined' for a driver without lanes). */
+export function lanesSeen(path: string): string[] {
+  return readFileSync(path, 'utf8').split('\n').filter(Boolean).sort();
+}
+
 /** Reads one 4 KiB block at `offset`, bypassing the page cache. */
 export function readBlock(dev: string, offset: number): Promise<Result> {
   return sh('dd', [`if=${dev}`, 'of=/dev/null', 'iflag=direct,skip_bytes', `skip=${offset}`, 'bs=4096', 'count=1', 'status=none'], {
@@ -159,12 +172,17 @@ export async function mustRerun(dev: string, args: readonly string[]): Promise<v
   assert.equal(r.code, 0, `bdus rerun failed: ${r.stderr}`);
 }
 
-/** fio randwrite with crc32c verify on `dev`, until stopped; errors() stops it and returns its error count. */
-export function fioVerify(t: TestContext, dev: string): { errors(): Promise<string> } {
+/**
+ * fio randwrite with crc32c verify on `dev`, until stopped; errors() stops it and returns its
+ * error count. With `cpus`, one job per CPU, each on its own CPU and its own 16 MiB (so that
+ * every hardware queue of a ublk device has requests).
+ */
+export function fioVerify(t: TestContext, dev: string, cpus = 0): { errors(): Promise<string> } {
+  const jobs = cpus > 0 ? [`--numjobs=${cpus}`, `--cpus_allowed=0-${cpus - 1}`, '--cpus_allowed_policy=split', '--offset_increment=16M', '--group_reporting'] : [];
   const fio = background('fio', [
     '--name=verify', `--filename=${dev}`, '--rw=randwrite', '--bs=4k', '--iodepth=8', '--ioengine=libaio', '--direct=1',
     '--size=16M', '--verify=crc32c', '--verify_backlog=128', '--verify_fatal=1', '--verify_state_save=0',
-    '--time_based', '--runtime=600', '--output-format=terse',
+    '--time_based', '--runtime=600', '--output-format=terse', ...jobs,
   ]);
   t.after(() => fio.stop());
   return {

@@ -5,21 +5,14 @@
  * aborts or gets stuck leaves nothing.
  */
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { test, type TestContext } from 'node:test';
-import { background, bdus, BIN, device, DRIVERS, fioVerify, image, info, leftovers, mounted, must, mustRerun, openFiles, scratch, sleep } from './helpers.js';
+import { background, bdus, BIN, device, DRIVERS, fioVerify, image, info, laneMarks, lanesSeen, leftovers, mounted, must, mustRerun, openFiles, sleep } from './helpers.js';
 
 const DRIVER = `${DRIVERS}/lanes.js`;
 
 function fuseFiles(pid: number): number {
   return openFiles(pid).filter((target) => target === '/dev/fuse').length;
-}
-
-function marks(t: { after(f: () => void): void }): string {
-  const path = scratch('marks');
-  writeFileSync(path, '');
-  t.after(() => rmSync(path, { force: true }));
-  return path;
 }
 
 /** fio verify of random 4k writes at QD32 over [offset, offset + size): both lanes take some. */
@@ -47,13 +40,13 @@ async function noLeftovers(): Promise<void> {
 
 test('lanes: two threads serve a file device: fio verify and ext4 on it, every lane serves and is counted', async (t) => {
   const img = image(t, 256 << 20);
-  const seen = marks(t);
+  const seen = laneMarks(t);
   const dev = await device(t, ['--frontend', 'fuse', DRIVER, 'serve', img, seen, '--lanes', '2']);
   const pid = Number(await info(dev, 'pid'));
   assert.equal(fuseFiles(pid), 2, 'the driver reads the connection through two /dev/fuse files');
 
   await verifyLanes(dev);
-  assert.deepEqual(readFileSync(seen, 'utf8').split('\n').filter(Boolean).sort(), ['0', '1'], 'both lanes served requests');
+  assert.deepEqual(lanesSeen(seen), ['0', '1'], 'both lanes served requests');
 
   // The lanes' counts reach the stats file at the main thread's next beat.
   await sleep(600);
@@ -100,16 +93,16 @@ test('lanes: resize: a file and a ram device with two lanes grow and shrink, and
 
 test('lanes: hot swaps under fio verify, from 2 lanes to 3, to 1, to 2: no error, every lane of each driver serves', async (t) => {
   const img = image(t);
-  const dev = await device(t, ['--frontend', 'fuse', DRIVER, 'serve', img, marks(t), '--lanes', '2']);
+  const dev = await device(t, ['--frontend', 'fuse', DRIVER, 'serve', img, laneMarks(t), '--lanes', '2']);
   const fio = fioVerify(t, dev);
   for (const lanes of ['3', '1', '2']) {
     await sleep(1500);
-    const seen = marks(t);
+    const seen = laneMarks(t);
     await mustRerun(dev, [DRIVER, 'serve', img, seen, '--lanes', lanes]);
     const pid = Number(await info(dev, 'pid'));
     assert.equal(fuseFiles(pid), Number(lanes), `the new driver reads through ${lanes} /dev/fuse files`);
     await sleep(1500);
-    const served = readFileSync(seen, 'utf8').split('\n').filter(Boolean).sort();
+    const served = lanesSeen(seen);
     // Without lanes (one), ctx.lane is undefined.
     const expected = lanes === '1' ? ['undefined'] : Array.from({ length: Number(lanes) }, (_, i) => String(i));
     assert.deepEqual(served, expected, `every lane of the ${lanes}-lane driver served`);
@@ -147,12 +140,12 @@ test('lanes: refused for a driver that keeps its data to itself, with recoverabl
 
 test('lanes: a lane that cannot start fails the command and leaves nothing; a lane that aborts ends the device', async (t) => {
   const img = image(t);
-  const failed = await bdus(['run', '--frontend', 'fuse', DRIVER, 'fail-init', img, marks(t), '--lanes', '2'], { timeoutMs: 30_000 });
+  const failed = await bdus(['run', '--frontend', 'fuse', DRIVER, 'fail-init', img, laneMarks(t), '--lanes', '2'], { timeoutMs: 30_000 });
   assert.equal(failed.code, 1);
   assert.match(failed.stderr, /lane 1: the driver's initialize failed: lane 1 cannot start/);
   await noLeftovers();
 
-  const dev = await device(t, ['--frontend', 'fuse', DRIVER, 'abort', img, marks(t), '--lanes', '2']);
+  const dev = await device(t, ['--frontend', 'fuse', DRIVER, 'abort', img, laneMarks(t), '--lanes', '2']);
   const pid = Number(await info(dev, 'pid'));
   const fio = background('fio', ['--name=r', `--filename=${dev}`, '--rw=randread', '--bs=4k', '--iodepth=16', '--ioengine=libaio', '--direct=1', '--time_based', '--runtime=60']);
   t.after(() => fio.stop());
@@ -166,7 +159,7 @@ test('lanes: a lane that cannot start fails the command and leaves nothing; a la
 
 test('lanes: a lane stuck in a callback stops the process\'s beat, and the daemon ends the driver', async (t) => {
   const img = image(t);
-  const dev = await device(t, ['--frontend', 'fuse', DRIVER, 'stuck', img, marks(t), '--lanes', '2', '--request-timeout', '1s']);
+  const dev = await device(t, ['--frontend', 'fuse', DRIVER, 'stuck', img, laneMarks(t), '--lanes', '2', '--request-timeout', '1s']);
   const pid = Number(await info(dev, 'pid'));
   const fio = background('fio', ['--name=r', `--filename=${dev}`, '--rw=randread', '--bs=4k', '--iodepth=16', '--ioengine=libaio', '--direct=1', '--time_based', '--runtime=60']);
   t.after(() => fio.stop());

@@ -6,7 +6,8 @@
  * Inside: mkfs.ext4 and mkfs.xfs, mount, verify; read-only; block sizes and device hints; each
  * request type reaching its callback (discard, write-zeroes with and without unmap, FUA writes,
  * flush); a driver's ENOSPC, ETIMEDOUT and ENOLINK reaching the client as themselves; a request
- * that never ends; two queues served by one event loop; a SIGKILLed driver that is not
+ * that never ends; two queues served by one event loop; two lanes, each serving a queue, also
+ * recoverable across a SIGKILL and hot swaps; a SIGKILLed driver that is not
  * recoverable; each recovery mode; the restart limit; hot swaps under fio verify; the torture
  * test; resize refused on a kernel without UPDATE_SIZE; destroy of a device in use; a STOP_DEV
  * from outside.
@@ -15,7 +16,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
 import {
-  background, bdus, device, DRIVERS, image, info, killDriver, killThenSwap, leftovers, mounted, must, mustRerun, readBlock, records, ROOT, scratch, sh, sleep,
+  background, bdus, device, DRIVERS, fioVerify, image, info, killDriver, killThenSwap, laneMarks, lanesSeen, leftovers, mounted, must, mustRerun, readBlock, records, ROOT, scratch, sh, sleep,
 } from './helpers.js';
 import { torture } from './torture.js';
 
@@ -25,6 +26,7 @@ const ublkHere = inVm || existsSync('/dev/ublk-control') || (await sh('modprobe'
 const MiB = 1 << 20;
 const RECORDER = `${DRIVERS}/recorder.js`;
 const RECOVERABLE = `${DRIVERS}/recoverable.js`;
+const LANES = `${DRIVERS}/lanes.js`;
 const UBLK = ['--frontend', 'ublk'];
 
 if (!ublkHere) {
@@ -112,6 +114,64 @@ function ublkTests(): void {
       assert.match(busy, /READ/, `queue ${queue} holds a read: ${busy}`);
     }
     for (const read of reads) assert.match((await read.done).stderr, /Connection timed out/);
+  });
+
+  test('lanes: two threads, each serving its own queue: fio verify from both CPUs, both serve; the ram example shares its memory', async (t) => {
+    const img = image(t);
+    const seen = laneMarks(t);
+    const dev = await device(t, [LANES, 'serve', img, seen, '--lanes', '2', ...UBLK]);
+    assert.equal(await info(dev, 'queues'), '2', 'the queues are raised to the lanes');
+    assert.equal(await info(dev, 'lanes'), '2');
+    const verifyFile = fioVerify(t, dev, 2);
+    await sleep(3000);
+    assert.equal(await verifyFile.errors(), '0');
+    assert.deepEqual(lanesSeen(seen), ['0', '1'], 'each lane served requests from its own CPU');
+
+    // A write answered by one lane and its read by the other: verify fails unless they share memory.
+    const ram = await device(t, ['ram', '--size', '64M', '--lanes', '2', ...UBLK]);
+    const verify = fioVerify(t, ram, 2);
+    await sleep(3000);
+    assert.equal(await verify.errors(), '0');
+    await must('mkfs.ext4', ['-q', '-F', ram]);
+    await must('e2fsck', ['-f', '-n', ram]);
+    for (const d of [dev, ram]) assert.equal((await bdus(['destroy', d])).code, 0);
+    assert.deepEqual(await leftovers(), []);
+  });
+
+  test('lanes: a lane that aborts ends the device (its ring closed with its thread): I/O fails, the driver ends, nothing is left', async (t) => {
+    const img = image(t);
+    const dev = await device(t, [LANES, 'abort', img, laneMarks(t), '--lanes', '2', ...UBLK]);
+    const pid = Number(await info(dev, 'pid'));
+    // From CPU 1, whose queue lane 1 serves.
+    const fio = background('fio', ['--name=r', `--filename=${dev}`, '--rw=randread', '--bs=4k', '--iodepth=16', '--ioengine=libaio', '--direct=1', '--cpus_allowed=1', '--time_based', '--runtime=120']);
+    t.after(() => fio.stop());
+    const ended = await fio.done;
+    assert.ok(ended.ms < 60_000, `fio ended ${ended.ms} ms in`);
+    assert.match(ended.stderr, /Input\/output error/, 'I/O fails once the driver is gone');
+    for (let i = 0; i < 200 && existsSync(`/proc/${pid}`); i++) await sleep(100);
+    assert.ok(!existsSync(`/proc/${pid}`), 'the driver process ended (DEL_DEV did not wait on a lane\'s open ring)');
+    for (let i = 0; i < 100 && existsSync(dev); i++) await sleep(100);
+    assert.deepEqual(await leftovers(), []);
+  });
+
+  test('lanes and recoverable: a two-lane driver SIGKILLed under fio verify from both CPUs, then drivers of 2, 1 and 2 lanes: 0 errors', async (t) => {
+    const img = image(t);
+    const dev = await device(t, [LANES, 'serve', img, laneMarks(t), '--lanes', '2', '--recoverable', ...UBLK]);
+    const marker = `bdus ublk lanes test ${Date.now()}`;
+    writeFileSync('/dev/kmsg', `${marker}\n`);
+    const fio = fioVerify(t, dev, 2);
+    await sleep(2000);
+    await killDriver(dev);
+    for (const lanes of ['2', '1', '2']) {
+      const seen = laneMarks(t);
+      await mustRerun(dev, [LANES, 'serve', img, seen, '--lanes', lanes]);
+      await sleep(2000);
+      const expected = lanes === '1' ? ['undefined'] : ['0', '1'];
+      assert.deepEqual(lanesSeen(seen), expected, `every lane of the ${lanes}-lane driver served`);
+    }
+    assert.equal(await fio.errors(), '0');
+    const log = (await must('dmesg', [])).split(marker)[1] ?? '';
+    assert.doesNotMatch(log, /WARNING|BUG|I\/O error/, log);
   });
 
   test('a driver without write callbacks: a read-only ublk device', async (t) => {

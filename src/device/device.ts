@@ -166,6 +166,8 @@ export class Device<State = unknown> {
   abort(reason: Error): Promise<void> {
     if (this.ctx.attributes.recoverable) {
       this.ending ??= this.end('keep', async () => {
+        // Lanes first: a ublk lane serves through the kernel end the frontend closes.
+        await this.lanes?.kill();
         await this.frontend.abandon();
         throw reason;
       });

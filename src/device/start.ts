@@ -50,7 +50,6 @@ export async function start<State>(driver: Driver<State>, options: RunOptions<St
     await driverInstance.validate();
     await driverInstance.initialize();
     const kernel = await instance.frontend.start();
-    await instance.startLanes(kind, options.recipe);
     await instance.serve(kernel, instance.frontend.kernelFd);
   } catch (error) {
     instance.requests.abortAll();
@@ -113,11 +112,7 @@ export async function rerun<State>(device: DeviceName, driver: Driver<State>, op
     // device even if a re-sent request then kills it (that request's own limit deals with it).
     const kernel = { path: ctx.kernelPath, major: ctx.major, minor: ctx.minor };
     // A frontend without a kernel end (ublk) recovers the device by number, after the report.
-    // Lanes start once this process reads the device (they clone its kernel end).
-    const adopt = async () => {
-      await frontend.adopt(fd, kernel);
-      await instance.startLanes(kind, options.recipe);
-    };
+    const adopt = () => frontend.adopt(fd, kernel);
     if (fd >= 0 || !kind.keeping.kernelEnd) await instance.serve(kernel, fd, adopt);
     else {
       await adopt();
@@ -209,7 +204,8 @@ class Instance<State> {
     this.requests.counters.startHeartbeat();
     const kind = frontendKind(record.frontend);
     const callbacks = record.callbacks as RequestCallback[];
-    this.frontend = kind.create({ id: this.ctx.id, index: record.index, callbacks, attributes, readOnly, requests: this.requests, log });
+    const startLanes = (share: unknown) => this.startLanes(kind, options.recipe, share);
+    this.frontend = kind.create({ id: this.ctx.id, index: record.index, callbacks, attributes, readOnly, requests: this.requests, log, startLanes });
     // extents answers NBD block-status queries only: no kernel device asks, so it is no surprise.
     const never = callbacks.filter((name) => !kind.callable.includes(name) && name !== 'extents');
     if (!isRerun && never.length > 0) {
@@ -217,13 +213,17 @@ class Instance<State> {
     }
   }
 
-  /** Starts the device's other lanes, if its attributes ask for more than one (start() checked the recipe). */
-  async startLanes(kind: FrontendKind, recipe: DriverRecipe | undefined): Promise<void> {
+  /**
+   * Starts the device's other lanes, if its attributes ask for more than one (start() checked
+   * the recipe): the frontend calls it (FrontendOptions.startLanes) when they may join.
+   */
+  private async startLanes(kind: FrontendKind, recipe: DriverRecipe | undefined, share: unknown): Promise<void> {
     const { lanes } = this.ctx.attributes;
     if (lanes <= 1) return;
-    if (!kind.lanes || !this.frontend.laneShare) throw new BdusError('EINVAL', `the ${kind.title} frontend has no lanes`);
+    if (!kind.lanes) throw new BdusError('EINVAL', `the ${kind.title} frontend has no lanes`);
+    if (this.lanes) throw new BdusError('EINVAL', 'the lanes were started twice');
     const abort = (error: Error) => void (this.device ? this.device.abort(error) : (this.laneFailure ??= error));
-    this.lanes = await Lanes.start(lanes, recipe!, kind.name, this.frontend.laneShare(), this.driver.laneShare?.(this.ctx), this.ctx, this.log, abort);
+    this.lanes = await Lanes.start(lanes, recipe!, kind.name, share, this.driver.laneShare?.(this.ctx), this.ctx, this.log, abort);
     const { counters } = this.requests;
     counters.onBeat = () => this.lanes!.beat(counters.slots);
   }

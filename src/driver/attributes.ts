@@ -64,9 +64,9 @@ export interface Attributes {
    * alone), at most 64. Each lane is a thread with its own event loop, request layer and driver
    * instance, made anew from the driver's module; the kernel gives each request to whichever lane
    * reads it first. The driver must say it can (`laneSafe`: its data is shared, in a file say)
-   * and come from a module (the CLI, or run()'s `recipe` option). FUSE+loop over /dev/fuse only,
-   * so far; not with recoverable (docs/performance.md, "lanes"). A rerun's driver may have
-   * another number of lanes.
+   * and come from a module (the CLI, or run()'s `recipe` option). FUSE+loop over /dev/fuse (not
+   * recoverable there) and ublk (a lane serves whole hardware queues: `queues` is raised to
+   * `lanes`); docs/performance.md, "lanes". A rerun's driver may have another number of lanes.
    */
   lanes?: number;
   /**
@@ -127,7 +127,7 @@ export const ATTRIBUTES: { readonly [K in AttributeName]-?: AttributeSpec } = {
   optimalIoSize: { kind: 'bytes', doc: 'hint: preferred I/O size, 0 or a power of two >= physical block size (ublk only)' },
   queues: { kind: 'count', doc: 'hardware queues: 0 means 1, at most 64 (ublk only; the others have one)' },
   fuseIoUring: { kind: 'flag', doc: 'FUSE+loop over io_uring (Linux 6.14+, once root allows it); not recoverable, no rerun' },
-  lanes: { kind: 'count', doc: 'threads serving requests: 0 means 1, at most 64 (FUSE+loop; lane-safe drivers; not recoverable)' },
+  lanes: { kind: 'count', doc: 'threads serving requests: 0 means 1, at most 64 (lane-safe drivers; FUSE+loop, not recoverable; ublk, queues raised to lanes)' },
   recoverable: { kind: 'flag', doc: 'keep the device if the driver dies abnormally; a new driver attaches with rerun' },
   recoveryMode: { kind: 'choice', choices: RECOVERY_MODES, doc: 'requests a dead driver received: reissue (default), fail-received, or fail-all until a driver attaches' },
   restartLimit: { kind: 'count', doc: 'driver deaths a request may be in flight across before it fails alone (0: default 10)' },
@@ -253,8 +253,6 @@ export function adjustAttributes(attrs: Attributes, driver: object): EffectiveAt
     if (!(driver as { laneSafe?: boolean }).laneSafe) {
       throw new AttributeError(`invalid attributes: lanes ${lanes} needs a lane-safe driver (laneSafe: its instances see the same data, as the file driver's do); this one is not (and a driver with filters is not, yet)`);
     }
-    if (flag(attrs, 'recoverable')) throw new AttributeError('invalid attributes: lanes and recoverable exclude each other (the kernel fails the requests a dead lane had taken)');
-    if (flag(attrs, 'fuseIoUring')) throw new AttributeError('invalid attributes: lanes and fuseIoUring exclude each other (lanes read /dev/fuse)');
   }
 
   if (flag(attrs, 'fuseIoUring') && flag(attrs, 'recoverable')) {

@@ -39,8 +39,8 @@ export interface FrontendKind {
  * through its own request layer.
  */
 export interface LaneKind {
-  /** Starts serving in this thread, from what the frontend's laneShare() gave. */
-  serve(share: unknown, requests: RequestLayer, log: (message: string) => void): LaneServer;
+  /** Starts serving in this thread as lane `lane` (1 and up), from what the frontend gave FrontendOptions.startLanes. */
+  serve(share: unknown, lane: number, requests: RequestLayer, log: (message: string) => void): LaneServer;
 }
 
 /** A lane's end of a kernel device. */
@@ -117,6 +117,14 @@ export interface FrontendOptions {
   readonly readOnly: boolean;
   readonly requests: RequestLayer;
   readonly log: (message: string) => void;
+  /**
+   * Starts the device's other lanes (a no-op without the `lanes` attribute), each serving from
+   * `share` (structured-clonable, for a worker thread; LaneKind.serve takes it); resolves once
+   * every lane serves. A frontend whose kind has `lanes` calls it once per start() or adopt(),
+   * when the lanes may join: FUSE+loop once it reads the device (they clone its connection),
+   * ublk before it starts or recovers the device (the kernel waits for every queue).
+   */
+  readonly startLanes: (share: unknown) => Promise<void>;
 }
 
 export interface Frontend {
@@ -173,9 +181,4 @@ export interface Frontend {
    * ended on its own (say, someone unmounted it).
    */
   readonly ended: Promise<Error | undefined>;
-  /**
-   * What a lane needs to serve this device alongside the frontend (structured-clonable, for a
-   * worker thread), once start() resolved; present where the kind has `lanes`.
-   */
-  laneShare?(): unknown;
 }

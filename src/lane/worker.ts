@@ -32,7 +32,7 @@ async function main(): Promise<void> {
   counters.slots = data.slots;
   counters.startHeartbeat();
   await instance.initialize();
-  const server = frontendKind(data.frontend).lanes!.serve(data.share, requests, log);
+  const server = frontendKind(data.frontend).lanes!.serve(data.share, data.lane, requests, log);
   void server.ended.then((error) => error && say({ type: 'abort', message: error.message }));
   port.on('message', (order: LaneOrder) => {
     if (order.type === 'resize') {

@@ -108,11 +108,8 @@ export class FuseLoopFrontend implements Frontend {
       this.options.log(`warning: ${this.loopPath} runs without direct I/O; data is cached twice`);
     }
     const [major, minor] = readFileSync(`/sys/block/${name}/dev`, 'utf8').trim().split(':').map(Number) as [number, number];
+    await this.startLanes();
     return { path: this.loopPath, major, minor };
-  }
-
-  laneShare(): FuseLaneShare {
-    return { fd: this.fd, image: this.image };
   }
 
   async adopt(fd: number, kernel: KernelDevice): Promise<void> {
@@ -121,6 +118,13 @@ export class FuseLoopFrontend implements Frontend {
     this.loopPath = kernel.path;
     this.read();
     this.channel!.resend();
+    await this.startLanes();
+  }
+
+  /** Lanes clone the connection this process reads: they join once it does. */
+  private startLanes(): Promise<void> {
+    const share: FuseLaneShare = { fd: this.fd, image: this.image };
+    return this.options.startLanes(share);
   }
 
   async detach(): Promise<void> {

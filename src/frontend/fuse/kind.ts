@@ -4,6 +4,7 @@
  * keeper reads its requests (keeper.ts), through the duplicate of /dev/fuse the daemon holds.
  */
 import { existsSync } from 'node:fs';
+import { AttributeError } from '../../driver/errors.js';
 import { oneBlockSize } from '../block-size.js';
 import type { FrontendKind } from '../frontend.js';
 import { FuseLoopFrontend, reclaimFuseLoop } from './fuse-loop.js';
@@ -21,7 +22,14 @@ export const fuseLoop: FrontendKind = {
     return undefined;
   },
 
-  attributes: oneBlockSize,
+  attributes(attributes) {
+    if (attributes.lanes > 1) {
+      // fuse_dev_release ends the requests a closed clone had taken (lane.ts): a dead driver's lanes' requests would fail.
+      if (attributes.recoverable) throw new AttributeError('invalid attributes: lanes and recoverable exclude each other on FUSE+loop (the kernel fails the requests a dead lane had taken; ublk has both: --frontend ublk)');
+      if (attributes.fuseIoUring) throw new AttributeError('invalid attributes: lanes and fuseIoUring exclude each other (lanes read /dev/fuse)');
+    }
+    return oneBlockSize(attributes);
+  },
 
   // loop sends no FUA (O_DSYNC becomes write + flush), no secure erase, no write-same, and
   // answers ioctls itself; block status is an NBD query.

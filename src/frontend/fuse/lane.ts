@@ -22,7 +22,7 @@ import { Slot } from './slot.js';
 const { EPROTO } = constants.errno;
 
 export const fuseLanes: LaneKind = {
-  serve(share, requests, log): LaneServer {
+  serve(share, _lane, requests, log): LaneServer {
     const { fd: connection } = share as FuseLaneShare;
     let { image } = share as FuseLaneShare;
     const fd = native.fuseClone(connection);

@@ -25,13 +25,14 @@ const ENTRY = 16;
 const DIR = `${RUN_DIR}/ublk`;
 
 export class InflightTable {
-  /** What the previous driver held when this one took the device over; empty for a new device. */
-  private previous: Buffer;
-
-  private constructor(private readonly table: Buffer) {
-    this.previous = Buffer.from(table);
-    table.fill(0);
-  }
+  private constructor(
+    private readonly table: Buffer,
+    /**
+     * What the previous driver held when this one took the device over (empty for a new
+     * device), in shared memory: the device's lanes each take their own queues' slots of it.
+     */
+    readonly previous: Buffer,
+  ) {}
 
   static path(deviceId: string): string {
     return `${DIR}/${deviceId}.inflight`;
@@ -39,7 +40,19 @@ export class InflightTable {
 
   /** Maps the device's table (made if need be), taking what a previous driver left in it. */
   static open(deviceId: string, slots: number): InflightTable {
-    return new InflightTable(mapSharedFile(InflightTable.path(deviceId), slots * ENTRY));
+    const table = mapSharedFile(InflightTable.path(deviceId), slots * ENTRY);
+    const previous = Buffer.from(new SharedArrayBuffer(table.length));
+    table.copy(previous);
+    table.fill(0);
+    return new InflightTable(table, previous);
+  }
+
+  /**
+   * Maps the table a lane's main thread opened (a lane's queues are its own slots), with what
+   * the previous driver held as it found it: the buffer of `previous` of the main thread's table.
+   */
+  static join(deviceId: string, slots: number, previous: SharedArrayBuffer): InflightTable {
+    return new InflightTable(mapSharedFile(InflightTable.path(deviceId), slots * ENTRY), Buffer.from(previous));
   }
 
   static remove(deviceId: string): void {

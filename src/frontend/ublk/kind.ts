@@ -9,10 +9,10 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { lockAttributes } from '../../driver/attributes.js';
-import { AttributeError } from '../../driver/errors.js';
 import type { FrontendKind, KeptDevice, Keeper } from '../frontend.js';
 import { Command, control, deviceInfo, ublkAvailable, ublkNumberOf } from './control.js';
 import { InflightTable } from './inflight-table.js';
+import { ublkLanes } from './lane.js';
 import { ownerOf, processGone, UblkFrontend } from './ublk.js';
 
 const STAND_IN = fileURLToPath(new URL('./stand-in.js', import.meta.url));
@@ -56,17 +56,24 @@ export const ublk: FrontendKind = {
     return (await ublkAvailable()) ? undefined : 'the kernel has no ublk (no /dev/ublk-control; modprobe ublk_drv failed: it needs Linux 6.0 or later)';
   },
 
-  /** The kernel gives a device at most one queue per CPU: fewer are asked for, visibly. */
+  /**
+   * The kernel gives a device at most one queue per CPU: fewer are asked for, visibly. A lane
+   * serves whole queues (lane.ts): with lanes there are at least as many queues (within the
+   * CPUs), and no more lanes than queues.
+   */
   attributes(attributes) {
-    if (attributes.lanes > 1) throw new AttributeError('invalid attribute lanes: the ublk frontend has no lanes yet (FUSE+loop has: --frontend fuse)');
     const cpus = availableParallelism();
-    return attributes.queues <= cpus ? attributes : lockAttributes({ ...attributes, queues: cpus });
+    const queues = Math.min(Math.max(attributes.queues, attributes.lanes), cpus);
+    const lanes = Math.min(attributes.lanes, queues);
+    return queues === attributes.queues && lanes === attributes.lanes ? attributes : lockAttributes({ ...attributes, queues, lanes });
   },
 
   // ublk carries no secure erase, write-same, ioctls or block status queries.
   callable: ['read', 'write', 'fuaWrite', 'flush', 'discard', 'writeZeros'],
 
   create: (options) => new UblkFrontend(options),
+
+  lanes: ublkLanes,
 
   keeping: {
     kernelKeepsDevice: true,

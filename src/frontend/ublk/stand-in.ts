@@ -19,7 +19,7 @@ import { constants } from 'node:os';
 import type { Exchange } from '../../request/exchange.js';
 import type { QueueRequests } from './queue.js';
 import { InflightTable } from './inflight-table.js';
-import { QUEUE_DEPTH, recover, UblkQueues } from './ublk.js';
+import { allQueues, QUEUE_DEPTH, recover, UblkQueues } from './ublk.js';
 
 const { EIO } = constants.errno;
 
@@ -36,12 +36,12 @@ async function main(): Promise<void> {
   const log = (message: string) => process.stderr.write(`ublk stand-in ${device}: ${message}\n`);
   const table = InflightTable.open(id, queues! * QUEUE_DEPTH);
   const aborted = () => process.exit(0);
-  const served = new UblkQueues(device!, { maxReadWriteSize: maxReadWriteSize!, requests: failAll, table, log, aborted }, queues!);
+  const served = new UblkQueues(device!, { maxReadWriteSize: maxReadWriteSize!, requests: failAll, table, log, aborted }, allQueues(queues!));
   process.on('SIGTERM', () => {
     served.close();
     process.exit(0);
   });
-  await recover(served, log);
+  await recover(device!, () => served.open(), log);
   process.send?.('serving');
 }
 

@@ -27,23 +27,35 @@ export const QUEUE_DEPTH = 64;
 /** How long a new driver waits for the previous server to be gone before it recovers the device. */
 const RECOVERY_WAIT_MS = 15_000;
 
-/** Opens a ublk device's character device and serves its queues: for a driver and for the daemon's stand-in. */
+/**
+ * Serves some of a ublk device's queues (by default all): for a driver, each of its lanes, and
+ * the daemon's stand-in. The kernel lets the character device be opened once: the first
+ * UblkQueues of a process opens it, and its lanes serve through that descriptor.
+ */
 export class UblkQueues {
   readonly queues: UblkQueue[] = [];
   private cdev = -1;
+  private ownsCdev = false;
 
   constructor(
     readonly device: number,
     private readonly options: Pick<QueueOptions, 'requests' | 'table' | 'log' | 'aborted'> & { readonly maxReadWriteSize: number },
-    readonly count: number,
+    readonly ids: readonly number[],
   ) {}
 
-  open(): void {
-    this.cdev = openSync(`/dev/ublkc${this.device}`, 'r+');
+  /** Opens the character device, or serves through `cdev` (a lane: its main thread's), and fetches on every queue. */
+  open(cdev?: number): void {
+    this.ownsCdev = cdev === undefined;
+    this.cdev = cdev ?? openSync(`/dev/ublkc${this.device}`, 'r+');
     const bufferSize = bufferSizeOf(this.options.maxReadWriteSize);
-    for (let id = 0; id < this.count; id++) {
+    for (const id of this.ids) {
       this.queues.push(new UblkQueue({ ...this.options, cdev: this.cdev, id, depth: QUEUE_DEPTH, bufferSize }));
     }
+  }
+
+  /** The character device's descriptor, once open. */
+  get fd(): number {
+    return this.cdev;
   }
 
   stopTaking(): void {
@@ -54,13 +66,42 @@ export class UblkQueues {
     await Promise.all(this.queues.map((q) => q.drained()));
   }
 
-  /** Closes the queues and the character device: the kernel may now quiesce the device. */
+  /**
+   * Closes the queues and, if it opened it, the character device (a process's lanes close
+   * theirs first): once every queue of the device is closed, the kernel quiesces it.
+   */
   close(): void {
     for (const q of this.queues) q.close();
     this.queues.length = 0;
-    if (this.cdev >= 0) closeSync(this.cdev);
+    if (this.cdev >= 0 && this.ownsCdev) closeSync(this.cdev);
     this.cdev = -1;
   }
+}
+
+/** Queues 0 to count-1. */
+export function allQueues(count: number): number[] {
+  return Array.from({ length: count }, (_, id) => id);
+}
+
+/**
+ * The queues lane `lane` of `lanes` serves: every lanes-th from its own number (the main
+ * thread, lane 0, serves queue 0). blk-mq maps CPUs onto queues in order, so each lane
+ * takes the requests of its own CPUs.
+ */
+export function queuesOfLane(count: number, lanes: number, lane: number): number[] {
+  return allQueues(count).filter((id) => id % lanes === lane);
+}
+
+/** What a lane (lane.ts) takes from the frontend to serve its queues. */
+export interface UblkLaneShare {
+  readonly device: number;
+  /** The character device: a descriptor of this process. */
+  readonly cdev: number;
+  readonly queues: number;
+  readonly lanes: number;
+  readonly maxReadWriteSize: number;
+  /** A recoverable device's in-flight table: the device's id, and what the previous driver held (InflightTable.previous). */
+  readonly table: { readonly id: string; readonly previous: SharedArrayBuffer } | undefined;
 }
 
 /** The per-tag buffer: the largest request, in whole pages. */
@@ -84,13 +125,12 @@ export async function processGone(pid: number, ms: number): Promise<boolean> {
 }
 
 /**
- * Takes over a device whose server is gone or going (START_USER_RECOVERY), serves its queues,
- * and lets the kernel send requests again (END_USER_RECOVERY). The kernel accepts the first
+ * Takes over a device whose server is gone or going (START_USER_RECOVERY), serves its queues
+ * (`serve`), and lets the kernel send requests again (END_USER_RECOVERY). The kernel accepts the first
  * only once the previous server's queues are closed and the device quiesced, which it does
  * shortly after: retried until then.
  */
-export async function recover(queues: UblkQueues, log: (message: string) => void): Promise<void> {
-  const { device } = queues;
+export async function recover(device: number, serve: () => void | Promise<void>, log: (message: string) => void): Promise<void> {
   const info = await deviceInfo(device);
   if (!info) throw new BdusError('ENODEV', `ublk device ${device} is gone`);
   // The kernel warns if a recovery starts while the old server's thread still runs.
@@ -107,7 +147,7 @@ export async function recover(queues: UblkQueues, log: (message: string) => void
       await sleep(10);
     }
   }
-  queues.open();
+  await serve();
   await control(Command.END_USER_RECOVERY, device, undefined, process.pid);
 }
 
@@ -130,15 +170,30 @@ export class UblkFrontend implements Frontend {
     this.ended = new Promise((resolve) => (this.endWith = resolve));
   }
 
-  private serveQueues(count: number): UblkQueues {
+  /**
+   * Serves this thread's queues (lane 0's: every queue without lanes), then has the other lanes
+   * serve theirs. Before START_DEV or END_USER_RECOVERY, which wait for every queue's fetches.
+   */
+  private async serveQueues(count: number): Promise<void> {
     const { attributes, requests, log, id } = this.options;
+    const { lanes, maxReadWriteSize } = attributes;
     const table = attributes.recoverable ? InflightTable.open(id.toString(), count * QUEUE_DEPTH) : undefined;
     // Someone else's STOP_DEV (or ublk_drv going) ends the device under the driver.
     const aborted = () => {
       if (!this.stopping) this.endWith(new Error(`the kernel stopped ublk device ${this.device}`));
     };
-    this.queues = new UblkQueues(this.device, { maxReadWriteSize: attributes.maxReadWriteSize, requests, log, table, aborted }, count);
-    return this.queues;
+    this.queues = new UblkQueues(this.device, { maxReadWriteSize, requests, log, table, aborted }, queuesOfLane(count, lanes, 0));
+    this.queues.open();
+    if (lanes <= 1) return;
+    const share: UblkLaneShare = {
+      device: this.device,
+      cdev: this.queues.fd,
+      queues: count,
+      lanes,
+      maxReadWriteSize,
+      table: table && { id: id.toString(), previous: table.previous.buffer as SharedArrayBuffer },
+    };
+    await this.options.startLanes(share);
   }
 
   async start(): Promise<KernelDevice> {
@@ -156,7 +211,7 @@ export class UblkFrontend implements Frontend {
     const has = (name: string) => callbacks.includes(name as never);
     const can = { flush: has('flush'), fuaWrite: has('fuaWrite'), discard: has('discard'), writeZeros: has('writeZeros') };
     await control(Command.SET_PARAMS, this.device, encodeParams(attributes, readOnly, can));
-    this.serveQueues(info.readUInt16LE(0)).open();
+    await this.serveQueues(info.readUInt16LE(0));
     // START_DEV waits for every queue's fetches and then reads the partition table, which the
     // queues answer meanwhile.
     await control(Command.START_DEV, this.device, undefined, process.pid);
@@ -190,7 +245,7 @@ export class UblkFrontend implements Frontend {
     this.device = ublkNumberOf(kernel.path);
     const info = await deviceInfo(this.device);
     if (!info || info.serverData !== ownerOf(this.options.id)) throw new BdusError('ENODEV', `${kernel.path} is no longer this device`);
-    await recover(this.serveQueues(info.queues), this.options.log);
+    await recover(this.device, () => this.serveQueues(info.queues), this.options.log);
     await this.useNoScheduler();
   }
 
