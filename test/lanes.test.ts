@@ -1,8 +1,9 @@
 /**
  * Lanes (the `lanes` attribute): a device whose requests several threads of its driver process
  * serve, each through its own clone of the FUSE connection. ext4 and fio verify on it, every lane
- * serving and counted; the ram example's lanes sharing its memory; resizes; hot swaps between lane counts; what it refuses; a lane that cannot start,
- * aborts or gets stuck leaves nothing.
+ * serving and counted; the ram example's lanes sharing its memory; resizes; hot swaps between
+ * lane counts; a recoverable device's lanes across a SIGKILL (the daemon holds every clone);
+ * what it refuses; a lane that cannot start, aborts or gets stuck leaves nothing.
  */
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -111,12 +112,44 @@ test('lanes: hot swaps under fio verify, from 2 lanes to 3, to 1, to 2: no error
   assert.equal(await info(dev, 'state'), 'available');
 });
 
-test('lanes: refused for a driver that keeps its data to itself, with recoverable, with filters, and above 64', async (t) => {
+/** The control daemon's pid, from `bdus version`. */
+async function daemonPid(): Promise<number> {
+  return Number(/\(pid (\d+),/.exec(await must(process.execPath, [BIN, 'version']))![1]);
+}
+
+test('lanes and recoverable: a two-lane driver SIGKILLed under fio verify at QD32, then drivers of 2, 1 and 2 lanes: 0 errors', async (t) => {
+  const img = image(t);
+  const dev = await device(t, ['--frontend', 'fuse', DRIVER, 'serve', img, laneMarks(t), '--lanes', '2', '--recoverable']);
+  // The daemon holds the connection's file and the lane's clone: a dead lane's requests stay.
+  assert.equal(fuseFiles(await daemonPid()), 2, 'the daemon holds both /dev/fuse files of the driver');
+  const fio = background('fio', [
+    '--name=verify', `--filename=${dev}`, '--rw=randwrite', '--bs=4k', '--iodepth=32', '--ioengine=libaio', '--direct=1', '--size=32M',
+    '--verify=crc32c', '--verify_backlog=256', '--verify_fatal=1', '--verify_state_save=0', '--time_based', '--runtime=600', '--output-format=terse',
+  ]);
+  t.after(() => fio.stop());
+  await sleep(2000);
+  process.kill(Number(await info(dev, 'pid')), 'SIGKILL');
+  for (let i = 0; i < 200 && (await info(dev, 'pid').catch(() => '0')) !== '0'; i++) await sleep(50);
+  for (const lanes of ['2', '1', '2']) {
+    const seen = laneMarks(t);
+    await mustRerun(dev, [DRIVER, 'serve', img, seen, '--lanes', lanes]);
+    await sleep(1500);
+    const expected = lanes === '1' ? ['undefined'] : ['0', '1'];
+    assert.deepEqual(lanesSeen(seen), expected, `every lane of the ${lanes}-lane driver served`);
+    assert.equal(fuseFiles(await daemonPid()), Number(lanes), `the daemon holds the ${lanes}-lane driver's files, and no earlier driver's`);
+  }
+  fio.stop();
+  const result = await fio.done;
+  assert.ok(result.code === 0 || result.code === 128, `fio failed (${result.code}): ${result.stderr}`);
+  assert.equal(result.stdout.split(';')[4], '0', 'fio verify saw no error across the kill and the swaps');
+  assert.equal(await info(dev, 'state'), 'available');
+});
+
+test('lanes: refused for a driver that keeps its data to itself, with filters, and above 64', async (t) => {
   const img = image(t);
   // Exit status 2: a usage error (the command line); 1: the attributes.
   const cases: Array<[string[], number, RegExp]> = [
     [['run', '--frontend', 'fuse', 'memory', '--size', '64M', '--lanes', '2'], 1, /needs a lane-safe driver/],
-    [['run', '--frontend', 'fuse', 'file', img, '--lanes', '2', '--recoverable'], 1, /lanes and recoverable exclude each other/],
     [['run', '--frontend', 'fuse', '--filter', 'delay', 'file', img, '--lanes', '2'], 2, /--lanes cannot be combined with --filter/],
     [['run', '--frontend', 'fuse', 'file', img, '--lanes', '65'], 1, /lanes.*must be at most 64/],
   ];

@@ -226,6 +226,8 @@ export class Daemon {
         return this.devices.create(connection, m);
       case 'available':
         return this.devices.available(this.devices.owned(connection, m), m);
+      case 'laneEnds':
+        return this.devices.laneEnds(this.devices.owned(connection, m), m);
       case 'terminating': {
         const record = this.devices.owned(connection, m);
         return this.devices.lock.run(() => this.devices.beginTermination(record));

@@ -166,6 +166,28 @@ export class Devices implements RecoveryHost {
     });
   }
 
+  /**
+   * Holds a duplicate of each of the driver's lanes' own kernel ends (FUSE's clones), so that
+   * what its lanes hold stays in the kernel if it dies, and lets go of the previous driver's: the
+   * driver says this only once it has read the requests the kernel sent it again.
+   */
+  laneEnds(record: DeviceRecord, m: CheckedMessage): Promise<null> {
+    const { fds } = argsOf(m, 'laneEnds');
+    return this.lock.run(() => {
+      const holding = this.holding(record.id);
+      const fresh: number[] = [];
+      try {
+        for (const fd of fds) fresh.push(native.getFd(record.pid, fd));
+      } catch (error) {
+        for (const fd of fresh) closeSync(fd);
+        throw new BdusError('EBADF', `cannot hold a lane's end of device ${record.id}: ${(error as Error).message}`);
+      }
+      for (const fd of holding.laneFds) closeSync(fd);
+      holding.laneFds = fresh;
+      return null;
+    });
+  }
+
   attach(connection: Connection, m: CheckedMessage): DeviceRecord {
     const { id, pid, kernelFd } = argsOf(m, 'attach');
     const record = this.registry.get(id);
@@ -243,6 +265,7 @@ export class Devices implements RecoveryHost {
     holding?.handover?.(undefined); // a rerun waiting for this device's driver learns it is gone
     holding?.keeper?.close();
     // Closing the last duplicate aborts the connection: clients get EIO at once.
+    for (const fd of holding?.laneFds ?? []) closeSync(fd);
     if (holding && holding.fd >= 0) closeSync(holding.fd);
     await frontendKind(record.frontend).keeping.reclaim(record, (line) => this.log(`device ${record.id}: ${line}`));
     removeLink(record);
@@ -257,7 +280,7 @@ export class Devices implements RecoveryHost {
   holding(id: string): Holding {
     let holding = this.holdings.get(id);
     if (!holding) {
-      holding = { serving: 'attached', fd: -1, keeper: undefined, replacing: 0, handover: undefined, recovering: false, failures: 0, change: undefined };
+      holding = { serving: 'attached', fd: -1, laneFds: [], keeper: undefined, replacing: 0, handover: undefined, recovering: false, failures: 0, change: undefined };
       this.holdings.set(id, holding);
     }
     return holding;

@@ -28,6 +28,8 @@ export interface Holding {
   serving: Serving;
   /** The daemon's duplicate of the device's kernel end, or -1. */
   fd: number;
+  /** Its duplicates of a recoverable device's driver's lanes' own ends (FUSE's clones). */
+  laneFds: number[];
   /** Keeps the device while it has no driver, where its frontend needs one (FUSE+loop's keeper). */
   keeper: Keeper | undefined;
   /** The pid of a driver whose rerun is in progress, or 0. */

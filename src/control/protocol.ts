@@ -19,7 +19,7 @@ import { RUN_DIR } from '../util/paths.js';
  * Bumped whenever a message changes meaning; a client refuses a daemon that speaks another.
  * `version` and `shutdown` keep their meaning in every version, so that any client can stop any daemon.
  */
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 
 export const SOCKET_PATH = `${RUN_DIR}/control.sock`;
 export const LOCK_PATH = `${RUN_DIR}/daemon.lock`;
@@ -102,6 +102,11 @@ export interface Requests {
    * After a rerun, the new driver says the same once it serves.
    */
   available: { args: { id: string; kernelPath: string; major: number; minor: number; kernelFd?: number }; result: DeviceRecord };
+  /**
+   * A recoverable device's driver's lanes' own kernel ends (FUSE's clones), descriptors in the
+   * driver: the daemon takes a duplicate of each and closes those of the previous driver.
+   */
+  laneEnds: { args: { id: string; fds: number[] }; result: null };
   /** The driver is ending the device itself (destroy or abort): take the path away now. */
   terminating: { args: { id: string }; result: null };
   /** The driver has removed its kernel device and is leaving: the daemon removes the rest, then answers. */

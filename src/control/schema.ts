@@ -12,7 +12,7 @@ import { parseId } from './registry.js';
  * string; text: any string; flag: a boolean; names: an array of strings; object: a JSON object.
  * A trailing '?' makes the field optional.
  */
-type FieldType = 'id' | 'uint' | 'name' | 'text' | 'flag' | 'names' | 'object';
+type FieldType = 'id' | 'uint' | 'uints' | 'name' | 'text' | 'flag' | 'names' | 'object';
 type Field = FieldType | `${FieldType}?`;
 
 export const SCHEMA: { readonly [O in Operation]: { readonly [K in keyof Requests[O]['args']]-?: Field } } = {
@@ -24,6 +24,7 @@ export const SCHEMA: { readonly [O in Operation]: { readonly [K in keyof Request
   shutdown: {},
   create: { pid: 'uint', frontend: 'name', readOnly: 'flag', attributes: 'object', callbacks: 'names', command: 'names?' },
   available: { id: 'id', kernelPath: 'name', major: 'uint', minor: 'uint', kernelFd: 'uint?' },
+  laneEnds: { id: 'id', fds: 'uints' },
   terminating: { id: 'id' },
   gone: { id: 'id' },
   attach: { id: 'id', pid: 'uint', kernelFd: 'uint?' },
@@ -83,6 +84,9 @@ function checked(type: FieldType, v: unknown): unknown {
       return parseId(v);
     case 'uint':
       if (!Number.isSafeInteger(v) || (v as number) < 0) throw new Error('must be a non-negative integer');
+      return v;
+    case 'uints':
+      if (!Array.isArray(v) || v.length > 64 || !v.every((item) => Number.isSafeInteger(item) && item >= 0)) throw new Error('must be an array of at most 64 non-negative integers');
       return v;
     case 'name':
       if (typeof v !== 'string' || v === '') throw new Error('must be a non-empty string');

@@ -318,6 +318,7 @@ export class Device<State = unknown> {
         try {
           const { kernelFd } = this.frontend;
           await control.request('attach', { id: this.ctx.id.toString(), pid: process.pid, ...(kernelFd >= 0 ? { kernelFd } : {}) });
+          await holdLaneEnds(control, this.ctx, this.frontend, this.log);
         } catch (error) {
           control.close();
           throw error;
@@ -334,6 +335,24 @@ export class Device<State = unknown> {
         // not back yet
       }
     }
+  }
+}
+
+/**
+ * A recoverable device's lanes' own kernel ends (Frontend.laneKernelFds: FUSE's clones) go to
+ * the daemon, which holds a duplicate of each, as of the device's kernel end, and lets go of the
+ * previous driver's: sent before the lanes start (after a rerun, the re-sent requests have
+ * been read by then; `rerun`: also with no lanes, for the daemon to let go), and again after a
+ * daemon restart. A driver the daemon cannot follow serves on, warned.
+ * @internal
+ */
+export async function holdLaneEnds(control: ControlConnection, ctx: Context<unknown>, frontend: Frontend, log: (line: string) => void, rerun = false): Promise<void> {
+  const fds = frontend.laneKernelFds;
+  if (!ctx.attributes.recoverable || fds === undefined || (fds.length === 0 && !rerun)) return;
+  try {
+    await control.request('laneEnds', { id: ctx.id.toString(), fds: [...fds] });
+  } catch (error) {
+    log(`warning: the daemon cannot hold this driver's lanes' ends (${(error as Error).message}): if it dies, the requests its lanes hold fail`);
   }
 }
 

@@ -20,7 +20,7 @@ import { native } from '../native.js';
 import type { RequestLayer } from '../request/request-layer.js';
 import { Lanes, type DriverRecipe } from '../lane/lanes.js';
 import { untilClosed } from '../util/process.js';
-import { Device, leave, type RunOptions } from './device.js';
+import { Device, holdLaneEnds, leave, type RunOptions } from './device.js';
 
 /**
  * Creates a device served by `driver` in this process and resolves once it is available (after
@@ -223,6 +223,8 @@ class Instance<State> {
     if (!kind.lanes) throw new BdusError('EINVAL', `the ${kind.title} frontend has no lanes`);
     if (this.lanes) throw new BdusError('EINVAL', 'the lanes were started twice');
     const abort = (error: Error) => void (this.device ? this.device.abort(error) : (this.laneFailure ??= error));
+    // Before a lane takes a request: a driver dying at any time after leaves its lanes' requests in the kernel.
+    await holdLaneEnds(this.control, this.ctx, this.frontend, this.log, this.ctx.isRerun);
     this.lanes = await Lanes.start(lanes, recipe!, kind.name, share, this.driver.laneShare?.(this.ctx), this.ctx, this.log, abort);
     const { counters } = this.requests;
     counters.onBeat = () => this.lanes!.beat(counters.slots);
@@ -238,6 +240,8 @@ class Instance<State> {
     // A frontend without a kernel end (ublk) gives none.
     await this.control.request('available', { id: this.ctx.id.toString(), kernelPath, major, minor, ...(kernelFd >= 0 ? { kernelFd } : {}) });
     await thenRead?.();
+    // With lanes, startLanes() said it; without, a rerun still tells the daemon to let go of the previous driver's.
+    if (this.ctx.attributes.lanes <= 1) await holdLaneEnds(this.control, this.ctx, this.frontend, this.log, this.ctx.isRerun);
     const device = new Device(this.ctx, this.driver, this.control, this.requests, this.frontend, this.log, this.lanes);
     this.device = device;
     void this.frontend.ended.then((error) => error && void device.lost(error));

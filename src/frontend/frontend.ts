@@ -47,7 +47,7 @@ export interface LaneKind {
 export interface LaneServer {
   /** Stops taking requests: those taken are answered; the others go to the frontend's own reader. */
   stop(): void;
-  /** Closes the lane's end, once its requests are answered. */
+  /** The lane is done, its requests answered: it lets go of its end (what it opened itself, it closes). */
   close(): void;
   /** The device is `size` bytes now: the lane answers the kernel's questions with it (a resize). */
   resize(size: number): void;
@@ -181,4 +181,11 @@ export interface Frontend {
    * ended on its own (say, someone unmounted it).
    */
   readonly ended: Promise<Error | undefined>;
+  /**
+   * The lanes' own kernel ends, where a lane's end keeps its requests only while it is open
+   * (FUSE's clones): the daemon holds a duplicate of each for a recoverable device, as it does
+   * of kernelFd. Absent where the kernel keeps a dead lane's requests by itself (ublk) or there
+   * are no lanes.
+   */
+  readonly laneKernelFds?: readonly number[];
 }

@@ -16,7 +16,8 @@
  */
 import { constants } from 'node:os';
 import { errnoName, native, type Watcher } from '../../native.js';
-import { InHeader, OutHeader } from './protocol.js';
+import { InHeader, Opcode, OutHeader } from './protocol.js';
+import { isResent } from './restart-table.js';
 
 const { EAGAIN, EINTR, ENOENT, ENODEV, ECONNABORTED } = constants.errno;
 
@@ -52,6 +53,8 @@ export class FuseChannel<S extends ChannelSlot> {
   private readonly pool: S[] = [];
   private watcher: Watcher | undefined;
   private resolveEnded!: (error: Error | undefined) => void;
+  /** Set by resend() until every re-sent request has been read. */
+  private resentRead: (() => void) | undefined;
   /** Resolves when reading has stopped: undefined after unmount/abort (ENODEV) or stop(), else the error. */
   readonly ended = new Promise<Error | undefined>((resolve) => (this.resolveEnded = resolve));
 
@@ -108,12 +111,32 @@ export class FuseChannel<S extends ChannelSlot> {
 
   /**
    * Has the kernel send again every request read from this connection but not answered (by
-   * any reader, live or dead): they come back with bit 63 of their unique id set.
+   * any reader, live or dead, through any of its files): they come back with bit 63 of their
+   * unique id set. Resolves once this channel has read every one of them: the kernel puts them
+   * at the head of its queue (fs/fuse/dev.c, fuse_resend), so at the first request read without
+   * the mark (interrupts and forgets, which jump the queue, aside), or the first read that finds
+   * the queue empty, or when reading ends.
    */
-  resend(): void {
+  resend(): Promise<void> {
+    const read = new Promise<void>((resolve) => (this.resentRead = resolve));
     const notify = Buffer.alloc(OutHeader.SIZE);
     notify.writeInt32LE(NOTIFY_RESEND, OutHeader.error);
     this.reply(notify, OutHeader.SIZE);
+    // With nothing to send again, no poll would say so: one pass finds the queue empty.
+    if (this.watcher) setImmediate(() => this.readable(0));
+    return read;
+  }
+
+  private resentDone(): void {
+    this.resentRead?.();
+    this.resentRead = undefined;
+  }
+
+  /** Whether the request in `buffer` shows that no re-sent one is left before it (see resend). */
+  private pastResent(buffer: Buffer): boolean {
+    if (isResent(buffer, InHeader.unique)) return false;
+    const opcode = buffer.readUInt32LE(InHeader.opcode);
+    return opcode !== Opcode.INTERRUPT && opcode !== Opcode.FORGET && opcode !== Opcode.BATCH_FORGET;
   }
 
   /**
@@ -143,12 +166,14 @@ export class FuseChannel<S extends ChannelSlot> {
       const slot = this.pool.pop() ?? this.newSlot(this);
       const length = native.readFd(this.fd, slot.buffer);
       if (length >= InHeader.SIZE) {
+        if (this.resentRead && this.pastResent(slot.buffer)) this.resentDone();
         bytes += this.handler(slot, length);
         continue;
       }
       this.pool.push(slot);
       if (length >= 0 || length === -ENOENT || length === -EINTR) continue; // ENOENT: interrupted before we read it
       if (length === -EAGAIN) {
+        this.resentDone();
         // libuv stops watching after a poll error, so an error that reads as "nothing yet" ends it.
         if (status < 0) this.end(errnoError(EAGAIN, 'poll of /dev/fuse'));
         return;
@@ -160,6 +185,7 @@ export class FuseChannel<S extends ChannelSlot> {
   private end(error: Error | undefined): void {
     if (this.watcher) native.unwatch(this.watcher);
     this.watcher = undefined;
+    this.resentDone();
     this.resolveEnded(error);
   }
 }

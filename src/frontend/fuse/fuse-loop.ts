@@ -39,10 +39,12 @@ const MAX_BACKGROUND = 256;
  */
 const SPIN_MICROSECONDS = 20;
 
-/** What a lane (lane.ts) takes from the frontend: the connection (an fd of this process), and the image's look. */
+/** What a lane (lane.ts) takes from the frontend: the connection's clones (fds of this process), and the image's look. */
 export interface FuseLaneShare {
   readonly fd: number;
   readonly image: ImageFile;
+  /** Lane N reads through clones[N - 1]. */
+  readonly clones: readonly number[];
 }
 
 export interface FuseLoopOptions extends FrontendOptions {
@@ -66,6 +68,8 @@ export class FuseLoopFrontend implements Frontend {
   private ring: FuseRing | undefined;
   private mounted = false;
   private loopPath: string | undefined;
+  /** The lanes' ends of the connection (startLanes). */
+  private readonly clones: number[] = [];
   private initialized!: () => void;
   private readonly initDone = new Promise<void>((resolve) => (this.initialized = resolve));
   private stopping: Promise<void> | undefined;
@@ -117,14 +121,32 @@ export class FuseLoopFrontend implements Frontend {
     this.mounted = true;
     this.loopPath = kernel.path;
     this.read();
-    this.channel!.resend();
+    // The lanes join once this thread has read every re-sent request: only it keeps their
+    // restart counts (the restart table), and a request a lane takes is always a fresh one.
+    await this.channel!.resend();
     await this.startLanes();
   }
 
-  /** Lanes clone the connection this process reads: they join once it does. */
-  private startLanes(): Promise<void> {
-    const share: FuseLaneShare = { fd: this.fd, image: this.image };
-    return this.options.startLanes(share);
+  /**
+   * Lanes read the connection through clones of it, which this thread makes (and closes in
+   * release(), once the lanes are gone), so that the daemon can hold them too (laneKernelFds).
+   */
+  private async startLanes(): Promise<void> {
+    const { lanes } = this.options.attributes;
+    if (lanes <= 1) return;
+    for (let lane = 1; lane < lanes; lane++) this.clones.push(native.fuseClone(this.fd));
+    const share: FuseLaneShare = { fd: this.fd, image: this.image, clones: this.clones };
+    await this.options.startLanes(share);
+  }
+
+  /**
+   * The lanes' clones of the connection. Closing a clone ends the requests read through it and
+   * not answered (fs/fuse/dev.c, fuse_dev_release): the daemon holds a duplicate of each for a
+   * recoverable device, so that a dead driver's lanes' requests wait in the kernel for the next
+   * driver's resend.
+   */
+  get laneKernelFds(): readonly number[] {
+    return this.clones;
   }
 
   async detach(): Promise<void> {
@@ -146,6 +168,8 @@ export class FuseLoopFrontend implements Frontend {
   release(): void {
     if (this.fd >= 0) closeSync(this.fd);
     this.fd = -1;
+    for (const clone of this.clones) closeSync(clone);
+    this.clones.length = 0;
   }
 
   /**

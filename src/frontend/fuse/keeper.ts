@@ -91,7 +91,7 @@ export class FuseKeeper {
     );
     this.channel = channel;
     void channel.ended.then((error) => error && this.log(`keeper: ${error.message}`));
-    channel.resend();
+    void channel.resend();
     channel.start();
   }
 

@@ -23,11 +23,7 @@ export const fuseLoop: FrontendKind = {
   },
 
   attributes(attributes) {
-    if (attributes.lanes > 1) {
-      // fuse_dev_release ends the requests a closed clone had taken (lane.ts): a dead driver's lanes' requests would fail.
-      if (attributes.recoverable) throw new AttributeError('invalid attributes: lanes and recoverable exclude each other on FUSE+loop (the kernel fails the requests a dead lane had taken; ublk has both: --frontend ublk)');
-      if (attributes.fuseIoUring) throw new AttributeError('invalid attributes: lanes and fuseIoUring exclude each other (lanes read /dev/fuse)');
-    }
+    if (attributes.lanes > 1 && attributes.fuseIoUring) throw new AttributeError('invalid attributes: lanes and fuseIoUring exclude each other (lanes read /dev/fuse)');
     return oneBlockSize(attributes);
   },
 

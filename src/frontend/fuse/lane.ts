@@ -1,18 +1,19 @@
 /**
  * A lane of a FUSE+loop device (src/lane): a thread that reads the device's FUSE connection
- * through a clone of it (FUSE_DEV_IOC_CLONE: another /dev/fuse file on the same connection), and
- * serves what it reads through its own request layer. The kernel queues a connection's requests
- * once, for every reader: whichever reads first takes a request, and its reply goes back on the
- * file it came from. Nothing is shared between threads on the request path.
+ * through a clone of it (FUSE_DEV_IOC_CLONE: another /dev/fuse file on the same connection, made
+ * by the main thread), and serves what it reads through its own request layer. The kernel queues
+ * a connection's requests once, for every reader: whichever reads first takes a request, and its
+ * reply goes back on the file it came from. Nothing is shared between threads on the request path.
  *
  * The kernel ends the requests a clone had taken when the clone is closed unanswered
  * (fs/fuse/dev.c, fuse_dev_release), instead of keeping them for the connection's next reader:
- * that is why lanes exclude `recoverable`. A lane closes its clone only after its requests are answered.
+ * the main thread closes the clones only once the lanes are gone, and for a recoverable device
+ * the daemon holds a duplicate of each, so that a dead driver's lanes' requests stay for the
+ * next driver. A lane never reads a re-sent request (the main thread has read them all before
+ * the lanes start: FuseChannel.resend), so it keeps no restart table.
  */
-import { closeSync } from 'node:fs';
 import { constants } from 'node:os';
 import type { LaneKind, LaneServer } from '../frontend.js';
-import { native } from '../../native.js';
 import { bufferSizeFor, FuseChannel } from './channel.js';
 import { FuseDispatch } from './dispatch.js';
 import { MAX_WRITE, type FuseLaneShare } from './fuse-loop.js';
@@ -22,10 +23,9 @@ import { Slot } from './slot.js';
 const { EPROTO } = constants.errno;
 
 export const fuseLanes: LaneKind = {
-  serve(share, _lane, requests, log): LaneServer {
-    const { fd: connection } = share as FuseLaneShare;
+  serve(share, lane, requests, log): LaneServer {
+    const fd = (share as FuseLaneShare).clones[lane - 1]!;
     let { image } = share as FuseLaneShare;
-    const fd = native.fuseClone(connection);
     const expiryReply = Buffer.alloc(OutHeader.SIZE);
     // INIT came and went before any lane existed: a second one is a broken kernel.
     const dispatch = new FuseDispatch(requests, () => image, undefined, (slot) => {
@@ -37,14 +37,10 @@ export const fuseLanes: LaneKind = {
     // for the next request takes a core that another lane or the client needs.
     const channel = new FuseChannel<Slot>(fd, newSlot, dispatch.handle, 0);
     channel.start();
-    let closed = false;
     return {
       stop: () => channel.stop(),
-      close: () => {
-        channel.stop();
-        if (!closed) closeSync(fd);
-        closed = true;
-      },
+      // The clone is the main thread's to close (FuseLoopFrontend.release).
+      close: () => channel.stop(),
       // Before the main thread has the kernel ask again (FuseLoopFrontend.resize): any reader may answer.
       resize: (size) => {
         image = { ...image, size };
