@@ -18,11 +18,16 @@ const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const BIN = `${ROOT}dist/src/cli/bin.js`;
 const SIZE = '256M';
 
+/** One fio job per vCPU, each on its own: every hardware queue of a ublk device gets requests. */
+const BOTH_CPUS = ['--numjobs=2', '--cpus_allowed=0,1', '--cpus_allowed_policy=split', '--offset_increment=128M', '--group_reporting'];
+
 const JOBS: Array<{ name: string; args: string[]; metric: Metric }> = [
   { name: '4k randread QD1 (us mean)', args: ['--rw=randread', '--bs=4k', '--iodepth=1'], metric: 'mean' },
   { name: '4k randread QD16 (IOPS)', args: ['--rw=randread', '--bs=4k', '--iodepth=16'], metric: 'iops' },
   { name: '4k randwrite QD16 (IOPS)', args: ['--rw=randwrite', '--bs=4k', '--iodepth=16'], metric: 'iops' },
   { name: '1M seqread QD4 (MiB/s)', args: ['--rw=read', '--bs=1M', '--iodepth=4'], metric: 'mibs' },
+  { name: '4k randread 2 CPUs x QD16 (IOPS)', args: ['--rw=randread', '--bs=4k', '--iodepth=16', ...BOTH_CPUS], metric: 'iops' },
+  { name: '1M seqread 2 CPUs x QD4 (MiB/s)', args: ['--rw=read', '--bs=1M', '--iodepth=4', ...BOTH_CPUS], metric: 'mibs' },
 ];
 
 interface System {
@@ -31,9 +36,9 @@ interface System {
   teardown(): Promise<void>;
 }
 
-async function bdus(frontend: string): Promise<System> {
-  const device = (await sh(process.execPath, [BIN, 'run', 'ram', '--size', SIZE, '--frontend', frontend])).trim();
-  return { name: `bdus ram (${frontend})`, device, teardown: async () => void (await sh(process.execPath, [BIN, 'destroy', '--force', device])) };
+async function bdus(frontend: string, name = frontend, args: string[] = []): Promise<System> {
+  const device = (await sh(process.execPath, [BIN, 'run', 'ram', '--size', SIZE, '--frontend', frontend, ...args])).trim();
+  return { name: `bdus ram (${name})`, device, teardown: async () => void (await sh(process.execPath, [BIN, 'destroy', '--force', device])) };
 }
 
 async function kernelLoop(): Promise<System> {
@@ -57,7 +62,14 @@ async function main(): Promise<void> {
   const { values } = parseArgs({ options: { reps: { type: 'string', default: '2' }, runtime: { type: 'string', default: '5' } } });
   const reps = Number(values.reps);
   const runtime = Number(values.runtime);
-  const systems = [await bdus('ublk'), await kernelLoop(), ...(existsSync('/sys/module/nbd') || (await sh('modprobe', ['nbd']).then(() => true, () => false)) ? [await bdus('nbd')] : [])];
+  // Two queues on one thread against two lanes of one queue each: what a second lane gives.
+  const systems = [
+    await bdus('ublk'),
+    await kernelLoop(),
+    await bdus('ublk', 'ublk, 2 queues', ['--queues', '2']),
+    await bdus('ublk', 'ublk, 2 lanes', ['--lanes', '2']),
+    ...(existsSync('/sys/module/nbd') || (await sh('modprobe', ['nbd']).then(() => true, () => false)) ? [await bdus('nbd')] : []),
+  ];
   const results = new Map<string, number[]>();
   try {
     for (const s of systems) await sh('fio', ['--name=fill', `--filename=${s.device}`, '--rw=write', '--bs=1M', '--iodepth=4', '--ioengine=libaio', `--size=${SIZE}`, '--direct=1']);
@@ -78,7 +90,7 @@ async function main(): Promise<void> {
     '# bdus on ublk in the VM (emulated: a sanity figure, not a speed claim)',
     '',
     `Made by \`bench/ublk-vm --reps ${reps} --runtime ${runtime}\` on ${new Date().toISOString().slice(0, 10)}: Linux ${kernel} under QEMU's`,
-    'software emulation (TCG, 2 vCPUs), RAM-backed systems of ' + SIZE + ', fio libaio direct I/O on the block device, the',
+    'software emulation (multi-threaded TCG: 2 vCPUs on 2 host threads), RAM-backed systems of ' + SIZE + ', fio libaio direct I/O on the block device, the',
     `median of ${reps} runs of ${runtime} s, systems alternating. The ratio is bdus over the kernel loop device (for latency,`,
     'loop over bdus: higher is better for bdus either way). Emulation slows JavaScript about 20x and system calls',
     'about 8x against the kernel\'s own code, so this ratio is far below what the same design gives on real hardware.',
