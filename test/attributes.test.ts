@@ -129,6 +129,11 @@ test('a rerun inherits what it leaves out, and must fit the device (BDUS)', () =
     () => checkReplacement(device, all, adjustAttributes(inheritAttributes({}, device), readOnly), requestCallbacks(readOnly)),
     /lacks the write, writeSame, writeZeros, fuaWrite, flush, discard, secureErase callbacks the current driver has/,
   );
+  // ublk raises the queues to the lanes (a lane serves whole queues), which a rerun cannot.
+  const laneSafe = { ...full, laneSafe: true };
+  const oneQueue = adjustAttributes({ size: 64 * MiB }, laneSafe);
+  const twoLanes = adjustAttributes(inheritAttributes({ lanes: 2, queues: 2 }, oneQueue), laneSafe);
+  assert.throws(() => checkReplacement(oneQueue, all, twoLanes, all), /the device has 1 hardware queue and a lane serves whole queues: give --lanes 1 or fewer/);
 });
 
 /**

@@ -141,6 +141,23 @@ export function lanesSeen(path: string): string[] {
   return readFileSync(path, 'utf8').split('\n').filter(Boolean).sort();
 }
 
+/**
+ * Gives `dev` a new driver for each lane count in turn (`driver` is the lanes test driver's
+ * module, in MODE serve over `img`), each serving `ms` before every one of its lanes must have
+ * marked; `check(lanes)` asks more of each.
+ */
+export async function rerunLanes(t: TestContext, dev: string, driver: string, img: string, counts: readonly number[], ms: number, check?: (lanes: number) => Promise<void>): Promise<void> {
+  for (const lanes of counts) {
+    const seen = laneMarks(t);
+    await mustRerun(dev, [driver, 'serve', img, seen, '--lanes', String(lanes)]);
+    await check?.(lanes);
+    await sleep(ms);
+    // Without lanes (one), ctx.lane is undefined.
+    const expected = lanes === 1 ? ['undefined'] : Array.from({ length: lanes }, (_, i) => String(i));
+    assert.deepEqual(lanesSeen(seen), expected, `every lane of the ${lanes}-lane driver served`);
+  }
+}
+
 /** Reads one 4 KiB block at `offset`, bypassing the page cache. */
 export function readBlock(dev: string, offset: number): Promise<Result> {
   return sh('dd', [`if=${dev}`, 'of=/dev/null', 'iflag=direct,skip_bytes', `skip=${offset}`, 'bs=4096', 'count=1', 'status=none'], {
@@ -173,14 +190,14 @@ export async function mustRerun(dev: string, args: readonly string[]): Promise<v
 }
 
 /**
- * fio randwrite with crc32c verify on `dev`, until stopped; errors() stops it and returns its
- * error count. With `cpus`, one job per CPU, each on its own CPU and its own 16 MiB (so that
- * every hardware queue of a ublk device has requests).
+ * fio randwrite with crc32c verify on `dev` (at queue depth 8, or `iodepth`), until stopped;
+ * errors() stops it and returns its error count. With `cpus`, one job per CPU, each on its own
+ * CPU and its own 16 MiB (so that every hardware queue of a ublk device has requests).
  */
-export function fioVerify(t: TestContext, dev: string, cpus = 0): { errors(): Promise<string> } {
+export function fioVerify(t: TestContext, dev: string, { cpus = 0, iodepth = 8 } = {}): { errors(): Promise<string> } {
   const jobs = cpus > 0 ? [`--numjobs=${cpus}`, `--cpus_allowed=0-${cpus - 1}`, '--cpus_allowed_policy=split', '--offset_increment=16M', '--group_reporting'] : [];
   const fio = background('fio', [
-    '--name=verify', `--filename=${dev}`, '--rw=randwrite', '--bs=4k', '--iodepth=8', '--ioengine=libaio', '--direct=1',
+    '--name=verify', `--filename=${dev}`, '--rw=randwrite', '--bs=4k', `--iodepth=${iodepth}`, '--ioengine=libaio', '--direct=1',
     '--size=16M', '--verify=crc32c', '--verify_backlog=128', '--verify_fatal=1', '--verify_state_save=0',
     '--time_based', '--runtime=600', '--output-format=terse', ...jobs,
   ]);

@@ -8,7 +8,8 @@
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { test, type TestContext } from 'node:test';
-import { background, bdus, BIN, device, DRIVERS, fioVerify, image, info, laneMarks, lanesSeen, leftovers, mounted, must, mustRerun, openFiles, sleep } from './helpers.js';
+import { background, bdus, BIN, device, DRIVERS, fioVerify, image, info, killDriver, laneMarks, lanesSeen, leftovers, mounted, must, openFiles, rerunLanes, sleep } from './helpers.js';
+import { ABORT_AT } from './drivers/lanes.js';
 
 const DRIVER = `${DRIVERS}/lanes.js`;
 
@@ -96,18 +97,10 @@ test('lanes: hot swaps under fio verify, from 2 lanes to 3, to 1, to 2: no error
   const img = image(t);
   const dev = await device(t, ['--frontend', 'fuse', DRIVER, 'serve', img, laneMarks(t), '--lanes', '2']);
   const fio = fioVerify(t, dev);
-  for (const lanes of ['3', '1', '2']) {
-    await sleep(1500);
-    const seen = laneMarks(t);
-    await mustRerun(dev, [DRIVER, 'serve', img, seen, '--lanes', lanes]);
-    const pid = Number(await info(dev, 'pid'));
-    assert.equal(fuseFiles(pid), Number(lanes), `the new driver reads through ${lanes} /dev/fuse files`);
-    await sleep(1500);
-    const served = lanesSeen(seen);
-    // Without lanes (one), ctx.lane is undefined.
-    const expected = lanes === '1' ? ['undefined'] : Array.from({ length: Number(lanes) }, (_, i) => String(i));
-    assert.deepEqual(served, expected, `every lane of the ${lanes}-lane driver served`);
-  }
+  await sleep(1500);
+  await rerunLanes(t, dev, DRIVER, img, [3, 1, 2], 1500, async (lanes) => {
+    assert.equal(fuseFiles(Number(await info(dev, 'pid'))), lanes, `the new driver reads through ${lanes} /dev/fuse files`);
+  });
   assert.equal(await fio.errors(), '0', 'fio verify saw no error across the swaps');
   assert.equal(await info(dev, 'state'), 'available');
 });
@@ -122,26 +115,14 @@ test('lanes and recoverable: a two-lane driver SIGKILLed under fio verify at QD3
   const dev = await device(t, ['--frontend', 'fuse', DRIVER, 'serve', img, laneMarks(t), '--lanes', '2', '--recoverable']);
   // The daemon holds the connection's file and the lane's clone: a dead lane's requests stay.
   assert.equal(fuseFiles(await daemonPid()), 2, 'the daemon holds both /dev/fuse files of the driver');
-  const fio = background('fio', [
-    '--name=verify', `--filename=${dev}`, '--rw=randwrite', '--bs=4k', '--iodepth=32', '--ioengine=libaio', '--direct=1', '--size=32M',
-    '--verify=crc32c', '--verify_backlog=256', '--verify_fatal=1', '--verify_state_save=0', '--time_based', '--runtime=600', '--output-format=terse',
-  ]);
-  t.after(() => fio.stop());
+  // At queue depth 32 both lanes hold requests when the driver is killed.
+  const fio = fioVerify(t, dev, { iodepth: 32 });
   await sleep(2000);
-  process.kill(Number(await info(dev, 'pid')), 'SIGKILL');
-  for (let i = 0; i < 200 && (await info(dev, 'pid').catch(() => '0')) !== '0'; i++) await sleep(50);
-  for (const lanes of ['2', '1', '2']) {
-    const seen = laneMarks(t);
-    await mustRerun(dev, [DRIVER, 'serve', img, seen, '--lanes', lanes]);
-    await sleep(1500);
-    const expected = lanes === '1' ? ['undefined'] : ['0', '1'];
-    assert.deepEqual(lanesSeen(seen), expected, `every lane of the ${lanes}-lane driver served`);
-    assert.equal(fuseFiles(await daemonPid()), Number(lanes), `the daemon holds the ${lanes}-lane driver's files, and no earlier driver's`);
-  }
-  fio.stop();
-  const result = await fio.done;
-  assert.ok(result.code === 0 || result.code === 128, `fio failed (${result.code}): ${result.stderr}`);
-  assert.equal(result.stdout.split(';')[4], '0', 'fio verify saw no error across the kill and the swaps');
+  await killDriver(dev);
+  await rerunLanes(t, dev, DRIVER, img, [2, 1, 2], 1500, async (lanes) => {
+    assert.equal(fuseFiles(await daemonPid()), lanes, `the daemon holds the ${lanes}-lane driver's files, and no earlier driver's`);
+  });
+  assert.equal(await fio.errors(), '0', 'fio verify saw no error across the kill and the swaps');
   assert.equal(await info(dev, 'state'), 'available');
 });
 
@@ -180,7 +161,7 @@ test('lanes: a lane that cannot start fails the command and leaves nothing; a la
 
   const dev = await device(t, ['--frontend', 'fuse', DRIVER, 'abort', img, laneMarks(t), '--lanes', '2']);
   const pid = Number(await info(dev, 'pid'));
-  const fio = background('fio', ['--name=r', `--filename=${dev}`, '--rw=randread', '--bs=4k', '--iodepth=16', '--ioengine=libaio', '--direct=1', '--time_based', '--runtime=60']);
+  const fio = background('fio', ['--name=r', `--filename=${dev}`, `--offset=${ABORT_AT}`, '--size=1M', '--rw=randread', '--bs=4k', '--iodepth=16', '--ioengine=libaio', '--direct=1', '--time_based', '--runtime=60']);
   t.after(() => fio.stop());
   const ended = await fio.done;
   assert.ok(ended.ms < 30_000, `fio ended ${ended.ms} ms in`);

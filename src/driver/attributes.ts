@@ -340,6 +340,10 @@ export function checkReplacement(
     throw new BdusError('EINVAL', `the new driver cannot replace the current one: ${why}`);
   };
   if (current.fuseIoUring) refuseRerun('the device is served over FUSE io_uring, where the kernel gives no request of the current driver to the next one');
+  // ublk raises queues to the lanes (a lane serves whole queues), which a rerun cannot.
+  if (next.queues > current.queues && next.lanes > current.queues) {
+    refuseRerun(`the device has ${current.queues} hardware queue${current.queues > 1 ? 's' : ''} and a lane serves whole queues: give --lanes ${current.queues} or fewer`);
+  }
   for (const name of ['size', 'logicalBlockSize', 'physicalBlockSize', 'disablePartitionScanning', 'rotational', 'optimalIoSize', 'queues', 'fuseIoUring'] as const) {
     if (next[name] !== current[name]) refuseRerun(`${name} must stay ${shown(current[name])} (got ${shown(next[name])})`);
   }
