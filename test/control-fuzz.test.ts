@@ -26,7 +26,7 @@ const SEED = Number(process.env.BDUS_FUZZ_SEED ?? Date.now() % 2 ** 31);
 /** How long the daemon may stay silent before a run moves on (a `wait` rightly answers late). */
 const QUIET_MS = 30;
 
-type FieldType = 'id' | 'uint' | 'name' | 'text' | 'flag' | 'names' | 'object';
+type FieldType = 'id' | 'uint' | 'uints' | 'name' | 'text' | 'flag' | 'names' | 'object';
 
 /** Operations whose effect on the witness is the daemon's duty to carry out: never aimed at it. */
 const OBEYED = new Set(['destroy', 'wait', 'resize', 'rerun']);
@@ -39,6 +39,8 @@ function messages(witness: string): fc.Arbitrary<string> {
         return OBEYED.has(op) ? anyId : fc.oneof(anyId, fc.constant(witness));
       case 'uint':
         return fc.oneof(fc.nat({ max: 1 << 20 }), fc.constantFrom(0, 1, 7, 43, 259, 2 ** 53 - 1));
+      case 'uints':
+        return fc.array(fc.oneof(fc.nat({ max: 1 << 20 }), fc.constantFrom(0, 1, 2, 1023)), { maxLength: 70 });
       case 'name':
         return fc.oneof(fc.string({ minLength: 1 }), fc.constantFrom('fuse', 'nbd', 'ublk', '/dev/null', '/dev/bdus-0', '../x'));
       case 'text':

@@ -8,9 +8,9 @@ import type { Operation, Requests } from './protocol.js';
 import { parseId } from './registry.js';
 
 /**
- * id: a device id (decimal string); uint: a non-negative safe integer; name: a non-empty
- * string; text: any string; flag: a boolean; names: an array of strings; object: a JSON object.
- * A trailing '?' makes the field optional.
+ * id: a device id (decimal string); uint: a non-negative safe integer; uints: an array of at
+ * most 64 of them; name: a non-empty string; text: any string; flag: a boolean; names: an array
+ * of strings; object: a JSON object. A trailing '?' makes the field optional.
  */
 type FieldType = 'id' | 'uint' | 'uints' | 'name' | 'text' | 'flag' | 'names' | 'object';
 type Field = FieldType | `${FieldType}?`;

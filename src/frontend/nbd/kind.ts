@@ -32,7 +32,7 @@ export const kernelNbd: FrontendKind = {
         'invalid attribute recoveryMode=fail-received: the kernel NBD frontend cannot offer it (the kernel does not say which requests a dead driver had received); use reissue or fail-all',
       );
     }
-    if (attributes.lanes > 1) throw new AttributeError('invalid attribute lanes: the kernel NBD frontend has no lanes yet (FUSE+loop has: --frontend fuse)');
+    if (attributes.lanes > 1) throw new AttributeError('invalid attribute lanes: the kernel NBD frontend has no lanes yet (FUSE+loop and ublk have them: --frontend fuse or ublk)');
     return oneBlockSize(attributes);
   },
 
