@@ -27,7 +27,10 @@ export class FuseDispatch {
     private readonly requests: RequestLayer,
     /** The image as the kernel sees it now (it changes on a resize). */
     private readonly image: () => ImageFile,
-    /** Where re-sent requests' restart counts are kept across driver deaths; none in a lane (a lane never adopts a device). */
+    /**
+     * Where re-sent requests' restart counts are kept across driver deaths; none in a lane (its
+     * lanes start once the main thread has read every re-sent request: FuseChannel.resend).
+     */
     private readonly restarts: RestartTable | undefined,
     /** INIT: the frontend's alone. */
     private readonly init: (slot: Slot) => void,
@@ -81,7 +84,11 @@ export class FuseDispatch {
    * the restart table (which outlives drivers), and the request layer decides (restartLimit).
    */
   private countRestarts(slot: Slot): void {
-    if (!this.restarts) return;
+    // A lane never should see one; if it does, one death at least, as for a request nobody recorded.
+    if (!this.restarts) {
+      slot.restarts = 1;
+      return;
+    }
     slot.entry = this.restarts.track(slot.buffer, InHeader.unique, Holder.DRIVER);
     slot.restarts = this.restarts.restarts;
   }
