@@ -240,8 +240,10 @@ class Instance<State> {
     // A frontend without a kernel end (ublk) gives none.
     await this.control.request('available', { id: this.ctx.id.toString(), kernelPath, major, minor, ...(kernelFd >= 0 ? { kernelFd } : {}) });
     await thenRead?.();
-    // With lanes, startLanes() said it; without, a rerun still tells the daemon to let go of the previous driver's.
-    if (this.ctx.attributes.lanes <= 1) await holdLaneEnds(this.control, this.ctx, this.frontend, this.log, this.ctx.isRerun);
+    // With lanes, startLanes() said it; without, a rerun still tells the daemon to let go of the
+    // previous driver's: not waited for, as a re-sent request may kill this driver any moment
+    // now, and the rerun has succeeded (the resend has queued the old lanes' requests again).
+    if (this.ctx.attributes.lanes <= 1) void holdLaneEnds(this.control, this.ctx, this.frontend, this.log, this.ctx.isRerun);
     const device = new Device(this.ctx, this.driver, this.control, this.requests, this.frontend, this.log, this.lanes);
     this.device = device;
     void this.frontend.ended.then((error) => error && void device.lost(error));

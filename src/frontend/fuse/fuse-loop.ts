@@ -121,10 +121,15 @@ export class FuseLoopFrontend implements Frontend {
     this.mounted = true;
     this.loopPath = kernel.path;
     this.read();
+    const resent = this.channel!.resend();
     // The lanes join once this thread has read every re-sent request: only it keeps their
     // restart counts (the restart table), and a request a lane takes is always a fresh one.
-    await this.channel!.resend();
-    await this.startLanes();
+    // Without lanes nothing waits: a re-sent request may kill this driver at once, and the
+    // rerun has succeeded by then (rerun() in src/device/start.ts).
+    if (this.options.attributes.lanes > 1) {
+      await resent;
+      await this.startLanes();
+    }
   }
 
   /**
