@@ -169,7 +169,7 @@ export class Devices implements RecoveryHost {
   /**
    * Holds a duplicate of each of the driver's lanes' own kernel ends (FUSE's clones), so that
    * what its lanes hold stays in the kernel if it dies, and lets go of the previous driver's: the
-   * driver says this only once it has read the requests the kernel sent it again.
+   * driver says this only after its resend, which has queued their requests again.
    */
   laneEnds(record: DeviceRecord, m: CheckedMessage): Promise<null> {
     const { fds } = argsOf(m, 'laneEnds');

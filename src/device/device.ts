@@ -341,9 +341,9 @@ export class Device<State = unknown> {
 /**
  * A recoverable device's lanes' own kernel ends (Frontend.laneKernelFds: FUSE's clones) go to
  * the daemon, which holds a duplicate of each, as of the device's kernel end, and lets go of the
- * previous driver's: sent before the lanes start (after a rerun, the re-sent requests have
- * been read by then; `rerun`: also with no lanes, for the daemon to let go), and again after a
- * daemon restart. A driver the daemon cannot follow serves on, warned.
+ * previous driver's: sent before the lanes start (after a rerun's resend, which has queued the
+ * previous driver's requests again; `rerun`: also with no lanes, for the daemon to let go), and
+ * again after a daemon restart. A driver the daemon cannot follow serves on, warned.
  * @internal
  */
 export async function holdLaneEnds(control: ControlConnection, ctx: Context<unknown>, frontend: Frontend, log: (line: string) => void, rerun = false): Promise<void> {
