@@ -59,7 +59,11 @@ async function ramTarget(bin: string): Promise<{ target: string[]; end: () => Pr
     const device = (await sh(process.execPath, [bin, 'run', 'ram', '--size', '1G', '--frontend', values.frontend])).trim();
     return {
       target: [`--filename=${device}`, '--ioengine=libaio'],
-      end: () => sh(process.execPath, [`${ROOT}dist/src/cli/bin.js`, 'destroy', '--force', '--no-flush', device]),
+      // Each side's own CLI and daemon: two builds may speak different control protocols.
+      end: async () => {
+        await sh(process.execPath, [bin, 'destroy', '--force', '--no-flush', device]);
+        await sh(process.execPath, [bin, 'daemon', 'stop']);
+      },
     };
   }
   const socket = `/tmp/bdus-ab-${process.pid}.sock`;

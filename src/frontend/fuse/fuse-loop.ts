@@ -41,7 +41,6 @@ const SPIN_MICROSECONDS = 20;
 
 /** What a lane (lane.ts) takes from the frontend: the connection's clones (fds of this process), and the image's look. */
 export interface FuseLaneShare {
-  readonly fd: number;
   readonly image: ImageFile;
   /** Lane N reads through clones[N - 1]. */
   readonly clones: readonly number[];
@@ -140,7 +139,7 @@ export class FuseLoopFrontend implements Frontend {
     const { lanes } = this.options.attributes;
     if (lanes <= 1) return;
     for (let lane = 1; lane < lanes; lane++) this.clones.push(native.fuseClone(this.fd));
-    const share: FuseLaneShare = { fd: this.fd, image: this.image, clones: this.clones };
+    const share: FuseLaneShare = { image: this.image, clones: this.clones };
     await this.options.startLanes(share);
   }
 
