@@ -6,8 +6,8 @@
  *   node dist/bench/ab.js --before CHECKOUT [--after CHECKOUT] [--reps 5] [--runtime 4] [--frontend fuse|nbd|ublk|export]
  *
  * `--frontend export` measures the NBD server instead: `bdus export ram` and fio's nbd engine.
- * A checkout is a built tree (npm ci; npx tsc -p .); --after defaults to this one. Both use the
- * daemon that runs.
+ * A checkout is a built tree (npm ci; npx tsc -p .); --after defaults to this one. Each side
+ * starts its own daemon and stops it after its turn (two builds may speak different control protocols).
  */
 import { spawn } from 'node:child_process';
 import { rmSync } from 'node:fs';

@@ -3,7 +3,9 @@
  * device), for three drivers. `pattern` computes every byte it reads in JavaScript (its thread
  * is the bound: what lanes are for); `file` on a file in /dev/shm leaves the work to the kernel
  * (copies, the loop worker, libuv's pool), with the kernel's loop device on the same file beside
- * it; `ram` answers from memory the lanes share (the headline driver, the lanes' own cost).
+ * it; `ram` answers from memory the lanes share (the headline driver, the lanes' own cost), and
+ * `ram (io_uring)` the same over FUSE's ring, where each lane serves its own CPUs' queues. Two
+ * fio jobs (threads, on whichever CPUs the scheduler gives them) beside one: jobs by lanes.
  * Lane counts alternate within each repetition, so noise hits them alike.
  */
 import { rmSync } from 'node:fs';
@@ -23,6 +25,7 @@ interface LaneJob {
 
 const JOBS: readonly LaneJob[] = [
   { name: '4k randread QD32', args: ['--rw=randread', '--bs=4k', '--iodepth=32'], metric: 'iops' },
+  { name: '4k randread 2 jobs x QD16', args: ['--rw=randread', '--bs=4k', '--iodepth=16', '--numjobs=2', '--group_reporting'], metric: 'iops' },
   { name: '4k randwrite QD32', args: ['--rw=randwrite', '--bs=4k', '--iodepth=32'], metric: 'iops', writes: true },
   { name: '1M seqread QD8', args: ['--rw=read', '--bs=1M', '--iodepth=8'], metric: 'mibs' },
   { name: '4k randread QD1', args: ['--rw=randread', '--bs=4k', '--iodepth=1'], metric: 'mean' },
@@ -47,12 +50,14 @@ interface Subject {
   readonly fill?: boolean;
 }
 
-export async function lanesRuns(bin: string, runtime: number, reps: number, log: (s: string) => void): Promise<LanesRow[]> {
+/** `ring`: this kernel has FUSE over io_uring, switched on (bench/run.ts). */
+export async function lanesRuns(bin: string, runtime: number, reps: number, log: (s: string) => void, ring: boolean): Promise<LanesRow[]> {
   await sh('fio', ['--name=fill', `--filename=${IMAGE}`, '--rw=write', '--bs=1M', `--size=${SIZE}`]);
   const subjects: Subject[] = [
     { driver: 'pattern', args: ['pattern', '--size', SIZE], writes: false },
     { driver: 'file (/dev/shm)', args: ['file', IMAGE], writes: true },
     { driver: 'ram', args: ['ram', '--size', SIZE], writes: true, fill: true },
+    ...(ring ? [{ driver: 'ram (io_uring)', args: ['ram', '--size', SIZE, '--fuse-io-uring'], writes: true, fill: true }] : []),
   ];
   const samples = new Map<string, number[]>();
   const add = (k: string, v: number) => samples.set(k, [...(samples.get(k) ?? []), v]);
@@ -105,10 +110,11 @@ const UNIT: Record<Metric, string> = { iops: 'IOPS', mibs: 'MiB/s', mean: 'us me
 
 export function lanesLines(rows: LanesRow[], cores: number): string[] {
   const lines = [
-    `Jobs by lanes (threads serving one device, \`--lanes N\`) on this ${cores}-vCPU machine, FUSE+loop over /dev/fuse; median`,
-    'of the repetitions, lane counts alternating. `pattern` computes every byte it reads (its thread is the bound);',
+    `Jobs by lanes (threads serving one device, \`--lanes N\`) on this ${cores}-vCPU machine, FUSE+loop over /dev/fuse unless said;`,
+    'median of the repetitions, lane counts alternating. `pattern` computes every byte it reads (its thread is the bound);',
     '`file` on a file in /dev/shm leaves the work to the kernel, beside the kernel loop device on the same file; `ram` answers',
-    'from memory its lanes share (the loop column is the same /dev/shm file\'s). "2 / 1" is the gain of the second lane (for',
+    'from memory its lanes share (the loop column is the same /dev/shm file\'s); `ram (io_uring)` is `ram` over FUSE\'s ring, each',
+    'lane serving (and pinned to) its own CPUs\' queues. "2 jobs" is two fio threads. "2 / 1" is the gain of the second lane (for',
     'latency, below 1 is better).',
     '',
     `| driver | job | ${LANES.map((n) => `${n} lane${n > 1 ? 's' : ''}`).join(' | ')} | 2 / 1 | kernel loop |`,

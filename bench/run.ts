@@ -9,6 +9,7 @@
  *     bdus ram (2 lanes)  the same served by two threads (`--lanes 2`: docs/performance.md)
  *     bdus ram (io_uring)  the same over FUSE's io_uring (Linux 6.14+; the run switches the
  *                       kernel's enable_uring on for itself and back, and says so)
+ *     bdus ram (io_uring, 2 lanes)  the same, two threads each serving half the ring's queues
  *     nbdkit+nbdfuse    nbdkit's memory plugin behind nbdfuse + loop (the C peer, same kernel path)
  *     kernel loop       the kernel loop device over a file in /dev/shm (no user space: the limit)
  *   NBD path (fio's nbd engine over a Unix socket)
@@ -29,7 +30,7 @@ import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { execute as sh } from '../src/util/exec.js';
 import { fill, fio as runFio, type Measured, type Metric } from './fio.js';
-import { lanesLines, lanesRuns } from './lanes.js';
+import { lanesLines, lanesRuns, type LanesRow } from './lanes.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const BIN = `${ROOT}dist/src/cli/bin.js`;
@@ -80,15 +81,24 @@ const URING_PARAMETER = '/sys/module/fuse/parameters/enable_uring';
 /** enable_uring as it was before this run switched it on (undefined: untouched, or no such kernel). */
 let uringBefore: string | undefined;
 
-/** The FUSE+loop system over io_uring, where this kernel has it: the parameter is switched on for the run. */
-async function uringDevice(): Promise<System | undefined> {
-  if (!existsSync(URING_PARAMETER)) return undefined;
+/** Whether this kernel has FUSE over io_uring; if so, its parameter is switched on for the run (restoreUring puts it back). */
+function enableUring(): boolean {
+  if (!existsSync(URING_PARAMETER)) return false;
   const before = readFileSync(URING_PARAMETER, 'utf8').trim();
   if (before !== 'Y') {
-    uringBefore = before;
+    uringBefore ??= before;
     writeFileSync(URING_PARAMETER, 'Y');
   }
-  return bdusDevice('bdus ram (io_uring)', ['ram', '--size', SIZE, '--fuse-io-uring']);
+  return true;
+}
+
+/** The FUSE+loop system over io_uring, with `lanes` lanes, where this kernel has it. */
+function uringDevice(lanes: number): () => Promise<System | undefined> {
+  return async () => {
+    if (!enableUring()) return undefined;
+    const name = lanes > 1 ? `bdus ram (io_uring, ${lanes} lanes)` : 'bdus ram (io_uring)';
+    return bdusDevice(name, ['ram', '--size', SIZE, '--fuse-io-uring', '--lanes', String(lanes)]);
+  };
 }
 
 function restoreUring(): void {
@@ -138,7 +148,8 @@ async function nbdSystem(name: string, command: string, args: (socket: string) =
 const SYSTEMS: Array<() => Promise<System | undefined>> = [
   () => bdusDevice('bdus ram', ['ram', '--size', SIZE]),
   () => bdusDevice('bdus ram (2 lanes)', ['ram', '--size', SIZE, '--lanes', '2']),
-  uringDevice,
+  uringDevice(1),
+  uringDevice(2),
   async () => {
     const dir = '/tmp/bdus-bench-nbdfuse';
     mkdirSync(dir, { recursive: true });
@@ -192,6 +203,7 @@ const TARGETS: Target[] = [
   { ours: 'bdus ram', other: 'kernel loop', minimum: againstLoop },
   { ours: 'bdus ram (2 lanes)', other: 'kernel loop', minimum: againstLoop },
   { ours: 'bdus ram (io_uring)', other: 'kernel loop', minimum: againstLoop },
+  { ours: 'bdus ram (io_uring, 2 lanes)', other: 'kernel loop', minimum: againstLoop },
   { ours: 'bdus export ram', other: 'nbdkit memory', minimum: () => 1.3 },
 ];
 
@@ -390,40 +402,46 @@ async function main(): Promise<void> {
   const started = new Date();
   const systems: System[] = [];
   const results: Results = new Map();
+  let scaled: ScalingRow[];
+  let lanes: LanesRow[];
+  // enable_uring goes back as it was however the run ends (SIGINT included: fio.ts).
   try {
-    for (const make of SYSTEMS) {
-      const system = await make();
-      if (system) systems.push(system);
-    }
-    if (uringBefore !== undefined) log(`enable_uring was ${uringBefore}: switched on for this run, put back at the end\n`);
-    // Fill every system first, so that reads read data, not holes.
-    for (const s of systems) await fill(s.target, SIZE);
-    // Progress: one line per fio run, with what is left (runtime plus the 1 s ramp per run).
-    const runs = reps * JOBS.length * systems.length;
-    let done = 0;
-    for (let rep = 0; rep < reps; rep++) {
-      for (const job of JOBS) {
-        for (const s of systems) {
-          const measured = await fio(s.target, job.args, runtime);
-          for (const metric of job.metrics) {
-            const k = key(job, metric, s.name);
-            results.set(k, [...(results.get(k) ?? []), measured[metric]]);
+    try {
+      for (const make of SYSTEMS) {
+        const system = await make();
+        if (system) systems.push(system);
+      }
+      if (uringBefore !== undefined) log(`enable_uring was ${uringBefore}: switched on for this run, put back at the end\n`);
+      // Fill every system first, so that reads read data, not holes.
+      for (const s of systems) await fill(s.target, SIZE);
+      // Progress: one line per fio run, with what is left (runtime plus the 1 s ramp per run).
+      const runs = reps * JOBS.length * systems.length;
+      let done = 0;
+      for (let rep = 0; rep < reps; rep++) {
+        for (const job of JOBS) {
+          for (const s of systems) {
+            const measured = await fio(s.target, job.args, runtime);
+            for (const metric of job.metrics) {
+              const k = key(job, metric, s.name);
+              results.set(k, [...(results.get(k) ?? []), measured[metric]]);
+            }
+            const left = Math.ceil(((runs - ++done) * (runtime + 1)) / 60);
+            const shown = job.metrics.map((m) => `${measured[m].toFixed(1)} ${UNIT[m]}`).join(', ');
+            log(`[${done}/${runs}] ${job.name}, ${s.name}: ${shown} (about ${left} min left before the scaling runs)\n`);
           }
-          const left = Math.ceil(((runs - ++done) * (runtime + 1)) / 60);
-          const shown = job.metrics.map((m) => `${measured[m].toFixed(1)} ${UNIT[m]}`).join(', ');
-          log(`[${done}/${runs}] ${job.name}, ${s.name}: ${shown} (about ${left} min left before the scaling runs)\n`);
         }
       }
+    } finally {
+      for (const s of [...systems].reverse()) await s.teardown().catch((e: Error) => log(`teardown ${s.name}: ${e.message}\n`));
     }
+    log('scaling runs (a dot per run): ');
+    scaled = await scaling(Number(values['scaling-runtime']), log);
+    log('\nlanes runs (a dot per run): ');
+    lanes = await lanesRuns(BIN, Number(values['scaling-runtime']), 2, log, enableUring());
+    log('\n');
   } finally {
-    for (const s of [...systems].reverse()) await s.teardown().catch((e: Error) => log(`teardown ${s.name}: ${e.message}\n`));
     restoreUring();
   }
-  log('scaling runs (a dot per run): ');
-  const scaled = await scaling(Number(values['scaling-runtime']), log);
-  log('\nlanes runs (a dot per run): ');
-  const lanes = await lanesRuns(BIN, Number(values['scaling-runtime']), 2, log);
-  log('\n');
 
   const names = (path: string) => systems.filter((s) => s.path === path).map((s) => s.name);
   const targets = targetLines(results);

@@ -25,6 +25,7 @@
 //   dup(fd) -> fd                                          dup(2), close-on-exec, sync
 //   growUnixSendBuffer(fd, bytes) -> boolean               SO_SNDBUF, on Unix sockets only
 //   seek(fd, offset, hole) -> offset | -errno             lseek(SEEK_DATA or SEEK_HOLE), sync
+//   pinThread(cpus)                                       sched_setaffinity of the calling thread, sync
 //   pageSize                                              sysconf(_SC_PAGESIZE)
 //   ublkControl, ublkQueue, ublkCommit, ublkQueueClose     ublk through io_uring: see ublk.c
 //   fuseRing, fuseRingCommit, fuseRingClose               FUSE over io_uring: see fuse_uring.c
@@ -44,6 +45,7 @@
 #include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <sys/syscall.h>
@@ -184,6 +186,36 @@ static napi_value js_loop_set_capacity(napi_env env, napi_callback_info info)
     CHECK(napi_get_value_int32(env, argv[0], &fd));
     if (ioctl(fd, LOOP_SET_CAPACITY, 0) != 0)
         return throw_errno(env, errno, "ioctl(LOOP_SET_CAPACITY)");
+    return NULL;
+}
+
+// Pins the calling thread (a lane's, or the main thread) to the given CPUs: pid 0 in
+// sched_setaffinity is the calling thread, not the process, which Node cannot ask for.
+static napi_value js_pin_thread(napi_env env, napi_callback_info info)
+{
+    size_t argc = 1;
+    napi_value argv[1], value;
+    bool is_array = false;
+    uint32_t count = 0;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    CHECK(napi_is_array(env, argv[0], &is_array));
+    if (!is_array) {
+        napi_throw_type_error(env, NULL, "pinThread(cpus): an array of CPU numbers");
+        return NULL;
+    }
+    CHECK(napi_get_array_length(env, argv[0], &count));
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (uint32_t i = 0; i < count; i++) {
+        uint32_t cpu = 0;
+        CHECK(napi_get_element(env, argv[0], i, &value));
+        CHECK(napi_get_value_uint32(env, value, &cpu));
+        if (cpu >= CPU_SETSIZE)
+            return throw_errno(env, EINVAL, "pinThread");
+        CPU_SET(cpu, &set);
+    }
+    if (sched_setaffinity(0, sizeof(set), &set) != 0)
+        return throw_errno(env, errno, "sched_setaffinity");
     return NULL;
 }
 
@@ -759,6 +791,7 @@ static napi_value init(napi_env env, napi_value exports)
         {"dup", NULL, js_dup, NULL, NULL, NULL, napi_default, NULL},
         {"growUnixSendBuffer", NULL, js_grow_unix_send_buffer, NULL, NULL, NULL, napi_default, NULL},
         {"seek", NULL, js_seek, NULL, NULL, NULL, napi_default, NULL},
+        {"pinThread", NULL, js_pin_thread, NULL, NULL, NULL, napi_default, NULL},
     };
     CHECK(napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props));
     ublk_register(env, exports);

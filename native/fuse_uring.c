@@ -5,14 +5,17 @@
 // next command, so a batch of requests costs one io_uring_enter instead of a read and a write
 // each. Called from src/frontend/fuse/ring.ts:
 //
-//   fuseRing(fd, queues, depth, payloadSize, callback(count)) -> { ring, headers, payloads,
+//   fuseRing(fd, queueIds, depth, payloadSize, callback(count)) -> { ring, headers, payloads,
 //                                           completions }
-//                                           registers `depth` entries on each of `queues` queues
-//                                           (the kernel has one per possible CPU and sends a
-//                                           request to the queue of the CPU it starts on); each
-//                                           entry is a 288-byte header (fuse_uring_req_header)
-//                                           and a payload buffer. `callback(count)` for each batch
-//                                           of completions (entry, result) in `completions`.
+//                                           registers `depth` entries on each queue of the array
+//                                           `queueIds` (the kernel has one queue per possible CPU
+//                                           and sends a request to the queue of the CPU it starts
+//                                           on; a device's lanes split them: entries of queue
+//                                           queueIds[i] are i * depth to (i + 1) * depth - 1);
+//                                           each entry is a 288-byte header
+//                                           (fuse_uring_req_header) and a payload buffer.
+//                                           `callback(count)` for each batch of completions
+//                                           (entry, result) in `completions`.
 //   fuseRingCommit(ring, entry)             queues the entry's COMMIT_AND_FETCH (the answer is
 //                                           in its header and payload), sent with the turn's
 //                                           others.
@@ -23,6 +26,7 @@
 #include <errno.h>
 #include <linux/io_uring.h>
 #include <node_api.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,12 +58,14 @@ struct fuse_ring {
     uint8_t *headers, *payloads;
     size_t headers_len, payloads_len;
     struct iovec *iovecs; // two per entry, read by the kernel at REGISTER
+    uint16_t *qids;       // the kernel's queue of each group of `depth` entries
 };
 
 static void ring_freed(struct command_ring *c)
 {
     struct fuse_ring *r = (struct fuse_ring *)c;
     free(r->iovecs);
+    free(r->qids);
     free(r);
 }
 
@@ -73,7 +79,7 @@ static void entry_command(struct fuse_ring *r, uint32_t op, uint32_t entry)
     sqe->addr = (uint64_t)(uintptr_t)&r->iovecs[2 * entry];
     sqe->len = 2;
     struct uring_cmd_req *cmd = (struct uring_cmd_req *)sqe->cmd;
-    cmd->qid = (uint16_t)(entry / r->depth);
+    cmd->qid = r->qids[entry / r->depth];
     if (op == URING_CMD_COMMIT_AND_FETCH)
         memcpy(&cmd->commit_id, r->headers + (size_t)entry * URING_HEADER_SIZE + URING_ENT_IN_OUT + 8, 8);
 }
@@ -86,6 +92,7 @@ static void free_early(struct fuse_ring *r)
         munmap(r->payloads, r->payloads_len);
     command_ring_free_early(&r->commands);
     free(r->iovecs);
+    free(r->qids);
     free(r);
 }
 
@@ -103,11 +110,17 @@ static napi_value js_fuse_ring(napi_env env, napi_callback_info info)
     uint32_t queues, depth, payload_size;
     CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
     if (argc != 5) {
-        napi_throw_type_error(env, NULL, "fuseRing(fd, queues, depth, payloadSize, callback)");
+        napi_throw_type_error(env, NULL, "fuseRing(fd, queueIds, depth, payloadSize, callback)");
         return NULL;
     }
+    bool is_array = false;
     CHECK(napi_get_value_int32(env, argv[0], &fd));
-    CHECK(napi_get_value_uint32(env, argv[1], &queues));
+    CHECK(napi_is_array(env, argv[1], &is_array));
+    if (!is_array) {
+        napi_throw_type_error(env, NULL, "fuseRing: queueIds must be an array");
+        return NULL;
+    }
+    CHECK(napi_get_array_length(env, argv[1], &queues));
     CHECK(napi_get_value_uint32(env, argv[2], &depth));
     CHECK(napi_get_value_uint32(env, argv[3], &payload_size));
     if (queues == 0 || queues > 4096 || depth == 0 || depth > 1024 || payload_size == 0 || (uint64_t)queues * depth > 32768)
@@ -116,6 +129,20 @@ static napi_value js_fuse_ring(napi_env env, napi_callback_info info)
     struct fuse_ring *r = calloc(1, sizeof(*r));
     if (!r)
         return throw_errno(env, ENOMEM, "fuseRing");
+    r->qids = calloc(queues, sizeof(*r->qids));
+    if (!r->qids) {
+        free(r);
+        return throw_errno(env, ENOMEM, "fuseRing");
+    }
+    for (uint32_t i = 0; i < queues; i++) {
+        uint32_t qid = 0;
+        if (napi_get_element(env, argv[1], i, &value) != napi_ok || napi_get_value_uint32(env, value, &qid) != napi_ok || qid > 4095) {
+            free(r->qids);
+            free(r);
+            return throw_errno(env, EINVAL, "fuseRing: a queue id");
+        }
+        r->qids[i] = (uint16_t)qid;
+    }
     r->commands.freed = ring_freed;
     r->fd = fd;
     r->depth = depth;

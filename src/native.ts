@@ -76,6 +76,8 @@ interface NativeAddon {
   growUnixSendBuffer(fd: number, bytes: number): boolean;
   /** lseek(SEEK_HOLE if `hole`, else SEEK_DATA): the offset found, or -errno (-ENXIO: none past `offset`). */
   seek(fd: number, offset: number, hole: boolean): number;
+  /** Pins the calling thread (not the process) to `cpus` (sched_setaffinity); throws the errno. */
+  pinThread(cpus: readonly number[]): void;
   /** One ublk control command on /dev/ublk-control, on the libuv pool: the callback gets >= 0 or -errno. */
   ublkControl(request: UblkControlRequest, callback: (result: number) => void): void;
   /**
@@ -92,12 +94,12 @@ interface NativeAddon {
   /** Ends the queue's ring and unmaps its descriptors (the buffers stay until collected). */
   ublkQueueClose(queue: UblkQueueHandle['queue']): void;
   /**
-   * Registers `depth` ring entries on each of `queues` FUSE queues of the connection on `fd`
-   * (FUSE over io_uring), on the event loop thread: `callback(count)` whenever completions
-   * arrive, `count` (entry, result) pairs in `completions`; result 0 means a request is in the
-   * entry's header and payload.
+   * Registers `depth` ring entries on each FUSE queue in `queueIds` of the connection on `fd`
+   * (FUSE over io_uring), on the event loop thread; entries i * depth to (i + 1) * depth - 1
+   * are queue queueIds[i]'s. `callback(count)` whenever completions arrive, `count` (entry,
+   * result) pairs in `completions`; result 0 means a request is in the entry's header and payload.
    */
-  fuseRing(fd: number, queues: number, depth: number, payloadSize: number, callback: (count: number) => void): FuseRingHandle;
+  fuseRing(fd: number, queueIds: readonly number[], depth: number, payloadSize: number, callback: (count: number) => void): FuseRingHandle;
   /** Queues the entry's COMMIT_AND_FETCH (its answer in its header and payload), submitted with the loop turn's others. */
   fuseRingCommit(ring: FuseRingHandle['ring'], entry: number): void;
   /** Ends the ring (the buffers stay until collected). */

@@ -2,7 +2,8 @@
  * FUSE over io_uring (the fuseIoUring attribute) on this machine's kernel: requests come through
  * the driver's ring; ext4 and fio verify on it; what it refuses (recoverable, rerun); a SIGKILLed
  * driver's I/O fails at once and nothing is left; and with the kernel's parameter off, the device
- * is served over /dev/fuse with a warning.
+ * is served over /dev/fuse with a warning. With lanes, each lane registers on its own share of
+ * the ring's queues: fio verify from every CPU, each lane serving; lanes lowered to the queues.
  *
  * The kernel's enable_uring parameter is the machine's, switched by root: these tests switch it
  * on (as a user would) and put it back as it was.
@@ -10,7 +11,8 @@
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { test, type TestContext } from 'node:test';
-import { background, bdus, device, info, leftovers, mounted, must, openFiles, sleep } from './helpers.js';
+import { fuseRingQueues } from '../src/frontend/fuse/ring.js';
+import { background, bdus, device, DRIVERS, fioVerify, image, info, laneMarks, lanesSeen, leftovers, mounted, must, openFiles, sleep } from './helpers.js';
 
 const PARAMETER = '/sys/module/fuse/parameters/enable_uring';
 const available = existsSync(PARAMETER);
@@ -21,8 +23,17 @@ function setUring(t: TestContext, on: boolean): void {
   t.after(() => writeFileSync(PARAMETER, before));
 }
 
+function rings(pid: number): number {
+  return openFiles(pid).filter((target) => target === 'anon_inode:[io_uring]').length;
+}
+
 function hasRing(pid: number): boolean {
-  return openFiles(pid).includes('anon_inode:[io_uring]');
+  return rings(pid) > 0;
+}
+
+async function noLeftovers(): Promise<void> {
+  for (let i = 0; i < 100 && (await leftovers()).length > 0; i++) await sleep(100);
+  assert.deepEqual(await leftovers(), []);
 }
 
 const FIO_VERIFY = ['--ioengine=libaio', '--direct=1', '--size=32M', '--verify=crc32c', '--verify_fatal=1', '--output-format=terse'];
@@ -63,8 +74,7 @@ test('fuseIoUring: refused with recoverable, and by rerun; a SIGKILLed driver\'s
   const ended = await fio.done;
   assert.ok(ended.ms < 20_000, `fio ended ${ended.ms} ms after the kill`);
   assert.match(ended.stderr, /Input\/output error/, 'pending I/O failed');
-  for (let i = 0; i < 100 && (await leftovers()).length > 0; i++) await sleep(100);
-  assert.deepEqual(await leftovers(), []);
+  await noLeftovers();
 });
 
 test('fuseIoUring with the kernel\'s parameter off: served over /dev/fuse, with a warning', { skip: !available && 'this kernel has no FUSE over io_uring (before 6.14)' }, async (t) => {
@@ -76,4 +86,29 @@ test('fuseIoUring with the kernel\'s parameter off: served over /dev/fuse, with 
   assert.match(r.stderr, /warning: this kernel offers no FUSE over io_uring; serving \/dev\/fuse/);
   assert.ok(!hasRing(Number(await info(dev, 'pid'))), 'no ring');
   await must('dd', ['if=/dev/zero', `of=${dev}`, 'bs=1M', 'count=8', 'oflag=direct', 'status=none']);
+});
+
+test('fuseIoUring with lanes: each lane serves its own queues of the ring; fio verify from every CPU, ext4; lanes lowered to the queues; destroy leaves nothing', { skip: (!available || fuseRingQueues() < 2) && 'needs FUSE over io_uring and two CPUs' }, async (t) => {
+  setUring(t, true);
+  const queues = fuseRingQueues();
+  const img = image(t, 256 << 20);
+  const seen = laneMarks(t);
+  const dev = await device(t, ['--frontend', 'fuse', `${DRIVERS}/lanes.js`, 'serve', img, seen, '--fuse-io-uring', '--lanes', String(queues + 1)]);
+  assert.equal(await info(dev, 'lanes'), String(queues), 'no more lanes than the ring has queues');
+  assert.equal(rings(Number(await info(dev, 'pid'))), queues, 'a ring per lane');
+
+  // One fio job per CPU: each CPU's requests go to its own queue, so to its own lane.
+  const fio = fioVerify(t, dev, { cpus: queues, iodepth: 16 });
+  await sleep(4000);
+  assert.equal(await fio.errors(), '0', 'fio verify: no error');
+  assert.deepEqual(lanesSeen(seen), Array.from({ length: queues }, (_, i) => String(i)), 'every lane served requests');
+
+  await must('mkfs.ext4', ['-q', '-F', dev]);
+  const mnt = await mounted(t, dev);
+  writeFileSync(`${mnt}/file`, Buffer.alloc(8 << 20, 3));
+  await must('umount', [mnt]);
+  await must('e2fsck', ['-f', '-n', dev]);
+  const destroyed = await bdus(['destroy', dev], { timeoutMs: 60_000 });
+  assert.equal(destroyed.code, 0, destroyed.stderr);
+  await noLeftovers();
 });

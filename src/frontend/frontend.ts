@@ -43,6 +43,18 @@ export interface LaneKind {
   serve(share: unknown, lane: number, requests: RequestLayer, log: (message: string) => void): LaneServer;
 }
 
+/**
+ * The queues lane `lane` of `lanes` serves, where the kernel has `count` queues, one or more per
+ * CPU (ublk's hardware queues, FUSE's io_uring queues): every lanes-th from its own number (the
+ * main thread, lane 0, serves queue 0). The kernel maps CPUs onto queues in order, so each lane
+ * takes the requests of its own CPUs and no other lane is woken for them.
+ */
+export function queuesOfLane(count: number, lanes: number, lane: number): number[] {
+  const queues: number[] = [];
+  for (let id = lane; id < count; id += lanes) queues.push(id);
+  return queues;
+}
+
 /** A lane's end of a kernel device. */
 export interface LaneServer {
   /** Stops taking requests: those taken are answered; the others go to the frontend's own reader. */

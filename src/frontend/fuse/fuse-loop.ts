@@ -9,7 +9,7 @@
  */
 import { closeSync, promises as fsp, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { constants } from 'node:os';
-import type { Frontend, FrontendOptions, KernelDevice } from '../frontend.js';
+import { queuesOfLane, type Frontend, type FrontendOptions, type KernelDevice } from '../frontend.js';
 import type { RequestLayer } from '../../request/request-layer.js';
 import type { RestartTable } from './restart-table.js';
 import { native } from '../../native.js';
@@ -20,7 +20,7 @@ import { bufferSizeFor, FuseChannel } from './channel.js';
 import { FuseDispatch } from './dispatch.js';
 import type { ImageFile } from './image-file.js';
 import { FUSE_ROOT_ID, INIT2_OVER_IO_URING, InitFlag, InitIn, InitOut, KERNEL_MINOR_VERSION, KERNEL_VERSION, OutHeader, S_IFREG } from './protocol.js';
-import { FuseRing } from './ring.js';
+import { FuseRing, fuseRingQueues, pinToQueues } from './ring.js';
 import { BODY, Slot } from './slot.js';
 
 const { EPROTO } = constants.errno;
@@ -44,6 +44,9 @@ export interface FuseLaneShare {
   readonly image: ImageFile;
   /** Lane N reads through clones[N - 1]. */
   readonly clones: readonly number[];
+  readonly lanes: number;
+  /** The connection's io_uring queues, which the lanes share out (queuesOfLane); 0 without the ring. */
+  readonly ringQueues: number;
 }
 
 export interface FuseLoopOptions extends FrontendOptions {
@@ -101,6 +104,9 @@ export class FuseLoopFrontend implements Frontend {
     this.mounted = true;
     this.read();
     await withTimeout(this.initDone, 10_000, () => new Error('the kernel did not send FUSE INIT'));
+    // Before any request: over io_uring the kernel holds every request until each of its queues
+    // has entries, and some are the lanes' to register.
+    await this.startLanes();
 
     const args = ['--find', '--show', '--direct-io=on', '--sector-size', String(attributes.logicalBlockSize)];
     if (!attributes.disablePartitionScanning) args.push('--partscan');
@@ -111,7 +117,6 @@ export class FuseLoopFrontend implements Frontend {
       this.options.log(`warning: ${this.loopPath} runs without direct I/O; data is cached twice`);
     }
     const [major, minor] = readFileSync(`/sys/block/${name}/dev`, 'utf8').trim().split(':').map(Number) as [number, number];
-    await this.startLanes();
     return { path: this.loopPath, major, minor };
   }
 
@@ -139,7 +144,7 @@ export class FuseLoopFrontend implements Frontend {
     const { lanes } = this.options.attributes;
     if (lanes <= 1) return;
     for (let lane = 1; lane < lanes; lane++) this.clones.push(native.fuseClone(this.fd));
-    const share: FuseLaneShare = { image: this.image, clones: this.clones };
+    const share: FuseLaneShare = { image: this.image, clones: this.clones, lanes, ringQueues: this.ring ? fuseRingQueues() : 0 };
     await this.options.startLanes(share);
   }
 
@@ -265,8 +270,14 @@ export class FuseLoopFrontend implements Frontend {
     buf.writeUInt16LE(MAX_PAGES, out + InitOut.maxPages);
     buf.writeUInt32LE(ring ? INIT2_OVER_IO_URING : 0, out + InitOut.flags2);
     slot.ok(out + InitOut.SIZE);
-    // The kernel now holds every request until each of its queues has a ring entry.
-    if (ring) this.ring = new FuseRing(this.fd, this.channel!, MAX_WRITE, this.dispatch.handle, this.options.log);
+    // The kernel now holds every request until each of its queues has a ring entry (this
+    // thread's share of the queues here, the lanes' once they start).
+    const { lanes } = this.options.attributes;
+    if (ring) {
+      const queues = queuesOfLane(fuseRingQueues(), lanes, 0);
+      if (lanes > 1) pinToQueues(queues, this.options.log);
+      this.ring = new FuseRing(this.fd, this.channel!, MAX_WRITE, this.dispatch.handle, this.options.log, queues);
+    }
     else if (this.options.attributes.fuseIoUring) this.options.log('warning: this kernel offers no FUSE over io_uring; serving /dev/fuse');
     this.initialized();
   }

@@ -4,12 +4,13 @@
  * keeper reads its requests (keeper.ts), through the duplicate of /dev/fuse the daemon holds.
  */
 import { existsSync } from 'node:fs';
-import { AttributeError } from '../../driver/errors.js';
+import { lockAttributes } from '../../driver/attributes.js';
 import { oneBlockSize } from '../block-size.js';
 import type { FrontendKind } from '../frontend.js';
 import { FuseLoopFrontend, reclaimFuseLoop } from './fuse-loop.js';
 import { FuseKeeper } from './keeper.js';
 import { fuseLanes } from './lane.js';
+import { fuseRingQueues } from './ring.js';
 import { RestartTable } from './restart-table.js';
 
 export const fuseLoop: FrontendKind = {
@@ -22,9 +23,14 @@ export const fuseLoop: FrontendKind = {
     return undefined;
   },
 
+  /**
+   * Over io_uring a lane serves whole queues of the connection (one per possible CPU): no more
+   * lanes than queues, visibly.
+   */
   attributes(attributes) {
-    if (attributes.lanes > 1 && attributes.fuseIoUring) throw new AttributeError('invalid attributes: lanes and fuseIoUring exclude each other (lanes read /dev/fuse)');
-    return oneBlockSize(attributes);
+    const checked = oneBlockSize(attributes);
+    const lanes = checked.fuseIoUring ? Math.min(checked.lanes, fuseRingQueues()) : checked.lanes;
+    return lanes === checked.lanes ? checked : lockAttributes({ ...checked, lanes });
   },
 
   // loop sends no FUA (O_DSYNC becomes write + flush), no secure erase, no write-same, and

@@ -11,21 +11,30 @@
  * the daemon holds a duplicate of each, so that a dead driver's lanes' requests stay for the
  * next driver. A lane never reads a re-sent request (the main thread has read them all before
  * the lanes start: FuseChannel.resend), so it keeps no restart table.
+ *
+ * Over io_uring (`fuseIoUring`) a lane registers ring entries, through its clone, on its own
+ * share of the connection's queues (queuesOfLane): the kernel sends a request to the queue of the
+ * CPU it starts on and completes an entry on the thread that registered it, so a lane takes its
+ * CPUs' requests and no other lane is woken for them; the lane's thread is pinned to those CPUs
+ * (pinToQueues). Its clone is still read, for what the kernel sends outside the ring (forgets,
+ * interrupts).
  */
 import { constants } from 'node:os';
-import type { LaneKind, LaneServer } from '../frontend.js';
+import { queuesOfLane, type LaneKind, type LaneServer } from '../frontend.js';
 import { bufferSizeFor, FuseChannel } from './channel.js';
 import { FuseDispatch } from './dispatch.js';
 import { MAX_WRITE, type FuseLaneShare } from './fuse-loop.js';
 import { OutHeader } from './protocol.js';
+import { FuseRing, pinToQueues } from './ring.js';
 import { Slot } from './slot.js';
 
 const { EPROTO } = constants.errno;
 
 export const fuseLanes: LaneKind = {
   serve(share, lane, requests, log): LaneServer {
-    const fd = (share as FuseLaneShare).clones[lane - 1]!;
-    let { image } = share as FuseLaneShare;
+    const s = share as FuseLaneShare;
+    const fd = s.clones[lane - 1]!;
+    let { image } = s;
     const expiryReply = Buffer.alloc(OutHeader.SIZE);
     // INIT came and went before any lane existed: a second one is a broken kernel.
     const dispatch = new FuseDispatch(requests, () => image, undefined, (slot) => {
@@ -37,10 +46,22 @@ export const fuseLanes: LaneKind = {
     // for the next request takes a core that another lane or the client needs.
     const channel = new FuseChannel<Slot>(fd, newSlot, dispatch.handle, 0);
     channel.start();
+    let ring: FuseRing | undefined;
+    if (s.ringQueues > 0) {
+      const queues = queuesOfLane(s.ringQueues, s.lanes, lane);
+      pinToQueues(queues, log);
+      ring = new FuseRing(fd, channel, MAX_WRITE, dispatch.handle, log, queues);
+    }
     return {
-      stop: () => channel.stop(),
+      stop: () => {
+        channel.stop();
+        ring?.stopTaking();
+      },
       // The clone is the main thread's to close (FuseLoopFrontend.release).
-      close: () => channel.stop(),
+      close: () => {
+        channel.stop();
+        ring?.close();
+      },
       // Before the main thread has the kernel ask again (FuseLoopFrontend.resize): any reader may answer.
       resize: (size) => {
         image = { ...image, size };

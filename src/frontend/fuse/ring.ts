@@ -47,8 +47,8 @@ export function fuseUringEnabled(): boolean {
   }
 }
 
-/** The kernel's queues: one per possible CPU (num_possible_cpus()). */
-function possibleCpus(): number {
+/** The kernel's ring queues of a connection: one per possible CPU (num_possible_cpus()). */
+export function fuseRingQueues(): number {
   const text = readFileSync('/sys/devices/system/cpu/possible', 'utf8').trim();
   let count = 0;
   for (const part of text.split(',')) {
@@ -56,6 +56,22 @@ function possibleCpus(): number {
     count += (last as number) - first + 1;
   }
   return count;
+}
+
+/**
+ * Pins the calling thread to the CPUs of the ring queues it serves (a lane's, with lanes: queue q
+ * is CPU q's). The kernel completes an entry through task work on the thread that registered it:
+ * pinned, a request submitted on CPU q is taken on CPU q, with no wake-up across CPUs and no
+ * thread migrating between them (ram, two lanes on this machine's two vCPUs, 4k randread QD32:
+ * 49-57k IOPS unpinned, 87-94k pinned; docs/performance.md). A failure (a cpuset without those
+ * CPUs) is logged, and the thread serves unpinned.
+ */
+export function pinToQueues(queueIds: readonly number[], log: (line: string) => void): void {
+  try {
+    native.pinThread(queueIds);
+  } catch (error) {
+    log(`warning: cannot pin this lane to CPUs ${queueIds.join(',')} (${(error as Error).message}); it runs unpinned`);
+  }
 }
 
 /** One entry's request: decoded by FUSE+loop from `buffer`, answered through the ring. */
@@ -134,11 +150,18 @@ export class RingSlot extends Slot {
   }
 }
 
+/**
+ * Ring entries on some of the connection's queues (all of them, or a lane's: the kernel sends a
+ * request to the queue of the CPU it starts on, and answers reach the thread that registered the
+ * entry), served on this thread.
+ */
 export class FuseRing {
   private readonly handle: FuseRingHandle;
   private readonly slots: RingSlot[] = [];
   private readonly completions: Int32Array;
   private closed = false;
+  /** Set by stopTaking(): what arrives from then on stays with its entry until the connection ends. */
+  private taking = true;
   private failed = 0;
 
   constructor(
@@ -147,12 +170,13 @@ export class FuseRing {
     payloadSize: number,
     private readonly handler: (slot: RingSlot, length: number) => void,
     private readonly log: (line: string) => void,
+    queueIds: readonly number[],
   ) {
-    const queues = possibleCpus();
-    this.handle = native.fuseRing(fd, queues, DEPTH, payloadSize, (count) => this.arrived(count));
+    const entries = queueIds.length * DEPTH;
+    this.handle = native.fuseRing(fd, queueIds, DEPTH, payloadSize, (count) => this.arrived(count));
     const c = this.handle.completions;
-    this.completions = new Int32Array(c.buffer, c.byteOffset, queues * DEPTH * 2);
-    for (let i = 0; i < queues * DEPTH; i++) {
+    this.completions = new Int32Array(c.buffer, c.byteOffset, entries * 2);
+    for (let i = 0; i < entries; i++) {
       this.slots.push(
         new RingSlot(this, i, this.handle.headers.subarray(i * HEADER, (i + 1) * HEADER), this.handle.payloads.subarray(i * payloadSize, (i + 1) * payloadSize)),
       );
@@ -161,6 +185,15 @@ export class FuseRing {
 
   commit(index: number): void {
     if (!this.closed) native.fuseRingCommit(this.handle.ring, index);
+  }
+
+  /**
+   * Hands no more requests to the handler (a lane stopping before a destruction): the kernel
+   * sends nothing to another ring instead, so what arrives waits for the connection's end, which
+   * fails it (ECONNABORTED). Answers still go.
+   */
+  stopTaking(): void {
+    this.taking = false;
   }
 
   /** Ends the ring: entries that wait are cancelled; answers of this turn still go. */
@@ -172,7 +205,7 @@ export class FuseRing {
 
   private arrived(count: number): void {
     const c = this.completions;
-    for (let i = 0; i < count && !this.closed; i++) {
+    for (let i = 0; i < count && !this.closed && this.taking; i++) {
       const index = c[2 * i]!;
       const result = c[2 * i + 1]!;
       if (result < 0) {

@@ -10,9 +10,9 @@
  * (USER_RECOVERY_REISSUE), so lanes go with `recoverable` here. The kernel quiesces the device
  * once every queue has closed; until then the other queues serve on.
  */
-import type { LaneKind, LaneServer } from '../frontend.js';
+import { queuesOfLane, type LaneKind, type LaneServer } from '../frontend.js';
 import { InflightTable } from './inflight-table.js';
-import { QUEUE_DEPTH, queuesOfLane, UblkQueues, type UblkLaneShare } from './ublk.js';
+import { QUEUE_DEPTH, UblkQueues, type UblkLaneShare } from './ublk.js';
 
 export const ublkLanes: LaneKind = {
   serve(share, lane, requests, log): LaneServer {

@@ -17,7 +17,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BdusError } from '../../driver/errors.js';
 import { PAGE_SIZE } from '../../driver/attributes.js';
-import type { Frontend, FrontendOptions, KernelDevice } from '../frontend.js';
+import { queuesOfLane, type Frontend, type FrontendOptions, type KernelDevice } from '../frontend.js';
 import { Command, control, deviceInfo, encodeDeviceInfo, encodeParams, Feature, kernelFeatures, ublkNumberOf } from './control.js';
 import { InflightTable } from './inflight-table.js';
 import { UblkQueue, type QueueOptions } from './queue.js';
@@ -81,15 +81,6 @@ export class UblkQueues {
 /** Queues 0 to count-1. */
 export function allQueues(count: number): number[] {
   return Array.from({ length: count }, (_, id) => id);
-}
-
-/**
- * The queues lane `lane` of `lanes` serves: every lanes-th from its own number (the main
- * thread, lane 0, serves queue 0). blk-mq maps CPUs onto queues in order, so each lane
- * takes the requests of its own CPUs.
- */
-export function queuesOfLane(count: number, lanes: number, lane: number): number[] {
-  return allQueues(count).filter((id) => id % lanes === lane);
 }
 
 /** What a lane (lane.ts) takes from the frontend to serve its queues. */
