@@ -4,11 +4,13 @@
  * is the bound: what lanes are for); `file` on a file in /dev/shm leaves the work to the kernel
  * (copies, the loop worker, libuv's pool), with the kernel's loop device on the same file beside
  * it; `ram` answers from memory the lanes share (the headline driver, the lanes' own cost), and
- * `ram (io_uring)` the same over FUSE's ring, where each lane serves its own CPUs' queues. Two
- * fio jobs (threads, on whichever CPUs the scheduler gives them) beside one: jobs by lanes.
+ * `ram (io_uring)` the same over FUSE's ring, where each lane serves its own CPUs' queues;
+ * `ram (NBD export)` is `bdus export ram`, a lane per connection. Two fio jobs (threads, on
+ * whichever CPUs the scheduler gives them; two NBD connections) beside one: jobs by lanes.
  * Lane counts alternate within each repetition, so noise hits them alike.
  */
-import { rmSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, rmSync } from 'node:fs';
 import { execute as sh } from '../src/util/exec.js';
 import { fill, fio, type Metric } from './fio.js';
 
@@ -48,6 +50,31 @@ interface Subject {
   readonly writes: boolean;
   /** Written whole before its jobs: a read of a page it never had costs it nothing. */
   readonly fill?: boolean;
+  /** Served by `bdus export` to fio's nbd engine (a connection per fio job) instead of a device. */
+  readonly exported?: boolean;
+}
+
+/** fio's arguments for a subject served by `lanes` lanes, and how to end it. */
+async function serve(bin: string, subject: Subject, lanes: number): Promise<{ target: string[]; end: () => Promise<unknown> }> {
+  if (!subject.exported) {
+    const device = (await sh(process.execPath, [bin, 'run', ...subject.args, '--lanes', String(lanes), '--frontend', 'fuse'])).trim();
+    return { target: [`--filename=${device}`, '--ioengine=libaio'], end: () => sh(process.execPath, [bin, 'destroy', '--force', '--no-flush', device]) };
+  }
+  const socket = `/tmp/bdus-bench-lanes-${process.pid}.sock`;
+  rmSync(socket, { force: true });
+  const child = spawn(process.execPath, [bin, 'export', ...subject.args, '--lanes', String(lanes), '--listen', `unix:${socket}`], { stdio: 'ignore' });
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  for (let i = 0; i < 200 && !existsSync(socket); i++) await new Promise((resolve) => setTimeout(resolve, 50));
+  const end = async () => {
+    child.kill('SIGTERM');
+    await exited;
+    rmSync(socket, { force: true });
+  };
+  if (!existsSync(socket)) {
+    await end();
+    throw new Error(`bdus export ${subject.args.join(' ')} did not listen on ${socket}`);
+  }
+  return { target: ['--ioengine=nbd', `--uri=nbd+unix:///?socket=${socket}`], end };
 }
 
 /** `ring`: this kernel has FUSE over io_uring, switched on (bench/run.ts). */
@@ -58,6 +85,7 @@ export async function lanesRuns(bin: string, runtime: number, reps: number, log:
     { driver: 'file (/dev/shm)', args: ['file', IMAGE], writes: true },
     { driver: 'ram', args: ['ram', '--size', SIZE], writes: true, fill: true },
     ...(ring ? [{ driver: 'ram (io_uring)', args: ['ram', '--size', SIZE, '--fuse-io-uring'], writes: true, fill: true }] : []),
+    { driver: 'ram (NBD export)', args: ['ram', '--size', SIZE], writes: true, fill: true, exported: true },
   ];
   const samples = new Map<string, number[]>();
   const add = (k: string, v: number) => samples.set(k, [...(samples.get(k) ?? []), v]);
@@ -65,15 +93,15 @@ export async function lanesRuns(bin: string, runtime: number, reps: number, log:
     for (let rep = 0; rep < reps; rep++) {
       for (const subject of subjects) {
         for (const lanes of LANES) {
-          const device = (await sh(process.execPath, [bin, 'run', ...subject.args, '--lanes', String(lanes), '--frontend', 'fuse'])).trim();
+          const { target, end } = await serve(bin, subject, lanes);
           try {
-            if (subject.fill) await fill([`--filename=${device}`, '--ioengine=libaio'], SIZE);
+            if (subject.fill) await fill(target, SIZE);
             for (const job of JOBS.filter((j) => subject.writes || !j.writes)) {
-              add(`${subject.driver}|${job.name}|${lanes}`, (await fio([`--filename=${device}`, '--ioengine=libaio'], job.args, runtime, SIZE))[job.metric]);
+              add(`${subject.driver}|${job.name}|${lanes}`, (await fio(target, job.args, runtime, SIZE))[job.metric]);
               log('.');
             }
           } finally {
-            await sh(process.execPath, [bin, 'destroy', '--force', '--no-flush', device]);
+            await end();
           }
         }
       }
@@ -94,7 +122,8 @@ export async function lanesRuns(bin: string, runtime: number, reps: number, log:
   for (const subject of subjects) {
     for (const job of JOBS.filter((j) => subject.writes || !j.writes)) {
       const values = LANES.map((lanes) => median(samples.get(`${subject.driver}|${job.name}|${lanes}`)!));
-      rows.push({ driver: subject.driver, job: job.name, metric: job.metric, values, ...(subject.writes ? { loop: median(samples.get(`loop|${job.name}`)!) } : {}) });
+      const loop = subject.writes && !subject.exported ? { loop: median(samples.get(`loop|${job.name}`)!) } : {};
+      rows.push({ driver: subject.driver, job: job.name, metric: job.metric, values, ...loop });
     }
   }
   return rows;
@@ -114,7 +143,8 @@ export function lanesLines(rows: LanesRow[], cores: number): string[] {
     'median of the repetitions, lane counts alternating. `pattern` computes every byte it reads (its thread is the bound);',
     '`file` on a file in /dev/shm leaves the work to the kernel, beside the kernel loop device on the same file; `ram` answers',
     'from memory its lanes share (the loop column is the same /dev/shm file\'s); `ram (io_uring)` is `ram` over FUSE\'s ring, each',
-    'lane serving (and pinned to) its own CPUs\' queues. "2 jobs" is two fio threads. "2 / 1" is the gain of the second lane (for',
+    'lane serving (and pinned to) its own CPUs\' queues; `ram (NBD export)` is `bdus export ram` to fio\'s nbd engine, a connection per',
+    'fio job and each connection served by one lane. "2 jobs" is two fio threads. "2 / 1" is the gain of the second lane (for',
     'latency, below 1 is better).',
     '',
     `| driver | job | ${LANES.map((n) => `${n} lane${n > 1 ? 's' : ''}`).join(' | ')} | 2 / 1 | kernel loop |`,

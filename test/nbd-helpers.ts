@@ -125,3 +125,20 @@ export async function assertRoundTrip(t: TestContext, uri: string, size: number)
   await must('nbdcopy', [uri, back]);
   assert.ok(readFileSync(source).equals(readFileSync(back)), 'the data comes back unchanged');
 }
+
+/** A CA, a server certificate signed by it (server-cert.pem, server-key.pem, ca-cert.pem) and the client's CA copy, removed after the test. */
+export async function certificates(t: TestContext): Promise<{ server: string; client: string }> {
+  const dir = scratch('tls');
+  const server = `${dir}/server`;
+  const client = `${dir}/client`;
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  await must('mkdir', ['-p', server, client]);
+  const openssl = (args: string[]) => must('openssl', args);
+  await openssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${dir}/ca-key.pem`, '-out', `${server}/ca-cert.pem`, '-days', '2', '-subj', '/CN=bdus test CA']);
+  await openssl(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${server}/server-key.pem`, '-out', `${dir}/server.csr`, '-subj', '/CN=localhost']);
+  writeFileSync(`${dir}/ext.cnf`, 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n');
+  await openssl(['x509', '-req', '-in', `${dir}/server.csr`, '-CA', `${server}/ca-cert.pem`, '-CAkey', `${dir}/ca-key.pem`, '-CAcreateserial',
+    '-out', `${server}/server-cert.pem`, '-days', '2', '-extfile', `${dir}/ext.cnf`]);
+  await must('cp', [`${server}/ca-cert.pem`, `${client}/ca-cert.pem`]);
+  return { server, client };
+}

@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { test, type TestContext } from 'node:test';
 import { bdus, BIN, DRIVERS, must, records, scratch, sh } from './helpers.js';
-import { assertRoundTrip, exportDriver, option, raw, readRequest, transmitting } from './nbd-helpers.js';
+import { assertRoundTrip, certificates, exportDriver, option, raw, readRequest, transmitting } from './nbd-helpers.js';
 
 const MiB = 1 << 20;
 
@@ -222,22 +222,6 @@ print("ok")
 });
 
 /** A CA and a server certificate for localhost, made with openssl for this test. */
-async function certificates(t: TestContext): Promise<{ server: string; client: string }> {
-  const dir = scratch('tls');
-  const server = `${dir}/server`;
-  const client = `${dir}/client`;
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  await must('mkdir', ['-p', server, client]);
-  const openssl = (args: string[]) => must('openssl', args);
-  await openssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${dir}/ca-key.pem`, '-out', `${server}/ca-cert.pem`, '-days', '2', '-subj', '/CN=bdus test CA']);
-  await openssl(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${server}/server-key.pem`, '-out', `${dir}/server.csr`, '-subj', '/CN=localhost']);
-  writeFileSync(`${dir}/ext.cnf`, 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n');
-  await openssl(['x509', '-req', '-in', `${dir}/server.csr`, '-CA', `${server}/ca-cert.pem`, '-CAkey', `${dir}/ca-key.pem`, '-CAcreateserial',
-    '-out', `${server}/server-cert.pem`, '-days', '2', '-extfile', `${dir}/ext.cnf`]);
-  await must('cp', [`${server}/ca-cert.pem`, `${client}/ca-cert.pem`]);
-  return { server, client };
-}
-
 test('TLS: required, a client without TLS is refused and a TLS client works; offered, both work', async (t) => {
   const { server, client } = await certificates(t);
   const required = await exportDriver(t, ['ram', '--size', '16M', '--tls', 'require', '--tls-certificates', server]);

@@ -4,7 +4,7 @@
  * may do (src/nbd/limits.ts).
  */
 import { BdusError } from '../driver/errors.js';
-import type { TlsOptions } from '../nbd/export.js';
+import type { TlsOptions } from '../nbd/tls.js';
 import { exportLimits, type LimitSettings } from '../nbd/limits.js';
 import type { ListenAddress } from '../nbd/server.js';
 import { parseDuration, parseSize } from './options.js';

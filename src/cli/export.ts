@@ -7,6 +7,7 @@ import { parseDriverCommand } from './driver-command.js';
 import { driverHelp, makeDriver } from './load-driver.js';
 import { applyFilters, libraryHelp } from './load-filter.js';
 import { attributeHelp, attributeOptions, attributesFromFlags } from './options.js';
+import { UsageError } from './usage.js';
 
 export const EXPORT_HELP = `usage: bdus export <driver> [ARGS...] [--listen ADDRESS] [--name NAME] [--description TEXT] [--<attribute> VALUE ...] [driver options] [--filter F ...] [-- ARGS...]
 
@@ -45,6 +46,9 @@ export async function exportCommand(argv: string[]): Promise<number> {
   const tls = tlsFromFlags(line.values);
   const limits = limitsFromFlags(line.values, listen);
   const driver = await applyFilters(await makeDriver(line.driver!, line.args, line.options), line.filters);
-  await runExport(driver, { attributes, listen, name: values.name ?? '', description: values.description ?? '', tls, limits });
+  // A lane makes the driver again in its own thread (src/nbd/lane.ts), which it cannot do with filters (yet).
+  if ((attributes.lanes ?? 0) > 1 && line.filters.length > 0) throw new UsageError('bdus export: --lanes cannot be combined with --filter yet');
+  const recipe = line.filters.length > 0 ? undefined : { module: line.driver!.file, args: line.args, options: line.options };
+  await runExport(driver, { attributes, listen, name: values.name ?? '', description: values.description ?? '', tls, limits, recipe });
   return 0;
 }

@@ -64,8 +64,9 @@ export interface Attributes {
    * alone), at most 64. Each lane is a thread with its own event loop, request layer and driver
    * instance, made anew from the driver's module; the kernel gives each request to whichever lane
    * reads it first. The driver must say it can (`laneSafe`: its data is shared, in a file say)
-   * and come from a module (the CLI, or run()'s `recipe` option). FUSE+loop over /dev/fuse and
-   * ublk (a lane serves whole hardware queues: `queues` is raised to `lanes`); docs/performance.md,
+   * and come from a module (the CLI, or run()'s `recipe` option). FUSE+loop (over io_uring a
+   * lane serves whole queues of the ring), ublk (a lane serves whole hardware queues: `queues` is
+   * raised to `lanes`) and exports (a lane serves whole connections); docs/performance.md,
    * "lanes". A rerun's driver may have another number of lanes.
    */
   lanes?: number;
@@ -127,7 +128,7 @@ export const ATTRIBUTES: { readonly [K in AttributeName]-?: AttributeSpec } = {
   optimalIoSize: { kind: 'bytes', doc: 'hint: preferred I/O size, 0 or a power of two >= physical block size (ublk only)' },
   queues: { kind: 'count', doc: 'hardware queues: 0 means 1, at most 64 (ublk only; the others have one)' },
   fuseIoUring: { kind: 'flag', doc: 'FUSE+loop over io_uring (Linux 6.14+, once root allows it); not recoverable, no rerun' },
-  lanes: { kind: 'count', doc: 'threads serving requests: 0 means 1, at most 64 (lane-safe drivers; FUSE+loop, over io_uring at most one per CPU; ublk, its queues raised to lanes)' },
+  lanes: { kind: 'count', doc: 'threads serving requests: 0 means 1, at most 64 (lane-safe drivers; FUSE+loop, over io_uring at most one per CPU; ublk, its queues raised to lanes; an export, a connection per lane)' },
   recoverable: { kind: 'flag', doc: 'keep the device if the driver dies abnormally; a new driver attaches with rerun' },
   recoveryMode: { kind: 'choice', choices: RECOVERY_MODES, doc: 'requests a dead driver received: reissue (default), fail-received, or fail-all until a driver attaches' },
   restartLimit: { kind: 'count', doc: 'driver deaths a request may be in flight across before it fails alone (0: default 10)' },

@@ -63,6 +63,8 @@ export interface LaneServer {
   close(): void;
   /** The device is `size` bytes now: the lane answers the kernel's questions with it (a resize). */
   resize(size: number): void;
+  /** Something the main thread hands this lane to serve (Lanes.deliver): an export's connection. */
+  deliver?(message: unknown): void;
   /** Resolves when the kernel side ended (undefined when stop() ended it), as Frontend.ended. */
   readonly ended: Promise<Error | undefined>;
 }

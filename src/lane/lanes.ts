@@ -36,7 +36,7 @@ export interface DriverRecipe {
 export interface LaneData {
   readonly lane: number;
   readonly recipe: DriverRecipe;
-  /** The frontend kind's name. */
+  /** The frontend kind's name, or EXPORT_LANES (src/nbd/lane.ts) for an export's lanes. */
   readonly frontend: string;
   /** The frontend's laneShare(). */
   readonly share: unknown;
@@ -55,8 +55,11 @@ export type LaneMessage =
   | { type: 'stopped'; message: string }
   | { type: 'resized'; message: string };
 
-/** What the main thread tells a lane's thread after its start (worker.ts). */
-export type LaneOrder = { type: 'stop' } | { type: 'resize'; size: number; driverShare: unknown };
+/**
+ * What the main thread tells a lane's thread after its start (worker.ts). `deliver` hands its
+ * LaneServer something to serve (an export's connection).
+ */
+export type LaneOrder = { type: 'stop' } | { type: 'resize'; size: number; driverShare: unknown } | { type: 'deliver'; message: unknown };
 
 /** A lane's thread may take this long to stop beyond its requests' timeout before it is ended. */
 const STOP_SLACK_MS = 5000;
@@ -112,6 +115,10 @@ class Lane {
 
   async kill(): Promise<void> {
     await this.worker.terminate();
+  }
+
+  deliver(message: unknown): void {
+    this.order({ type: 'deliver', message });
   }
 
   private order(order: LaneOrder): void {
@@ -187,6 +194,11 @@ export class Lanes {
   async resize(size: number, driverShare: unknown): Promise<string[]> {
     const messages = await Promise.all(this.lanes.map((lane) => lane.resize(size, driverShare)));
     return messages.filter((m) => m !== '');
+  }
+
+  /** Hands lane `lane` (1 and up) something to serve: its LaneServer's deliver() gets `message`. */
+  deliver(lane: number, message: unknown): void {
+    this.lanes[lane - 1]!.deliver(message);
   }
 
   /** Ends every lane at once (an abort): nothing more is answered by them. */

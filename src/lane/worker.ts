@@ -1,7 +1,7 @@
 /**
  * A lane's thread (lanes.ts): makes the driver from its recipe, initializes its own instance,
- * and serves the device's requests through the frontend kind's LaneKind until the main thread
- * says stop.
+ * and serves the device's requests through the frontend kind's LaneKind (or an export's
+ * connections, through the NBD server's) until the main thread says stop.
  */
 import { fileURLToPath } from 'node:url';
 import { parentPort, workerData } from 'node:worker_threads';
@@ -9,7 +9,9 @@ import { importDriverModule, makeDriver } from '../cli/load-driver.js';
 import { lockAttributes, setDeviceSize } from '../driver/attributes.js';
 import type { Context } from '../driver/driver.js';
 import { BdusError } from '../driver/errors.js';
+import type { LaneKind } from '../frontend/frontend.js';
 import { frontendKind } from '../frontend/kinds.js';
+import { EXPORT_LANES, exportLanes } from '../nbd/lane.js';
 import { DriverInstance } from '../instance/driver-instance.js';
 import type { LaneData, LaneMessage, LaneOrder } from './lanes.js';
 
@@ -32,9 +34,11 @@ async function main(): Promise<void> {
   counters.slots = data.slots;
   counters.startHeartbeat();
   await instance.initialize();
-  const server = frontendKind(data.frontend).lanes!.serve(data.share, data.lane, requests, log);
+  const kind: LaneKind = data.frontend === EXPORT_LANES ? exportLanes : frontendKind(data.frontend).lanes!;
+  const server = kind.serve(data.share, data.lane, requests, log);
   void server.ended.then((error) => error && say({ type: 'abort', message: error.message }));
   port.on('message', (order: LaneOrder) => {
+    if (order.type === 'deliver') return server.deliver?.(order.message);
     if (order.type === 'resize') {
       void (async () => {
         let message = '';

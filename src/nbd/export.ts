@@ -14,13 +14,15 @@ import type { Context, Driver } from '../driver/driver.js';
 import { RequestLayer } from '../request/request-layer.js';
 import { Outcome } from '../util/outcome.js';
 import { untilClosed } from '../util/process.js';
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { createSecureContext } from 'node:tls';
 import { DriverInstance, givenAttributes, type InstanceOptions } from '../instance/driver-instance.js';
 import { BdusError } from '../driver/errors.js';
+import { Lanes, type DriverRecipe } from '../lane/lanes.js';
+import { EXPORT_LANES, type ExportLaneShare } from './lane.js';
 import { DEFAULT_LIMITS, exportLimits, type ExportLimits, type LimitSettings } from './limits.js';
-import { NbdServer, type ListenAddress, type NbdTls } from './server.js';
+import { NbdServer, type ConnectionSpread, type ListenAddress, type NbdTls } from './server.js';
+import { loadTls, type TlsOptions } from './tls.js';
+
+export { loadTls, parsePskFile, type TlsOptions } from './tls.js';
 
 export interface ExportOptions<State = unknown> extends InstanceOptions<State> {
   /** Where to listen: `{ unix: path }` or `{ host, port }` (port 0: any free one). */
@@ -33,84 +35,11 @@ export interface ExportOptions<State = unknown> extends InstanceOptions<State> {
   tls?: TlsOptions;
   /** Who may connect and what a client may hold (default: DEFAULT_LIMITS, everyone who can reach it). */
   limits?: LimitSettings;
-}
-
-/** TLS for an export, with certificates or pre-shared keys as nbdkit and qemu-nbd take them. */
-export interface TlsOptions {
   /**
-   * A directory with server-cert.pem and server-key.pem (PEM), and ca-cert.pem to check client
-   * certificates against (with verifyPeer). Either this or `psk`.
+   * How another thread makes the same driver, for the `lanes` attribute (src/nbd/lane.ts: each
+   * connection is served by one lane); the CLI fills it in.
    */
-  certificates?: string;
-  /**
-   * A file of pre-shared keys, one `identity:hexkey` per line (what GnuTLS's `psktool -u alice
-   * -p FILE` writes, and nbdkit's --tls-psk and qemu's tls-creds-psk read). Either this or
-   * `certificates`.
-   */
-  psk?: string;
-  /** Refuse clients that do not start TLS (default false: TLS is offered, not required). */
-  required?: boolean;
-  /** Require a client certificate signed by ca-cert.pem (default false; certificates only). */
-  verifyPeer?: boolean;
-}
-
-/**
- * Cipher suites for TLS-PSK up to TLS 1.2 (OpenSSL leaves PSK out by default); TLS 1.3 takes a
- * pre-shared key with its usual suites.
- */
-const PSK_CIPHERS = 'ECDHE-PSK-AES256-CBC-SHA384:ECDHE-PSK-AES128-CBC-SHA256:DHE-PSK-AES256-GCM-SHA384:DHE-PSK-AES128-GCM-SHA256:PSK-AES256-GCM-SHA384:PSK-AES128-GCM-SHA256';
-
-/** Shortest key accepted: psktool's default is 32 bytes; 16 is the least a key should have. */
-const MIN_PSK_BYTES = 16;
-
-/** Loads an export's TLS certificates or keys; a clear error naming the file that is missing or bad. */
-export function loadTls(options: TlsOptions): NbdTls {
-  if ((options.certificates === undefined) === (options.psk === undefined)) {
-    throw new BdusError('EINVAL', 'TLS needs either certificates (a directory) or pre-shared keys (a file), not both and not neither');
-  }
-  const read = (path: string) => {
-    try {
-      return readFileSync(path);
-    } catch (error) {
-      throw new BdusError('EINVAL', `TLS: cannot read ${path}: ${(error as Error).message}`);
-    }
-  };
-  const required = options.required ?? false;
-  if (options.psk !== undefined) {
-    if (options.verifyPeer) throw new BdusError('EINVAL', 'TLS: verifying a peer certificate needs certificates, not pre-shared keys');
-    return { context: createSecureContext({ ciphers: PSK_CIPHERS }), keys: parsePskFile(options.psk, read(options.psk).toString('utf8')), required, verifyPeer: false };
-  }
-  const file = (name: string) => read(join(options.certificates!, name));
-  let context;
-  try {
-    context = createSecureContext({
-      cert: file('server-cert.pem'),
-      key: file('server-key.pem'),
-      ...(options.verifyPeer ? { ca: file('ca-cert.pem') } : {}),
-    });
-  } catch (error) {
-    if (error instanceof BdusError) throw error;
-    throw new BdusError('EINVAL', `TLS: the certificates in ${options.certificates} are unusable: ${(error as Error).message}`);
-  }
-  return { context, required, verifyPeer: options.verifyPeer ?? false };
-}
-
-/** `identity:hexkey` lines (blank lines and # comments skipped) -> keys by identity. */
-export function parsePskFile(path: string, text: string): Map<string, Buffer> {
-  const keys = new Map<string, Buffer>();
-  text.split('\n').forEach((raw, i) => {
-    const line = raw.trim();
-    if (line === '' || line.startsWith('#')) return;
-    const colon = line.lastIndexOf(':');
-    const identity = line.slice(0, colon);
-    const hex = line.slice(colon + 1);
-    if (colon <= 0 || !/^([0-9a-fA-F]{2})+$/.test(hex) || hex.length / 2 < MIN_PSK_BYTES) {
-      throw new BdusError('EINVAL', `TLS: ${path} line ${i + 1}: expected identity:hexkey with a key of at least ${MIN_PSK_BYTES} bytes (psktool -u NAME -p ${path})`);
-    }
-    keys.set(identity, Buffer.from(hex, 'hex'));
-  });
-  if (keys.size === 0) throw new BdusError('EINVAL', `TLS: ${path} has no keys (psktool -u NAME -p ${path} makes one)`);
-  return keys;
+  recipe?: DriverRecipe;
 }
 
 /** The URI clients use: nbd+unix:///NAME?socket=PATH or nbd://HOST:PORT/NAME (nbds when TLS is required). */
@@ -137,6 +66,7 @@ export class Export<State = unknown> {
     readonly uri: string,
     readonly address: ListenAddress,
     private readonly server: NbdServer,
+    private readonly lanes: Lanes | undefined,
   ) {
     this.ctx = instance.ctx;
     this.requests = instance.requests;
@@ -152,8 +82,11 @@ export class Export<State = unknown> {
     this.ending ??= (async () => {
       try {
         await this.server.close();
+        // Each lane answers what its connections sent, ends them and terminates its instance.
+        const failures = (await this.lanes?.stop(this.ctx.attributes.requestTimeout, this.requests.counters.slots)) ?? [];
         await this.requests.drain();
         await this.instance.terminate();
+        if (failures.length > 0) throw new Error(`a lane's terminate failed: ${failures[0]}`);
         this.outcome.resolve();
       } catch (error) {
         this.outcome.reject(error as Error);
@@ -166,6 +99,7 @@ export class Export<State = unknown> {
   abort(reason: Error): Promise<void> {
     this.ending ??= (async () => {
       this.requests.abortAll();
+      await this.lanes?.kill();
       await this.server.close({ now: true });
       this.outcome.reject(reason);
     })();
@@ -179,19 +113,35 @@ export function exportServer(
   ctx: Pick<Context, 'attributes' | 'readOnly'>,
   requests: RequestLayer,
   log: (line: string) => void,
-  options: { name?: string; description?: string; tls?: NbdTls | undefined; limits?: ExportLimits | undefined },
+  options: { name?: string; description?: string; tls?: NbdTls | undefined; limits?: ExportLimits | undefined; spread?: ConnectionSpread | undefined },
 ): NbdServer {
-  return new NbdServer({
-    name: options.name ?? '',
-    description: options.description ?? '',
-    attributes: ctx.attributes,
-    readOnly: ctx.readOnly,
-    callbacks: requestCallbacks(driver),
-    requests,
-    log,
-    tls: options.tls,
-    limits: options.limits ?? DEFAULT_LIMITS,
-  });
+  return new NbdServer(
+    {
+      name: options.name ?? '',
+      description: options.description ?? '',
+      attributes: ctx.attributes,
+      readOnly: ctx.readOnly,
+      callbacks: requestCallbacks(driver),
+      requests,
+      log,
+      tls: options.tls,
+      limits: options.limits ?? DEFAULT_LIMITS,
+    },
+    options.spread,
+  );
+}
+
+/** Accepted connections to the lanes in turn, this thread (lane 0) included; `open` counts the lanes' (ExportLaneShare). */
+function lanesSpread(count: number, lanes: Lanes, open: Int32Array): ConnectionSpread {
+  let turn = 0;
+  return {
+    next: () => (turn = (turn + 1) % count),
+    deliver: (lane, fd) => {
+      Atomics.add(open, 0, 1);
+      lanes.deliver(lane, { fd });
+    },
+    elsewhere: () => Atomics.load(open, 0),
+  };
 }
 
 /** Starts exporting `driver` and resolves once it listens (after onDeviceAvailable). */
@@ -213,21 +163,49 @@ export async function startExport<State>(driver: Driver<State>, options: ExportO
     isRerun: false,
     readOnly: isReadOnly(driver),
     state: options.state as State,
+    ...(attributes.lanes > 1 ? { lane: 0 } : {}),
   };
+  if (attributes.lanes > 1 && !options.recipe) {
+    throw new BdusError('EINVAL', `lanes ${attributes.lanes} needs the driver's module, for each lane to make the driver in its own thread: run it with \`bdus export\` (without --filter), or pass the \`recipe\` option; or give --lanes 1`);
+  }
   let exported: Export<State> | undefined;
-  const instance = new DriverInstance(driver, ctx, log, (error) => void exported?.abort(error), given);
+  /** A lane's or the driver's abort before the export exists. */
+  let early: Error | undefined;
+  const abort = (error: Error) => void (exported ? exported.abort(error) : (early ??= error));
+  const instance = new DriverInstance(driver, ctx, log, abort, given);
   await instance.validate();
   await instance.initialize();
-  const server = exportServer(driver, ctx, instance.requests, log, { ...options, tls, limits });
+  let lanes: Lanes | undefined;
   let address: ListenAddress;
+  let server: NbdServer;
   try {
+    let spread: ConnectionSpread | undefined;
+    if (attributes.lanes > 1) {
+      const open = new Int32Array(new SharedArrayBuffer(4));
+      const share: ExportLaneShare = {
+        name,
+        description: options.description ?? '',
+        attributes,
+        readOnly: ctx.readOnly,
+        callbacks: requestCallbacks(driver),
+        limits: { handshakeTimeoutMs: limits.handshakeTimeoutMs, maxConnections: limits.maxConnections, connectionMemory: limits.connectionMemory },
+        ...(options.tls ? { tls: options.tls } : {}),
+        open,
+      };
+      const started = await Lanes.start(attributes.lanes, options.recipe!, EXPORT_LANES, share, driver.laneShare?.(ctx), ctx, log, abort);
+      lanes = started;
+      spread = lanesSpread(attributes.lanes, started, open);
+    }
+    server = exportServer(driver, ctx, instance.requests, log, { ...options, tls, limits, spread });
     address = await server.listen(options.listen);
+    if (early) throw early;
   } catch (error) {
+    await lanes?.kill();
     await instance.unwind();
     throw error;
   }
   Object.assign(ctx, { path: exportUri(address, name, tls?.required) });
-  exported = new Export(instance, ctx.path, address, server);
+  exported = new Export(instance, ctx.path, address, server, lanes);
   try {
     await instance.announce();
   } catch (error) {

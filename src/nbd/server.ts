@@ -13,11 +13,27 @@ import { MessageInput } from './input.js';
 export { Connection, type ConnectionOptions } from './connection.js';
 export { MAX_PAYLOAD, transmissionFlags, type ListenAddress, type NbdExport, type NbdTls } from './export-spec.js';
 
+/**
+ * Where accepted connections are served, for an export with lanes (src/nbd/lane.ts): each in
+ * turn by one thread, this one being lane 0.
+ */
+export interface ConnectionSpread {
+  /** The lane the next accepted connection goes to (0: this thread). */
+  next(): number;
+  /** Hands an accepted connection's descriptor to lane `lane`, whose it is from now on. */
+  deliver(lane: number, fd: number): void;
+  /** Connections the other lanes serve right now (for maxConnections). */
+  elsewhere(): number;
+}
+
 export class NbdServer {
   private server: Server | undefined;
   private readonly connections = new Set<Connection>();
 
-  constructor(private readonly exported: NbdExport) {}
+  constructor(
+    private readonly exported: NbdExport,
+    private readonly spread?: ConnectionSpread,
+  ) {}
 
   /** Starts listening; resolves with the address actually bound (the port, if 0 was asked). */
   async listen(address: ListenAddress): Promise<ListenAddress> {
@@ -28,6 +44,11 @@ export class NbdServer {
         this.exported.log(`nbd: refused a connection from ${accepted.remoteAddress ?? 'a Unix socket'}: ${refusal}`);
         accepted.destroy();
         return;
+      }
+      const lane = this.spread?.next() ?? 0;
+      if (lane > 0) {
+        const fd = ownDescriptor(accepted);
+        if (fd >= 0) return this.spread!.deliver(lane, fd);
       }
       const own = this.exported.tls ? undefined : ownSocket(accepted);
       const onClose = () => this.connections.delete(connection);
@@ -53,7 +74,7 @@ export class NbdServer {
     if (!limits) return undefined;
     const address = accepted.remoteAddress;
     if (limits.allow && address !== undefined && !limits.allow.allows(address)) return `not in the allowed clients (${limits.allow.text})`;
-    if (this.connections.size >= limits.maxConnections) return `${limits.maxConnections} connections are open, the limit`;
+    if (this.connections.size + (this.spread?.elsewhere() ?? 0) >= limits.maxConnections) return `${limits.maxConnections} connections are open, the limit`;
     return undefined;
   }
 
@@ -86,13 +107,23 @@ const SEND_BUFFER = 4 << 20;
  * socket is used as it is).
  */
 function ownSocket(accepted: Socket): { socket: Socket; fd: number; input: MessageInput } | undefined {
-  const fd = (accepted as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) return undefined;
-  const copy = native.dup(fd);
-  accepted.destroy(); // closes its descriptor only: the connection lives on in the copy
+  const copy = ownDescriptor(accepted);
+  if (copy < 0) return undefined;
   const input = new MessageInput();
   const socket = readingSocket(copy, input, () => true);
   return { socket, fd: copy, input };
+}
+
+/**
+ * A duplicate of the accepted connection's descriptor, the accepted socket closed (it has read
+ * nothing: the server pauses on connect), or -1 where Node does not show the descriptor.
+ */
+function ownDescriptor(accepted: Socket): number {
+  const fd = (accepted as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) return -1;
+  const copy = native.dup(fd);
+  accepted.destroy(); // closes its descriptor only: the connection lives on in the copy
+  return copy;
 }
 
 /**
