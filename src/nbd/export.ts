@@ -99,8 +99,9 @@ export class Export<State = unknown> {
   abort(reason: Error): Promise<void> {
     this.ending ??= (async () => {
       this.requests.abortAll();
-      await this.lanes?.kill();
+      // Accepting stops first: no connection is handed to a lane that is being ended.
       await this.server.close({ now: true });
+      await this.lanes?.kill();
       this.outcome.reject(reason);
     })();
     return this.closed;

@@ -9,6 +9,7 @@
  */
 import { closeSync, promises as fsp, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { constants } from 'node:os';
+import { pinLane } from '../../lane/pin.js';
 import { queuesOfLane, type Frontend, type FrontendOptions, type KernelDevice } from '../frontend.js';
 import type { RequestLayer } from '../../request/request-layer.js';
 import type { RestartTable } from './restart-table.js';
@@ -20,7 +21,7 @@ import { bufferSizeFor, FuseChannel } from './channel.js';
 import { FuseDispatch } from './dispatch.js';
 import type { ImageFile } from './image-file.js';
 import { FUSE_ROOT_ID, INIT2_OVER_IO_URING, InitFlag, InitIn, InitOut, KERNEL_MINOR_VERSION, KERNEL_VERSION, OutHeader, S_IFREG } from './protocol.js';
-import { FuseRing, fuseRingQueues, pinToQueues } from './ring.js';
+import { FuseRing, fuseRingQueues } from './ring.js';
 import { BODY, Slot } from './slot.js';
 
 const { EPROTO } = constants.errno;
@@ -275,7 +276,7 @@ export class FuseLoopFrontend implements Frontend {
     const { lanes } = this.options.attributes;
     if (ring) {
       const queues = queuesOfLane(fuseRingQueues(), lanes, 0);
-      if (lanes > 1) pinToQueues(queues, this.options.log);
+      if (lanes > 1) pinLane(queues, this.options.log); // queue q is CPU q's
       this.ring = new FuseRing(this.fd, this.channel!, MAX_WRITE, this.dispatch.handle, this.options.log, queues);
     }
     else if (this.options.attributes.fuseIoUring) this.options.log('warning: this kernel offers no FUSE over io_uring; serving /dev/fuse');

@@ -16,16 +16,17 @@
  * share of the connection's queues (queuesOfLane): the kernel sends a request to the queue of the
  * CPU it starts on and completes an entry on the thread that registered it, so a lane takes its
  * CPUs' requests and no other lane is woken for them; the lane's thread is pinned to those CPUs
- * (pinToQueues). Its clone is still read, for what the kernel sends outside the ring (forgets,
+ * (src/lane/pin.ts). Its clone is still read, for what the kernel sends outside the ring (forgets,
  * interrupts).
  */
 import { constants } from 'node:os';
+import { pinLane } from '../../lane/pin.js';
 import { queuesOfLane, type LaneKind, type LaneServer } from '../frontend.js';
 import { bufferSizeFor, FuseChannel } from './channel.js';
 import { FuseDispatch } from './dispatch.js';
 import { MAX_WRITE, type FuseLaneShare } from './fuse-loop.js';
 import { OutHeader } from './protocol.js';
-import { FuseRing, pinToQueues } from './ring.js';
+import { FuseRing } from './ring.js';
 import { Slot } from './slot.js';
 
 const { EPROTO } = constants.errno;
@@ -49,7 +50,7 @@ export const fuseLanes: LaneKind = {
     let ring: FuseRing | undefined;
     if (s.ringQueues > 0) {
       const queues = queuesOfLane(s.ringQueues, s.lanes, lane);
-      pinToQueues(queues, log);
+      pinLane(queues, log); // queue q is CPU q's
       ring = new FuseRing(fd, channel, MAX_WRITE, dispatch.handle, log, queues);
     }
     return {

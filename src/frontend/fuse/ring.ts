@@ -58,22 +58,6 @@ export function fuseRingQueues(): number {
   return count;
 }
 
-/**
- * Pins the calling thread to the CPUs of the ring queues it serves (a lane's, with lanes: queue q
- * is CPU q's). The kernel completes an entry through task work on the thread that registered it:
- * pinned, a request submitted on CPU q is taken on CPU q, with no wake-up across CPUs and no
- * thread migrating between them (ram, two lanes on this machine's two vCPUs, 4k randread QD32:
- * 49-57k IOPS unpinned, 87-94k pinned; docs/performance.md). A failure (a cpuset without those
- * CPUs) is logged, and the thread serves unpinned.
- */
-export function pinToQueues(queueIds: readonly number[], log: (line: string) => void): void {
-  try {
-    native.pinThread(queueIds);
-  } catch (error) {
-    log(`warning: cannot pin this lane to CPUs ${queueIds.join(',')} (${(error as Error).message}); it runs unpinned`);
-  }
-}
-
 /** One entry's request: decoded by FUSE+loop from `buffer`, answered through the ring. */
 export class RingSlot extends Slot {
   /** Answered with ETIMEDOUT while a callback holds the payload: committed once it lets go. */
