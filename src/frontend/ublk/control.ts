@@ -10,7 +10,6 @@ import { errnoName, native } from '../../native.js';
 import { execute } from '../../util/exec.js';
 
 export const Command = {
-  GET_QUEUE_AFFINITY: 0x01,
   GET_DEV_INFO: 0x02,
   ADD_DEV: 0x04,
   DEL_DEV: 0x05,
@@ -69,18 +68,6 @@ export async function kernelFeatures(): Promise<bigint> {
   } catch {
     return 0n;
   }
-}
-
-/** Bytes of the CPU mask GET_QUEUE_AFFINITY fills: a multiple of 8, room for 1024 CPUs. */
-const CPU_MASK_BYTES = 128;
-
-/** The CPUs whose requests blk-mq sends to `queue` of ublk device `device` (GET_QUEUE_AFFINITY). */
-export async function queueCpus(device: number, queue: number): Promise<number[]> {
-  const mask = Buffer.alloc(CPU_MASK_BYTES);
-  await control(Command.GET_QUEUE_AFFINITY, device, mask, queue);
-  const cpus: number[] = [];
-  for (let cpu = 0; cpu < CPU_MASK_BYTES * 8; cpu++) if (mask[cpu >> 3]! & (1 << (cpu & 7))) cpus.push(cpu);
-  return cpus;
 }
 
 /** struct ublksrv_ctrl_dev_info, 64 bytes. */

@@ -3,15 +3,13 @@
  * (queuesOfLane: every lanes-th from its own number), each through a ring of its own, through
  * the character device the main thread opened. The kernel takes a queue's commands only from the
  * thread that fetched on it, and blk-mq maps each CPU onto one queue: a lane takes its CPUs'
- * requests (its thread pinned to those CPUs: src/lane/pin.ts), and nothing crosses threads on
- * the request path.
+ * requests, and nothing crosses threads on the request path.
  *
  * Unlike FUSE's clones, a lane's queues leave the kernel what they took: a queue's ring that
  * closes (or whose thread ends) unanswered has its requests requeued for the next server
  * (USER_RECOVERY_REISSUE), so lanes go with `recoverable` here. The kernel quiesces the device
  * once every queue has closed; until then the other queues serve on.
  */
-import { pinLane } from '../../lane/pin.js';
 import { queuesOfLane, type LaneKind, type LaneServer } from '../frontend.js';
 import { InflightTable } from './inflight-table.js';
 import { QUEUE_DEPTH, UblkQueues, type UblkLaneShare } from './ublk.js';
@@ -26,7 +24,6 @@ export const ublkLanes: LaneKind = {
     const aborted = () => {
       if (!stopping) endWith(new Error(`the kernel stopped ublk device ${s.device}`));
     };
-    pinLane(s.cpus[lane]!, log);
     const queues = new UblkQueues(s.device, { maxReadWriteSize: s.maxReadWriteSize, requests, log, table, aborted }, queuesOfLane(s.queues, s.lanes, lane));
     queues.open(s.cdev);
     return {

@@ -17,9 +17,8 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BdusError } from '../../driver/errors.js';
 import { PAGE_SIZE } from '../../driver/attributes.js';
-import { pinLane } from '../../lane/pin.js';
 import { queuesOfLane, type Frontend, type FrontendOptions, type KernelDevice } from '../frontend.js';
-import { Command, control, deviceInfo, encodeDeviceInfo, encodeParams, Feature, kernelFeatures, queueCpus, ublkNumberOf } from './control.js';
+import { Command, control, deviceInfo, encodeDeviceInfo, encodeParams, Feature, kernelFeatures, ublkNumberOf } from './control.js';
 import { InflightTable } from './inflight-table.js';
 import { UblkQueue, type QueueOptions } from './queue.js';
 
@@ -92,21 +91,8 @@ export interface UblkLaneShare {
   readonly queues: number;
   readonly lanes: number;
   readonly maxReadWriteSize: number;
-  /** By lane: the CPUs whose requests its queues get, which its thread is pinned to (src/lane/pin.ts). */
-  readonly cpus: readonly (readonly number[])[];
   /** A recoverable device's in-flight table: the device's id, and what the previous driver held (InflightTable.previous). */
   readonly table: { readonly id: string; readonly previous: SharedArrayBuffer } | undefined;
-}
-
-/** By lane, the CPUs whose requests its queues get. */
-async function lanesCpus(device: number, queues: number, lanes: number): Promise<number[][]> {
-  const byLane: number[][] = [];
-  for (let lane = 0; lane < lanes; lane++) {
-    const cpus = new Set<number>();
-    for (const queue of queuesOfLane(queues, lanes, lane)) for (const cpu of await queueCpus(device, queue)) cpus.add(cpu);
-    byLane.push([...cpus].sort((a, b) => a - b));
-  }
-  return byLane;
 }
 
 /** The per-tag buffer: the largest request, in whole pages. */
@@ -187,9 +173,6 @@ export class UblkFrontend implements Frontend {
     const aborted = () => {
       if (!this.stopping) this.endWith(new Error(`the kernel stopped ublk device ${this.device}`));
     };
-    // With lanes, each thread is pinned to the CPUs its queues get, before it opens them.
-    const cpus = lanes > 1 ? await lanesCpus(this.device, count, lanes) : [];
-    if (lanes > 1) pinLane(cpus[0]!, log);
     this.queues = new UblkQueues(this.device, { maxReadWriteSize, requests, log, table, aborted }, queuesOfLane(count, lanes, 0));
     this.queues.open();
     if (lanes <= 1) return;
@@ -199,7 +182,6 @@ export class UblkFrontend implements Frontend {
       queues: count,
       lanes,
       maxReadWriteSize,
-      cpus,
       table: table && { id: id.toString(), previous: table.previous.buffer as SharedArrayBuffer },
     };
     await this.options.startLanes(share);
