@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { test, type TestContext } from 'node:test';
 import { fuseRingQueues } from '../src/frontend/fuse/ring.js';
-import { background, bdus, device, DRIVERS, fioVerify, image, info, laneMarks, lanesSeen, leftovers, mounted, must, openFiles, sleep } from './helpers.js';
+import { background, bdus, device, DRIVERS, ext4ThenDestroy, fioVerify, image, info, laneMarks, lanesSeen, mounted, must, noLeftovers, openFiles, sleep } from './helpers.js';
 
 const PARAMETER = '/sys/module/fuse/parameters/enable_uring';
 const available = existsSync(PARAMETER);
@@ -31,10 +31,6 @@ function hasRing(pid: number): boolean {
   return rings(pid) > 0;
 }
 
-async function noLeftovers(): Promise<void> {
-  for (let i = 0; i < 100 && (await leftovers()).length > 0; i++) await sleep(100);
-  assert.deepEqual(await leftovers(), []);
-}
 
 const FIO_VERIFY = ['--ioengine=libaio', '--direct=1', '--size=32M', '--verify=crc32c', '--verify_fatal=1', '--output-format=terse'];
 
@@ -103,12 +99,5 @@ test('fuseIoUring with lanes: each lane serves its own queues of the ring; fio v
   assert.equal(await fio.errors(), '0', 'fio verify: no error');
   assert.deepEqual(lanesSeen(seen), Array.from({ length: queues }, (_, i) => String(i)), 'every lane served requests');
 
-  await must('mkfs.ext4', ['-q', '-F', dev]);
-  const mnt = await mounted(t, dev);
-  writeFileSync(`${mnt}/file`, Buffer.alloc(8 << 20, 3));
-  await must('umount', [mnt]);
-  await must('e2fsck', ['-f', '-n', dev]);
-  const destroyed = await bdus(['destroy', dev], { timeoutMs: 60_000 });
-  assert.equal(destroyed.code, 0, destroyed.stderr);
-  await noLeftovers();
+  await ext4ThenDestroy(t, dev);
 });

@@ -95,6 +95,24 @@ export function scratch(name: string): string {
   return `/tmp/bdus-test-${process.pid}-${Date.now()}-${name}`;
 }
 
+/** ext4 on the device, a file written, e2fsck clean; then destroyed, leaving nothing. */
+export async function ext4ThenDestroy(t: TestContext, dev: string): Promise<void> {
+  await must('mkfs.ext4', ['-q', '-F', dev]);
+  const mnt = await mounted(t, dev);
+  writeFileSync(`${mnt}/file`, Buffer.alloc(8 << 20, 5));
+  await must('umount', [mnt]);
+  await must('e2fsck', ['-f', '-n', dev]);
+  const destroyed = await bdus(['destroy', dev], { timeoutMs: 60_000 });
+  assert.equal(destroyed.code, 0, destroyed.stderr);
+  await noLeftovers();
+}
+
+/** Waits (up to 10 s) until no bdus device has left anything behind. */
+export async function noLeftovers(): Promise<void> {
+  for (let i = 0; i < 100 && (await leftovers()).length > 0; i++) await sleep(100);
+  assert.deepEqual(await leftovers(), []);
+}
+
 /** What bdus devices left in the kernel and /dev: FUSE mounts, bound loop devices, stable paths. */
 export async function leftovers(): Promise<string[]> {
   const mounts = readFileSync('/proc/mounts', 'utf8').split('\n').filter((l) => l.includes(' fuse.bdus '));

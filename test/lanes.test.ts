@@ -6,9 +6,9 @@
  * what it refuses; a lane that cannot start, aborts or gets stuck leaves nothing.
  */
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { test, type TestContext } from 'node:test';
-import { background, bdus, BIN, device, DRIVERS, fioVerify, image, info, killDriver, laneMarks, lanesSeen, leftovers, mounted, must, openFiles, rerunLanes, sleep } from './helpers.js';
+import { readdirSync, readFileSync } from 'node:fs';
+import { test } from 'node:test';
+import { background, bdus, BIN, device, DRIVERS, ext4ThenDestroy, fioVerify, image, info, killDriver, laneMarks, lanesSeen, must, noLeftovers, openFiles, rerunLanes, sleep } from './helpers.js';
 import { ABORT_AT } from './drivers/lanes.js';
 
 const DRIVER = `${DRIVERS}/lanes.js`;
@@ -21,23 +21,6 @@ function fuseFiles(pid: number): number {
 async function verifyLanes(dev: string, offset = 0, size = 64 << 20): Promise<void> {
   const fio = await must('fio', ['--name=v', `--filename=${dev}`, '--rw=randwrite', '--bs=4k', '--iodepth=32', '--ioengine=libaio', '--direct=1', `--offset=${offset}`, `--size=${size}`, '--verify=crc32c', '--verify_fatal=1', '--output-format=terse'], { timeoutMs: 180_000 });
   assert.equal(fio.split(';')[4], '0', `fio verify of [${offset >> 20}M, +${size >> 20}M) on ${dev}: no error`);
-}
-
-/** ext4 on the device, a file written, e2fsck clean; then destroyed, leaving nothing. */
-async function ext4ThenDestroy(t: TestContext, dev: string): Promise<void> {
-  await must('mkfs.ext4', ['-q', '-F', dev]);
-  const mnt = await mounted(t, dev);
-  writeFileSync(`${mnt}/file`, Buffer.alloc(8 << 20, 5));
-  await must('umount', [mnt]);
-  await must('e2fsck', ['-f', '-n', dev]);
-  const destroyed = await bdus(['destroy', dev], { timeoutMs: 60_000 });
-  assert.equal(destroyed.code, 0, destroyed.stderr);
-  await noLeftovers();
-}
-
-async function noLeftovers(): Promise<void> {
-  for (let i = 0; i < 100 && (await leftovers()).length > 0; i++) await sleep(100);
-  assert.deepEqual(await leftovers(), []);
 }
 
 test('lanes: two threads serve a file device: fio verify and ext4 on it, every lane serves and is counted', async (t) => {

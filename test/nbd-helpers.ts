@@ -142,3 +142,29 @@ export async function certificates(t: TestContext): Promise<{ server: string; cl
   await must('cp', [`${server}/ca-cert.pem`, `${client}/ca-cert.pem`]);
   return { server, client };
 }
+
+/**
+ * With `--max-connections 2` on `exported`: two connections get their greeting, a third is
+ * closed at once (and logged), and once the first has gone a new one is served.
+ */
+export async function assertConnectionLimit(exported: Exported): Promise<void> {
+  const first = await raw(exported.socket);
+  const second = await raw(exported.socket);
+  await first.next(18);
+  await second.next(18);
+  const third = await raw(exported.socket);
+  await third.closed;
+  assert.equal(third.received().length, 0, 'the third connection gets no greeting');
+  assert.match(exported.log(), /refused a connection from a Unix socket: 2 connections are open, the limit/);
+  first.socket.destroy();
+  // The server learns of the close asynchronously (a lane's through a shared counter).
+  for (let i = 0; i < 50; i++) {
+    const again = await raw(exported.socket);
+    const greeted = await Promise.race([again.next(18).then(() => true), again.closed.then(() => false)]).catch(() => false);
+    again.socket.destroy();
+    if (greeted) break;
+    assert.ok(i < 49, 'a closed connection makes room');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  second.socket.destroy();
+}

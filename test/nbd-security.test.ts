@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { test, type TestContext } from 'node:test';
 import { bdus, must, scratch, sh, sleep } from './helpers.js';
-import { assertRoundTrip, exportDriver, option, raw, readRequest, transmitting } from './nbd-helpers.js';
+import { assertConnectionLimit, assertRoundTrip, exportDriver, option, raw, readRequest, transmitting } from './nbd-helpers.js';
 
 const MiB = 1 << 20;
 
@@ -80,20 +80,7 @@ test('the allow-list: a TCP client outside it is refused and logged, one inside 
 
 test('the connection limit: connections past it are closed at once; a closed one makes room', async (t) => {
   const exported = await exportDriver(t, ['ram', '--size', '16M', '--max-connections', '2']);
-  const first = await raw(exported.socket);
-  const second = await raw(exported.socket);
-  await first.next(18);
-  await second.next(18);
-  const third = await raw(exported.socket);
-  await third.closed;
-  assert.equal(third.received().length, 0, 'the third connection gets no greeting');
-  assert.match(exported.log(), /refused a connection from a Unix socket: 2 connections are open, the limit/);
-  first.socket.destroy();
-  await sleep(100);
-  const again = await raw(exported.socket);
-  await again.next(18);
-  again.socket.destroy();
-  second.socket.destroy();
+  await assertConnectionLimit(exported);
 });
 
 test('the handshake deadline: a silent client and a trickling one are dropped in time; a transmitting one may idle', async (t) => {
