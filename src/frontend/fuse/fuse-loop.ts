@@ -278,8 +278,9 @@ export class FuseLoopFrontend implements Frontend {
       const queues = queuesOfLane(fuseRingQueues(), lanes, 0);
       if (lanes > 1) pinLane(queues, this.options.log); // queue q is CPU q's
       this.ring = new FuseRing(this.fd, this.channel!, MAX_WRITE, this.dispatch.handle, this.options.log, queues);
+    } else if (this.options.attributes.fuseIoUring) {
+      this.options.log('warning: this kernel offers no FUSE over io_uring; serving /dev/fuse');
     }
-    else if (this.options.attributes.fuseIoUring) this.options.log('warning: this kernel offers no FUSE over io_uring; serving /dev/fuse');
     this.initialized();
   }
 }
