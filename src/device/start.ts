@@ -18,7 +18,7 @@ import { frontendKind } from '../frontend/kinds.js';
 import { chooseFrontend } from '../frontend/select.js';
 import { native } from '../native.js';
 import type { RequestLayer } from '../request/request-layer.js';
-import { Lanes, type DriverRecipe } from '../lane/lanes.js';
+import { checkRecipe, Lanes, type DriverRecipe } from '../lane/lanes.js';
 import { untilClosed } from '../util/process.js';
 import { Device, holdLaneEnds, leave, type RunOptions } from './device.js';
 
@@ -34,7 +34,7 @@ export async function start<State>(driver: Driver<State>, options: RunOptions<St
   const attributes = kind.attributes(adjustAttributes(given, driver));
   const readOnly = isReadOnly(driver);
   const callbacks = requestCallbacks(driver);
-  checkRecipe(attributes, options);
+  checkRecipe(attributes.lanes, options.recipe, '`bdus run` or `bdus rerun`');
 
   const control = await ControlConnection.open();
   let record;
@@ -92,7 +92,7 @@ export async function rerun<State>(device: DeviceName, driver: Driver<State>, op
     const attributes = kind.attributes(adjustAttributes(inheritAttributes(given, currentAttributes), driver));
     // Checked here too, so that a driver that cannot fit never disturbs the current one.
     checkReplacement(currentAttributes, current.callbacks, attributes, callbacks);
-    checkRecipe(attributes, options);
+    checkRecipe(attributes.lanes, options.recipe, '`bdus run` or `bdus rerun`');
     if (driver.validate) {
       const ctx = { ...deviceNames(current), attributes, isRerun: true, readOnly: current.readOnly } as Context<State>;
       await lifeCycle('validate', () => driver.validate!(ctx));
@@ -129,13 +129,6 @@ export async function rerun<State>(device: DeviceName, driver: Driver<State>, op
     throw afterHandover(error, ctx);
   }
   return instance.available();
-}
-
-/** Lanes make the driver anew in their threads: they need to know from what. */
-function checkRecipe(attributes: EffectiveAttributes, options: RunOptions<unknown>): void {
-  if (attributes.lanes > 1 && !options.recipe) {
-    throw new BdusError('EINVAL', `lanes ${attributes.lanes} needs the driver's module, for each lane to make the driver in its own thread: run it with \`bdus run\` or \`bdus rerun\` (without --filter), or pass the \`recipe\` option; or give --lanes 1`);
-  }
 }
 
 /** A rerun's driver failed once the device was handed to it: say what became of the device. */

@@ -32,6 +32,16 @@ export interface DriverRecipe {
   readonly options?: DriverOptionValues;
 }
 
+/**
+ * Lanes make the driver anew in their threads: they need to know from what. `command` is the
+ * CLI command that fills the recipe in (`bdus run` or `bdus rerun`, `bdus export`).
+ */
+export function checkRecipe(lanes: number, recipe: DriverRecipe | undefined, command: string): void {
+  if (lanes > 1 && !recipe) {
+    throw new BdusError('EINVAL', `lanes ${lanes} needs the driver's module, for each lane to make the driver in its own thread: run it with ${command} (without --filter), or pass the \`recipe\` option; or give --lanes 1`);
+  }
+}
+
 /** What the main thread tells a lane's thread at its start (worker.ts). */
 export interface LaneData {
   readonly lane: number;

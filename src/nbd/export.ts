@@ -15,8 +15,7 @@ import { RequestLayer } from '../request/request-layer.js';
 import { Outcome } from '../util/outcome.js';
 import { untilClosed } from '../util/process.js';
 import { DriverInstance, givenAttributes, type InstanceOptions } from '../instance/driver-instance.js';
-import { BdusError } from '../driver/errors.js';
-import { Lanes, type DriverRecipe } from '../lane/lanes.js';
+import { checkRecipe, Lanes, type DriverRecipe } from '../lane/lanes.js';
 import { EXPORT_LANES, type ExportLaneShare } from './lane.js';
 import { DEFAULT_LIMITS, exportLimits, type ExportLimits, type LimitSettings } from './limits.js';
 import { NbdServer, type ConnectionSpread, type ListenAddress, type NbdTls } from './server.js';
@@ -166,9 +165,7 @@ export async function startExport<State>(driver: Driver<State>, options: ExportO
     state: options.state as State,
     ...(attributes.lanes > 1 ? { lane: 0 } : {}),
   };
-  if (attributes.lanes > 1 && !options.recipe) {
-    throw new BdusError('EINVAL', `lanes ${attributes.lanes} needs the driver's module, for each lane to make the driver in its own thread: run it with \`bdus export\` (without --filter), or pass the \`recipe\` option; or give --lanes 1`);
-  }
+  checkRecipe(attributes.lanes, options.recipe, '`bdus export`');
   let exported: Export<State> | undefined;
   /** A lane's or the driver's abort before the export exists. */
   let early: Error | undefined;

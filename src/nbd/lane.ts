@@ -12,15 +12,13 @@
  * one instance covers the writes of all: docs/driver-api.md, "Lanes").
  */
 import { closeSync } from 'node:fs';
-import { Socket } from 'node:net';
 import type { EffectiveAttributes } from '../driver/attributes.js';
 import type { RequestCallback } from '../driver/callbacks.js';
 import type { LaneKind, LaneServer } from '../frontend/frontend.js';
-import { Connection } from './connection.js';
+import type { Connection } from './connection.js';
 import type { NbdExport } from './export-spec.js';
-import { MessageInput } from './input.js';
 import type { ExportLimits } from './limits.js';
-import { readingSocket } from './server.js';
+import { connectionOn } from './server.js';
 import { loadTls, type TlsOptions } from './tls.js';
 
 /** The name the lanes' worker knows an export's lanes by (LaneData.frontend). */
@@ -73,17 +71,10 @@ export const exportLanes: LaneKind = {
           closed();
           return;
         }
-        let connection: Connection;
-        const onClose = () => {
+        const connection = connectionOn(fd, exported, () => {
           connections.delete(connection);
           closed();
-        };
-        if (exported.tls) {
-          connection = new Connection(new Socket({ fd, readable: true, writable: true }), exported, { onClose });
-        } else {
-          const input = new MessageInput();
-          connection = new Connection(readingSocket(fd, input, () => true), exported, { onClose, input, fd });
-        }
+        });
         connections.add(connection);
       },
       // Requests in progress are answered, then each connection ends (as a server's close()).

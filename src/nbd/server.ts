@@ -45,15 +45,17 @@ export class NbdServer {
         accepted.destroy();
         return;
       }
-      const lane = this.spread?.next() ?? 0;
-      if (lane > 0) {
-        const fd = ownDescriptor(accepted);
-        if (fd >= 0) return this.spread!.deliver(lane, fd);
-      }
-      const own = this.exported.tls ? undefined : ownSocket(accepted);
+      const fd = ownDescriptor(accepted);
+      const lane = fd >= 0 ? (this.spread?.next() ?? 0) : 0;
+      if (lane > 0) return this.spread!.deliver(lane, fd);
       const onClose = () => this.connections.delete(connection);
-      const connection: Connection = new Connection(own?.socket ?? accepted, this.exported, { onClose, ...own });
-      if (!own) accepted.resume();
+      let connection: Connection;
+      if (fd >= 0) {
+        connection = connectionOn(fd, this.exported, onClose);
+      } else {
+        connection = new Connection(accepted, this.exported, { onClose });
+        accepted.resume();
+      }
       this.connections.add(connection);
     });
     this.server = server;
@@ -101,22 +103,21 @@ export class NbdServer {
 const SEND_BUFFER = 4 << 20;
 
 /**
- * The accepted connection's descriptor, as a socket that reads into the connection's own buffers
- * (net.Socket's `onread`, which a server's sockets cannot be given): a duplicate of it, the
- * accepted socket closed. Undefined where Node does not show the descriptor (then the accepted
- * socket is used as it is).
+ * A connection of `exported` on an accepted descriptor, this thread's from now on (an export's
+ * lane serves one so: src/nbd/lane.ts). Without TLS its socket reads into the connection's own
+ * buffers (net.Socket's `onread`, which a server's sockets cannot be given); with TLS, whose
+ * socket takes the bytes as they come, a plain socket.
  */
-function ownSocket(accepted: Socket): { socket: Socket; fd: number; input: MessageInput } | undefined {
-  const copy = ownDescriptor(accepted);
-  if (copy < 0) return undefined;
+export function connectionOn(fd: number, exported: NbdExport, onClose: () => void): Connection {
+  if (exported.tls) return new Connection(new Socket({ fd, readable: true, writable: true }), exported, { onClose });
   const input = new MessageInput();
-  const socket = readingSocket(copy, input, () => true);
-  return { socket, fd: copy, input };
+  return new Connection(readingSocket(fd, input, () => true), exported, { onClose, input, fd });
 }
 
 /**
  * A duplicate of the accepted connection's descriptor, the accepted socket closed (it has read
- * nothing: the server pauses on connect), or -1 where Node does not show the descriptor.
+ * nothing: the server pauses on connect), or -1 where Node does not show the descriptor (then
+ * the accepted socket is used as it is).
  */
 function ownDescriptor(accepted: Socket): number {
   const fd = (accepted as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
