@@ -37,8 +37,8 @@ test('export lanes: fio verify over four connections, every lane serving; nbdcop
 
 test('export lanes: the connection limit counts every lane\'s connections; TLS connections are served by lanes too', async (t) => {
   const limited = await exportDriver(t, ['ram', '--size', '16M', '--lanes', '2', '--max-connections', '2']);
-  // The first connection goes to lane 1, the second to the main thread: both count, and the
-  // first one's end (a lane's) makes room.
+  // The first connection goes to the main thread, the second to lane 1: both count, and the
+  // second one's end (a lane's) makes room.
   await assertConnectionLimit(limited);
 
   const { server, client } = await certificates(t);
