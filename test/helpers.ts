@@ -212,10 +212,10 @@ export async function mustRerun(dev: string, args: readonly string[]): Promise<v
  * errors() stops it and returns its error count. With `cpus`, one job per CPU, each on its own
  * CPU and its own 16 MiB (so that every hardware queue of a ublk device has requests).
  */
-export function fioVerify(t: TestContext, dev: string, { cpus = 0, iodepth = 8 } = {}): { errors(): Promise<string> } {
+export function fioVerify(t: TestContext, dev: string, { cpus = 0, iodepth = 8, bs = '4k' } = {}): { errors(): Promise<string> } {
   const jobs = cpus > 0 ? [`--numjobs=${cpus}`, `--cpus_allowed=0-${cpus - 1}`, '--cpus_allowed_policy=split', '--offset_increment=16M', '--group_reporting'] : [];
   const fio = background('fio', [
-    '--name=verify', `--filename=${dev}`, '--rw=randwrite', '--bs=4k', `--iodepth=${iodepth}`, '--ioengine=libaio', '--direct=1',
+    '--name=verify', `--filename=${dev}`, '--rw=randwrite', `--bs=${bs}`, `--iodepth=${iodepth}`, '--ioengine=libaio', '--direct=1',
     '--size=16M', '--verify=crc32c', '--verify_backlog=128', '--verify_fatal=1', '--verify_state_save=0',
     '--time_based', '--runtime=600', '--output-format=terse', ...jobs,
   ]);

@@ -88,12 +88,20 @@ export class Connection {
 
   /**
    * Stops taking requests, at a message boundary, for a hand-over: those taken are still
-   * answered. Returns the bytes read but not parsed (part of the next request), which belong
-   * to whoever reads this socket next.
+   * answered. A write whose header was taken is received whole first (the socket reads on while
+   * `midMessage`: its reading() says so); the next driver could not parse a payload cut from
+   * its header. Resolves to the bytes read but not parsed (part of the next request), which
+   * belong to whoever reads this socket next.
    */
-  stopReading(): Buffer {
+  async stopReading(): Promise<Buffer> {
     this.ending = true;
+    await this.transmission?.messageEnd();
     return this.input.takeUnread();
+  }
+
+  /** Between a write's header and the end of its payload. */
+  get midMessage(): boolean {
+    return this.transmission?.receiving ?? false;
   }
 
   /** Writes nothing more, however requests end (the driver aborted: the next one answers them). */
@@ -144,6 +152,7 @@ export class Connection {
 
   private closed(): void {
     clearTimeout(this.handshakeDeadline);
+    this.transmission?.messageEnded(); // a payload cut short never comes
     this.endWhenIdle?.();
     this.onClose?.();
     this.onClose = undefined;

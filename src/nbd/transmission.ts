@@ -61,6 +61,12 @@ export class Transmission {
   idle: (() => void) | undefined;
   /** Writes nothing more (the driver aborted: the next one answers these requests). */
   muted = false;
+  /**
+   * A write's payload is being received: its header is taken, so the connection is between two
+   * message boundaries, and a hand-over must wait for the rest (Connection.stopReading).
+   */
+  receiving = false;
+  private received: (() => void) | undefined;
   private readonly structured: boolean;
   private readonly allocationContext: boolean;
   private readonly pool: NbdRequest[] = [];
@@ -100,15 +106,31 @@ export class Transmission {
         if (length > MAX_PAYLOAD) return this.link.hangUp(`${commandName(type)} of ${length} bytes (the maximum is ${MAX_PAYLOAD})`);
         // The header stays a view into its slab: no slab is reused before this payload is
         // complete (input.ts keeps room for it), and request() reads the header at once.
+        this.receiving = true;
         return this.link.input.expect(length, (data) => {
           this.request(header, data, this.link.input.gathered);
           this.nextRequest();
+          this.messageEnded();
         });
       }
       if (type === Command.DISC) return this.link.disconnect();
       this.request(header, undefined, undefined);
       this.nextRequest();
     });
+  }
+
+  /** Resolves once no write's payload is being received: at once, or when its last byte is taken or the socket closes. */
+  messageEnd(): Promise<void> {
+    if (!this.receiving) return Promise.resolve();
+    return new Promise((resolve) => (this.received = resolve));
+  }
+
+  /** The payload awaited was taken, or will never come (the socket closed). */
+  messageEnded(): void {
+    this.receiving = false;
+    const received = this.received;
+    this.received = undefined;
+    received?.();
   }
 
   /** A request record from the pool (see request.ts). */

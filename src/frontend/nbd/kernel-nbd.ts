@@ -48,6 +48,8 @@ export class KernelNbdFrontend implements Frontend {
   private index = -1;
   private fd = -1;
   private reading = true;
+  /** What the connection read but did not parse when it stopped at a message boundary (detach): the next driver's. */
+  private unread: Buffer | undefined;
   private stopping = false;
 
   constructor(private readonly options: FrontendOptions) {
@@ -115,7 +117,7 @@ export class KernelNbdFrontend implements Frontend {
   private serve(fd: number, unread: Buffer | undefined): void {
     this.fd = fd;
     const input = new MessageInput();
-    const socket = readingSocket(fd, input, () => this.reading);
+    const socket = readingSocket(fd, input, () => this.reading || (this.connection?.midMessage ?? false));
     this.socket = socket;
     const connection = new Connection(socket, { name: '', description: '', ...this.options }, { kernel: true, unread, input, fd });
     this.connection = connection;
@@ -135,17 +137,19 @@ export class KernelNbdFrontend implements Frontend {
   }
 
   async detach(): Promise<void> {
+    // The socket stops at a message boundary: reading() keeps it reading while a write's payload
+    // is still arriving, and the connection takes nothing after it.
     this.reading = false;
+    this.unread = await this.connection?.stopReading();
     this.socket?.pause();
   }
 
   async release(): Promise<void> {
     const { socket, connection } = this;
     if (!socket || !connection) return;
-    this.reading = false;
-    socket.pause();
+    if (!this.unread) await this.detach();
     await connection.flushed();
-    const unread = connection.stopReading();
+    const unread = this.unread!;
     if (unread.length) {
       mkdirSync(`${RUN_DIR}/nbd`, { recursive: true, mode: 0o700 });
       writeFileSync(unreadPath(this.options.id), unread, { mode: 0o600 });
