@@ -23,6 +23,7 @@ const JOBS: Array<{ name: string; args: string[]; metric: Metric }> = [
   { name: '4k randwrite QD32', args: ['--rw=randwrite', '--bs=4k', '--iodepth=32'], metric: 'iops' },
   { name: '4k randread QD1', args: ['--rw=randread', '--bs=4k', '--iodepth=1'], metric: 'mean' },
   { name: '1M seqread QD8', args: ['--rw=read', '--bs=1M', '--iodepth=8'], metric: 'mibs' },
+  { name: '1M seqwrite QD8', args: ['--rw=write', '--bs=1M', '--iodepth=8'], metric: 'mibs' },
 ];
 const UNIT: Record<Metric, string> = { iops: 'IOPS', mibs: 'MiB/s', mean: 'us mean', p99: 'us p99' };
 

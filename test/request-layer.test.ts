@@ -1,7 +1,8 @@
 // This test ensures that the request layer emulates what a driver lacks (FUA write as write +
-// flush, write-same and write-zeroes through write), maps errors as BDUS does, and turns an
-// abort into one call of the abort hook. These paths cannot be reached through FUSE+loop (the
-// kernel never sends FUA or write-same there), so they are exercised on the layer directly.
+// flush, write-same and write-zeroes through write), maps errors as BDUS does, turns an abort
+// into one call of the abort hook, and asks a driver's writeTarget only for writes that reach
+// one callback whole. These paths cannot be reached through FUSE+loop (the kernel never sends
+// FUA or write-same there), so they are exercised on the layer directly.
 import assert from 'node:assert/strict';
 import { constants } from 'node:os';
 import { test } from 'node:test';
@@ -27,13 +28,14 @@ function ask(start: (x: Exchange) => void): Promise<number> {
 
 const { EIO, ENOSPC, ENOLINK, ETIMEDOUT, EINVAL, EOPNOTSUPP } = constants.errno;
 
-function layer(driver: Driver<any>, attrs = {}) {
+function layer(driver: Driver<any>, attrs = {}, { readOnly = false } = {}) {
   const calls: string[] = [];
   const aborts: Error[] = [];
+  const logs: string[] = [];
   const attributes = adjustAttributes({ size: 1 << 20, maxConcurrentCallbacks: 4, ...attrs }, driver as Driver<never>);
-  const ctx = { id: 1n, index: 0, path: '/dev/bdus-0', kernelPath: '', major: 0, minor: 0, attributes, isRerun: false, readOnly: false, state: calls } as Context<string[]>;
-  const requests = new RequestLayer(driver, ctx, { abort: (e) => aborts.push(e), log: () => undefined });
-  return { requests, calls, aborts };
+  const ctx = { id: 1n, index: 0, path: '/dev/bdus-0', kernelPath: '', major: 0, minor: 0, attributes, isRerun: false, readOnly, state: calls } as Context<string[]>;
+  const requests = new RequestLayer(driver, ctx, { abort: (e) => aborts.push(e), log: (line) => logs.push(line) });
+  return { requests, calls, aborts, logs };
 }
 
 const recordingWriter: Driver<string[]> = {
@@ -269,4 +271,34 @@ test("a read answered with the driver's own memory: taken by a frontend that sen
 
   assert.equal(await ask((x) => requests.read(x, Buffer.alloc(4096), 4096)), EIO, 'own memory of the wrong size fails the read');
   assert.equal(requests.inProgress, 0);
+});
+
+test('writeTarget is asked only for a write that reaches one callback whole; a wrong answer is not used, and logged once', async () => {
+  const asked: string[] = [];
+  const store = Buffer.alloc(1 << 20);
+  const target: Driver<string[]> = {
+    ...recordingWriter,
+    writeTarget(offset, size) {
+      asked.push(`${offset} ${size}`);
+      return store.subarray(offset, offset + size);
+    },
+  };
+  const { requests } = layer(target, { maxReadWriteSize: 65536 });
+  const memory = requests.writeTarget(8192, 65536);
+  assert.ok(memory && memory.buffer === store.buffer && memory.byteOffset === store.byteOffset + 8192, 'a view of the store');
+  // Misaligned, outside the device, empty, past maxReadWriteSize: never asked.
+  for (const [offset, size] of [[100, 4096], [(1 << 20) - 4096, 8192], [0, 0], [0, 131072]] as const) assert.equal(requests.writeTarget(offset, size), undefined);
+  assert.deepEqual(asked, ['8192 65536']);
+
+  // A read-only device, and a layer that stopped taking requests: not asked either.
+  assert.equal(layer(target, {}, { readOnly: true }).requests.writeTarget(0, 4096), undefined);
+  const stopped = layer(target);
+  await stopped.requests.drain();
+  assert.equal(stopped.requests.writeTarget(0, 4096), undefined);
+  assert.deepEqual(asked, ['8192 65536']);
+
+  const wrong = layer({ ...recordingWriter, writeTarget: (offset, size) => store.subarray(offset, offset + size - 512) });
+  assert.equal(wrong.requests.writeTarget(0, 4096), undefined);
+  assert.equal(wrong.requests.writeTarget(4096, 4096), undefined);
+  assert.deepEqual(wrong.logs, ["writeTarget answered 3584 bytes for 4096 bytes: writes receive their data in bdus's buffers instead (logged once)"]);
 });

@@ -8,6 +8,9 @@
  * (madvise(MADV_DONTNEED)), so mkfs's discard of the whole device frees memory instead of
  * touching every page, and `blkdiscard` takes what it takes on the kernel's own loop device.
  *
+ * Over NBD (an export, kernel NBD) a write of 32 KiB and more is received straight into the
+ * memory (writeTarget): the socket's copy is the only one.
+ *
  * Lane-safe (`--lanes N`): the lanes share one memory (a memfd per GiB, mapped by each thread).
  *
  * Not recoverable: its contents die with the process, and a new instance (`bdus rerun`) starts
@@ -139,7 +142,8 @@ function zero(chunk: Chunk, at: number, _done: number, length: number): void {
 }
 
 function store(data: Buffer, chunk: Chunk, at: number, done: number, length: number): void {
-  data.copy(chunk.memory, at, done, done + length);
+  // Data received straight into the chunk (writeTarget) is in place already.
+  if (data.buffer !== chunk.memory.buffer || data.byteOffset + done !== chunk.memory.byteOffset + at) data.copy(chunk.memory, at, done, done + length);
   chunk.mark(at, length, true);
 }
 
@@ -197,6 +201,13 @@ const ram: Driver<Ram> = {
       }
     }
     forEachPiece(offset, buffer.length, (c, from, done, length) => c.copyOut(buffer, from, done, length), ctx);
+  },
+
+  // A write within one chunk has its data received where it will live (NBD: the socket reads
+  // straight into the chunk), and write() then only marks the pages.
+  writeTarget(offset, size, ctx) {
+    const at = offset % CHUNK;
+    return at + size <= CHUNK ? ctx.state[Math.floor(offset / CHUNK)]!.memory.subarray(at, at + size) : undefined;
   },
 
   write(data, offset, ctx) {

@@ -15,6 +15,9 @@
  * operations they became, and a rerun's check that the new driver has every callback of the
  * current one sees the truth.
  *
+ * Never passed through: the inner driver's `writeTarget`. Data received into the inner driver's
+ * memory would reach it before the filter saw the write (and at an offset the filter may move).
+ *
  * State: a filter keeps its state in its own closure, never in `ctx.state` (the inner driver's).
  * A filter instance serves one driver instance: `bdus rerun` builds a new one, so per-process
  * state (counters, queues, caches) starts over on a hot swap; what must survive one (a cow
@@ -80,7 +83,7 @@ export interface LayerOptions {
  */
 export function layer<State>(next: Driver<State>, overrides: Overrides<State>, options: LayerOptions = {}): Driver<State> {
   const result: Record<string, unknown> = {};
-  for (const [name, value] of Object.entries(next)) if (typeof value === 'function') result[name] = value.bind(next);
+  for (const [name, value] of Object.entries(next)) if (typeof value === 'function' && name !== 'writeTarget') result[name] = value.bind(next);
   for (const [name, value] of Object.entries(overrides)) {
     if (typeof value !== 'function') continue;
     const provided = options.provides?.includes(name as keyof Overrides<unknown>) ?? false;
@@ -94,14 +97,21 @@ export function layer<State>(next: Driver<State>, overrides: Overrides<State>, o
 
 /** `driver` with `filters` applied in order: the last filter is the outermost. */
 export function compose<State>(driver: Driver<State>, ...filters: readonly Filter[]): Driver<State> {
-  return filters.reduce<Driver<State>>((inner, filter) => filter(inner), driver);
+  return filters.reduce<Driver<State>>((inner, filter) => withoutInnerTarget(filter(inner), inner), driver);
 }
 
 /** `compose` for filters of which some are asynchronous: applied in the same order, each awaited. */
 export async function composeAsync<State>(driver: Driver<State>, ...filters: readonly (Filter | AsyncFilter)[]): Promise<Driver<State>> {
   let result = driver;
-  for (const filter of filters) result = await filter(result);
+  for (const filter of filters) result = withoutInnerTarget(await filter(result), result);
   return result;
+}
+
+/** A filter written without layer() (`{ ...next, write }`) passes the inner writeTarget on too: it goes (see the module comment). */
+function withoutInnerTarget<State>(filtered: Driver<State>, inner: Driver<State>): Driver<State> {
+  if (filtered === inner || !inner.writeTarget || filtered.writeTarget !== inner.writeTarget) return filtered;
+  const { writeTarget: _dropped, ...rest } = filtered;
+  return rest;
 }
 
 /**

@@ -5,9 +5,12 @@
  * slab: every byte not yet taken lies contiguous in the current slab, so a request's header and
  * payload are views into it (no copy, no allocation per read), and when the awaited message will
  * not fit in what is left, the part already read moves to a fresh slab (a short copy) and the
- * rest is read behind it. A slab is used again once the requests viewing it have ended. Any
- * other socket (TLS, or a handshake's 'data' events) pushes its chunks; a message spread over
- * several is gathered into a pooled buffer.
+ * rest is read behind it. A slab is used again once the requests viewing it have ended. A
+ * message whose home is known (expectInto: a write's data going to the driver's memory, a read
+ * reply's data to the NBD client's caller) is read straight into it instead, what already
+ * arrived copied first. Any other socket (TLS, or a handshake's 'data' events) pushes its
+ * chunks; a message spread over several is gathered into a pooled buffer, or copied into its
+ * home as the chunks come.
  */
 
 /** A message's `then` runs once its `size` bytes have arrived (copied into `into`, if given). */
@@ -76,6 +79,10 @@ export class MessageInput {
   private slab: Slab | undefined;
   private slabUsed = 0;
   private readonly freeSlabs: Slab[] = [];
+  /** Bytes of the awaited message already in its `into`. */
+  private filled = 0;
+  /** The wait whose `into` readBuffer() last gave the socket to read into (not a slab), until didRead(). */
+  private direct: Waiting | undefined;
   /** The pooled buffer the message just taken was gathered into, if it was: its request releases it. */
   gathered: PooledBuffer | undefined;
 
@@ -91,11 +98,13 @@ export class MessageInput {
   }
 
   /**
-   * Like expect, but the bytes are copied straight into `into` (all of it): one copy for a
-   * payload whose home is known (an NBD client's read), instead of gathering it first.
+   * Like expect, but the bytes go straight into `into` (all of it), which `then` gets: read
+   * there by the socket where it reads into our buffers, else copied there as they come. One
+   * copy, the kernel's, for a payload whose home is known, instead of gathering it first.
    */
   expectInto(into: Buffer, then: (data: Buffer) => void): void {
     this.waiting = { size: into.length, then, into };
+    this.filled = 0;
     this.drain();
   }
 
@@ -113,6 +122,13 @@ export class MessageInput {
 
   /** `onread`'s buffer: where the socket's next bytes go. */
   readBuffer(): Buffer {
+    const into = this.waiting?.into;
+    // drain() moved every byte received into it: the rest comes straight, and no further.
+    if (into && this.filled < into.length) {
+      this.direct = this.waiting;
+      return into.subarray(this.filled);
+    }
+    this.direct = undefined;
     const missing = this.waiting ? this.waiting.size - this.buffered : 0;
     const slab = this.slab;
     if (!slab || slab.buffer.length - this.slabUsed < Math.max(MIN_READ, missing)) this.newSlab(missing);
@@ -121,6 +137,12 @@ export class MessageInput {
 
   /** `onread`'s callback: `n` bytes arrived where readBuffer() said. */
   didRead(n: number): void {
+    if (this.direct) {
+      // Unless the wait was given up meanwhile (a shutdown): then the bytes are nobody's.
+      if (this.direct === this.waiting) this.filled += n;
+      this.direct = undefined;
+      return this.drain();
+    }
     const slab = this.slab!.buffer;
     const start = this.slabUsed;
     this.slabUsed += n;
@@ -179,26 +201,34 @@ export class MessageInput {
   private drain(): void {
     if (this.draining) return;
     this.draining = true;
-    while (this.waiting && this.buffered >= this.waiting.size && this.open()) {
+    while (this.waiting && this.open()) {
       const { size, then, into } = this.waiting;
+      if (into) {
+        if (this.buffered > 0) this.fill(into);
+        if (this.filled < size) break;
+        this.gathered = undefined;
+        this.waiting = undefined;
+        then(into);
+        continue;
+      }
+      if (this.buffered < size) break;
       this.waiting = undefined;
-      then(into ? this.takeInto(into) : this.take(size));
+      then(this.take(size));
     }
     this.draining = false;
   }
 
-  private takeInto(into: Buffer): Buffer {
-    this.gathered = undefined;
-    this.buffered -= into.length;
-    for (let at = 0; at < into.length; ) {
+  /** Moves what was received, up to the end of the awaited message, into its `into`. */
+  private fill(into: Buffer): void {
+    while (this.filled < into.length && this.chunks.length > 0) {
       const chunk = this.chunks[0]!;
-      const n = Math.min(chunk.length, into.length - at);
-      chunk.copy(into, at, 0, n);
-      at += n;
+      const n = Math.min(chunk.length, into.length - this.filled);
+      chunk.copy(into, this.filled, 0, n);
+      this.filled += n;
+      this.buffered -= n;
       if (n === chunk.length) this.chunks.shift();
       else this.chunks[0] = chunk.subarray(n);
     }
-    return into;
   }
 
   private take(size: number): Buffer {

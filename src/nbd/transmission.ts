@@ -37,6 +37,12 @@ const MAX_EXTENTS = 1024;
  * export ram`: 47 us with the copy, 54 us with two writes).
  */
 const GATHER_FROM = 32 << 10;
+/**
+ * The smallest write whose data is received straight into the driver's memory, where it offers
+ * some (Driver.writeTarget). Below it the data has nearly always arrived with its header, in a
+ * slab, before the offset is known: it would be copied all the same, by us instead of the driver.
+ */
+const RECEIVE_INTO_FROM = 32 << 10;
 /** How long an idle connection spins for the client's next request before the event loop sleeps. */
 const SPIN_MICROSECONDS = 20;
 
@@ -107,16 +113,33 @@ export class Transmission {
         // The header stays a view into its slab: no slab is reused before this payload is
         // complete (input.ts keeps room for it), and request() reads the header at once.
         this.receiving = true;
+        const target = length >= RECEIVE_INTO_FROM ? this.writeTarget(header, length) : undefined;
+        if (target) {
+          return this.link.input.expectInto(target, (data) => {
+            this.request(header, data, undefined, true);
+            this.nextRequest();
+            this.messageEnded();
+          });
+        }
         return this.link.input.expect(length, (data) => {
-          this.request(header, data, this.link.input.gathered);
+          this.request(header, data, this.link.input.gathered, false);
           this.nextRequest();
           this.messageEnded();
         });
       }
       if (type === Command.DISC) return this.link.disconnect();
-      this.request(header, undefined, undefined);
+      this.request(header, undefined, undefined, false);
       this.nextRequest();
     });
+  }
+
+  /**
+   * The driver's memory to receive a write's data into (Driver.writeTarget), if it offers some
+   * and the request is one the wire accepts (its flags): otherwise the data goes to a slab.
+   */
+  private writeTarget(header: Buffer, length: number): Buffer | undefined {
+    if (header.readUInt16BE(RequestHeader.flags) & ~COMMAND_FLAGS[Command.WRITE]!) return undefined;
+    return this.link.exported.requests.writeTarget(offsetOf(header), length);
   }
 
   /** Resolves once no write's payload is being received: at once, or when its last byte is taken or the socket closes. */
@@ -148,13 +171,13 @@ export class Transmission {
    * Decodes one request and hands it to the request layer, which answers it through the
    * record's answer() (in replies below). What is checked here is the wire: the command, its
    * flags and the payload's length; everything else is the request layer's.
-   * `payload`: the pooled buffer holding `data`, if it was gathered from several socket chunks.
+   * `payload`: the pooled buffer holding `data`, if it was gathered from several socket chunks;
+   * `own`: `data` is the driver's own memory (writeTarget), not a view of a slab.
    */
-  private request(header: Buffer, data: Buffer | undefined, payload: PooledBuffer | undefined): void {
+  private request(header: Buffer, data: Buffer | undefined, payload: PooledBuffer | undefined, own: boolean): void {
     const flags = header.readUInt16BE(RequestHeader.flags);
     const type = header.readUInt16BE(RequestHeader.type);
-    // Two 32-bit reads, not a BigInt per request; past 2^53 the value is inexact but still outside.
-    const offset = header.readUInt32BE(RequestHeader.offset) * 0x1_0000_0000 + header.readUInt32BE(RequestHeader.offset + 4);
+    const offset = offsetOf(header);
     const length = header.readUInt32BE(RequestHeader.length);
     const request = this.take(header);
     const { requests } = this.link.exported;
@@ -182,10 +205,11 @@ export class Transmission {
         return requests.read(request, reply.buffer.subarray(headerSize), offset);
       }
       case Command.WRITE:
-        // The payload is a view into a slab (unless it was gathered): kept until the callback ends.
+        // The payload is a view into a slab (unless it was gathered, or is the driver's own):
+        // kept until the callback ends. The driver's own memory is not the connection's to count.
         request.payload = payload;
-        request.slab = payload ? undefined : this.link.input.hold();
-        this.hold(request, data!.length);
+        request.slab = payload || own ? undefined : this.link.input.hold();
+        this.hold(request, own ? 0 : data!.length);
         this.inFlight++;
         if (flags & CommandFlag.FUA) return requests.fuaWrite(request, data!, offset);
         return requests.write(request, data!, offset);
@@ -317,4 +341,9 @@ export class Transmission {
     // wake-up, which cost more than the request on a virtual machine.
     if (this.inFlight === 0 && this.link.fd >= 0 && !this.link.ending) native.waitReadable(this.link.fd, SPIN_MICROSECONDS);
   };
+}
+
+/** A request's offset: two 32-bit reads, not a BigInt per request; past 2^53 inexact, but still outside any device. */
+function offsetOf(header: Buffer): number {
+  return header.readUInt32BE(RequestHeader.offset) * 0x1_0000_0000 + header.readUInt32BE(RequestHeader.offset + 4);
 }

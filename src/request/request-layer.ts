@@ -47,6 +47,7 @@ export class RequestLayer extends Operations {
   private readonly restartLimit: number;
   /** Admitted requests not yet settled: what the timer looks at. */
   private readonly tracked = new Set<Exchange>();
+  private targetWarned = false;
 
   constructor(driver: Driver<any>, ctx: Context<any>, hooks: RequestLayerHooks) {
     super(driver, ctx, hooks);
@@ -68,6 +69,40 @@ export class RequestLayer extends Operations {
 
   write(x: Exchange, data: Buffer, offset: number): void {
     if (this.admit(x, Operation.WRITE, data.length)) this.track(x, this.writeOp(data, offset));
+  }
+
+  /**
+   * Where a write's data may be received, before the write is admitted: the driver's own memory
+   * for [offset, offset + size) (Driver.writeTarget), or undefined. Asked only for a write that
+   * would reach one callback whole: the frontend then passes that memory to write() or
+   * fuaWrite() as the data, and the driver has nothing to copy.
+   */
+  writeTarget(offset: number, size: number): Buffer | undefined {
+    const { driver, attrs } = this;
+    if (!driver.writeTarget || !driver.write || !this.accepting || this.ctx.readOnly || size > attrs.maxReadWriteSize) return undefined;
+    const lbs = attrs.logicalBlockSize;
+    if (size <= 0 || offset % lbs !== 0 || size % lbs !== 0 || offset + size > attrs.size) return undefined;
+    let memory: unknown;
+    try {
+      memory = driver.writeTarget(offset, size, this.ctx);
+    } catch (error) {
+      this.targetRefused(`threw (${error instanceof Error ? error.message : String(error)})`);
+      return undefined;
+    }
+    if (memory === undefined) return undefined;
+    if (!(memory instanceof Uint8Array) || memory.byteLength !== size) {
+      const what = memory instanceof Uint8Array ? `${memory.byteLength} bytes` : typeof memory;
+      this.targetRefused(`answered ${what} for ${size} bytes`);
+      return undefined;
+    }
+    return Buffer.isBuffer(memory) ? memory : Buffer.from(memory.buffer, memory.byteOffset, size);
+  }
+
+  /** A writeTarget that did not answer with memory: logged once (a bug, not a state), and the data goes to bdus's buffer. */
+  private targetRefused(why: string): void {
+    if (this.targetWarned) return;
+    this.targetWarned = true;
+    this.hooks.log(`writeTarget ${why}: writes receive their data in bdus's buffers instead (logged once)`);
   }
 
   fuaWrite(x: Exchange, data: Buffer, offset: number): void {
