@@ -4,7 +4,10 @@
  * side's median and the after/before ratio. How a change to the request path is judged here.
  *
  *   node dist/bench/ab.js --before CHECKOUT [--after CHECKOUT] [--reps 5] [--runtime 4] [--frontend fuse|nbd|ublk|export]
+ *                         [--driver 'ram --size 1G']
  *
+ * `--driver` gives another driver and its arguments, split at spaces (`'nbd nbd+unix:///?socket=S'`
+ * to measure the nbd driver in front of a server started beforehand); it must be 1 GiB or more.
  * `--frontend export` measures the NBD server instead: `bdus export ram` and fio's nbd engine.
  * A checkout is a built tree (npm ci; npx tsc -p .); --after defaults to this one. Each side
  * starts its own daemon and stops it after its turn (two builds may speak different control protocols).
@@ -28,19 +31,20 @@ const JOBS: Array<{ name: string; args: string[]; metric: Metric }> = [
 const UNIT: Record<Metric, string> = { iops: 'IOPS', mibs: 'MiB/s', mean: 'us mean', p99: 'us p99' };
 
 const { values } = parseArgs({
-  options: { before: { type: 'string' }, after: { type: 'string' }, reps: { type: 'string', default: '5' }, runtime: { type: 'string', default: '4' }, frontend: { type: 'string', default: 'fuse' } },
+  options: { before: { type: 'string' }, after: { type: 'string' }, reps: { type: 'string', default: '5' }, runtime: { type: 'string', default: '4' }, frontend: { type: 'string', default: 'fuse' }, driver: { type: 'string', default: 'ram --size 1G' } },
 });
 if (!values.before) throw new Error('--before CHECKOUT is required');
 const checkout = (path: string) => `${path.replace(/\/$/, '')}/`;
 const sides = { before: checkout(values.before), after: values.after ? checkout(values.after) : ROOT };
 const reps = Number(values.reps);
 const runtime = Number(values.runtime);
+const driver = values.driver!.split(' ').filter((word) => word !== '');
 
 const results: Record<string, Record<'before' | 'after', number[]>> = {};
 for (let rep = 0; rep < reps; rep++) {
   for (const side of rep % 2 === 0 ? (['before', 'after'] as const) : (['after', 'before'] as const)) {
     const bin = `${sides[side]}dist/src/cli/bin.js`;
-    const { target, end } = await ramTarget(bin);
+    const { target, end } = await driverTarget(bin);
     try {
       await fill(target, '1G');
       for (const job of JOBS) {
@@ -54,10 +58,10 @@ for (let rep = 0; rep < reps; rep++) {
   }
 }
 
-/** A 1 GiB ram device (or export) of the checkout whose CLI is `bin`: fio's arguments for it, and how to end it. */
-async function ramTarget(bin: string): Promise<{ target: string[]; end: () => Promise<unknown> }> {
+/** A device (or export) of `driver` made by the checkout whose CLI is `bin`: fio's arguments for it, and how to end it. */
+async function driverTarget(bin: string): Promise<{ target: string[]; end: () => Promise<unknown> }> {
   if (values.frontend !== 'export') {
-    const device = (await sh(process.execPath, [bin, 'run', 'ram', '--size', '1G', '--frontend', values.frontend])).trim();
+    const device = (await sh(process.execPath, [bin, 'run', ...driver, '--frontend', values.frontend])).trim();
     return {
       target: [`--filename=${device}`, '--ioengine=libaio'],
       // Each side's own CLI and daemon: two builds may speak different control protocols.
@@ -68,7 +72,7 @@ async function ramTarget(bin: string): Promise<{ target: string[]; end: () => Pr
     };
   }
   const socket = `/tmp/bdus-ab-${process.pid}.sock`;
-  const child = spawn(process.execPath, [bin, 'export', 'ram', '--size', '1G', '--listen', `unix:${socket}`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, [bin, 'export', ...driver, '--listen', `unix:${socket}`], { stdio: ['ignore', 'pipe', 'inherit'] });
   const exited = new Promise((resolve) => child.on('exit', resolve));
   const uri = await new Promise<string>((resolve, reject) => {
     let out = '';
@@ -90,7 +94,7 @@ async function ramTarget(bin: string): Promise<{ target: string[]; end: () => Pr
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const spread = (xs: number[]) => `${Math.min(...xs).toFixed(1)}-${Math.max(...xs).toFixed(1)}`;
-process.stdout.write(`${reps} alternating runs of ${runtime} s per job, ${values.frontend === 'export' ? 'bdus export ram (fio nbd engine)' : `bdus run ram --frontend ${values.frontend}`}\n\n`);
+process.stdout.write(`${reps} alternating runs of ${runtime} s per job, ${values.frontend === 'export' ? `bdus export ${values.driver} (fio nbd engine)` : `bdus run ${values.driver} --frontend ${values.frontend}`}\n\n`);
 process.stdout.write('| job | unit | before | after | after/before |\n|---|---|---:|---:|---:|\n');
 for (const job of JOBS) {
   const { before, after } = results[job.name]!;

@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions as TlsConnectionOptions } from 'node:tls';
 import { DriverError } from '../driver/errors.js';
+import type { SocketReads } from './input.js';
 
 /** Where an NBD server is, as an NBD URI says (nbd://, nbds://, nbd+unix://, nbds+unix://). */
 export interface NbdTarget {
@@ -49,9 +50,13 @@ export function parseNbdUri(text: string): NbdTarget & { readonly user: string; 
   return { ...common, address: { host: host.replace(/^\[|\]$/g, ''), port: Number(port ?? 10809) } };
 }
 
-export function openSocket(target: NbdTarget, timeoutMs: number): Promise<Socket> {
+/** A connected socket to `target`; with `onread` (input.ts's readsInto), it reads into those buffers and emits no 'data'. */
+export function openSocket(target: NbdTarget, timeoutMs: number, onread?: SocketReads): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const socket = 'unix' in target.address ? netConnect(target.address.unix) : netConnect(target.address.port, target.address.host);
+    const reads = onread ? { onread } : {};
+    const socket = 'unix' in target.address
+      ? netConnect({ path: target.address.unix, ...reads })
+      : netConnect({ port: target.address.port, host: target.address.host, ...reads });
     const where = 'unix' in target.address ? target.address.unix : `${target.address.host}:${target.address.port}`;
     const timer = setTimeout(() => {
       socket.destroy();

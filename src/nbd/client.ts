@@ -13,7 +13,7 @@ import type { Socket } from 'node:net';
 import type { Extent } from '../driver/driver.js';
 import { DriverError } from '../driver/errors.js';
 import { openSocket, startTls, type NbdClientOptions, type NbdTarget } from './client-connect.js';
-import { MessageInput } from './input.js';
+import { MessageInput, readsInto } from './input.js';
 
 export { parseNbdUri, type NbdClientOptions, type NbdTarget } from './client-connect.js';
 import {
@@ -72,20 +72,28 @@ export class NbdClient {
   private contextId = 0;
   private cookie = 0;
   private readonly pending = new Map<number, Pending>();
-  private readonly input = new MessageInput();
   private closedError: Error | undefined;
   /** close() waits here for the requests in flight. */
   private idle: (() => void) | undefined;
 
+  /**
+   * `pushed`: the socket emits its bytes as 'data' events, for the input to gather (TLS);
+   * otherwise it reads into the input's own buffers, and a read's data straight into the
+   * caller's buffer (one copy, the kernel's, instead of a fresh buffer per read and a copy).
+   */
   private constructor(
     private socket: Socket,
     private readonly target: NbdTarget,
+    private readonly input: MessageInput,
+    private readonly pushed: boolean,
   ) {}
 
   /** Connects and negotiates; rejects with the server's refusal, word for word. */
   static async connect(target: NbdTarget, options: NbdClientOptions = {}): Promise<NbdClient> {
-    const socket = await openSocket(target, options.connectTimeoutMs ?? 10_000);
-    const client = new NbdClient(socket, target);
+    const input = new MessageInput();
+    // TLS comes after STARTTLS on the plain socket: its bytes are pushed, decrypted, as they come.
+    const socket = await openSocket(target, options.connectTimeoutMs ?? 10_000, target.tls ? undefined : readsInto(input));
+    const client = new NbdClient(socket, target, input, target.tls);
     try {
       await client.handshake(options);
     } catch (error) {
@@ -176,7 +184,7 @@ export class NbdClient {
     });
     lost.catch(() => undefined);
     const onClose = () => fail();
-    const listen = (socket: Socket) => socket.on('data', onData).on('close', onClose).on('error', fail);
+    const listen = (socket: Socket) => (this.pushed ? socket.on('data', onData) : socket).on('close', onClose).on('error', fail);
     const unlisten = (socket: Socket) => socket.off('data', onData).off('close', onClose).off('error', fail);
     listen(this.socket);
     const step = <T>(work: Promise<T>) => Promise.race([work, lost]);
@@ -271,7 +279,7 @@ export class NbdClient {
   // --- transmission: replies parsed as they come ---
 
   private transmit(): void {
-    this.socket.on('data', (chunk: Buffer) => this.input.push(chunk));
+    if (this.pushed) this.socket.on('data', (chunk: Buffer) => this.input.push(chunk));
     this.socket.on('error', (error) => this.fail(new DriverError('ENOLINK', `the NBD connection failed: ${error.message}`)));
     this.socket.on('close', () => this.fail(new DriverError('ENOLINK', 'the NBD server closed the connection')));
     this.input.open = () => !this.closedError;

@@ -259,3 +259,20 @@ export class MessageInput {
     return out;
   }
 }
+
+/** net.Socket's `onread`: where the next read goes, and what to do with its `n` bytes (false: stop reading). */
+export interface SocketReads {
+  buffer(): Buffer;
+  callback(n: number): boolean;
+}
+
+/** `onread` for `input`: the socket reads into its buffers, and stops at once when `reading()` turns false. */
+export function readsInto(input: MessageInput, reading: () => boolean = () => true): SocketReads {
+  return {
+    buffer: () => input.readBuffer(),
+    callback: (n: number) => {
+      input.didRead(n);
+      return reading();
+    },
+  };
+}

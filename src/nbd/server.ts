@@ -8,7 +8,7 @@ import { rmSync } from 'node:fs';
 import { native } from '../native.js';
 import { Connection } from './connection.js';
 import type { ListenAddress, NbdExport } from './export-spec.js';
-import { MessageInput } from './input.js';
+import { MessageInput, readsInto } from './input.js';
 
 export { Connection, type ConnectionOptions } from './connection.js';
 export { MAX_PAYLOAD, transmissionFlags, type ListenAddress, type NbdExport, type NbdTls } from './export-spec.js';
@@ -138,12 +138,6 @@ export function readingSocket(fd: number, input: MessageInput, reading: () => bo
     fd,
     readable: true,
     writable: true,
-    onread: {
-      buffer: () => input.readBuffer(),
-      callback: (n: number) => {
-        input.didRead(n);
-        return reading();
-      },
-    },
+    onread: readsInto(input, reading),
   } as SocketConstructorOpts);
 }
