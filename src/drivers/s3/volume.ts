@@ -295,11 +295,19 @@ export class Volume {
       );
       // Every page was written anew when upgrading: the head says what its pages are.
       const head: Head = { ...this.head, version: VERSION, commit: this.head.commit + 1, pages: refs, leaseUntil: Date.now() + this.settings.leaseMs };
-      try {
-        this.etag = await this.store.put(HEAD, Buffer.from(JSON.stringify(head)), deadline, { ifMatch: this.etag });
-      } catch (error) {
-        if (error instanceof PreconditionFailed) await this.checkFenced(deadline);
-        throw error;
+      // A lost condition need not be a lost race: a put whose answer was lost (the gateway went
+      // away after storing it) fails its retry with 412 against our own new ETag. Only this
+      // writer puts the head in its epoch, one commit at a time, so the head read back tells:
+      // our commit there (it landed), or the previous one (put again, against its ETag).
+      for (;;) {
+        try {
+          this.etag = await this.store.put(HEAD, Buffer.from(JSON.stringify(head)), deadline, { ifMatch: this.etag });
+          break;
+        } catch (error) {
+          if (!(error instanceof PreconditionFailed)) throw error;
+          await this.checkFenced(deadline); // throws if another writer took the volume
+          if (this.head.commit >= head.commit) break;
+        }
       }
       this.head = head;
     } catch (error) {
