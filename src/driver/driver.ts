@@ -163,19 +163,20 @@ export interface Driver<State = unknown> {
    * Optional, for `write` and `fuaWrite`: the memory where the data of a write of `size` bytes
    * at `offset` will live (a view of the driver's store), for bdus to receive the data straight
    * into, or undefined to have it in bdus's buffer as usual. The write callback is then called
-   * with that very memory as `data` (split as usual past maxReadWriteSize: views of it), and has
-   * nothing to copy: it can tell by `data.buffer` and `data.byteOffset`. This spares the copy
-   * from bdus's buffer into the store, the write-side twin of a read answering with its own
-   * memory. It must answer at once (not a promise); it is asked only for a write that will
-   * reach the callback: the range checked as for every callback, the device writable, `size` at
-   * most maxReadWriteSize. Memory of another size is not used (logged once).
+   * with that very memory as `data`, and has nothing to copy: it can tell by `data.buffer` and
+   * `data.byteOffset`. This spares the copy from bdus's buffer into the store, the write-side
+   * twin of a read answering with its own memory. It must answer at once (not a promise); it is
+   * asked only for a write that will reach one callback whole: the range checked as for every
+   * callback, the device writable, `size` at most maxReadWriteSize. Memory of another size, or
+   * a throw, is not used (logged once).
    *
    * Lifetime: the bytes land in this memory before `write` is called, while other callbacks run.
    * A write that never reaches `write` (the connection ended in the middle of its data, the
-   * driver was stopping or aborted, the process died) may leave part of its data there, as a disk losing power in the middle of a write may: the range's contents
-   * are then undefined, as after any write that did not complete. So answer with the very place
-   * this range's data lives, never with memory that holds anything else; a Buffer's memory stays
-   * mapped while views of it live. Not asked through filters (a filter sees every write's data).
+   * driver was stopping or aborted, the process died) may leave part of its data there, as a
+   * disk losing power in the middle of a write may: the range's contents are then undefined, as
+   * after any write that did not complete. So answer with the very place this range's data
+   * lives, never with memory that holds anything else; a Buffer's memory stays mapped while
+   * views of it live. Not asked through filters (a filter sees every write's data).
    * Kernel paths: NBD exports and kernel NBD, for writes of 32 KiB and more (the others' data
    * arrives with its request, in bdus's buffer, before the offset is known).
    */
