@@ -82,7 +82,12 @@ async function main(): Promise<void> {
     await sh('umount', [FUSE_DIR]).catch(() => undefined);
     fuse.kill();
     await sh(process.execPath, [BIN, 'destroy', '--force', '--no-flush', ours]).catch(() => undefined);
-    server.kill();
+    if (server.exitCode === null && server.signalCode === null) {
+      const exited = new Promise((resolve) => server.once('exit', resolve));
+      server.kill();
+      await exited;
+    }
+    rmSync(SOCKET, { force: true }); // nbdkit, killed, leaves its socket
     rmSync(FUSE_DIR, { recursive: true, force: true });
   }
 

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, readlinkSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, readlinkSync, rmdirSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { TestContext } from 'node:test';
 
@@ -90,9 +90,32 @@ export function background(file: string, args: readonly string[]): { done: Promi
 
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** A unique scratch path under /tmp. */
+/** Every scratch path this test process handed out (see the exit hook below). */
+const scratchPaths = new Set<string>();
+
+/**
+ * When the test process ends, whatever of its scratch paths is still there goes: a file a
+ * driver wrote again after its test's own removal (a recorder's terminate runs when the device
+ * is destroyed, in an after hook registered later and so run later), or one a failed test never
+ * reached its removal for. Directories go only if empty: a mount point still mounted stays, and
+ * is reported as a leftover.
+ */
+process.on('exit', () => {
+  for (const path of scratchPaths) {
+    try {
+      if (statSync(path).isDirectory()) rmdirSync(path);
+      else rmSync(path, { force: true });
+    } catch {
+      // gone already, or not empty: nothing more to do
+    }
+  }
+});
+
+/** A unique scratch path under /tmp, removed when the test process ends if its test did not remove it. */
 export function scratch(name: string): string {
-  return `/tmp/bdus-test-${process.pid}-${Date.now()}-${name}`;
+  const path = `/tmp/bdus-test-${process.pid}-${Date.now()}-${name}`;
+  scratchPaths.add(path);
+  return path;
 }
 
 /** ext4 on the device, a file written, e2fsck clean; then destroyed, leaving nothing. */
