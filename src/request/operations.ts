@@ -172,9 +172,13 @@ export abstract class Operations {
   // ---- Internals ------------------------------------------------------------------------------
 
   protected checked(offset: number, size: number, op: Operation): Promise<number> | undefined {
+    return this.valid(offset, size) ? undefined : this.invalid(op, offset, size);
+  }
+
+  /** Whether [offset, offset + size) is a range a callback may get: aligned to the logical block size, not empty, within the device. */
+  protected valid(offset: number, size: number): boolean {
     const lbs = this.attrs.logicalBlockSize;
-    if (size > 0 && offset % lbs === 0 && size % lbs === 0 && offset + size <= this.attrs.size) return undefined;
-    return this.invalid(op, offset, size);
+    return size > 0 && offset % lbs === 0 && size % lbs === 0 && offset + size <= this.attrs.size;
   }
 
   protected invalid(op: Operation, offset: number, size: number): Promise<number> {

@@ -79,9 +79,7 @@ export class RequestLayer extends Operations {
    */
   writeTarget(offset: number, size: number): Buffer | undefined {
     const { driver, attrs } = this;
-    if (!driver.writeTarget || !driver.write || !this.accepting || this.ctx.readOnly || size > attrs.maxReadWriteSize) return undefined;
-    const lbs = attrs.logicalBlockSize;
-    if (size <= 0 || offset % lbs !== 0 || size % lbs !== 0 || offset + size > attrs.size) return undefined;
+    if (!driver.writeTarget || !driver.write || !this.accepting || this.ctx.readOnly || size > attrs.maxReadWriteSize || !this.valid(offset, size)) return undefined;
     let memory: unknown;
     try {
       memory = driver.writeTarget(offset, size, this.ctx);
