@@ -17,7 +17,7 @@ import { rmSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { execute as sh } from '../src/util/exec.js';
-import { fill, fio, type Metric } from './fio.js';
+import { precondition, fio, type Metric } from './fio.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -46,7 +46,7 @@ for (let rep = 0; rep < reps; rep++) {
     const bin = `${sides[side]}dist/src/cli/bin.js`;
     const { target, end } = await driverTarget(bin);
     try {
-      await fill(target, '1G');
+      await precondition(target, '1G');
       for (const job of JOBS) {
         const measured = await fio(target, job.args, runtime, '1G');
         ((results[job.name] ??= { before: [], after: [] })[side]).push(measured[job.metric]);
