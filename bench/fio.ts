@@ -1,4 +1,5 @@
-/** One fio measurement, as the benchmarks report it (bench/run.ts, bench/ublk-vm.ts). */
+/** One fio measurement, as the benchmarks report it (bench/run.ts, bench/ublk-vm.ts), and what their set-up and teardown share. */
+import type { ChildProcess } from 'node:child_process';
 import { execute as sh } from '../src/util/exec.js';
 
 export type Metric = 'iops' | 'mibs' | 'mean' | 'p99';
@@ -22,6 +23,14 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     stopping = signal;
     process.stderr.write(`\n${signal}: stopping after this fio run, and cleaning up\n`);
   });
+}
+
+/** Ends a server the benchmark started (SIGTERM) and waits until it has exited; at once if it already has (by a signal too). */
+export async function stop(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  await exited;
 }
 
 /**

@@ -16,7 +16,7 @@ import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { execute as sh } from '../src/util/exec.js';
-import { fio, SYSTEM_JOBS, type Metric } from './fio.js';
+import { fio, stop, SYSTEM_JOBS, type Metric } from './fio.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const BIN = `${ROOT}dist/src/cli/bin.js`;
@@ -82,11 +82,7 @@ async function main(): Promise<void> {
     await sh('umount', [FUSE_DIR]).catch(() => undefined);
     fuse.kill();
     await sh(process.execPath, [BIN, 'destroy', '--force', '--no-flush', ours]).catch(() => undefined);
-    if (server.exitCode === null && server.signalCode === null) {
-      const exited = new Promise((resolve) => server.once('exit', resolve));
-      server.kill();
-      await exited;
-    }
+    await stop(server);
     rmSync(SOCKET, { force: true }); // nbdkit, killed, leaves its socket
     rmSync(FUSE_DIR, { recursive: true, force: true });
   }

@@ -29,7 +29,7 @@ import { cpus, totalmem } from 'node:os';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { execute as sh } from '../src/util/exec.js';
-import { precondition, fio as runFio, type Measured, type Metric } from './fio.js';
+import { precondition, fio as runFio, stop, type Measured, type Metric } from './fio.js';
 import { lanesLines, lanesRuns, type LanesRow } from './lanes.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -122,13 +122,6 @@ async function serve(command: string, args: string[], socket: string): Promise<C
   for (let i = 0; i < 200 && !existsSync(socket); i++) await sleep(50);
   if (!existsSync(socket)) throw new Error(`${command} did not listen on ${socket}`);
   return child;
-}
-
-async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  child.kill('SIGTERM');
-  await exited;
 }
 
 async function nbdSystem(name: string, command: string, args: (socket: string) => string[]): Promise<System> {
