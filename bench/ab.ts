@@ -4,10 +4,11 @@
  * side's median and the after/before ratio. How a change to the request path is judged here.
  *
  *   node dist/bench/ab.js --before CHECKOUT [--after CHECKOUT] [--reps 5] [--runtime 4] [--frontend fuse|nbd|ublk|export]
- *                         [--driver 'ram --size 1G']
+ *                         [--driver 'ram --size 1G'] [--only 1M]
  *
  * `--driver` gives another driver and its arguments, split at spaces (`'nbd nbd+unix:///?socket=S'`
  * to measure the nbd driver in front of a server started beforehand); it must be 1 GiB or more.
+ * `--only` keeps the jobs whose name contains it (`1M`, `QD1`): more rounds of fewer jobs.
  * `--frontend export` measures the NBD server instead: `bdus export ram` and fio's nbd engine.
  * A checkout is a built tree (npm ci; npx tsc -p .); --after defaults to this one. Each side
  * starts its own daemon and stops it after its turn (two builds may speak different control protocols).
@@ -21,7 +22,7 @@ import { precondition, fio, type Metric } from './fio.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
-const JOBS: Array<{ name: string; args: string[]; metric: Metric }> = [
+const ALL_JOBS: Array<{ name: string; args: string[]; metric: Metric }> = [
   { name: '4k randread QD32', args: ['--rw=randread', '--bs=4k', '--iodepth=32'], metric: 'iops' },
   { name: '4k randwrite QD32', args: ['--rw=randwrite', '--bs=4k', '--iodepth=32'], metric: 'iops' },
   { name: '4k randread QD1', args: ['--rw=randread', '--bs=4k', '--iodepth=1'], metric: 'mean' },
@@ -31,11 +32,13 @@ const JOBS: Array<{ name: string; args: string[]; metric: Metric }> = [
 const UNIT: Record<Metric, string> = { iops: 'IOPS', mibs: 'MiB/s', mean: 'us mean', p99: 'us p99' };
 
 const { values } = parseArgs({
-  options: { before: { type: 'string' }, after: { type: 'string' }, reps: { type: 'string', default: '5' }, runtime: { type: 'string', default: '4' }, frontend: { type: 'string', default: 'fuse' }, driver: { type: 'string', default: 'ram --size 1G' } },
+  options: { before: { type: 'string' }, after: { type: 'string' }, reps: { type: 'string', default: '5' }, runtime: { type: 'string', default: '4' }, frontend: { type: 'string', default: 'fuse' }, only: { type: 'string', default: '' }, driver: { type: 'string', default: 'ram --size 1G' } },
 });
 if (!values.before) throw new Error('--before CHECKOUT is required');
 const checkout = (path: string) => `${path.replace(/\/$/, '')}/`;
 const sides = { before: checkout(values.before), after: values.after ? checkout(values.after) : ROOT };
+const JOBS = ALL_JOBS.filter((job) => job.name.includes(values.only!));
+if (JOBS.length === 0) throw new Error(`--only ${values.only}: no job's name contains it`);
 const reps = Number(values.reps);
 const runtime = Number(values.runtime);
 const driver = values.driver!.split(' ').filter((word) => word !== '');

@@ -1,7 +1,7 @@
 // This test ensures that the request layer emulates what a driver lacks (FUA write as write +
 // flush, write-same and write-zeroes through write), maps errors as BDUS does, turns an abort
-// into one call of the abort hook, and asks a driver's writeTarget only for writes that reach
-// one callback whole. These paths cannot be reached through FUSE+loop (the kernel never sends
+// into one call of the abort hook, asks a driver's writeTarget only for writes that reach
+// one callback whole, and answers a callback that returns without a promise at once. These paths cannot be reached through FUSE+loop (the kernel never sends
 // FUA or write-same there), so they are exercised on the layer directly.
 import assert from 'node:assert/strict';
 import { constants } from 'node:os';
@@ -98,6 +98,42 @@ test('an abort fails the request with EIO and calls the abort hook once; later r
   assert.equal(aborts[0]!.message, 'broken');
   requests.abortAll();
   assert.equal(await ask((x) => requests.write(x, Buffer.alloc(512), 0)), EIO);
+});
+
+test('a callback that returns without a promise is answered before the entry point returns; a promise, after it; a retry may switch', async () => {
+  let calls = 0;
+  const { requests } = layer({
+    read(buffer, offset) {
+      calls++;
+      if (offset === 0) {
+        buffer.fill(1);
+        return;
+      }
+      if (offset === 512) return Promise.resolve();
+      // The first call fails at once, the second succeeds later: the slot is held throughout.
+      if (calls % 2 === 1) throw new Error('a transient failure');
+      return new Promise<void>((resolve) => setTimeout(resolve, 5));
+    },
+    write() {
+      throw new DriverError('ENOSPC');
+    },
+  });
+  const answers: number[] = [];
+  const record = () => new Answered((errno) => answers.push(errno));
+  requests.read(record(), Buffer.alloc(512), 0);
+  requests.write(record(), Buffer.alloc(512), 0);
+  requests.write(record(), Buffer.alloc(512), 100);
+  assert.deepEqual(answers, [0, ENOSPC, EINVAL], 'answered synchronously: a success, a thrown error, a refused request');
+  assert.equal(requests.inProgress, 0);
+  const later = ask((x) => requests.read(x, Buffer.alloc(512), 512));
+  assert.equal(requests.inProgress, 1);
+  assert.equal(await later, 0);
+  calls = 0;
+  const retried = ask((x) => requests.read(x, Buffer.alloc(512), 1024));
+  assert.equal(requests.inProgress, 1, 'the retry that went asynchronous still holds its slot');
+  assert.equal(await retried, 0);
+  assert.equal(calls, 2);
+  assert.equal(requests.inProgress, 0);
 });
 
 test('at most maxConcurrentCallbacks callbacks run at once; drain waits for them', async () => {

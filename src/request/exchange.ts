@@ -8,6 +8,8 @@
  *   (0 or a positive errno), or with ETIMEDOUT as soon as requestTimeout has passed while they
  *   still run (then `timedOut` is true, and the request's buffers may still be in a callback's
  *   hands: build the reply elsewhere).
+ *   May come before the entry point that handed the request over returns (callbacks that return
+ *   without a promise): hand it over as the last step.
  * - finish(): every callback of the request has ended: its buffers are free again, and the
  *   exchange may be reused. Called once per request, always after answer.
  *

@@ -24,7 +24,8 @@
  * - Timeouts: every admitted request is stamped on `timer` (see RequestTimer) and answered with
  *   ETIMEDOUT if requestTimeout passes before its callbacks end, on every frontend alike.
  * - Answers: through the request's Exchange (exchange.ts): answer(errno), then finish() once no
- *   callback holds its buffers.
+ *   callback holds its buffers. A request whose callbacks all return without a promise is
+ *   answered before its entry point returns; a frontend hands a request over as its last step.
  * - Statistics: each request is counted when admitted and when answered, with its latency from
  *   admission to answer (src/stats: plain stores into the device's shared stats file).
  */
@@ -32,7 +33,7 @@ import { constants } from 'node:os';
 import { restartLimitOf } from '../driver/attributes.js';
 import type { Context, Driver, Extent } from '../driver/driver.js';
 import type { Exchange } from './exchange.js';
-import { Operations, type RequestLayerHooks } from './operations.js';
+import { Operations, type Outcome, type RequestLayerHooks } from './operations.js';
 import { IDLE, RequestTimer } from './request-timer.js';
 import { Operation } from './operation.js';
 import { Slot } from '../stats/layout.js';
@@ -173,7 +174,9 @@ export class RequestLayer extends Operations {
     return false;
   }
 
-  private track(x: Exchange, outcome: Promise<number>): void {
+  /** Answers the request once its outcome is known: now if the callbacks have returned already. */
+  private track(x: Exchange, outcome: Outcome): void {
+    if (typeof outcome === 'number') return this.settle(x, outcome);
     x.startedAt = this.timer.now;
     this.tracked.add(x);
     x.settle ??= (errno) => this.settle(x, errno);
