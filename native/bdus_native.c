@@ -11,7 +11,7 @@
 //   tryLock(fd) -> boolean                                flock(LOCK_EX | LOCK_NB), sync
 //   getFd(pid, fd) -> fd                                  pidfd_open + pidfd_getfd, sync
 //   mapShared(fd, length) -> Buffer                       mmap(MAP_SHARED), unmapped when collected
-//   mapAnonymous(length) -> Buffer                        mmap(MAP_PRIVATE | MAP_ANONYMOUS), idem
+//   mapAnonymous(length[, huge]) -> Buffer                mmap(MAP_PRIVATE | MAP_ANONYMOUS), idem; huge: MADV_HUGEPAGE
 //   dropPages(buffer, offset, length[, remove])           madvise(MADV_DONTNEED, or MADV_REMOVE) of whole pages
 //   memfd(name, length) -> fd                             memfd_create + ftruncate, close-on-exec, sync
 //   socketPair() -> [fd, fd]                              socketpair(AF_UNIX, SOCK_STREAM), sync
@@ -353,14 +353,23 @@ static napi_value js_map_shared(napi_env env, napi_callback_info info)
 
 // Memory that is committed only as it is written and handed back at once when dropped: Node's
 // buffers are malloc'd (a freed one may stay in the heap) and freed only when collected.
+// `huge`: MADV_HUGEPAGE too, where the kernel has transparent huge pages (refused quietly if not).
 static napi_value js_map_anonymous(napi_env env, napi_callback_info info)
 {
-    size_t argc = 1;
-    napi_value argv[1];
+    size_t argc = 2;
+    napi_value argv[2];
     int64_t length;
+    bool huge = false;
     CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
     CHECK(napi_get_value_int64(env, argv[0], &length));
-    return map_buffer(env, length, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1);
+    if (argc > 1)
+        CHECK(napi_get_value_bool(env, argv[1], &huge));
+    napi_value buffer = map_buffer(env, length, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1);
+    void *data;
+    size_t size;
+    if (huge && buffer && napi_get_buffer_info(env, buffer, &data, &size) == napi_ok)
+        madvise(data, size, MADV_HUGEPAGE);
+    return buffer;
 }
 
 static napi_value js_drop_pages(napi_env env, napi_callback_info info)

@@ -7,6 +7,11 @@
  * as zeros, and discard and write-zeroes hand whole pages back to the system at once
  * (madvise(MADV_DONTNEED)), so mkfs's discard of the whole device frees memory instead of
  * touching every page, and `blkdiscard` takes what it takes on the kernel's own loop device.
+ * Without lanes the mapping asks for transparent huge pages (MADV_HUGEPAGE, where the kernel
+ * has them): memory is then committed 2 MiB at a time (mkfs.ext4 of 2 GiB leaves 17 MiB
+ * resident instead of 2), but a first write costs one fault per 2 MiB rather than 512, and
+ * the kernel's copies out of it walk one entry per 2 MiB: 1 MiB reads 1.23-1.26x
+ * (docs/performance.md).
  *
  * Over NBD (an export, kernel NBD) a write of 32 KiB and more is received straight into the
  * memory (writeTarget): the socket's copy is the only one.
@@ -56,7 +61,7 @@ class Chunk {
     const bytes = CHUNK / PAGE / 8;
     if (mode === 'private') {
       this.fd = -1;
-      this.memory = native.mapAnonymous(CHUNK);
+      this.memory = native.mapAnonymous(CHUNK, true);
       this.written = new Uint8Array(bytes);
     } else {
       this.fd = mode === 'lanes' ? native.memfd('bdus-ram', CHUNK) : mode.fd;
