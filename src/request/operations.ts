@@ -6,8 +6,9 @@
  *
  * A callback that returns without a promise (the ram example's, say) is answered without one:
  * its operation's outcome is the number itself, and the request layer answers the request
- * before the frontend's handler returns. A promise costs its allocation and a turn of the
- * microtask queue per request, which is a tenth of what a fast driver's request costs here.
+ * before the frontend's handler returns. A promise costs allocations and a turn of the
+ * microtask queue per request: for a driver that answers in microseconds, a measurable part of
+ * the request (docs/performance.md, "Answers without promises").
  */
 import { constants } from 'node:os';
 import type { Context, Driver, Extent } from '../driver/driver.js';
