@@ -176,7 +176,11 @@ export class RequestLayer extends Operations {
 
   /** Answers the request once its outcome is known: now if the callbacks have returned already. */
   private track(x: Exchange, outcome: Outcome): void {
-    if (typeof outcome === 'number') return this.settle(x, outcome);
+    if (typeof outcome === 'number') {
+      // Never stamped nor tracked: nothing for the timer to undo.
+      this.answered(x, outcome);
+      return x.finish();
+    }
     x.startedAt = this.timer.now;
     this.tracked.add(x);
     x.settle ??= (errno) => this.settle(x, errno);
@@ -185,12 +189,14 @@ export class RequestLayer extends Operations {
 
   private settle(x: Exchange, errno: number): void {
     this.tracked.delete(x);
-    if (!x.timedOut) {
-      this.counters.answered(x.op, errno, x.bytes, ((performance.now() - x.admittedAt) * 1000) | 0);
-      x.answer(errno);
-    }
+    if (!x.timedOut) this.answered(x, errno);
     x.startedAt = IDLE;
     x.finish();
+  }
+
+  private answered(x: Exchange, errno: number): void {
+    this.counters.answered(x.op, errno, x.bytes, ((performance.now() - x.admittedAt) * 1000) | 0);
+    x.answer(errno);
   }
 
   /** The timer answered `x` with ETIMEDOUT: it counts as answered now, its callback running on. */
