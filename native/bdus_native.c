@@ -556,7 +556,7 @@ static void watcher_teardown(napi_async_cleanup_hook_handle handle, void *data)
     uv_close((uv_handle_t *)&w->poll, watcher_closed);
 }
 
-static int64_t now_ns(void)
+int64_t now_ns(void)
 {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);

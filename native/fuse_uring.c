@@ -5,8 +5,8 @@
 // next command, so a batch of requests costs one io_uring_enter instead of a read and a write
 // each. Called from src/frontend/fuse/ring.ts:
 //
-//   fuseRing(fd, queueIds, depth, payloadSize, callback(count)) -> { ring, headers, payloads,
-//                                           completions }
+//   fuseRing(fd, queueIds, depth, payloadSize, spinMicroseconds, callback(count))
+//                                        -> { ring, headers, payloads, completions }
 //                                           registers `depth` entries on each queue of the array
 //                                           `queueIds` (the kernel has one queue per possible CPU
 //                                           and sends a request to the queue of the CPU it starts
@@ -15,7 +15,9 @@
 //                                           each entry is a 288-byte header
 //                                           (fuse_uring_req_header) and a payload buffer.
 //                                           `callback(count)` for each batch of completions
-//                                           (entry, result) in `completions`.
+//                                           (entry, result) in `completions`; after a batch, the
+//                                           thread waits `spinMicroseconds` for the next, spinning
+//                                           (the ring's task work is then deferred: ring.h).
 //   fuseRingCommit(ring, entry)             queues the entry's COMMIT_AND_FETCH (the answer is
 //                                           in its header and payload), sent with the turn's
 //                                           others.
@@ -43,6 +45,13 @@
 #define URING_ENT_IN_OUT 256  // struct fuse_uring_ent_in_out: flags, commit_id, payload_sz, ...
 #define URING_CMD_REGISTER 1
 #define URING_CMD_COMMIT_AND_FETCH 2
+
+// Deferred task work (ring.h), for a ring whose thread spins: the kernel hands a request to its
+// entry on this thread when the thread enters the ring, instead of interrupting it (which made a
+// spin cost more than it saved). It needs a single submitting thread, which a ring is: the
+// thread that serves it. A ring that does not spin keeps the kernel's default: deferred work
+// only adds an io_uring_enter to each wake-up there (docs/performance.md).
+#define DEFERRED (IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG)
 
 struct uring_cmd_req { // struct fuse_uring_cmd_req, in the SQE's command area
     uint64_t flags;
@@ -104,13 +113,13 @@ static void *map(size_t length)
 
 static napi_value js_fuse_ring(napi_env env, napi_callback_info info)
 {
-    size_t argc = 5;
-    napi_value argv[5], result, value;
+    size_t argc = 6;
+    napi_value argv[6], result, value;
     int32_t fd;
-    uint32_t queues, depth, payload_size;
+    uint32_t queues, depth, payload_size, spin_us;
     CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-    if (argc != 5) {
-        napi_throw_type_error(env, NULL, "fuseRing(fd, queueIds, depth, payloadSize, callback)");
+    if (argc != 6) {
+        napi_throw_type_error(env, NULL, "fuseRing(fd, queueIds, depth, payloadSize, spinMicroseconds, callback)");
         return NULL;
     }
     bool is_array = false;
@@ -123,6 +132,7 @@ static napi_value js_fuse_ring(napi_env env, napi_callback_info info)
     CHECK(napi_get_array_length(env, argv[1], &queues));
     CHECK(napi_get_value_uint32(env, argv[2], &depth));
     CHECK(napi_get_value_uint32(env, argv[3], &payload_size));
+    CHECK(napi_get_value_uint32(env, argv[4], &spin_us));
     if (queues == 0 || queues > 4096 || depth == 0 || depth > 1024 || payload_size == 0 || (uint64_t)queues * depth > 32768)
         return throw_errno(env, EINVAL, "fuseRing");
 
@@ -152,7 +162,7 @@ static napi_value js_fuse_ring(napi_env env, napi_callback_info info)
     r->iovecs = calloc(2 * (size_t)r->entries, sizeof(struct iovec));
     r->headers = map(r->headers_len);
     r->payloads = map(r->payloads_len);
-    int err = !r->iovecs || !r->headers || !r->payloads ? -ENOMEM : command_ring_init(&r->commands, r->entries, IORING_SETUP_SQE128, r->entries);
+    int err = !r->iovecs || !r->headers || !r->payloads ? -ENOMEM : command_ring_init(&r->commands, r->entries, IORING_SETUP_SQE128 | (spin_us ? DEFERRED : 0), r->entries);
     if (err < 0) {
         free_early(r);
         return throw_errno(env, -err, "fuseRing setup");
@@ -169,7 +179,7 @@ static napi_value js_fuse_ring(napi_env env, napi_callback_info info)
     }
     // A refused REGISTER (io_uring off, a payload too small) completes at once: the caller sees
     // its result as the first completions.
-    CHECK(command_ring_start(env, &r->commands, argv[4], "bdus:fuse-ring"));
+    CHECK(command_ring_start(env, &r->commands, argv[5], "bdus:fuse-ring", spin_us));
 
     napi_value headers = mapped_buffer(env, r->headers, r->headers_len);
     napi_value payloads = headers ? mapped_buffer(env, r->payloads, r->payloads_len) : NULL;

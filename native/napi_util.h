@@ -23,4 +23,7 @@ napi_value mapped_buffer(napi_env env, void *p, size_t length);
 // A number property of `object`, or `otherwise` if it has none.
 int64_t object_field(napi_env env, napi_value object, const char *name, int64_t otherwise);
 
+// CLOCK_MONOTONIC in nanoseconds: the spins' deadlines.
+int64_t now_ns(void);
+
 #endif

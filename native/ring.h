@@ -7,6 +7,12 @@
 // wake-up reaps them into `completions` (user_data, result pairs) and calls back JavaScript once
 // per batch. Commands queued during a loop turn are submitted together by one io_uring_enter,
 // from a uv_prepare handle that runs just before the loop waits.
+//
+// A ring set up with IORING_SETUP_DEFER_TASKRUN (FUSE's, when its thread spins) is never interrupted by the kernel:
+// the work a completion needs on this thread (a FUSE request copied into its entry) waits,
+// flagged in the ring and signalled on the eventfd, until the thread next enters the ring.
+// That spares an interrupt per wake-up, and lets the thread spin for the next completion
+// after a busy batch (a client at queue depth 1) without the kernel interrupting it to post it.
 #ifndef BDUS_RING_H
 #define BDUS_RING_H
 #include <linux/io_uring.h>
@@ -18,7 +24,8 @@ struct ring {
     int fd;
     unsigned entries;
     size_t sqe_size;
-    unsigned *sq_head, *sq_tail, *sq_mask, *sq_array;
+    unsigned flags; // IORING_SETUP_*
+    unsigned *sq_head, *sq_tail, *sq_mask, *sq_array, *sq_flags;
     unsigned *cq_head, *cq_tail, *cq_mask;
     struct io_uring_cqe *cqes;
     uint8_t *sqes;
@@ -32,7 +39,7 @@ int ring_init(struct ring *r, unsigned entries, unsigned flags);
 void ring_exit(struct ring *r);
 // The next free submission entry, zeroed and already queued, or NULL if the ring is full.
 struct io_uring_sqe *ring_sqe(struct ring *r);
-// Submits what is queued; with `wait`, also waits for that many completions.
+// Submits what is queued (and runs deferred work); with `wait`, also waits for that many completions.
 int ring_enter(struct ring *r, unsigned wait);
 
 struct command_ring {
@@ -44,6 +51,7 @@ struct command_ring {
     uv_prepare_t prepare;
     int handles;
     int closed;
+    int64_t spin_ns; // after a batch, how long to wait for the next completion, spinning (0: never)
     napi_env env;
     napi_ref callback;
     napi_async_context context;
@@ -58,8 +66,9 @@ struct command_ring {
 // failure, command_ring_free_early undoes what was done.
 int command_ring_init(struct command_ring *c, unsigned entries, unsigned flags, unsigned capacity);
 void command_ring_free_early(struct command_ring *c);
-// Starts watching: `callback(count)` for each batch of `count` completions.
-napi_status command_ring_start(napi_env env, struct command_ring *c, napi_value callback, const char *name);
+// Starts watching: `callback(count)` for each batch of `count` completions. After a batch, a
+// ring with deferred task work waits `spin_us` for the next one, spinning, before the loop sleeps.
+napi_status command_ring_start(napi_env env, struct command_ring *c, napi_value callback, const char *name, int64_t spin_us);
 // A submission entry for a command, submitted with the turn's others.
 struct io_uring_sqe *command_ring_sqe(struct command_ring *c);
 // Submits what is queued, stops watching, ends the ring; `freed` runs once the handles closed.

@@ -265,7 +265,7 @@ static napi_value js_ublk_queue(napi_env env, napi_callback_info info)
         queue_free_early(q);
         return throw_errno(env, -err, "ublk queue setup");
     }
-    CHECK(command_ring_start(env, &q->commands, argv[4], "bdus:ublk-queue"));
+    CHECK(command_ring_start(env, &q->commands, argv[4], "bdus:ublk-queue", 0));
 
     CHECK(napi_create_object(env, &result));
     CHECK(napi_create_external(env, q, NULL, NULL, &value));

@@ -101,8 +101,9 @@ interface NativeAddon {
    * (FUSE over io_uring), on the event loop thread; entries i * depth to (i + 1) * depth - 1
    * are queue queueIds[i]'s. `callback(count)` whenever completions arrive, `count` (entry,
    * result) pairs in `completions`; result 0 means a request is in the entry's header and payload.
+   * After a batch the thread waits `spinMicroseconds` for the next one, spinning (0: never).
    */
-  fuseRing(fd: number, queueIds: readonly number[], depth: number, payloadSize: number, callback: (count: number) => void): FuseRingHandle;
+  fuseRing(fd: number, queueIds: readonly number[], depth: number, payloadSize: number, spinMicroseconds: number, callback: (count: number) => void): FuseRingHandle;
   /** Queues the entry's COMMIT_AND_FETCH (its answer in its header and payload), submitted with the loop turn's others. */
   fuseRingCommit(ring: FuseRingHandle['ring'], entry: number): void;
   /** Ends the ring (the buffers stay until collected). */

@@ -51,7 +51,7 @@ export const fuseLanes: LaneKind = {
     if (s.ringQueues > 0) {
       const queues = queuesOfLane(s.ringQueues, s.lanes, lane);
       pinLane(queues, log); // queue q is CPU q's
-      ring = new FuseRing(fd, channel, MAX_WRITE, dispatch.handle, log, queues);
+      ring = new FuseRing(fd, channel, MAX_WRITE, dispatch.handle, log, queues, 0);
     }
     return {
       stop: () => {

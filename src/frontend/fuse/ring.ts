@@ -155,9 +155,11 @@ export class FuseRing {
     private readonly handler: (slot: RingSlot, length: number) => void,
     private readonly log: (line: string) => void,
     queueIds: readonly number[],
+    /** After a batch, how long to wait for the next request, spinning, before the event loop sleeps (0: never). */
+    spinMicroseconds: number,
   ) {
     const entries = queueIds.length * DEPTH;
-    this.handle = native.fuseRing(fd, queueIds, DEPTH, payloadSize, (count) => this.arrived(count));
+    this.handle = native.fuseRing(fd, queueIds, DEPTH, payloadSize, spinMicroseconds, (count) => this.arrived(count));
     const c = this.handle.completions;
     this.completions = new Int32Array(c.buffer, c.byteOffset, entries * 2);
     for (let i = 0; i < entries; i++) {
