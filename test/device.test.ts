@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { bdus, device, kernelName, must, scratch, sh, sysfs } from './helpers.js';
+import { background, bdus, device, kernelName, must, noLeftovers, scratch, sh, sleep, sysfs } from './helpers.js';
 
 test('ext4: mkfs, mount, write, drop caches, verify', async (t) => {
   const dev = await device(t, ['ram', '--size', '256M']);
@@ -55,6 +55,26 @@ test('fio verify: crc32c, direct I/O, random writes then reads', async (t) => {
   const job = (JSON.parse(out) as { jobs: Array<{ error: number; read: { io_bytes: number } }> }).jobs[0]!;
   assert.equal(job.error, 0);
   assert.ok(job.read.io_bytes >= 128 << 20, 'everything written was read back and verified');
+});
+
+test("1 MiB reads answered with the driver's own memory: fio verify at QD8, and a destroy in the middle of such reads leaves nothing", async (t) => {
+  const dev = await device(t, ['ram', '--size', '256M']);
+  const out = await must('fio', [
+    '--name=verify', `--filename=${dev}`, '--direct=1', '--ioengine=libaio', '--iodepth=8', '--rw=write', '--bs=1M',
+    '--size=128M', '--verify=crc32c', '--verify_fatal=1', '--do_verify=1', '--output-format=json',
+  ], { timeoutMs: 300_000 });
+  const job = (JSON.parse(out) as { jobs: Array<{ error: number; read: { io_bytes: number } }> }).jobs[0]!;
+  assert.equal(job.error, 0);
+  assert.ok(job.read.io_bytes >= 128 << 20, 'everything written was read back and verified');
+
+  const reads = background('fio', ['--name=reads', `--filename=${dev}`, '--direct=1', '--ioengine=libaio', '--iodepth=8', '--rw=read', '--bs=1M', '--size=128M', '--time_based', '--runtime=60']);
+  t.after(() => reads.stop());
+  await sleep(1000);
+  const destroyed = await bdus(['destroy', '--force', '--no-flush', dev], { timeoutMs: 30_000 });
+  assert.equal(destroyed.code, 0, destroyed.stderr);
+  const ended = await reads.done;
+  assert.ok(ended.ms < 30_000, 'the reads ended with the device');
+  await noLeftovers();
 });
 
 test('block sizes are what the attributes say', async (t) => {
