@@ -17,6 +17,8 @@ export interface Exported {
   log(): string;
   /** SIGTERM, then the exit code. */
   stop(): Promise<number>;
+  /** The exit code (128 for a signal), once the export ends by itself. */
+  exited: Promise<number>;
   /** The export's process. */
   pid: number;
 }
@@ -48,7 +50,7 @@ export async function exportDriver(t: TestContext, args: readonly string[], list
     await stop();
     rmSync(socket, { force: true });
   });
-  return { uri, socket, log: () => stderr, stop, pid: child.pid! };
+  return { uri, socket, log: () => stderr, stop, exited, pid: child.pid! };
 }
 
 /** A raw connection that collects what the server sends; to a Unix socket's path, or to "HOST:PORT". */
