@@ -46,13 +46,6 @@
 #define URING_CMD_REGISTER 1
 #define URING_CMD_COMMIT_AND_FETCH 2
 
-// Deferred task work (ring.h), for a ring whose thread spins: the kernel hands a request to its
-// entry on this thread when the thread enters the ring, instead of interrupting it (which made a
-// spin cost more than it saved). It needs a single submitting thread, which a ring is: the
-// thread that serves it. A ring that does not spin keeps the kernel's default: deferred work
-// only adds an io_uring_enter to each wake-up there (docs/performance.md).
-#define DEFERRED (IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG)
-
 struct uring_cmd_req { // struct fuse_uring_cmd_req, in the SQE's command area
     uint64_t flags;
     uint64_t commit_id;
@@ -162,7 +155,7 @@ static napi_value js_fuse_ring(napi_env env, napi_callback_info info)
     r->iovecs = calloc(2 * (size_t)r->entries, sizeof(struct iovec));
     r->headers = map(r->headers_len);
     r->payloads = map(r->payloads_len);
-    int err = !r->iovecs || !r->headers || !r->payloads ? -ENOMEM : command_ring_init(&r->commands, r->entries, IORING_SETUP_SQE128 | (spin_us ? DEFERRED : 0), r->entries);
+    int err = !r->iovecs || !r->headers || !r->payloads ? -ENOMEM : command_ring_init(&r->commands, r->entries, IORING_SETUP_SQE128, r->entries, spin_us);
     if (err < 0) {
         free_early(r);
         return throw_errno(env, -err, "fuseRing setup");
@@ -179,7 +172,7 @@ static napi_value js_fuse_ring(napi_env env, napi_callback_info info)
     }
     // A refused REGISTER (io_uring off, a payload too small) completes at once: the caller sees
     // its result as the first completions.
-    CHECK(command_ring_start(env, &r->commands, argv[5], "bdus:fuse-ring", spin_us));
+    CHECK(command_ring_start(env, &r->commands, argv[5], "bdus:fuse-ring"));
 
     napi_value headers = mapped_buffer(env, r->headers, r->headers_len);
     napi_value payloads = headers ? mapped_buffer(env, r->payloads, r->payloads_len) : NULL;

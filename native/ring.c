@@ -118,15 +118,23 @@ int ring_enter(struct ring *r, unsigned wait)
 
 /* Command rings --------------------------------------------------------------------------- */
 
-int command_ring_init(struct command_ring *c, unsigned entries, unsigned flags, unsigned capacity)
+// Deferred task work (ring.h), for a ring whose thread spins: the kernel runs a completion's work
+// on this thread when the thread enters the ring, instead of interrupting it (which made a spin
+// cost more than it saved). It needs a single submitting thread, which a command ring is: the
+// thread that serves it. A ring that does not spin keeps the kernel's default: deferred work
+// only adds an io_uring_enter to each wake-up there (docs/performance.md).
+#define DEFERRED (IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG)
+
+int command_ring_init(struct command_ring *c, unsigned entries, unsigned flags, unsigned capacity, int64_t spin_us)
 {
     c->ring.fd = -1;
     c->eventfd = -1;
     c->capacity = capacity;
+    c->spin_ns = spin_us > 0 ? spin_us * 1000 : 0;
     c->completions = calloc(capacity * 2, sizeof(int32_t));
     if (!c->completions)
         return -ENOMEM;
-    int err = ring_init(&c->ring, entries, flags);
+    int err = ring_init(&c->ring, entries, flags | (c->spin_ns ? DEFERRED : 0));
     if (err < 0)
         return err;
     c->eventfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -207,10 +215,12 @@ static int completions_wait(struct ring *r)
 }
 
 // After a batch, a client that waits for each answer sends its next request a few microseconds
-// after the answer: the answers are submitted now, and the next request caught spinning, which
-// spares the event loop's sleep and wake-up. Returns whether one came in time.
+// after the answer: unless more waits already, the answers are submitted now and the next request
+// caught spinning, which spares the event loop's sleep and wake-up. Returns whether one came.
 static int spin(struct command_ring *c)
 {
+    if (completions_wait(&c->ring) || work_waits(&c->ring))
+        return 1;
     if (c->ring.unsubmitted)
         ring_enter(&c->ring, 0);
     int64_t deadline = now_ns() + c->spin_ns;
@@ -261,12 +271,12 @@ static void ready(uv_poll_t *poll, int status, int events)
         // make_callback: the promises the callback settles run before the loop waits.
         napi_make_callback(env, c->context, global, callback, 1, &arg, NULL);
         napi_close_handle_scope(env, scope);
-        if (c->spin_ns > 0 && !c->closed && !completions_wait(&c->ring) && !work_waits(&c->ring) && !spin(c))
+        if (c->spin_ns > 0 && !c->closed && !spin(c))
             return;
     }
 }
 
-napi_status command_ring_start(napi_env env, struct command_ring *c, napi_value callback, const char *name, int64_t spin_us)
+napi_status command_ring_start(napi_env env, struct command_ring *c, napi_value callback, const char *name)
 {
     uv_loop_t *loop;
     napi_value resource_name;
@@ -280,9 +290,6 @@ napi_status command_ring_start(napi_env env, struct command_ring *c, napi_value 
     if (status != napi_ok)
         return status;
     c->env = env;
-    // Without deferred work the kernel interrupts a spinning thread to post each completion,
-    // which costs more than the sleep the spin would spare.
-    c->spin_ns = c->ring.flags & IORING_SETUP_DEFER_TASKRUN ? spin_us * 1000 : 0;
     uv_poll_init(loop, &c->poll, c->eventfd);
     uv_prepare_init(loop, &c->prepare);
     c->poll.data = c->prepare.data = c;

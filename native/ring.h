@@ -8,11 +8,11 @@
 // per batch. Commands queued during a loop turn are submitted together by one io_uring_enter,
 // from a uv_prepare handle that runs just before the loop waits.
 //
-// A ring set up with IORING_SETUP_DEFER_TASKRUN (FUSE's, when its thread spins) is never interrupted by the kernel:
-// the work a completion needs on this thread (a FUSE request copied into its entry) waits,
-// flagged in the ring and signalled on the eventfd, until the thread next enters the ring.
-// That spares an interrupt per wake-up, and lets the thread spin for the next completion
-// after a busy batch (a client at queue depth 1) without the kernel interrupting it to post it.
+// A command ring that spins for the next completion after a batch (a client at queue depth 1
+// sends its next request within microseconds) is set up with IORING_SETUP_DEFER_TASKRUN, so the
+// kernel never interrupts its thread: the work a completion needs on this thread (a FUSE request
+// copied into its entry) waits, flagged in the ring and signalled on the eventfd, until the
+// thread next enters the ring, which the spin sees without a system call.
 #ifndef BDUS_RING_H
 #define BDUS_RING_H
 #include <linux/io_uring.h>
@@ -62,13 +62,13 @@ struct command_ring {
     int tearing_down;
 };
 
-// The ring (`entries`, `flags`) and its eventfd; nothing runs yet. 0, or a negative errno; on
-// failure, command_ring_free_early undoes what was done.
-int command_ring_init(struct command_ring *c, unsigned entries, unsigned flags, unsigned capacity);
+// The ring (`entries`, `flags`) and its eventfd; nothing runs yet. After a batch the thread waits
+// `spin_us` for the next completion, spinning (0: never; a ring that spins defers its task work).
+// 0, or a negative errno; on failure, command_ring_free_early undoes what was done.
+int command_ring_init(struct command_ring *c, unsigned entries, unsigned flags, unsigned capacity, int64_t spin_us);
 void command_ring_free_early(struct command_ring *c);
-// Starts watching: `callback(count)` for each batch of `count` completions. After a batch, a
-// ring with deferred task work waits `spin_us` for the next one, spinning, before the loop sleeps.
-napi_status command_ring_start(napi_env env, struct command_ring *c, napi_value callback, const char *name, int64_t spin_us);
+// Starts watching: `callback(count)` for each batch of `count` completions.
+napi_status command_ring_start(napi_env env, struct command_ring *c, napi_value callback, const char *name);
 // A submission entry for a command, submitted with the turn's others.
 struct io_uring_sqe *command_ring_sqe(struct command_ring *c);
 // Submits what is queued, stops watching, ends the ring; `freed` runs once the handles closed.

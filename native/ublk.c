@@ -226,7 +226,7 @@ static napi_value js_ublk_queue(napi_env env, napi_callback_info info)
     q->id = (uint16_t)id;
     q->depth = (uint16_t)depth;
     q->buffer_size = buffer_size;
-    int err = command_ring_init(&q->commands, depth, 0, depth);
+    int err = command_ring_init(&q->commands, depth, 0, depth, 0);
     if (err < 0) {
         queue_free_early(q);
         return throw_errno(env, -err, "ublk queue setup");
@@ -265,7 +265,7 @@ static napi_value js_ublk_queue(napi_env env, napi_callback_info info)
         queue_free_early(q);
         return throw_errno(env, -err, "ublk queue setup");
     }
-    CHECK(command_ring_start(env, &q->commands, argv[4], "bdus:ublk-queue", 0));
+    CHECK(command_ring_start(env, &q->commands, argv[4], "bdus:ublk-queue"));
 
     CHECK(napi_create_object(env, &result));
     CHECK(napi_create_external(env, q, NULL, NULL, &value));

@@ -34,9 +34,10 @@ const MAX_BACKGROUND = 256;
 /**
  * Spin-wait for the next request after handling some (FuseChannel): 20 us brought 4k QD1 latency
  * from ~60 to ~35 us here at no cost to deep queues (docs/performance.md); an idle device never
- * spins. The ring spins alike (FuseRing: 4k QD1 47.6 -> 34.4 us). With lanes no reader spins: the spinning main thread took the core a lane needed (the
- * ram example, 2 lanes on 2 vCPUs: 4k QD32 0.62-0.68x of one lane with the spin, 0.71-0.86x
- * without; 1M write 1.01x with, 1.96x without).
+ * spins. The ring spins alike (FuseRing: 4k QD1 45.5 -> 31.0 us). With lanes no reader spins:
+ * the spinning main thread took the core a lane needed (the ram example, 2 lanes on 2 vCPUs: 4k
+ * QD32 0.62-0.68x of one lane with the spin, 0.71-0.86x without; 1M write 1.01x with, 1.96x
+ * without).
  */
 const SPIN_MICROSECONDS = 20;
 
