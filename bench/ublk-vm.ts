@@ -26,6 +26,7 @@ const JOBS: Array<{ name: string; args: string[]; metric: Metric }> = [
   { name: '4k randread QD16 (IOPS)', args: ['--rw=randread', '--bs=4k', '--iodepth=16'], metric: 'iops' },
   { name: '4k randwrite QD16 (IOPS)', args: ['--rw=randwrite', '--bs=4k', '--iodepth=16'], metric: 'iops' },
   { name: '1M seqread QD4 (MiB/s)', args: ['--rw=read', '--bs=1M', '--iodepth=4'], metric: 'mibs' },
+  { name: '1M seqwrite QD4 (MiB/s)', args: ['--rw=write', '--bs=1M', '--iodepth=4'], metric: 'mibs' },
   { name: '4k randread 2 CPUs x QD16 (IOPS)', args: ['--rw=randread', '--bs=4k', '--iodepth=16', ...BOTH_CPUS], metric: 'iops' },
   { name: '1M seqread 2 CPUs x QD4 (MiB/s)', args: ['--rw=read', '--bs=1M', '--iodepth=4', ...BOTH_CPUS], metric: 'mibs' },
 ];
@@ -36,8 +37,11 @@ interface System {
   teardown(): Promise<void>;
 }
 
-async function bdus(frontend: string, name = frontend, args: string[] = []): Promise<System> {
-  const device = (await sh(process.execPath, [BIN, 'run', 'ram', '--size', SIZE, '--frontend', frontend, ...args])).trim();
+/** The ram example without writeTarget: its ublk device has no user copy (docs/performance.md). */
+const RAM_KERNEL_COPY = `${ROOT}dist/bench/drivers/ram-kernel-copy.js`;
+
+async function bdus(frontend: string, name = frontend, args: string[] = [], driver = 'ram'): Promise<System> {
+  const device = (await sh(process.execPath, [BIN, 'run', driver, '--size', SIZE, '--frontend', frontend, ...args])).trim();
   return { name: `bdus ram (${name})`, device, teardown: async () => void (await sh(process.execPath, [BIN, 'destroy', '--force', device])) };
 }
 
@@ -62,10 +66,12 @@ async function main(): Promise<void> {
   const { values } = parseArgs({ options: { reps: { type: 'string', default: '2' }, runtime: { type: 'string', default: '5' } } });
   const reps = Number(values.reps);
   const runtime = Number(values.runtime);
-  // Two queues on one thread against two lanes of one queue each: what a second lane gives.
+  // Two queues on one thread against two lanes of one queue each: what a second lane gives. The
+  // ram example has writeTarget, so its ublk devices use user copy; the kernel's copy beside it.
   const systems = [
     await bdus('ublk'),
     await kernelLoop(),
+    await bdus('ublk', 'ublk, kernel copy', [], RAM_KERNEL_COPY),
     await bdus('ublk', 'ublk, 2 queues', ['--queues', '2']),
     await bdus('ublk', 'ublk, 2 lanes', ['--lanes', '2']),
     ...(existsSync('/sys/module/nbd') || (await sh('modprobe', ['nbd']).then(() => true, () => false)) ? [await bdus('nbd')] : []),
@@ -94,6 +100,8 @@ async function main(): Promise<void> {
     `median of ${reps} runs of ${runtime} s, systems alternating. The ratio is bdus over the kernel loop device (for latency,`,
     'loop over bdus: higher is better for bdus either way). Emulation slows JavaScript about 20x and system calls',
     'about 8x against the kernel\'s own code, so this ratio is far below what the same design gives on real hardware.',
+    '"ublk" is the `ram` example as it is, which has writeTarget, so its device uses user copy (one copy of the data,',
+    'docs/performance.md); "kernel copy" is the same driver without writeTarget (`bench/drivers/ram-kernel-copy.ts`).',
     '',
     `| job | ${systems.map((s) => s.name).join(' | ')} | ${systems.filter((s) => s.name.startsWith('bdus')).map((s) => `${s.name} / loop`).join(' | ')} |`,
     `|---|${systems.map(() => '---').join('|')}|${systems.filter((s) => s.name.startsWith('bdus')).map(() => '---').join('|')}|`,

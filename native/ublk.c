@@ -15,12 +15,18 @@
 //                                           of completions (tag, result pairs) in `completions`.
 //   ublkCommit(queue, tag, result, half)    queues a COMMIT_AND_FETCH_REQ (no system call): the
 //                                           turn's commits leave in one io_uring_enter.
+//   ublkCopy(queue, tag, memory, toKernel)  a device with UBLK_F_USER_COPY: copies a request's
+//                                           data between `memory` and the request (pwrite for a
+//                                           read's answer, pread for a write's data).
 //   ublkQueueClose(queue)                   ends the ring: the kernel cancels its commands (a
 //                                           device with user recovery then quiesces).
 //
 // Each tag's buffer is page-aligned anonymous memory handed to the kernel with every fetch: the
 // kernel copies a write's data into it before the request is delivered and a read's data out of
-// it at commit, so JavaScript copies nothing beyond what the driver itself does.
+// it at commit, so JavaScript copies nothing beyond what the driver itself does. A device with
+// UBLK_F_USER_COPY gives the kernel no buffer (the address must be 0): the server copies each
+// request's data itself with pread/pwrite on the character device, into or out of any memory,
+// the driver's own included (docs/performance.md, "ublk with user copy").
 
 #define _GNU_SOURCE
 #include <errno.h>
@@ -45,6 +51,12 @@
 #ifndef UBLK_U_IO_FETCH_REQ
 #define UBLK_U_IO_FETCH_REQ _IOWR('u', UBLK_IO_FETCH_REQ, struct ublksrv_io_cmd)
 #define UBLK_U_IO_COMMIT_AND_FETCH_REQ _IOWR('u', UBLK_IO_COMMIT_AND_FETCH_REQ, struct ublksrv_io_cmd)
+#endif
+// And the user copy's file positions (6.5): a request's data is at
+// UBLKSRV_IO_BUF_OFFSET + (queue << UBLK_QID_OFF) + (tag << UBLK_TAG_OFF) + offset in it.
+#ifndef UBLK_TAG_OFF
+#define UBLK_TAG_OFF 25
+#define UBLK_QID_OFF (UBLK_TAG_OFF + 16)
 #endif
 
 /* Control commands ------------------------------------------------------------------------ */
@@ -162,6 +174,7 @@ struct queue {
     int cdev;
     uint16_t id, depth;
     uint32_t buffer_size;
+    int user_copy; // UBLK_F_USER_COPY: fetches and commits carry no buffer
     uint8_t *buffers;
     void *descriptors;
     size_t descriptors_len;
@@ -188,7 +201,8 @@ static void queue_command(struct queue *q, uint32_t op, uint16_t tag, int32_t re
     cmd->q_id = q->id;
     cmd->tag = tag;
     cmd->result = result;
-    cmd->addr = (uint64_t)(uintptr_t)(q->buffers + ((size_t)half * q->depth + tag) * q->buffer_size);
+    if (!q->user_copy)
+        cmd->addr = (uint64_t)(uintptr_t)(q->buffers + ((size_t)half * q->depth + tag) * q->buffer_size);
 }
 
 static void queue_free_early(struct queue *q)
@@ -201,19 +215,21 @@ static void queue_free_early(struct queue *q)
 
 static napi_value js_ublk_queue(napi_env env, napi_callback_info info)
 {
-    size_t argc = 5;
-    napi_value argv[5], result, value;
+    size_t argc = 6;
+    napi_value argv[6], result, value;
     int32_t cdev;
     uint32_t id, depth, buffer_size;
+    bool user_copy;
     CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-    if (argc != 5) {
-        napi_throw_type_error(env, NULL, "ublkQueue(cdevFd, queue, depth, bufferSize, callback)");
+    if (argc != 6) {
+        napi_throw_type_error(env, NULL, "ublkQueue(cdevFd, queue, depth, bufferSize, userCopy, callback)");
         return NULL;
     }
     CHECK(napi_get_value_int32(env, argv[0], &cdev));
     CHECK(napi_get_value_uint32(env, argv[1], &id));
     CHECK(napi_get_value_uint32(env, argv[2], &depth));
     CHECK(napi_get_value_uint32(env, argv[3], &buffer_size));
+    CHECK(napi_get_value_bool(env, argv[4], &user_copy));
     long page = sysconf(_SC_PAGESIZE);
     if (depth == 0 || depth > UBLK_MAX_QUEUE_DEPTH || buffer_size == 0 || buffer_size % page)
         return throw_errno(env, EINVAL, "ublkQueue");
@@ -226,6 +242,7 @@ static napi_value js_ublk_queue(napi_env env, napi_callback_info info)
     q->id = (uint16_t)id;
     q->depth = (uint16_t)depth;
     q->buffer_size = buffer_size;
+    q->user_copy = user_copy;
     int err = command_ring_init(&q->commands, depth, 0, depth, 0);
     if (err < 0) {
         queue_free_early(q);
@@ -265,7 +282,7 @@ static napi_value js_ublk_queue(napi_env env, napi_callback_info info)
         queue_free_early(q);
         return throw_errno(env, -err, "ublk queue setup");
     }
-    CHECK(command_ring_start(env, &q->commands, argv[4], "bdus:ublk-queue"));
+    CHECK(command_ring_start(env, &q->commands, argv[5], "bdus:ublk-queue"));
 
     CHECK(napi_create_object(env, &result));
     CHECK(napi_create_external(env, q, NULL, NULL, &value));
@@ -301,6 +318,34 @@ static napi_value js_ublk_commit(napi_env env, napi_callback_info info)
     return NULL;
 }
 
+// ublkCopy(queue, tag, memory, toKernel): the bytes copied, or -errno. Synchronous, on the
+// serving thread: the character device cannot be read or written without blocking, so an
+// io_uring read or write of it would go to a kernel worker thread, a hand-off per request.
+static napi_value js_ublk_copy(napi_env env, napi_callback_info info)
+{
+    size_t argc = 4;
+    napi_value argv[4], result;
+    uint32_t tag;
+    bool to_kernel;
+    napi_typedarray_type type;
+    size_t length, offset;
+    void *data;
+    napi_value arraybuffer;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    struct queue *q = queue_of(env, argv[0]);
+    CHECK(napi_get_value_uint32(env, argv[1], &tag));
+    CHECK(napi_get_typedarray_info(env, argv[2], &type, &length, &data, &arraybuffer, &offset));
+    CHECK(napi_get_value_bool(env, argv[3], &to_kernel));
+    int64_t n = -EINVAL;
+    if (q && !q->commands.closed && q->user_copy && tag < q->depth && type == napi_uint8_array) {
+        off_t at = (off_t)(UBLKSRV_IO_BUF_OFFSET + ((uint64_t)q->id << UBLK_QID_OFF) + ((uint64_t)tag << UBLK_TAG_OFF));
+        ssize_t done = to_kernel ? pwrite(q->cdev, data, length, at) : pread(q->cdev, data, length, at);
+        n = done < 0 ? -errno : done;
+    }
+    CHECK(napi_create_int64(env, n, &result));
+    return result;
+}
+
 // The descriptors' mapping and the ring hold the character device open: both go now, so that
 // the kernel can quiesce the device for the next driver (START_USER_RECOVERY wants it closed).
 // Answers queued this turn still go (a request answered is not given to the next server). The
@@ -325,6 +370,7 @@ void ublk_register(napi_env env, napi_value exports)
         {"ublkControl", NULL, js_ublk_control, NULL, NULL, NULL, napi_default, NULL},
         {"ublkQueue", NULL, js_ublk_queue, NULL, NULL, NULL, napi_default, NULL},
         {"ublkCommit", NULL, js_ublk_commit, NULL, NULL, NULL, napi_default, NULL},
+        {"ublkCopy", NULL, js_ublk_copy, NULL, NULL, NULL, napi_default, NULL},
         {"ublkQueueClose", NULL, js_ublk_queue_close, NULL, NULL, NULL, napi_default, NULL},
     };
     napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);

@@ -17,7 +17,7 @@ struct ublk_control_request {
 // Sends the command and waits for the kernel's answer: >= 0, or a negative errno.
 int ublk_control(const struct ublk_control_request *request);
 
-// Adds ublkControl, ublkQueue, ublkCommit and ublkQueueClose to the addon's exports.
+// Adds ublkControl, ublkQueue, ublkCommit, ublkCopy and ublkQueueClose to the addon's exports.
 void ublk_register(napi_env env, napi_value exports);
 
 #endif

@@ -86,8 +86,15 @@ interface NativeAddon {
   /**
    * Sets up one ublk hardware queue on the event loop thread: FETCH_REQ on every tag, then
    * `callback(count)` whenever completions arrive, `count` (tag, result) pairs in `completions`.
+   * `userCopy`: the device has UBLK_F_USER_COPY (the kernel fills and reads no buffer: ublkCopy).
    */
-  ublkQueue(cdevFd: number, queue: number, depth: number, bufferSize: number, callback: (count: number) => void): UblkQueueHandle;
+  ublkQueue(cdevFd: number, queue: number, depth: number, bufferSize: number, userCopy: boolean, callback: (count: number) => void): UblkQueueHandle;
+  /**
+   * A user-copy queue: copies the data of `tag`'s request from `memory` into the request (a
+   * read's answer, `toKernel`) or from the request into `memory` (a write's data). The bytes
+   * copied, or -errno (-EINVAL: not a user-copy queue, closed, or no such request).
+   */
+  ublkCopy(queue: UblkQueueHandle['queue'], tag: number, memory: Uint8Array, toKernel: boolean): number;
   /**
    * Queues a COMMIT_AND_FETCH_REQ for `tag` (submitted with the loop turn's others): `result`
    * is bytes done or -errno; the tag's next request uses buffer `half` (0: the first `depth`

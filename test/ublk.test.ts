@@ -10,7 +10,9 @@
  * recoverable across a SIGKILL and hot swaps; a SIGKILLed driver that is not
  * recoverable; each recovery mode; the restart limit; hot swaps under fio verify; the torture
  * test; resize refused on a kernel without UPDATE_SIZE; destroy of a device in use; a STOP_DEV
- * from outside.
+ * from outside. User copy (a driver with writeTarget, such as the `ram` example, which also
+ * answers reads with its own memory): every write received in the driver's memory, fio verify,
+ * a hot swap to drivers without writeTarget and a SIGKILL, the stand-in on such a device.
  */
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -27,6 +29,7 @@ const ublkHere = inVm || existsSync('/dev/ublk-control') || (await sh('modprobe'
 const MiB = 1 << 20;
 const RECORDER = `${DRIVERS}/recorder.js`;
 const RECOVERABLE = `${DRIVERS}/recoverable.js`;
+const TARGET = `${DRIVERS}/target.js`;
 const LANES = `${DRIVERS}/lanes.js`;
 const UBLK = ['--frontend', 'ublk'];
 
@@ -271,6 +274,30 @@ function ublkTests(): void {
     assert.doesNotMatch(log, /WARNING|BUG|I\/O error/, log);
   });
 
+  test('user copy: a driver with writeTarget receives every write in its own memory (none copied); fio verify from 4 KiB to 1 MiB, mkfs, fsck', async (t) => {
+    const counts = scratch('counts');
+    t.after(() => rmSync(counts, { force: true }));
+    const dev = await device(t, [TARGET, counts, '--size', '64M', ...UBLK]);
+    const fio = await sh('fio', [
+      '--name=copy', `--filename=${dev}`, '--rw=randwrite', '--bsrange=4k-1M', '--direct=1', '--ioengine=libaio', '--iodepth=8',
+      '--size=32M', '--verify=crc32c', '--verify_fatal=1', '--output-format=terse',
+    ], { timeoutMs: 300_000 });
+    assert.equal(fio.code, 0, fio.stderr);
+    assert.equal(fio.stdout.split(';')[4], '0', 'fio saw no error');
+    await must('mkfs.ext4', ['-q', '-F', dev]);
+    await must('e2fsck', ['-f', '-n', dev]);
+    assert.equal((await bdus(['destroy', dev])).code, 0);
+    const [inPlace, copied] = readFileSync(counts, 'utf8').split(' ').map(Number);
+    assert.ok(inPlace! > 0, `writes received in place: ${inPlace}`);
+    assert.equal(copied, 0, 'no write was copied');
+  });
+
+  test('user copy and recovery: a driver with writeTarget killed under fio verify, then replaced live by drivers without it: 0 errors', async (t) => {
+    const img = image(t);
+    const dev = await device(t, [RECOVERABLE, img, 'write-target', '--recoverable', ...UBLK]);
+    assert.equal(await killThenSwap(t, dev, [RECOVERABLE, img]), '0');
+  });
+
   test('recoveryMode fail-received: what the dead driver had received fails; what came after waits for the next one', async (t) => {
     const img = image(t);
     const dev = await device(t, [RECOVERABLE, img, `hang-read-at=${MiB}`, '--recoverable', '--recovery-mode', 'fail-received', ...UBLK]);
@@ -286,9 +313,9 @@ function ublkTests(): void {
     assert.equal(b.code, 0, `the read sent while no driver ran waits and succeeds: ${b.stderr}`);
   });
 
-  test('recoveryMode fail-all: requests fail at once until a driver attaches (the stand-in server)', async (t) => {
+  for (const copy of ['', 'write-target']) test(`recoveryMode fail-all: requests fail at once until a driver attaches (the stand-in server)${copy && ', on a device with user copy'}`, async (t) => {
     const img = image(t);
-    const dev = await device(t, [RECOVERABLE, img, '--recoverable', '--recovery-mode', 'fail-all', ...UBLK]);
+    const dev = await device(t, [RECOVERABLE, img, ...(copy ? [copy] : []), '--recoverable', '--recovery-mode', 'fail-all', ...UBLK]);
     await killDriver(dev);
     let failed = false;
     for (let i = 0; i < 50 && !failed; i++) {

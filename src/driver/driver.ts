@@ -137,8 +137,8 @@ export interface Driver<State = unknown> {
   /**
    * The data at `offset`, exactly `buffer.length` bytes: fill `buffer` and return nothing, or
    * return memory of the driver's own that holds the data (a view of its store, a mapped file),
-   * which spares a copy: FUSE+loop and NBD hand that memory to the kernel as it is (one copy,
-   * the kernel's, where filling `buffer` makes two). Memory of another size fails the request
+   * which spares a copy: FUSE+loop, NBD and ublk with user copy (see writeTarget) hand that
+   * memory to the kernel as it is (one copy, the kernel's, where filling `buffer` makes two). Memory of another size fails the request
    * with EIO.
    *
    * Lifetime of returned memory: bdus reads it after the callback returned, until the reply has
@@ -147,8 +147,8 @@ export interface Driver<State = unknown> {
    * the client sent while this read was in flight (the client cannot tell which data it gets
    * then, as with any read racing a write). So a view of the store is safe; memory the driver
    * reuses for other data (a buffer taken from a pool and given back) is not: fill `buffer`
-   * from it instead. ublk, a read split by maxReadWriteSize, and filters that look at the data
-   * copy returned memory into `buffer` at once.
+   * from it instead. ublk without user copy, a read split by maxReadWriteSize, and filters that
+   * look at the data copy returned memory into `buffer` at once.
    * Kernel paths: ublk, FUSE+loop, kernel NBD, NBD exports.
    */
   read?(buffer: Buffer, offset: number, ctx: Context<State>): Promise<ReadResult> | ReadResult;
@@ -177,8 +177,10 @@ export interface Driver<State = unknown> {
    * after any write that did not complete. So answer with the very place this range's data
    * lives, never with memory that holds anything else; a Buffer's memory stays mapped while
    * views of it live. Not asked through filters (a filter sees every write's data).
-   * Kernel paths: NBD exports and kernel NBD, for writes of 32 KiB and more (the others' data
-   * arrives with its request, in bdus's buffer, before the offset is known).
+   * Kernel paths: NBD exports and kernel NBD, for writes of 32 KiB and more; ublk, every write:
+   * a driver with writeTarget has its ublk device created with user copy (Linux 6.5 and later),
+   * which also sends reads answered with the driver's memory in one copy. Not FUSE+loop (its
+   * data arrives with its request, in bdus's buffer, before the offset is known).
    */
   writeTarget?(offset: number, size: number, ctx: Context<State>): Uint8Array | undefined;
 

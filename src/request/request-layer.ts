@@ -72,6 +72,11 @@ export class RequestLayer extends Operations {
     if (this.admit(x, Operation.WRITE, data.length)) this.track(x, this.writeOp(data, offset));
   }
 
+  /** Whether the driver offers writeTarget at all (a frontend may set up its path for it: ublk's user copy). */
+  get hasWriteTarget(): boolean {
+    return this.driver.writeTarget !== undefined && this.driver.write !== undefined;
+  }
+
   /**
    * Where a write's data may be received, before the write is admitted: the driver's own memory
    * for [offset, offset + size) (Driver.writeTarget), or undefined. Asked only for a write that

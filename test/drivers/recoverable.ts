@@ -20,6 +20,8 @@
  *     slow-terminate=MS    terminate takes MS milliseconds
  *     fail-initialize      initialize fails
  *     fail-validate        validate fails
+ *     write-target         offers writeTarget (fresh memory per write, which write then stores):
+ *                          a ublk device it creates uses user copy
  */
 import { closeSync, existsSync, openSync, readdirSync, readlinkSync } from 'node:fs';
 import loop from '../../src/examples/loop.js';
@@ -71,6 +73,7 @@ export default function recoverable(args: readonly string[]): ReturnType<typeof 
       if (offset === stopReadingAt) stopReading();
       return base.read!(buffer, offset, ctx);
     },
+    ...(has('write-target') ? { writeTarget: (_offset: number, size: number) => Buffer.allocUnsafe(size) } : {}),
     async write(buffer, offset, ctx) {
       if (failing()) throw failed('a write');
       return base.write!(buffer, offset, ctx);

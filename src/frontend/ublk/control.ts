@@ -30,6 +30,8 @@ export const Feature = {
   USER_RECOVERY: 1n << 3n,
   USER_RECOVERY_REISSUE: 1n << 4n,
   CMD_IOCTL_ENCODE: 1n << 6n,
+  /** Linux 6.5: the server copies each request's data itself (queue.ts). */
+  USER_COPY: 1n << 7n,
   /** Linux 6.16. (USER_RECOVERY_FAIL_IO and QUIESCE are not used: docs/recovery.md.) */
   UPDATE_SIZE: 1n << 10n,
 } as const;

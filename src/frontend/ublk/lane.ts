@@ -24,7 +24,7 @@ export const ublkLanes: LaneKind = {
     const aborted = () => {
       if (!stopping) endWith(new Error(`the kernel stopped ublk device ${s.device}`));
     };
-    const queues = new UblkQueues(s.device, { maxReadWriteSize: s.maxReadWriteSize, requests, log, table, aborted }, queuesOfLane(s.queues, s.lanes, lane));
+    const queues = new UblkQueues(s.device, { maxReadWriteSize: s.maxReadWriteSize, userCopy: s.userCopy, requests, log, table, aborted }, queuesOfLane(s.queues, s.lanes, lane));
     queues.open(s.cdev);
     return {
       // What arrives from now on stays with the kernel, for the next driver.

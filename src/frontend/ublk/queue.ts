@@ -9,9 +9,16 @@
  * request arrives, and a read's data out of it when the answer is committed. A request answered
  * with ETIMEDOUT while its callback still holds its buffer passes the tag on with the other
  * buffer (or, if that one is still held too, commits only when its callback ends).
+ *
+ * User copy (UBLK_F_USER_COPY, a device whose driver has writeTarget): the kernel copies nothing
+ * at fetch or commit; the queue copies each request's data itself (native ublkCopy: one pread
+ * or pwrite on the character device). A write's data is read straight into the driver's memory
+ * (Driver.writeTarget) when it offers some, else into the tag's buffer; a read's answer is
+ * written from the memory the callback answered with (`ownData`), else from the tag's buffer.
+ * Either way the kernel's copy is the only one.
  */
 import { constants } from 'node:os';
-import { native, type UblkQueueHandle } from '../../native.js';
+import { errnoName, native, type UblkQueueHandle } from '../../native.js';
 import { Exchange } from '../../request/exchange.js';
 import type { RequestLayer } from '../../request/request-layer.js';
 import type { InflightTable } from './inflight-table.js';
@@ -38,9 +45,12 @@ class UblkRequest extends Exchange {
   slot = -1;
   /** Answered with ETIMEDOUT, but both of the tag's buffers are held: commit at finish. */
   deferred = false;
+  /** A read: with user copy, its answer's data is written to the request before the commit. */
+  isRead = false;
 
   constructor(private readonly queue: UblkQueue) {
     super();
+    this.takesOwnData = queue.userCopy;
   }
 
   answer(errno: number): void {
@@ -53,13 +63,15 @@ class UblkRequest extends Exchange {
 }
 
 /** The request-layer entry points a queue calls (the daemon's stand-in answers them itself). */
-export type QueueRequests = Pick<RequestLayer, 'read' | 'write' | 'fuaWrite' | 'flush' | 'discard' | 'writeZeros'>;
+export type QueueRequests = Pick<RequestLayer, 'read' | 'write' | 'writeTarget' | 'fuaWrite' | 'flush' | 'discard' | 'writeZeros'>;
 
 export interface QueueOptions {
   readonly cdev: number;
   readonly id: number;
   readonly depth: number;
   readonly bufferSize: number;
+  /** The device has UBLK_F_USER_COPY: this queue copies the data (module comment). */
+  readonly userCopy: boolean;
   readonly requests: QueueRequests;
   readonly table: InflightTable | undefined;
   readonly log: (message: string) => void;
@@ -68,6 +80,7 @@ export interface QueueOptions {
 }
 
 export class UblkQueue {
+  readonly userCopy: boolean;
   private readonly handle: UblkQueueHandle;
   private readonly completions: Int32Array;
   private readonly free: UblkRequest[] = [];
@@ -84,11 +97,12 @@ export class UblkQueue {
   private idle: (() => void) | undefined;
 
   constructor(private readonly o: QueueOptions) {
+    this.userCopy = o.userCopy;
     this.halves = new Uint8Array(o.depth);
     this.held = new Uint8Array(o.depth * 2);
     this.views = new Array<Buffer | undefined>(o.depth * 2);
     for (let i = 0; i < o.depth; i++) this.free.push(new UblkRequest(this));
-    this.handle = native.ublkQueue(o.cdev, o.id, o.depth, o.bufferSize, (count) => this.arrived(count));
+    this.handle = native.ublkQueue(o.cdev, o.id, o.depth, o.bufferSize, o.userCopy, (count) => this.arrived(count));
     const c = this.handle.completions;
     this.completions = new Int32Array(c.buffer, c.byteOffset, o.depth * 2);
   }
@@ -128,6 +142,7 @@ export class UblkQueue {
     x.tag = tag;
     x.half = this.halves[tag]!;
     x.deferred = false;
+    x.isRead = op === OP_READ;
     x.resultBytes = op === OP_READ || op === OP_WRITE ? size : 0;
     x.slot = -1;
     x.restarts = 0;
@@ -140,9 +155,12 @@ export class UblkQueue {
     switch (op) {
       case OP_READ:
         return requests.read(x, this.view(x, size), offset);
-      case OP_WRITE:
-        if (opFlags & F_FUA) return requests.fuaWrite(x, this.view(x, size), offset);
-        return requests.write(x, this.view(x, size), offset);
+      case OP_WRITE: {
+        const data = this.userCopy ? this.received(x, offset, size) : this.view(x, size);
+        if (!data) return;
+        if (opFlags & F_FUA) return requests.fuaWrite(x, data, offset);
+        return requests.write(x, data, offset);
+      }
       case OP_FLUSH:
         return requests.flush(x);
       case OP_DISCARD:
@@ -166,11 +184,41 @@ export class UblkQueue {
     return view;
   }
 
+  /**
+   * User copy: a write's data, read from the request into the driver's memory (writeTarget) or
+   * the tag's buffer; undefined (the request answered with EIO) if the kernel would not give it.
+   */
+  private received(x: UblkRequest, offset: number, size: number): Buffer | undefined {
+    const memory = this.o.requests.writeTarget(offset, size) ?? this.view(x, size);
+    const n = native.ublkCopy(this.handle.queue, x.tag, memory, false);
+    if (n === size) return memory;
+    this.copyFailed(x, n, size);
+    this.answer(x, EIO);
+    this.finish(x);
+    return undefined;
+  }
+
+  /** User copy: writes a read's answer (the callback's own memory, or the tag's buffer) to the request; the commit's result. */
+  private sent(x: UblkRequest): number {
+    const memory = x.ownData ?? this.view(x, x.resultBytes);
+    x.ownData = undefined;
+    const n = native.ublkCopy(this.handle.queue, x.tag, memory, true);
+    if (n === x.resultBytes) return n;
+    this.copyFailed(x, n, x.resultBytes);
+    return -EIO;
+  }
+
+  /** The kernel refuses a copy only for a request it no longer has (the device stopping) or a bug here: said, and the request fails. */
+  private copyFailed(x: UblkRequest, n: number, size: number): void {
+    const what = n < 0 ? errnoName(-n) : `${n} of ${size} bytes`;
+    this.o.log(`ublk queue ${this.o.id}: the ${x.isRead ? "read's data could not be written to" : "write's data could not be read from"} the request of tag ${x.tag}: ${what}`);
+  }
+
   answer(x: UblkRequest, errno: number): void {
     if (x.slot >= 0) this.o.table!.clear(x.slot);
     // The kernel turns -errno into a block status and back (errno_to_blk_status): ENOSPC,
     // ETIMEDOUT and ENOLINK reach the client as themselves, and what it has no status for, EIO.
-    const result = errno === 0 ? x.resultBytes : -errno;
+    const result = errno !== 0 ? -errno : x.isRead && this.userCopy && !this.closed ? this.sent(x) : x.resultBytes;
     if (!x.timedOut) return this.commit(x.tag, result, x.half);
     // The callback still holds the buffer: the tag goes on with its other one, if free.
     const other = x.half ^ 1;

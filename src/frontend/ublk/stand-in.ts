@@ -19,7 +19,7 @@ import { constants } from 'node:os';
 import type { Exchange } from '../../request/exchange.js';
 import type { QueueRequests } from './queue.js';
 import { InflightTable } from './inflight-table.js';
-import { allQueues, QUEUE_DEPTH, recover, UblkQueues } from './ublk.js';
+import { allQueues, QUEUE_DEPTH, recover, UblkQueues, usesUserCopy } from './ublk.js';
 
 const { EIO } = constants.errno;
 
@@ -28,7 +28,7 @@ function fail(x: Exchange): void {
   x.finish();
 }
 
-const failAll: QueueRequests = { read: fail, write: fail, fuaWrite: fail, flush: fail, discard: fail, writeZeros: fail };
+const failAll: QueueRequests = { read: fail, write: fail, writeTarget: () => undefined, fuaWrite: fail, flush: fail, discard: fail, writeZeros: fail };
 
 async function main(): Promise<void> {
   const [device, queues, maxReadWriteSize] = process.argv.slice(2, 5).map(Number);
@@ -36,12 +36,15 @@ async function main(): Promise<void> {
   const log = (message: string) => process.stderr.write(`ublk stand-in ${device}: ${message}\n`);
   const table = InflightTable.open(id, queues! * QUEUE_DEPTH);
   const aborted = () => process.exit(0);
-  const served = new UblkQueues(device!, { maxReadWriteSize: maxReadWriteSize!, requests: failAll, table, log, aborted }, allQueues(queues!));
+  let served: UblkQueues | undefined;
   process.on('SIGTERM', () => {
-    served.close();
+    served?.close();
     process.exit(0);
   });
-  await recover(device!, () => served.open(), log);
+  await recover(device!, (info) => {
+    served = new UblkQueues(device!, { maxReadWriteSize: maxReadWriteSize!, userCopy: usesUserCopy(info), requests: failAll, table, log, aborted }, allQueues(queues!));
+    served.open();
+  }, log);
   process.send?.('serving');
 }
 

@@ -11,6 +11,11 @@
  * own rules on top: a device that is not recoverable is stopped at once when its driver dies
  * (requests fail with EIO), `fail-received` is enforced with the in-flight table
  * (inflight-table.ts), and `fail-all` by the daemon's stand-in server (stand-in.ts).
+ *
+ * A device whose driver offers writeTarget (its data lives in its memory) is created with
+ * USER_COPY where the kernel has it (6.5): its queues then move each request's data between the
+ * request and the driver's memory in one copy (queue.ts). Every later server of the device
+ * follows the flag the device was created with (dev_info.flags).
  */
 import { closeSync, openSync, readFileSync, statSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
@@ -18,7 +23,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { BdusError } from '../../driver/errors.js';
 import { PAGE_SIZE } from '../../driver/attributes.js';
 import { queuesOfLane, type Frontend, type FrontendOptions, type KernelDevice } from '../frontend.js';
-import { Command, control, deviceInfo, encodeDeviceInfo, encodeParams, Feature, kernelFeatures, ublkNumberOf } from './control.js';
+import { Command, control, deviceInfo, encodeDeviceInfo, encodeParams, Feature, kernelFeatures, ublkNumberOf, type DeviceInfo } from './control.js';
 import { InflightTable } from './inflight-table.js';
 import { UblkQueue, type QueueOptions } from './queue.js';
 
@@ -39,7 +44,7 @@ export class UblkQueues {
 
   constructor(
     readonly device: number,
-    private readonly options: Pick<QueueOptions, 'requests' | 'table' | 'log' | 'aborted'> & { readonly maxReadWriteSize: number },
+    private readonly options: Pick<QueueOptions, 'requests' | 'table' | 'log' | 'aborted' | 'userCopy'> & { readonly maxReadWriteSize: number },
     readonly ids: readonly number[],
   ) {}
 
@@ -91,6 +96,8 @@ export interface UblkLaneShare {
   readonly queues: number;
   readonly lanes: number;
   readonly maxReadWriteSize: number;
+  /** The device has USER_COPY. */
+  readonly userCopy: boolean;
   /** A recoverable device's in-flight table: the device's id, and what the previous driver held (InflightTable.previous). */
   readonly table: { readonly id: string; readonly previous: SharedArrayBuffer } | undefined;
 }
@@ -115,13 +122,18 @@ export async function processGone(pid: number, ms: number): Promise<boolean> {
   }
 }
 
+/** Whether a device was created with USER_COPY (its servers must copy the data themselves). */
+export function usesUserCopy(info: Pick<DeviceInfo, 'flags'>): boolean {
+  return (info.flags & Feature.USER_COPY) !== 0n;
+}
+
 /**
  * Takes over a device whose server is gone or going (START_USER_RECOVERY), serves its queues
- * (`serve`), and lets the kernel send requests again (END_USER_RECOVERY). The kernel accepts the first
+ * (`serve`, given the device's info), and lets the kernel send requests again (END_USER_RECOVERY). The kernel accepts the first
  * only once the previous server's queues are closed and the device quiesced, which it does
  * shortly after: retried until then.
  */
-export async function recover(device: number, serve: () => void | Promise<void>, log: (message: string) => void): Promise<void> {
+export async function recover(device: number, serve: (info: DeviceInfo) => void | Promise<void>, log: (message: string) => void): Promise<void> {
   const info = await deviceInfo(device);
   if (!info) throw new BdusError('ENODEV', `ublk device ${device} is gone`);
   // The kernel warns if a recovery starts while the old server's thread still runs.
@@ -138,7 +150,7 @@ export async function recover(device: number, serve: () => void | Promise<void>,
       await sleep(10);
     }
   }
-  await serve();
+  await serve(info);
   await control(Command.END_USER_RECOVERY, device, undefined, process.pid);
 }
 
@@ -165,7 +177,7 @@ export class UblkFrontend implements Frontend {
    * Serves this thread's queues (lane 0's: every queue without lanes), then has the other lanes
    * serve theirs. Before START_DEV or END_USER_RECOVERY, which wait for every queue's fetches.
    */
-  private async serveQueues(count: number): Promise<void> {
+  private async serveQueues(count: number, userCopy: boolean): Promise<void> {
     const { attributes, requests, log, id } = this.options;
     const { lanes, maxReadWriteSize } = attributes;
     const table = attributes.recoverable ? InflightTable.open(id.toString(), count * QUEUE_DEPTH) : undefined;
@@ -173,7 +185,7 @@ export class UblkFrontend implements Frontend {
     const aborted = () => {
       if (!this.stopping) this.endWith(new Error(`the kernel stopped ublk device ${this.device}`));
     };
-    this.queues = new UblkQueues(this.device, { maxReadWriteSize, requests, log, table, aborted }, queuesOfLane(count, lanes, 0));
+    this.queues = new UblkQueues(this.device, { maxReadWriteSize, requests, log, table, aborted, userCopy }, queuesOfLane(count, lanes, 0));
     this.queues.open();
     if (lanes <= 1) return;
     const share: UblkLaneShare = {
@@ -182,14 +194,16 @@ export class UblkFrontend implements Frontend {
       queues: count,
       lanes,
       maxReadWriteSize,
+      userCopy,
       table: table && { id: id.toString(), previous: table.previous.buffer as SharedArrayBuffer },
     };
     await this.options.startLanes(share);
   }
 
   async start(): Promise<KernelDevice> {
-    const { attributes, readOnly, callbacks } = this.options;
-    const flags = Feature.USER_RECOVERY | Feature.USER_RECOVERY_REISSUE | Feature.CMD_IOCTL_ENCODE;
+    const { attributes, readOnly, callbacks, requests } = this.options;
+    const userCopy = requests.hasWriteTarget && ((await kernelFeatures()) & Feature.USER_COPY) !== 0n;
+    const flags = Feature.USER_RECOVERY | Feature.USER_RECOVERY_REISSUE | Feature.CMD_IOCTL_ENCODE | (userCopy ? Feature.USER_COPY : 0n);
     const info = encodeDeviceInfo({
       queues: attributes.queues,
       depth: QUEUE_DEPTH,
@@ -202,7 +216,7 @@ export class UblkFrontend implements Frontend {
     const has = (name: string) => callbacks.includes(name as never);
     const can = { flush: has('flush'), fuaWrite: has('fuaWrite'), discard: has('discard'), writeZeros: has('writeZeros') };
     await control(Command.SET_PARAMS, this.device, encodeParams(attributes, readOnly, can));
-    await this.serveQueues(info.readUInt16LE(0));
+    await this.serveQueues(info.readUInt16LE(0), userCopy);
     // START_DEV waits for every queue's fetches and then reads the partition table, which the
     // queues answer meanwhile.
     await control(Command.START_DEV, this.device, undefined, process.pid);
@@ -236,7 +250,7 @@ export class UblkFrontend implements Frontend {
     this.device = ublkNumberOf(kernel.path);
     const info = await deviceInfo(this.device);
     if (!info || info.serverData !== ownerOf(this.options.id)) throw new BdusError('ENODEV', `${kernel.path} is no longer this device`);
-    await recover(this.device, () => this.serveQueues(info.queues), this.options.log);
+    await recover(this.device, () => this.serveQueues(info.queues, usesUserCopy(info)), this.options.log);
     await this.useNoScheduler();
   }
 
