@@ -14,7 +14,9 @@
  * (docs/performance.md).
  *
  * Over NBD (an export, kernel NBD) a write of 32 KiB and more is received straight into the
- * memory (writeTarget): the socket's copy is the only one.
+ * memory (writeTarget): the socket's copy is the only one. On ublk, writeTarget makes the device
+ * use user copy: every write is read from the request straight into the memory, and reads are
+ * written to it from there (docs/performance.md, "ublk with user copy").
  *
  * Lane-safe (`--lanes N`): the lanes share one memory (a memfd per GiB, mapped by each thread).
  *
@@ -209,7 +211,8 @@ const ram: Driver<Ram> = {
   },
 
   // A write within one chunk has its data received where it will live (NBD: the socket reads
-  // straight into the chunk), and write() then only marks the pages.
+  // straight into the chunk; ublk: the request's data is read into it), and write() then only
+  // marks the pages.
   writeTarget(offset, size, ctx) {
     const at = offset % CHUNK;
     return at + size <= CHUNK ? ctx.state[Math.floor(offset / CHUNK)]!.memory.subarray(at, at + size) : undefined;
