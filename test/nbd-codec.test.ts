@@ -10,7 +10,6 @@ import {
   errorChunk,
   exportInfo,
   exportNameReply,
-  doneChunk,
   optionName,
   optionReply,
   parseInfoRequest,
@@ -36,7 +35,6 @@ test('struct sizes are the protocol\'s', () => {
 
 test('replies encode to the protocol\'s bytes', () => {
   assert.deepEqual(simpleReply(cookie, 22), hex('67446698 00000016 0102030405060708'));
-  assert.deepEqual(doneChunk(cookie), hex('668e33ef 0001 0000 0102030405060708 00000000'));
   assert.deepEqual(errorChunk(cookie, 5), hex('668e33ef 0001 8001 0102030405060708 00000006 00000005 0000'));
   assert.deepEqual(optionReply(7, Reply.ACK), hex('0003e889045565a9 00000007 00000001 00000000'));
   assert.deepEqual(optionReply(7, Reply.ERR_UNSUP, Buffer.from('no')), hex('0003e889045565a9 00000007 80000001 00000002 6e6f'));

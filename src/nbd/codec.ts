@@ -47,13 +47,6 @@ export function writeChunkHeader(buffer: Buffer, cookie: Cookie, flags: number, 
   buffer.writeUInt32BE(length, ChunkHeader.length);
 }
 
-/** The final chunk of a structured reply that carries no data. */
-export function doneChunk(cookie: Cookie): Buffer {
-  const reply = Buffer.allocUnsafe(ChunkHeader.SIZE);
-  writeChunkHeader(reply, cookie, ReplyFlag.DONE, ReplyType.NONE, 0);
-  return reply;
-}
-
 /** A structured error chunk: error u32, message length u16 (0: no message). */
 export function errorChunk(cookie: Cookie, error: number): Buffer {
   const reply = Buffer.allocUnsafe(ChunkHeader.SIZE + 6);

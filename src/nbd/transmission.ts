@@ -7,7 +7,7 @@
  */
 import type { Socket } from 'node:net';
 import { native } from '../native.js';
-import { commandName, doneChunk, errorChunk, simpleReply, writeChunkHeader, writeCookie, type Cookie } from './codec.js';
+import { commandName, errorChunk, simpleReply, writeChunkHeader, writeCookie, type Cookie } from './codec.js';
 import { MAX_PAYLOAD, type NbdExport } from './export-spec.js';
 import type { MessageInput, PooledBuffer } from './input.js';
 import {
@@ -312,9 +312,16 @@ export class Transmission {
     this.send(reply);
   }
 
+  /**
+   * A reply without data. Success is a simple reply even where structured replies were
+   * negotiated, which the protocol allows for every command but a READ (never answered here
+   * with success): a client takes a simple reply's 16 bytes in one read, where a chunk's header
+   * takes two and its own handling (libnbd), and the client's one thread is what bounds a deep
+   * queue of small writes. A failure is an error chunk, as a READ's must be.
+   */
   private replyStatus(cookie: Cookie, error: number): void {
-    if (!this.structured) return this.send(simpleReply(cookie, error));
-    this.send(error === 0 ? doneChunk(cookie) : errorChunk(cookie, error));
+    if (!this.structured || error === 0) return this.send(simpleReply(cookie, error));
+    this.send(errorChunk(cookie, error));
   }
 
   /**
