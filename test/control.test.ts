@@ -167,9 +167,11 @@ test('list and info, in both forms', async (t) => {
     [a, 'available', false, 64 * MiB],
     [b, 'available', true, 1 << 30],
   ]);
+  assert.deepEqual(json[0]!.modes, [], 'FUSE over /dev/fuse: the plain path');
 
   const human = await must(process.execPath, [BIN, 'info', a]);
   assert.match(human, /^id:\s+\d+$/m);
+  assert.match(human, /^frontend:\s+fuse$/m);
   assert.match(human, /^size:\s+67108864 \(64 MiB\)$/m);
   assert.match(human, /^logical block size:\s+4096$/m);
   assert.match(human, /^request timeout:\s+30000$/m);

@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { test, type TestContext } from 'node:test';
 import { fuseRingQueues } from '../src/frontend/fuse/ring.js';
-import { background, bdus, device, DRIVERS, ext4ThenDestroy, fioVerify, image, info, laneMarks, lanesSeen, mounted, must, noLeftovers, openFiles, sleep } from './helpers.js';
+import { background, bdus, BIN, device, DRIVERS, ext4ThenDestroy, fioVerify, image, info, laneMarks, lanesSeen, mounted, must, noLeftovers, openFiles, sleep } from './helpers.js';
 
 const PARAMETER = '/sys/module/fuse/parameters/enable_uring';
 const available = existsSync(PARAMETER);
@@ -38,6 +38,7 @@ test('fuseIoUring: requests come through the ring; ext4 and fio verify (4k QD32 
   setUring(t, true);
   const dev = await device(t, ['ram', '--size', '256M', '--fuse-io-uring']);
   assert.ok(hasRing(Number(await info(dev, 'pid'))), 'the driver holds an io_uring');
+  assert.match(await must(process.execPath, [BIN, 'info', dev]), /^frontend:\s+fuse \(io_uring\)$/m, 'bdus info says so');
   for (const [bs, depth] of [['4k', '32'], ['1M', '8']] as const) {
     const fio = await must('fio', ['--name=v', `--filename=${dev}`, '--rw=randwrite', `--bs=${bs}`, `--iodepth=${depth}`, ...FIO_VERIFY], { timeoutMs: 120_000 });
     assert.equal(fio.split(';')[4], '0', `fio ${bs} saw no error`);

@@ -278,6 +278,7 @@ function ublkTests(): void {
     const counts = scratch('counts');
     t.after(() => rmSync(counts, { force: true }));
     const dev = await device(t, [TARGET, counts, '--size', '64M', ...UBLK]);
+    assert.match((await bdus(['info', dev])).stdout, /^frontend:\s+ublk \(user copy\)$/m, 'bdus info says so');
     const fio = await sh('fio', [
       '--name=copy', `--filename=${dev}`, '--rw=randwrite', '--bsrange=4k-1M', '--direct=1', '--ioengine=libaio', '--iodepth=8',
       '--size=32M', '--verify=crc32c', '--verify_fatal=1', '--output-format=terse',
@@ -328,6 +329,8 @@ function ublkTests(): void {
     await mustRerun(dev, [RECOVERABLE, img]);
     assert.equal((await readBlock(dev, 0)).code, 0);
     assert.equal((await must('ps', ['-eo', 'args'])).includes('stand-in.js'), false, 'the stand-in is gone');
+    // The next driver (no writeTarget) follows the device's flag; the daemon's record says which.
+    assert.match((await bdus(['info', dev])).stdout, copy ? /^frontend:\s+ublk \(user copy\)$/m : /^frontend:\s+ublk$/m);
   });
 
   test('restartLimit: a request that kills every driver fails alone once it has been through the limit', async (t) => {

@@ -139,7 +139,7 @@ export async function infoCommand(argv: string[]): Promise<number> {
     ['path', d.path],
     ['kernel path', d.kernelPath ? `${d.kernelPath} (${d.major}:${d.minor})` : '-'],
     ['state', d.state],
-    ['frontend', d.frontend],
+    ['frontend', d.modes.length > 0 ? `${d.frontend} (${d.modes.join(', ')})` : d.frontend],
     ['driver pid', d.pid === 0 ? 'none (a recoverable device waiting for bdus rerun)' : String(d.pid)],
     ['driver', driverCommand(d) || '- (started through the API)'],
     ['read-only', d.readOnly ? 'yes' : 'no'],

@@ -141,7 +141,7 @@ export class Devices implements RecoveryHost {
   }
 
   available(record: DeviceRecord, m: CheckedMessage): Promise<DeviceRecord> {
-    const { kernelPath, major, minor, kernelFd } = argsOf(m, 'available');
+    const { kernelPath, major, minor, kernelFd, modes } = argsOf(m, 'available');
     if (!kernelPath.startsWith('/dev/')) throw new BdusError('EINVAL', `kernelPath must be a node under /dev, not ${kernelPath}`);
     return this.lock.run(() => {
       const holding = this.holding(record.id);
@@ -152,12 +152,16 @@ export class Devices implements RecoveryHost {
         if (holding.change) countDriverChange(record.id, holding.change.kind, performance.now() - holding.change.since);
         holding.change = undefined;
         this.keepKernelEnd(record, kernelFd ?? -1); // a new socket, if the last driver died (kernel NBD)
+        if (modes) {
+          record.modes = modes;
+          this.registry.update(record);
+        }
         this.log(`device ${record.id} is served by driver pid ${record.pid}`);
         return record;
       }
       if (record.state !== 'initialized') throw new BdusError('EINVAL', `device ${record.id} is ${record.state}, not initialized`);
       this.keepKernelEnd(record, kernelFd ?? -1);
-      Object.assign(record, { kernelPath, major, minor, state: 'available' });
+      Object.assign(record, { kernelPath, major, minor, state: 'available' }, modes && { modes });
       rmSync(record.path, { force: true });
       symlinkSync(kernelPath, record.path);
       this.registry.update(record);

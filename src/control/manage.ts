@@ -19,6 +19,8 @@ import type { DeviceRecord, DeviceState, Requests } from './protocol.js';
  */
 export interface DeviceInfo extends Pick<Context, 'id' | 'index' | 'path' | 'kernelPath' | 'major' | 'minor' | 'readOnly' | 'attributes'> {
   readonly frontend: string;
+  /** How the frontend reaches the kernel beyond its kind: 'io_uring' (FUSE), 'user copy' (ublk); empty for the plain path. */
+  readonly modes: readonly string[];
   readonly state: DeviceState;
   /** The driver process; 0 while a recoverable device waits for a new driver (`rerun`). */
   readonly pid: number;
@@ -42,6 +44,7 @@ function toInfo(record: DeviceRecord): DeviceInfo {
   return Object.freeze({
     ...deviceNames(record),
     frontend: record.frontend,
+    modes: Object.freeze([...(record.modes ?? [])]),
     state: record.state,
     pid: record.pid,
     command: Object.freeze([...(record.command ?? [])]),

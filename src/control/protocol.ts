@@ -53,6 +53,12 @@ export interface DeviceRecord {
   major: number;
   minor: number;
   frontend: string;
+  /**
+   * How the current driver's frontend reaches the kernel beyond its kind ('io_uring', 'user
+   * copy': Frontend.modes), as it said when it began serving. Absent before, and in records of
+   * older daemons or drivers.
+   */
+  modes?: string[];
   state: DeviceState;
   /** The driver process; 0 while a recoverable device waits for a new driver. */
   pid: number;
@@ -101,7 +107,7 @@ export interface Requests {
    * daemon takes a duplicate of the driver's kernel end, descriptor `kernelFd` in the driver.
    * After a rerun, the new driver says the same once it serves.
    */
-  available: { args: { id: string; kernelPath: string; major: number; minor: number; kernelFd?: number }; result: DeviceRecord };
+  available: { args: { id: string; kernelPath: string; major: number; minor: number; kernelFd?: number; modes?: string[] }; result: DeviceRecord };
   /**
    * A recoverable device's driver's lanes' own kernel ends (FUSE's clones), descriptors in the
    * driver: the daemon takes a duplicate of each and closes those of the previous driver.

@@ -23,7 +23,7 @@ export const SCHEMA: { readonly [O in Operation]: { readonly [K in keyof Request
   wait: { id: 'id' },
   shutdown: {},
   create: { pid: 'uint', frontend: 'name', readOnly: 'flag', attributes: 'object', callbacks: 'names', command: 'names?' },
-  available: { id: 'id', kernelPath: 'name', major: 'uint', minor: 'uint', kernelFd: 'uint?' },
+  available: { id: 'id', kernelPath: 'name', major: 'uint', minor: 'uint', kernelFd: 'uint?', modes: 'names?' },
   laneEnds: { id: 'id', fds: 'uints' },
   terminating: { id: 'id' },
   gone: { id: 'id' },

@@ -231,7 +231,8 @@ class Instance<State> {
     const { path: kernelPath, major, minor } = kernel;
     Object.assign(this.ctx, { kernelPath, major, minor });
     // A frontend without a kernel end (ublk) gives none.
-    await this.control.request('available', { id: this.ctx.id.toString(), kernelPath, major, minor, ...(kernelFd >= 0 ? { kernelFd } : {}) });
+    const modes = [...this.frontend.modes()];
+    await this.control.request('available', { id: this.ctx.id.toString(), kernelPath, major, minor, modes, ...(kernelFd >= 0 ? { kernelFd } : {}) });
     await thenRead?.();
     // With lanes, startLanes() said it; without, a rerun still tells the daemon to let go of the
     // previous driver's: not waited for, as a re-sent request may kill this driver any moment

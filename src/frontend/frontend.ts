@@ -161,6 +161,13 @@ export interface Frontend {
    */
   readonly kernelFd: number;
   /**
+   * How this frontend reaches the kernel, beyond its kind, once it serves (`bdus info` shows
+   * them): 'io_uring' (FUSE over io_uring), 'user copy' (ublk's UBLK_F_USER_COPY); none for the
+   * plain path. Each is decided by the kernel's offer as much as by the attributes, so the
+   * attributes alone do not say.
+   */
+  modes(): readonly string[];
+  /**
    * Serves a device another driver (or the daemon) served until now, through `fd`, a duplicate
    * of its kernel end. Requests the previous reader received but did not answer are sent again.
    */

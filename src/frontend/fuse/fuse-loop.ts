@@ -94,6 +94,10 @@ export class FuseLoopFrontend implements Frontend {
     return this.fd;
   }
 
+  modes(): readonly string[] {
+    return this.ring ? ['io_uring'] : [];
+  }
+
   async start(): Promise<KernelDevice> {
     const { attributes, readOnly, index } = this.options;
     mkdirSync(`${RUN_DIR}/fuse`, { recursive: true, mode: 0o700 });

@@ -60,6 +60,10 @@ export class KernelNbdFrontend implements Frontend {
     return this.fd;
   }
 
+  modes(): readonly string[] {
+    return [];
+  }
+
   async start(): Promise<KernelDevice> {
     const { attributes } = this.options;
     await this.serveNewSocket(async (socket) => {

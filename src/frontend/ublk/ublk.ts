@@ -168,9 +168,15 @@ export class UblkFrontend implements Frontend {
   private device = -1;
   private queues: UblkQueues | undefined;
   private stopping = false;
+  /** The device has USER_COPY (fixed at its creation; a later driver follows it). */
+  private userCopy = false;
 
   constructor(private readonly options: FrontendOptions) {
     this.ended = new Promise((resolve) => (this.endWith = resolve));
+  }
+
+  modes(): readonly string[] {
+    return this.userCopy ? ['user copy'] : [];
   }
 
   /**
@@ -180,6 +186,7 @@ export class UblkFrontend implements Frontend {
   private async serveQueues(count: number, userCopy: boolean): Promise<void> {
     const { attributes, requests, log, id } = this.options;
     const { lanes, maxReadWriteSize } = attributes;
+    this.userCopy = userCopy;
     const table = attributes.recoverable ? InflightTable.open(id.toString(), count * QUEUE_DEPTH) : undefined;
     // Someone else's STOP_DEV (or ublk_drv going) ends the device under the driver.
     const aborted = () => {
