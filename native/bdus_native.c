@@ -18,6 +18,7 @@
 //   nbdNetlink(request, callback(errno, index))           the kernel NBD client's netlink, async
 //   watch(fd, callback(status)) -> watcher                 uv_poll for readability on the event loop
 //   unwatch(watcher)                                       stops and frees a watcher
+//   watchSpin(watcher, spinMicroseconds)                   changes a watcher's spin
 //   readFd(fd, buffer) -> n | -errno                       read(2) without throwing, sync
 //   writeFd(fd, buffer, length) -> n | -errno              write(2) without throwing, sync
 //   writeFdGather(fd, head, headLength, data) -> n | -errno  writev(2) of a head and data, sync
@@ -663,6 +664,22 @@ static napi_value js_unwatch(napi_env env, napi_callback_info info)
     return NULL;
 }
 
+// Changes how long the watcher spins after each call (a device's main reader spins only while
+// its lanes' readers are parked: src/frontend/fuse/reader-gate.ts).
+static napi_value js_watch_spin(napi_env env, napi_callback_info info)
+{
+    size_t argc = 2;
+    napi_value argv[2];
+    struct watcher *w;
+    int64_t spin_us;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    CHECK(napi_get_value_external(env, argv[0], (void **)&w));
+    CHECK(napi_get_value_int64(env, argv[1], &spin_us));
+    if (!w->closing)
+        w->spin_ns = spin_us * 1000;
+    return NULL;
+}
+
 static napi_value js_wait_readable(napi_env env, napi_callback_info info)
 {
     size_t argc = 2;
@@ -796,6 +813,7 @@ static napi_value init(napi_env env, napi_value exports)
         {"readFd", NULL, js_read_fd, NULL, NULL, NULL, napi_default, NULL},
         {"writeFd", NULL, js_write_fd, NULL, NULL, NULL, napi_default, NULL},
         {"writeFdGather", NULL, js_write_fd_gather, NULL, NULL, NULL, napi_default, NULL},
+        {"watchSpin", NULL, js_watch_spin, NULL, NULL, NULL, napi_default, NULL},
         {"waitReadable", NULL, js_wait_readable, NULL, NULL, NULL, napi_default, NULL},
         {"dup", NULL, js_dup, NULL, NULL, NULL, napi_default, NULL},
         {"growUnixSendBuffer", NULL, js_grow_unix_send_buffer, NULL, NULL, NULL, napi_default, NULL},

@@ -63,6 +63,8 @@ interface NativeAddon {
    * 0: never spins. Stop it with unwatch().
    */
   watch(fd: number, spinMicroseconds: number, callback: (status: number) => void): Watcher;
+  /** Changes how long a watcher spins after each call (0: never); nothing once it is stopped. */
+  watchSpin(watcher: Watcher, spinMicroseconds: number): void;
   /** Stops a watcher for good; a second call does nothing. */
   unwatch(watcher: Watcher): void;
   /** read(2) into `buffer`: the bytes read, or -errno (never throws on a failed read). */

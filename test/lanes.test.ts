@@ -3,7 +3,8 @@
  * serve, each through its own clone of the FUSE connection. ext4 and fio verify on it, every lane
  * serving and counted; the ram example's lanes sharing its memory; resizes; hot swaps between
  * lane counts; a recoverable device's lanes across a SIGKILL (the daemon holds every clone);
- * what it refuses; a lane that cannot start, aborts or gets stuck leaves nothing.
+ * what it refuses; a lane that cannot start, aborts or gets stuck leaves nothing; a lane's reader
+ * parks while the queue is 1 deep and comes back for a deep one.
  */
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -54,6 +55,41 @@ test('lanes: the ram example in two lanes shares one memory: fio verify, discard
   await must('blkdiscard', ['-o', '0', '-l', String(16 << 20), dev]);
   const zeros = await must('sh', ['-c', `dd if=${dev} bs=1M count=16 iflag=direct status=none | tr -d '\\0' | wc -c`]);
   assert.equal(zeros.trim(), '0', 'a discarded range reads as zeros in every lane');
+  await ext4ThenDestroy(t, dev);
+});
+
+/** CPU time (clock ticks) of each thread of process `pid`, by thread id. */
+function threadTicks(pid: number): Map<string, number> {
+  const ticks = new Map<string, number>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    const fields = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    ticks.set(tid, Number(fields[11]) + Number(fields[12])); // utime, stime
+  }
+  return ticks;
+}
+
+/** Runs fio on `dev` and returns what each thread of `pid` spent meanwhile. */
+async function spentDuring(pid: number, dev: string, args: string[]): Promise<Map<string, number>> {
+  const before = threadTicks(pid);
+  const fio = await must('fio', ['--name=p', `--filename=${dev}`, '--bs=4k', '--ioengine=libaio', '--direct=1', '--size=64M', '--time_based', '--runtime=3', '--output-format=terse', ...args], { timeoutMs: 60_000 });
+  assert.equal(fio.split(';')[4], '0', `fio ${args.join(' ')}: no error`);
+  const after = threadTicks(pid);
+  return new Map([...after].map(([tid, n]) => [tid, n - (before.get(tid) ?? 0)]));
+}
+
+test('lanes: a client at queue depth 1 is served by the main thread (the lane\'s reader parks), a deep queue wakes the lane again', async (t) => {
+  const dev = await device(t, ['--frontend', 'fuse', 'ram', '--size', '256M', '--lanes', '2']);
+  const pid = Number(await info(dev, 'pid'));
+  const main = String(pid);
+  // The lane's thread is the busiest but the main one while both serve a deep queue.
+  const deep = await spentDuring(pid, dev, ['--rw=randread', '--iodepth=32']);
+  const lane = [...deep].filter(([tid]) => tid !== main).sort((a, b) => b[1] - a[1])[0]![0];
+  assert.ok(deep.get(lane)! > deep.get(main)! / 4, `both serve a deep queue (main ${deep.get(main)}, lane ${deep.get(lane)} ticks)`);
+  // Queue depth 1, writes verified: within a few dozen requests the lane parks.
+  const alone = await spentDuring(pid, dev, ['--rw=randwrite', '--iodepth=1', '--verify=crc32c', '--verify_fatal=1']);
+  assert.ok(alone.get(lane)! < alone.get(main)! / 4, `the main thread serves queue depth 1 (main ${alone.get(main)}, lane ${alone.get(lane)} ticks)`);
+  const again = await spentDuring(pid, dev, ['--rw=randread', '--iodepth=32']);
+  assert.ok(again.get(lane)! > again.get(main)! / 4, `the lane is back for a deep queue (main ${again.get(main)}, lane ${again.get(lane)} ticks)`);
   await ext4ThenDestroy(t, dev);
 });
 

@@ -11,12 +11,17 @@
  * Buffers are reused: the handler owns a buffer from delivery until it calls release(); the reply
  * is built in the same buffer, so a request costs no allocation and no copy here.
  *
+ * With lanes, the readers of one connection share a ReaderGate (reader-gate.ts): a lane's reader
+ * that finds at most one small request PARK_AFTER times in a row parks (stops watching, and looks every
+ * PEEK_MS), and watches again once two looks in a row found requests waiting.
+ *
  * The non-blocking flag belongs to the open file, which the daemon's duplicate shares: every
  * reader of a device's connection (driver or keeper) uses this class.
  */
 import { constants } from 'node:os';
 import { errnoName, native, type Watcher } from '../../native.js';
 import { InHeader, Opcode, OutHeader } from './protocol.js';
+import type { ReaderGate } from './reader-gate.js';
 import { isResent } from './restart-table.js';
 
 const { EAGAIN, EINTR, ENOENT, ENODEV, ECONNABORTED } = constants.errno;
@@ -30,6 +35,22 @@ const BATCH = 64;
  * (1M reads at QD16: 3.4 GB/s unbounded, against 6.2 GB/s at QD4).
  */
 const BATCH_BYTES = 1 << 20;
+
+/**
+ * Wake-ups in a row that find at most one small request, after which a lane's reader parks (see
+ * ReaderGate): no queue to share. (Not only those that find nothing: at queue depth 1 the
+ * readers tend to take turns. And not a large one: one 512 KiB request per wake-up is what a
+ * lane at 1 MiB QD8 sees, and the work lanes are for.)
+ */
+const PARK_AFTER = 32;
+/** A request moving this much data or more is never lonely. */
+const LONELY_BYTES = 64 << 10;
+/**
+ * How often a parked reader looks for requests (ms). Not a signal from the main reader: the
+ * number of requests it takes at once says nothing there (a callback answered at once lets a
+ * client at queue depth 1 send the next within the same read loop, 60 in a row seen).
+ */
+const PEEK_MS = 5;
 
 /** What the pool holds: a request buffer, plus whatever per-buffer state the frontend keeps. */
 export interface ChannelSlot {
@@ -53,6 +74,18 @@ export class FuseChannel<S extends ChannelSlot> {
   private readonly pool: S[] = [];
   private watcher: Watcher | undefined;
   private resolveEnded!: (error: Error | undefined) => void;
+  /** Reading has ended (stop, or the connection's end): a parked reader stays parked. */
+  private stopped = false;
+  /** Wake-ups in a row that found at most one request (a lane's reader parks at PARK_AFTER). */
+  private lonelyWakes = 0;
+  /** The data the last take() moved. */
+  private takenBytes = 0;
+  /** Parked: the next look, and whether the last one found requests. */
+  private parked = false;
+  private peek: NodeJS.Timeout | undefined;
+  private peekFound = false;
+  /** The watcher's spin now (a main reader with lanes spins only while it reads alone). */
+  private spinning = 0;
   /** Set by resend() until every re-sent request has been read. */
   private resentRead: (() => void) | undefined;
   /** Resolves when reading has stopped: undefined after unmount/abort (ENODEV) or stop(), else the error. */
@@ -69,11 +102,18 @@ export class FuseChannel<S extends ChannelSlot> {
      * reply, and a sleep and wake-up costs more than that on a virtual machine. 0: never spin.
      */
     private readonly spinMicroseconds = 0,
+    /**
+     * With lanes: the gate the connection's readers share, and whether this reader is a lane's
+     * (which parks) or the main thread's (which wakes the parked ones, and spins only while
+     * they are all parked).
+     */
+    private readonly readers?: { readonly gate: ReaderGate; readonly lane: boolean },
   ) {}
 
   /** Starts reading; the connection must be mounted (an unattached /dev/fuse file polls as an error). */
   start(): void {
-    this.watcher = native.watch(this.fd, this.spinMicroseconds, this.readable);
+    this.spinning = this.readers ? 0 : this.spinMicroseconds;
+    this.watcher = native.watch(this.fd, this.spinning, this.readable);
   }
 
   /** Gives a slot back once its request is answered (or dropped). */
@@ -160,14 +200,33 @@ export class FuseChannel<S extends ChannelSlot> {
   }
 
   private readonly readable = (status: number): void => {
+    const taken = this.take(status);
+    if (!this.readers) return;
+    const { gate } = this.readers;
+    if (!this.readers.lane) {
+      const spin = gate.alone() ? this.spinMicroseconds : 0;
+      if (spin !== this.spinning && this.watcher) native.watchSpin(this.watcher, (this.spinning = spin));
+      return;
+    }
+    const lonely = taken === 0 || (taken === 1 && this.takenBytes < LONELY_BYTES);
+    this.lonelyWakes = lonely ? this.lonelyWakes + 1 : 0;
+    if (this.lonelyWakes >= PARK_AFTER && this.watcher) this.park();
+  };
+
+  /** Reads and starts the requests waiting, up to a batch; how many it took (and takenBytes, their data). */
+  private take(status: number): number {
     // A poll error (aborted connection) is learnt from the read itself: ENODEV.
     let bytes = 0;
-    for (let i = 0; i < BATCH && bytes < BATCH_BYTES && this.watcher; i++) {
+    let taken = 0;
+    this.takenBytes = 0;
+    for (let i = 0; i < BATCH && bytes < BATCH_BYTES && !this.stopped; i++) {
       const slot = this.pool.pop() ?? this.newSlot(this);
       const length = native.readFd(this.fd, slot.buffer);
       if (length >= InHeader.SIZE) {
         if (this.resentRead && this.pastResent(slot.buffer)) this.resentDone();
         bytes += this.handler(slot, length);
+        this.takenBytes = bytes;
+        taken++;
         continue;
       }
       this.pool.push(slot);
@@ -176,13 +235,49 @@ export class FuseChannel<S extends ChannelSlot> {
         this.resentDone();
         // libuv stops watching after a poll error, so an error that reads as "nothing yet" ends it.
         if (status < 0) this.end(errnoError(EAGAIN, 'poll of /dev/fuse'));
-        return;
+        return taken;
       }
-      return this.end(length === -ENODEV ? undefined : errnoError(-length, 'read from /dev/fuse'));
+      this.end(length === -ENODEV ? undefined : errnoError(-length, 'read from /dev/fuse'));
+      return taken;
     }
+    return taken;
+  }
+
+  /** A lane's reader stops watching, and looks every PEEK_MS until two looks in a row find requests (ReaderGate). */
+  private park(): void {
+    native.unwatch(this.watcher!);
+    this.watcher = undefined;
+    this.lonelyWakes = 0;
+    this.peekFound = false;
+    this.setParked(true);
+    this.peek = setTimeout(this.look, PEEK_MS);
+  }
+
+  private setParked(parked: boolean): void {
+    if (this.parked === parked) return;
+    this.parked = parked;
+    this.readers!.gate.park(parked);
+  }
+
+  private readonly look = (): void => {
+    this.peek = undefined;
+    if (this.stopped) return;
+    const found = this.take(0) > 0;
+    if (this.stopped) return;
+    if (found && this.peekFound) {
+      this.setParked(false);
+      this.start();
+      return;
+    }
+    this.peekFound = found;
+    this.peek = setTimeout(this.look, PEEK_MS);
   };
 
   private end(error: Error | undefined): void {
+    this.stopped = true;
+    if (this.peek) clearTimeout(this.peek);
+    this.peek = undefined;
+    if (this.parked) this.setParked(false);
     if (this.watcher) native.unwatch(this.watcher);
     this.watcher = undefined;
     this.resentDone();

@@ -21,6 +21,7 @@ import { bufferSizeFor, FuseChannel } from './channel.js';
 import { FuseDispatch } from './dispatch.js';
 import type { ImageFile } from './image-file.js';
 import { FUSE_ROOT_ID, INIT2_OVER_IO_URING, InitFlag, InitIn, InitOut, KERNEL_MINOR_VERSION, KERNEL_VERSION, OutHeader, S_IFREG } from './protocol.js';
+import { ReaderGate } from './reader-gate.js';
 import { FuseRing, fuseRingQueues } from './ring.js';
 import { BODY, Slot } from './slot.js';
 
@@ -49,6 +50,8 @@ export interface FuseLaneShare {
   readonly lanes: number;
   /** The connection's io_uring queues, which the lanes share out (queuesOfLane); 0 without the ring. */
   readonly ringQueues: number;
+  /** The ReaderGate's memory: the lanes' readers of /dev/fuse count themselves there while parked. */
+  readonly gate: SharedArrayBuffer;
 }
 
 export interface FuseLoopOptions extends FrontendOptions {
@@ -72,6 +75,8 @@ export class FuseLoopFrontend implements Frontend {
   private ring: FuseRing | undefined;
   private mounted = false;
   private loopPath: string | undefined;
+  /** Shared with the lanes' readers (reader-gate.ts): this thread's reader spins only while they are all parked. */
+  private readonly gate: ReaderGate;
   /** The lanes' ends of the connection (startLanes). */
   private readonly clones: number[] = [];
   private initialized!: () => void;
@@ -88,6 +93,7 @@ export class FuseLoopFrontend implements Frontend {
     this.image = { size: options.attributes.size, physicalBlockSize: options.attributes.physicalBlockSize, readOnly: options.readOnly };
     this.ended = new Promise((resolve) => (this.resolveEnded = resolve));
     this.dispatch = new FuseDispatch(this.requests, () => this.image, this.restarts, (slot) => this.init(slot));
+    this.gate = new ReaderGate(options.attributes.lanes - 1);
   }
 
   get kernelFd(): number {
@@ -150,7 +156,7 @@ export class FuseLoopFrontend implements Frontend {
     const { lanes } = this.options.attributes;
     if (lanes <= 1) return;
     for (let lane = 1; lane < lanes; lane++) this.clones.push(native.fuseClone(this.fd));
-    const share: FuseLaneShare = { image: this.image, clones: this.clones, lanes, ringQueues: this.ring ? fuseRingQueues() : 0 };
+    const share: FuseLaneShare = { image: this.image, clones: this.clones, lanes, ringQueues: this.ring ? fuseRingQueues() : 0, gate: this.gate.buffer };
     await this.options.startLanes(share);
   }
 
@@ -222,7 +228,8 @@ export class FuseLoopFrontend implements Frontend {
     const newSlot = (c: FuseChannel<Slot>) => {
       return new Slot(Buffer.allocUnsafeSlow(bufferSizeFor(MAX_WRITE)), c, this.expiryReply, this.restarts);
     };
-    const channel = new FuseChannel<Slot>(this.fd, newSlot, this.dispatch.handle, this.options.attributes.lanes > 1 ? 0 : SPIN_MICROSECONDS);
+    const lanes = this.options.attributes.lanes > 1;
+    const channel = new FuseChannel<Slot>(this.fd, newSlot, this.dispatch.handle, SPIN_MICROSECONDS, lanes ? { gate: this.gate, lane: false } : undefined);
     this.channel = channel;
     void channel.ended.then((error) => {
       if (this.leaving && !this.stopping) return;

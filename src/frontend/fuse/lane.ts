@@ -26,6 +26,7 @@ import { bufferSizeFor, FuseChannel } from './channel.js';
 import { FuseDispatch } from './dispatch.js';
 import { MAX_WRITE, type FuseLaneShare } from './fuse-loop.js';
 import { OutHeader } from './protocol.js';
+import { ReaderGate } from './reader-gate.js';
 import { FuseRing } from './ring.js';
 import { Slot } from './slot.js';
 
@@ -43,9 +44,11 @@ export const fuseLanes: LaneKind = {
       slot.done(EPROTO);
     });
     const newSlot = (c: FuseChannel<Slot>) => new Slot(Buffer.allocUnsafeSlow(bufferSizeFor(MAX_WRITE)), c, expiryReply, undefined);
-    // No spinning (nor does the main thread's reader when there are lanes): a thread spinning
-    // for the next request takes a core that another lane or the client needs.
-    const channel = new FuseChannel<Slot>(fd, newSlot, dispatch.handle, 0);
+    // No spinning (nor does the main thread's reader while a lane's reader is awake): a thread
+    // spinning for the next request takes a core that another lane or the client needs.
+    // Over the ring, the clone carries only what the kernel sends outside it: no parking.
+    const readers = s.ringQueues > 0 ? undefined : { gate: new ReaderGate(s.lanes - 1, s.gate), lane: true };
+    const channel = new FuseChannel<Slot>(fd, newSlot, dispatch.handle, 0, readers);
     channel.start();
     let ring: FuseRing | undefined;
     if (s.ringQueues > 0) {
