@@ -152,15 +152,12 @@ export class Devices implements RecoveryHost {
         if (holding.change) countDriverChange(record.id, holding.change.kind, performance.now() - holding.change.since);
         holding.change = undefined;
         this.keepKernelEnd(record, kernelFd ?? -1); // a new socket, if the last driver died (kernel NBD)
-        if (modes) {
-          record.modes = modes;
-          this.registry.update(record);
-        }
         this.log(`device ${record.id} is served by driver pid ${record.pid}`);
         return record;
       }
       if (record.state !== 'initialized') throw new BdusError('EINVAL', `device ${record.id} is ${record.state}, not initialized`);
       this.keepKernelEnd(record, kernelFd ?? -1);
+      // Modes are the device's for its life: a ring is not handed over, user copy is a ublk device's flag.
       Object.assign(record, { kernelPath, major, minor, state: 'available' }, modes && { modes });
       rmSync(record.path, { force: true });
       symlinkSync(kernelPath, record.path);

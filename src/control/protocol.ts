@@ -54,9 +54,10 @@ export interface DeviceRecord {
   minor: number;
   frontend: string;
   /**
-   * How the current driver's frontend reaches the kernel beyond its kind ('io_uring', 'user
-   * copy': Frontend.modes), as it said when it began serving. Absent before, and in records of
-   * older daemons or drivers.
+   * How the frontend reaches the kernel beyond its kind ('io_uring', 'user copy':
+   * Frontend.modes), as the first driver said when the device became available; fixed for the
+   * device's life (FUSE's ring is never handed over, user copy is a ublk device's flag, which
+   * later drivers follow). Absent before, and in records of older daemons or drivers.
    */
   modes?: string[];
   state: DeviceState;

@@ -231,6 +231,7 @@ class Instance<State> {
     const { path: kernelPath, major, minor } = kernel;
     Object.assign(this.ctx, { kernelPath, major, minor });
     // A frontend without a kernel end (ublk) gives none.
+    // The daemon keeps the first driver's (DeviceRecord.modes): a rerun's ublk adopts only after this.
     const modes = [...this.frontend.modes()];
     await this.control.request('available', { id: this.ctx.id.toString(), kernelPath, major, minor, modes, ...(kernelFd >= 0 ? { kernelFd } : {}) });
     await thenRead?.();

@@ -12,8 +12,8 @@
  * is built in the same buffer, so a request costs no allocation and no copy here.
  *
  * With lanes, the readers of one connection share a ReaderGate (reader-gate.ts): a lane's reader
- * that finds at most one small request PARK_AFTER times in a row parks (stops watching, and looks every
- * PEEK_MS), and watches again once two looks in a row found requests waiting.
+ * that finds at most one small request PARK_AFTER times in a row parks (stops watching, and
+ * looks every PEEK_MS), and watches again once two looks in a row found requests waiting.
  *
  * The non-blocking flag belongs to the open file, which the daemon's duplicate shares: every
  * reader of a device's connection (driver or keeper) uses this class.
@@ -76,7 +76,7 @@ export class FuseChannel<S extends ChannelSlot> {
   private resolveEnded!: (error: Error | undefined) => void;
   /** Reading has ended (stop, or the connection's end): a parked reader stays parked. */
   private stopped = false;
-  /** Wake-ups in a row that found at most one request (a lane's reader parks at PARK_AFTER). */
+  /** Wake-ups in a row that found at most one small request (a lane's reader parks at PARK_AFTER). */
   private lonelyWakes = 0;
   /** The data the last take() moved. */
   private takenBytes = 0;
@@ -104,8 +104,8 @@ export class FuseChannel<S extends ChannelSlot> {
     private readonly spinMicroseconds = 0,
     /**
      * With lanes: the gate the connection's readers share, and whether this reader is a lane's
-     * (which parks) or the main thread's (which wakes the parked ones, and spins only while
-     * they are all parked).
+     * (which parks) or the main thread's (which never parks, and spins only while every lane's
+     * reader is parked).
      */
     private readonly readers?: { readonly gate: ReaderGate; readonly lane: boolean },
   ) {}
