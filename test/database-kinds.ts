@@ -96,12 +96,11 @@ export function postgresql(mountpoint: string): Database {
     },
     async start() {
       logStart = existsSync(logFile) ? readFileSync(logFile).length : 0;
-      const started = await sh('runuser', ['-u', 'postgres', '--', `${bin}/pg_ctl`, '-D', data, '-l', logFile, '-w', '-t', '170', 'start'], { timeoutMs: 180_000 });
-      if (started.code !== 0) {
+      await asPostgres('pg_ctl', ['-D', data, '-l', logFile, '-w', '-t', '170', 'start']).catch((error: Error) => {
         // The server's own reason is in its log, which remove() deletes: said here.
         const logged = readFileSync(logFile, 'utf8').slice(logStart).trim().split('\n').slice(-15).join('\n');
-        throw new Error(`pg_ctl start exited ${started.code}: ${started.stdout}${started.stderr}\nPostgreSQL's log:\n${logged}`);
-      }
+        throw new Error(`${error.message}\nPostgreSQL's log:\n${logged}`);
+      });
       running = true;
     },
     async stop(how) {
