@@ -208,8 +208,7 @@ export class FuseChannel<S extends ChannelSlot> {
       if (spin !== this.spinning && this.watcher) native.watchSpin(this.watcher, (this.spinning = spin));
       return;
     }
-    const lonely = taken === 0 || (taken === 1 && this.takenBytes < LONELY_BYTES);
-    this.lonelyWakes = lonely ? this.lonelyWakes + 1 : 0;
+    this.lonelyWakes = taken <= 1 && this.takenBytes < LONELY_BYTES ? this.lonelyWakes + 1 : 0;
     if (this.lonelyWakes >= PARK_AFTER && this.watcher) this.park();
   };
 
@@ -218,14 +217,12 @@ export class FuseChannel<S extends ChannelSlot> {
     // A poll error (aborted connection) is learnt from the read itself: ENODEV.
     let bytes = 0;
     let taken = 0;
-    this.takenBytes = 0;
     for (let i = 0; i < BATCH && bytes < BATCH_BYTES && !this.stopped; i++) {
       const slot = this.pool.pop() ?? this.newSlot(this);
       const length = native.readFd(this.fd, slot.buffer);
       if (length >= InHeader.SIZE) {
         if (this.resentRead && this.pastResent(slot.buffer)) this.resentDone();
         bytes += this.handler(slot, length);
-        this.takenBytes = bytes;
         taken++;
         continue;
       }
@@ -235,11 +232,12 @@ export class FuseChannel<S extends ChannelSlot> {
         this.resentDone();
         // libuv stops watching after a poll error, so an error that reads as "nothing yet" ends it.
         if (status < 0) this.end(errnoError(EAGAIN, 'poll of /dev/fuse'));
-        return taken;
+        break;
       }
       this.end(length === -ENODEV ? undefined : errnoError(-length, 'read from /dev/fuse'));
-      return taken;
+      break;
     }
+    this.takenBytes = bytes;
     return taken;
   }
 
