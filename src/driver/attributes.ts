@@ -252,12 +252,12 @@ export function adjustAttributes(attrs: Attributes, driver: object): EffectiveAt
   if (lanes > MAX_LANES) refuse('lanes', lanes, `must be at most ${MAX_LANES}`);
   if (lanes > 1) {
     if (!(driver as { laneSafe?: boolean }).laneSafe) {
-      throw new AttributeError(`invalid attributes: lanes ${lanes} needs a lane-safe driver (laneSafe: its instances see the same data, as the file driver's do); this one is not (and a driver with filters is not, yet)`);
+      refuse('lanes', lanes, "needs a lane-safe driver (laneSafe: its instances see the same data, as the file driver's do); this one is not (and a driver with filters is not, yet)");
     }
   }
 
   if (flag(attrs, 'fuseIoUring') && flag(attrs, 'recoverable')) {
-    throw new AttributeError('invalid attributes: fuseIoUring and recoverable exclude each other (the kernel does not give a dead driver\'s ring requests to the next one)');
+    refuse('fuseIoUring', true, "fuseIoUring and recoverable exclude each other (the kernel does not give a dead driver's ring requests to the next one)");
   }
 
   if (has('fuaWrite') && !has('flush')) {
