@@ -18,18 +18,10 @@ import { rmSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { execute as sh } from '../src/util/exec.js';
-import { precondition, fio, type Metric } from './fio.js';
+import { ALL_JOBS, precondition, fio, UNIT } from './fio.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
-const ALL_JOBS: Array<{ name: string; args: string[]; metric: Metric }> = [
-  { name: '4k randread QD32', args: ['--rw=randread', '--bs=4k', '--iodepth=32'], metric: 'iops' },
-  { name: '4k randwrite QD32', args: ['--rw=randwrite', '--bs=4k', '--iodepth=32'], metric: 'iops' },
-  { name: '4k randread QD1', args: ['--rw=randread', '--bs=4k', '--iodepth=1'], metric: 'mean' },
-  { name: '1M seqread QD8', args: ['--rw=read', '--bs=1M', '--iodepth=8'], metric: 'mibs' },
-  { name: '1M seqwrite QD8', args: ['--rw=write', '--bs=1M', '--iodepth=8'], metric: 'mibs' },
-];
-const UNIT: Record<Metric, string> = { iops: 'IOPS', mibs: 'MiB/s', mean: 'us mean', p99: 'us p99' };
 
 const { values } = parseArgs({
   options: { before: { type: 'string' }, after: { type: 'string' }, reps: { type: 'string', default: '5' }, runtime: { type: 'string', default: '4' }, frontend: { type: 'string', default: 'fuse' }, only: { type: 'string', default: '' }, driver: { type: 'string', default: 'ram --size 1G' } },

@@ -91,3 +91,12 @@ export const SYSTEM_JOBS: readonly FioJob[] = [
   { name: '1M seqwrite QD8', args: ['--rw=write', '--bs=1M', '--iodepth=8'], metric: 'mibs' },
   { name: '4k randread QD1', args: ['--rw=randread', '--bs=4k', '--iodepth=1'], metric: 'mean' },
 ];
+
+/** The system jobs and the rest of `npm run bench`'s (bench/run.ts): what bench/ab.ts can run. */
+export const ALL_JOBS: readonly FioJob[] = [
+  ...SYSTEM_JOBS,
+  { name: '4k randwrite QD1', args: ['--rw=randwrite', '--bs=4k', '--iodepth=1'], metric: 'mean' },
+  { name: '4k randrw 70/30 QD16', args: ['--rw=randrw', '--rwmixread=70', '--bs=4k', '--iodepth=16'], metric: 'iops' },
+];
+
+export const UNIT: Record<Metric, string> = { iops: 'IOPS', mibs: 'MiB/s', mean: 'us mean', p99: 'us p99' };

@@ -12,7 +12,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync, rmSync } from 'node:fs';
 import { execute as sh } from '../src/util/exec.js';
-import { fio, precondition, type Metric } from './fio.js';
+import { fio, precondition, UNIT, type Metric } from './fio.js';
 
 const SIZE = '1G';
 const LANES = [1, 2];
@@ -139,7 +139,6 @@ function median(values: number[]): number {
   return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
-const UNIT: Record<Metric, string> = { iops: 'IOPS', mibs: 'MiB/s', mean: 'us mean', p99: 'us p99' };
 
 export function lanesLines(rows: LanesRow[], cores: number): string[] {
   const lines = [

@@ -29,7 +29,7 @@ import { cpus, totalmem } from 'node:os';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { execute as sh } from '../src/util/exec.js';
-import { precondition, fio as runFio, stop, type Measured, type Metric } from './fio.js';
+import { precondition, fio as runFio, stop, UNIT, type Measured, type Metric } from './fio.js';
 import { lanesLines, lanesRuns, type LanesRow } from './lanes.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -57,7 +57,6 @@ const JOBS: Job[] = [
   { name: '4k randrw 70/30 QD16', args: ['--rw=randrw', '--rwmixread=70', '--bs=4k', '--iodepth=16'], metrics: ['iops'] },
 ];
 
-const UNIT: Record<Metric, string> = { iops: 'IOPS', mibs: 'MiB/s', mean: 'us mean', p99: 'us p99' };
 const lowerIsBetter = (metric: Metric) => metric === 'mean' || metric === 'p99';
 
 /** One fio run of SIZE; `target` is the block device's or the NBD URI's fio arguments. */
