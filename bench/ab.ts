@@ -22,7 +22,6 @@ import { ALL_JOBS, precondition, fio, UNIT } from './fio.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
-
 const { values } = parseArgs({
   options: { before: { type: 'string' }, after: { type: 'string' }, reps: { type: 'string', default: '5' }, runtime: { type: 'string', default: '4' }, frontend: { type: 'string', default: 'fuse' }, only: { type: 'string', default: '' }, driver: { type: 'string', default: 'ram --size 1G' } },
 });

@@ -139,7 +139,6 @@ function median(values: number[]): number {
   return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
-
 export function lanesLines(rows: LanesRow[], cores: number): string[] {
   const lines = [
     `Jobs by lanes (threads serving one device, \`--lanes N\`) on this ${cores}-vCPU machine, FUSE+loop over /dev/fuse unless said;`,
