@@ -92,7 +92,7 @@ export const SYSTEM_JOBS: readonly FioJob[] = [
   { name: '4k randread QD1', args: ['--rw=randread', '--bs=4k', '--iodepth=1'], metric: 'mean' },
 ];
 
-/** The system jobs and the rest of `npm run bench`'s (bench/run.ts): what bench/ab.ts can run. */
+/** The system jobs and two more: the benchmark's table (bench/run.ts, in this order) and what bench/ab.ts can run. */
 export const ALL_JOBS: readonly FioJob[] = [
   ...SYSTEM_JOBS,
   { name: '4k randwrite QD1', args: ['--rw=randwrite', '--bs=4k', '--iodepth=1'], metric: 'mean' },
