@@ -158,6 +158,48 @@ test('bad handshakes and requests get the protocol error or a clean disconnect; 
   await assertRoundTrip(t, uri, 16 * MiB);
 });
 
+test('a burst of 2000 requests in one go: each answered once, with its own cookie; a CACHE just before DISC is answered before the close', async (t) => {
+  const { socket } = await exportDriver(t, ['ram', '--size', '16M']);
+  // Every fourth a write of 512 bytes, the rest CACHE (answered at once): far more simple
+  // replies in one turn than one buffer of them holds (transmission.ts gathers 256).
+  const count = 2000;
+  const messages: Buffer[] = [];
+  for (let i = 1; i <= count + 1; i++) {
+    const write = i % 4 === 0 && i <= count;
+    const request = readRequest(BigInt(i), (i % 64) * 4096, write ? 512 : 4096);
+    request.writeUInt16BE(write ? 1 : 5, 6);
+    messages.push(request);
+    if (write) messages.push(Buffer.alloc(512, i & 0xff));
+  }
+  const disc = readRequest(0n, 0, 0);
+  disc.writeUInt16BE(2, 6);
+  const c = await transmitting(socket);
+  c.socket.write(Buffer.concat([...messages, disc]));
+  const cookies = new Set<bigint>();
+  for (let i = 0; i <= count; i++) {
+    const reply = await c.next(16);
+    assert.equal(reply.readUInt32BE(0), 0x67446698, 'a simple reply');
+    assert.equal(reply.readUInt32BE(4), 0, 'no error');
+    cookies.add(reply.readBigUInt64BE(8));
+  }
+  assert.equal(cookies.size, count + 1, 'every cookie once');
+  assert.ok([...cookies].every((cookie) => cookie >= 1n && cookie <= BigInt(count + 1)));
+  await c.closed;
+  assert.equal(c.received().length, 10 + 18 + 16 * (count + 1), 'nothing after the replies');
+
+  // The writes landed: the last one to each block wins.
+  const d = await transmitting(socket);
+  for (let block = 0; block < 64; block += 4) {
+    d.socket.write(readRequest(BigInt(block), block * 4096, 512));
+    const reply = await d.next(16 + 512);
+    assert.equal(reply.readUInt32BE(4), 0);
+    let last = 0;
+    for (let i = 4; i <= count; i += 4) if (i % 64 === block) last = i;
+    assert.deepEqual(reply.subarray(16), Buffer.alloc(512, last & 0xff), `block ${block}`);
+  }
+  d.socket.destroy();
+});
+
 /** Runs a Python script in nbdsh against `uri` (Debian's python3 has the nbd module). */
 function nbdsh(uri: string, script: string) {
   return new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {

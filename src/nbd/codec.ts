@@ -29,14 +29,15 @@ export function writeCookie(buffer: Buffer, cookie: Cookie, at: number): void {
 /** A simple reply: magic, error, cookie. Every byte is written: from Node's pool, not zeroed memory. */
 export function simpleReply(cookie: Cookie, error: number): Buffer {
   const reply = Buffer.allocUnsafe(SimpleReply.SIZE);
-  writeSimpleReply(reply, cookie, error);
+  writeSimpleReply(reply, 0, cookie, error);
   return reply;
 }
 
-export function writeSimpleReply(buffer: Buffer, cookie: Cookie, error: number): void {
-  buffer.writeUInt32BE(SIMPLE_REPLY_MAGIC, SimpleReply.magic);
-  buffer.writeUInt32BE(error, SimpleReply.error);
-  writeCookie(buffer, cookie, SimpleReply.cookie);
+/** A simple reply at `at` in `buffer` (a read's reply header, or one of a turn's replies side by side). */
+export function writeSimpleReply(buffer: Buffer, at: number, cookie: Cookie, error: number): void {
+  buffer.writeUInt32BE(SIMPLE_REPLY_MAGIC, at + SimpleReply.magic);
+  buffer.writeUInt32BE(error, at + SimpleReply.error);
+  writeCookie(buffer, cookie, at + SimpleReply.cookie);
 }
 
 export function writeChunkHeader(buffer: Buffer, cookie: Cookie, flags: number, type: number, length: number): void {

@@ -78,6 +78,7 @@ export class Connection {
     return new Promise((resolve) => {
       this.endWhenIdle = () => {
         this.endWhenIdle = undefined;
+        transmission.sendStatuses(); // gathered for the end of the turn, which comes after end()
         this.socket.end();
         resolve();
       };
@@ -113,6 +114,7 @@ export class Connection {
 
   /** Resolves once every reply written so far has left for the socket. */
   flushed(): Promise<void> {
+    this.transmission?.sendStatuses();
     if (this.socket.destroyed || this.socket.writableLength === 0) return Promise.resolve();
     return new Promise((resolve) => this.socket.write(Buffer.alloc(0), () => resolve()));
   }

@@ -7,7 +7,7 @@
  */
 import type { Socket } from 'node:net';
 import { native } from '../native.js';
-import { commandName, errorChunk, simpleReply, writeChunkHeader, writeCookie, type Cookie } from './codec.js';
+import { commandName, errorChunk, writeChunkHeader, writeSimpleReply, type Cookie } from './codec.js';
 import { MAX_PAYLOAD, type NbdExport } from './export-spec.js';
 import type { MessageInput, PooledBuffer } from './input.js';
 import {
@@ -22,7 +22,6 @@ import {
   ReplyType,
   REQUEST_MAGIC,
   RequestHeader,
-  SIMPLE_REPLY_MAGIC,
   SimpleReply,
   State,
 } from './protocol.js';
@@ -43,6 +42,8 @@ const GATHER_FROM = 32 << 10;
  * slab, before the offset is known: it would be copied all the same, by us instead of the driver.
  */
 const RECEIVE_INTO_FROM = 32 << 10;
+/** Room for the status replies of one turn of the event loop in one buffer (256 of them); more take another. */
+const STATUS_BATCH = 256 * SimpleReply.SIZE;
 /** How long an idle connection spins for the client's next request before the event loop sleeps. */
 const SPIN_MICROSECONDS = 20;
 
@@ -77,6 +78,12 @@ export class Transmission {
   private readonly allocationContext: boolean;
   private readonly pool: NbdRequest[] = [];
   private corked = false;
+  /**
+   * The simple replies made in this turn, side by side: one socket write for all of them where
+   * a write of its own for each cost more than the request (a deep queue of small writes).
+   */
+  private statuses: PooledBuffer | undefined;
+  private statusBytes = 0;
   /** Bytes the requests in progress hold (NbdRequest.held). */
   private held = 0;
   /** Reading stopped: the connection holds more than its memory limit. */
@@ -193,9 +200,7 @@ export class Transmission {
           // The offset as the client sent it: no BigInt, and exact past 2^53.
           header.copy(reply.buffer, ChunkHeader.SIZE, RequestHeader.offset, RequestHeader.offset + 8);
         } else {
-          reply.buffer.writeUInt32BE(SIMPLE_REPLY_MAGIC, SimpleReply.magic);
-          reply.buffer.writeUInt32BE(0, SimpleReply.error);
-          writeCookie(reply.buffer, request, SimpleReply.cookie);
+          writeSimpleReply(reply.buffer, 0, request, 0);
         }
         request.kind = Answer.READ;
         request.reply = reply;
@@ -320,8 +325,27 @@ export class Transmission {
    * queue of small writes. A failure is an error chunk, as a READ's must be.
    */
   private replyStatus(cookie: Cookie, error: number): void {
-    if (!this.structured || error === 0) return this.send(simpleReply(cookie, error));
-    this.send(errorChunk(cookie, error));
+    if (this.structured && error !== 0) return this.send(errorChunk(cookie, error));
+    if (this.statusBytes === STATUS_BATCH) this.sendStatuses();
+    if (!this.statuses) {
+      this.statuses = this.link.input.buffers.take(STATUS_BATCH);
+      this.corkForTurn();
+    }
+    writeSimpleReply(this.statuses.buffer, this.statusBytes, cookie, error);
+    this.statusBytes += SimpleReply.SIZE;
+  }
+
+  /**
+   * Hands the simple replies gathered so far to the socket. At the end of the turn, and before
+   * anything that ends the socket or waits for what was written to leave (Connection).
+   */
+  sendStatuses(): void {
+    const statuses = this.statuses;
+    if (!statuses) return;
+    this.statuses = undefined;
+    const bytes = this.statusBytes;
+    this.statusBytes = 0;
+    this.send(bytes === STATUS_BATCH ? statuses.buffer : statuses.head(bytes), statuses.release);
   }
 
   /**
@@ -332,15 +356,19 @@ export class Transmission {
   private send(reply: Uint8Array, written?: () => void): void {
     const { socket } = this.link;
     if (this.muted || socket.destroyed || !socket.writable) return written?.();
-    if (!this.corked) {
-      this.corked = true;
-      socket.cork();
-      process.nextTick(this.uncork);
-    }
+    this.corkForTurn();
     socket.write(reply, written);
   }
 
+  private corkForTurn(): void {
+    if (this.corked) return;
+    this.corked = true;
+    this.link.socket.cork();
+    process.nextTick(this.uncork);
+  }
+
   private readonly uncork = (): void => {
+    this.sendStatuses();
     this.corked = false;
     this.link.socket.uncork();
     // Nothing left to do but wait for the client: a client at queue depth 1 sends its next
