@@ -56,6 +56,7 @@
 #include "napi_util.h"
 #include "nbd_netlink.h"
 #include "fuse_uring.h"
+#include "write_batch.h"
 #include "ublk.h"
 
 napi_value throw_errno(napi_env env, int err, const char *syscall)
@@ -823,6 +824,7 @@ static napi_value init(napi_env env, napi_value exports)
     CHECK(napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props));
     ublk_register(env, exports);
     fuse_uring_register(env, exports);
+    write_batch_register(env, exports);
     return exports;
 }
 

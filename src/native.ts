@@ -117,6 +117,26 @@ interface NativeAddon {
   fuseRingCommit(ring: FuseRingHandle['ring'], entry: number): void;
   /** Ends the ring (the buffers stay until collected). */
   fuseRingClose(ring: FuseRingHandle['ring']): void;
+  /**
+   * Writes to `fd` submitted together (io_uring): up to `entries` queued before the batch
+   * submits by itself. Throws if the kernel gives no io_uring. Each add's memory must stay as
+   * it is until the submit; successful writes report nothing.
+   */
+  writeBatch(fd: number, entries: number): WriteBatch;
+  /** Queues a write of the first `length` bytes of `buffer`: the count of failed writes if a full batch submitted, else 0. */
+  writeBatchAdd(batch: WriteBatch, buffer: Buffer, length: number): number;
+  /** Queues a writev of `head`'s first `headLength` bytes and `data`, as writeBatchAdd. */
+  writeBatchAddGather(batch: WriteBatch, head: Buffer, headLength: number, data: Uint8Array): number;
+  /** Submits what is queued (the writes run in order): how many failed. */
+  writeBatchSubmit(batch: WriteBatch): number;
+  /** The -errno of each write that failed in the last submit (at most 64). */
+  writeBatchErrors(batch: WriteBatch): number[];
+  /** Submits what is queued (how many failed) and ends the batch's ring; adding after this throws. */
+  writeBatchClose(batch: WriteBatch): number;
+}
+
+export interface WriteBatch {
+  readonly __writeBatch: unique symbol;
 }
 
 export interface FuseRingHandle {

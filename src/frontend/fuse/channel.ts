@@ -4,12 +4,16 @@
  * The file is watched on the event loop (non-blocking; native watch(), as Node cannot poll a
  * character device): when the kernel has requests, they are read one after another until none
  * is left, each into a buffer from the pool, and handed to the handler, which starts the
- * request's callback and returns. Replies are written synchronously (a write to /dev/fuse never
- * blocks). A busy device therefore costs one read and one write per request and no thread
- * hand-off; the replies to a batch of requests leave together when its promises settle.
+ * request's callback and returns. The replies built in request buffers (send) are queued and
+ * leave together in one system call (native writeBatch: io_uring, whose writes to /dev/fuse run
+ * inline, in order), at the end of the batch's reads or once the promises of that turn settled;
+ * other replies (notifications, a timed-out request's) are written at once, as every reply is
+ * where the kernel gives no io_uring. A busy device therefore costs one read per request and one
+ * write per batch, and no thread hand-off.
  *
  * Buffers are reused: the handler owns a buffer from delivery until it calls release(); the reply
- * is built in the same buffer, so a request costs no allocation and no copy here.
+ * is built in the same buffer, so a request costs no allocation and no copy here. A released
+ * buffer whose reply still waits in the batch goes back to the pool once the batch has left.
  *
  * With lanes, the readers of one connection share a ReaderGate (reader-gate.ts): a lane's reader
  * that finds at most one small request PARK_AFTER times in a row parks (stops watching, and
@@ -19,7 +23,7 @@
  * reader of a device's connection (driver or keeper) uses this class.
  */
 import { constants } from 'node:os';
-import { errnoName, native, type Watcher } from '../../native.js';
+import { errnoName, native, type Watcher, type WriteBatch } from '../../native.js';
 import { InHeader, Opcode, OutHeader } from './protocol.js';
 import type { ReaderGate } from './reader-gate.js';
 import { isResent } from './restart-table.js';
@@ -28,6 +32,8 @@ const { EAGAIN, EINTR, ENOENT, ENODEV, ECONNABORTED } = constants.errno;
 
 /** Requests read per readiness callback at most, so timers and the control socket get turns. */
 const BATCH = 64;
+/** Replies queued before the batch leaves by itself (a deep queue answered from promises). */
+const REPLIES = 256;
 /**
  * Data read or to be read per readiness callback at most. The replies to a batch leave after the
  * whole batch is read: for large requests the callbacks' copies and the kernel's copies of the
@@ -69,9 +75,23 @@ const NOTIFY_INVAL_INODE = 2;
 const INVAL_INODE_SIZE = 24;
 
 export class FuseChannel<S extends ChannelSlot> {
-  /** Set when this process must not answer anything any more (it is giving the device up). */
-  muted = false;
+  /** Set when this process must not answer anything any more (it is giving the device up): mute(). */
+  private muted = false;
   private readonly pool: S[] = [];
+  /**
+   * Where send() queues replies: made at the first (a device served over FUSE's ring sends
+   * none here, and needs no second io_uring); null once reading ended, or without io_uring.
+   */
+  private batch: WriteBatch | null | undefined;
+  /** Replies queued and not yet submitted. */
+  private queued = 0;
+  /** Slots released while their reply waits in the batch: back to the pool once it has left. */
+  private readonly leaving: S[] = [];
+  /** Callbacks' own memory that replies in the batch gather from: kept alive until it has left. */
+  private readonly gathered: Uint8Array[] = [];
+  /** In take(), which submits the batch at its end; outside it, a microtask does (queue). */
+  private taking = false;
+  private flushPending = false;
   private watcher: Watcher | undefined;
   private resolveEnded!: (error: Error | undefined) => void;
   /** Reading has ended (stop, or the connection's end): a parked reader stays parked. */
@@ -118,27 +138,89 @@ export class FuseChannel<S extends ChannelSlot> {
 
   /** Gives a slot back once its request is answered (or dropped). */
   release(slot: S): void {
-    this.pool.push(slot);
+    if (this.queued > 0) this.leaving.push(slot);
+    else this.pool.push(slot);
   }
 
-  /** Writes the reply held in the first `length` bytes of `buffer`. */
+  /** Writes the reply held in the first `length` bytes of `buffer` at once. */
   reply(buffer: Buffer, length: number): void {
     if (this.muted) return;
     buffer.writeUInt32LE(length, OutHeader.len);
     this.check(native.writeFd(this.fd, buffer, length));
   }
 
-  /** Writes the reply whose header is at the start of `buffer` and whose data is `data` (a read callback's own memory). */
-  replyGather(buffer: Buffer, data: Uint8Array): void {
-    if (this.muted) return;
-    buffer.writeUInt32LE(OutHeader.SIZE + data.byteLength, OutHeader.len);
-    this.check(native.writeFdGather(this.fd, buffer, OutHeader.SIZE, data));
-  }
-
-  /** Replies with only a header carrying `errno` (0 for success). */
+  /** Replies at once with only a header carrying `errno` (0 for success). */
   replyErrno(buffer: Buffer, errno: number): void {
     buffer.writeInt32LE(-errno, OutHeader.error);
     this.reply(buffer, OutHeader.SIZE);
+  }
+
+  /**
+   * Sends the reply held in the first `length` bytes of a slot's buffer, with the batch: the
+   * buffer must stay as it is until its slot is released (which then waits for the batch).
+   */
+  send(buffer: Buffer, length: number): void {
+    const batch = this.batch ?? this.newBatch();
+    if (!batch) return this.reply(buffer, length);
+    if (this.muted) return;
+    buffer.writeUInt32LE(length, OutHeader.len);
+    this.queue(native.writeBatchAdd(batch, buffer, length));
+  }
+
+  /** Sends a reply whose header is at the start of a slot's buffer and whose data is `data` (a read callback's own memory), as send(). */
+  sendGather(buffer: Buffer, data: Uint8Array): void {
+    if (this.muted) return;
+    buffer.writeUInt32LE(OutHeader.SIZE + data.byteLength, OutHeader.len);
+    const batch = this.batch ?? this.newBatch();
+    if (!batch) return this.check(native.writeFdGather(this.fd, buffer, OutHeader.SIZE, data));
+    this.gathered.push(data);
+    this.queue(native.writeBatchAddGather(batch, buffer, OutHeader.SIZE, data));
+  }
+
+  /** Sends, with the batch, a reply of a slot's buffer with only a header carrying `errno`. */
+  sendErrno(buffer: Buffer, errno: number): void {
+    buffer.writeInt32LE(-errno, OutHeader.error);
+    this.send(buffer, OutHeader.SIZE);
+  }
+
+  /** Sends what the batch holds now, and answers nothing after (the device is being given up). */
+  mute(): void {
+    this.flush();
+    this.muted = true;
+  }
+
+  /** The batch, or null where the kernel gives no io_uring (each reply is then written at once). */
+  private newBatch(): WriteBatch | null {
+    try {
+      return (this.batch = this.stopped ? null : native.writeBatch(this.fd, REPLIES));
+    } catch {
+      return (this.batch = null);
+    }
+  }
+
+  private queue(failed: number): void {
+    this.queued++;
+    if (failed) this.failed();
+    if (!this.taking && !this.flushPending) {
+      this.flushPending = true;
+      queueMicrotask(this.flush);
+    }
+  }
+
+  /** Submits the queued replies; their slots go back to the pool. */
+  private readonly flush = (): void => {
+    this.flushPending = false;
+    if (this.queued === 0) return;
+    this.queued = 0;
+    const failed = native.writeBatchSubmit(this.batch!);
+    this.gathered.length = 0;
+    for (const slot of this.leaving) this.pool.push(slot);
+    this.leaving.length = 0;
+    if (failed) this.failed();
+  };
+
+  private failed(): void {
+    for (const result of native.writeBatchErrors(this.batch!)) this.check(result);
   }
 
   /**
@@ -215,6 +297,17 @@ export class FuseChannel<S extends ChannelSlot> {
   /** Reads and starts the requests waiting, up to a batch; how many it took (and takenBytes, their data). */
   private take(status: number): number {
     // A poll error (aborted connection) is learnt from the read itself: ENODEV.
+    this.taking = true;
+    try {
+      return this.takeBatch(status);
+    } finally {
+      // The replies of the requests answered at once leave together.
+      this.taking = false;
+      this.flush();
+    }
+  }
+
+  private takeBatch(status: number): number {
     let bytes = 0;
     let taken = 0;
     for (let i = 0; i < BATCH && bytes < BATCH_BYTES && !this.stopped; i++) {
@@ -278,6 +371,10 @@ export class FuseChannel<S extends ChannelSlot> {
     if (this.parked) this.setParked(false);
     if (this.watcher) native.unwatch(this.watcher);
     this.watcher = undefined;
+    this.flush();
+    // Requests still held are answered at once from now on.
+    if (this.batch) native.writeBatchClose(this.batch);
+    this.batch = null;
     this.resentDone();
     this.resolveEnded(error);
   }

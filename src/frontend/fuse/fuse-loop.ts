@@ -178,7 +178,7 @@ export class FuseLoopFrontend implements Frontend {
 
   async abandon(): Promise<void> {
     this.leaving = true;
-    if (this.channel) this.channel.muted = true;
+    this.channel?.mute();
     // Waiting requests now end at once; their answers (EIO) are not sent: the next reader gets them.
     this.requests.abortAll();
     this.channel?.stop();

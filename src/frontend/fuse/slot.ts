@@ -57,17 +57,17 @@ export class Slot extends Exchange {
       this.buffer.copy(this.expiryReply, OutHeader.unique, OutHeader.unique, OutHeader.SIZE);
       return this.channel.replyErrno(this.expiryReply, errno);
     }
-    if (errno !== 0 || this.reply === Reply.STATUS) return this.channel.replyErrno(this.buffer, errno);
+    if (errno !== 0 || this.reply === Reply.STATUS) return this.channel.sendErrno(this.buffer, errno);
     this.buffer.writeInt32LE(0, OutHeader.error);
     if (this.reply === Reply.READ) {
       const data = this.ownData;
-      if (!data) return this.channel.reply(this.buffer, OutHeader.SIZE + this.size);
+      if (!data) return this.channel.send(this.buffer, OutHeader.SIZE + this.size);
       this.ownData = undefined;
-      return this.channel.replyGather(this.buffer, data);
+      return this.channel.sendGather(this.buffer, data);
     }
     this.buffer.writeUInt32LE(this.size, OutHeader.SIZE + WriteOut.size);
     this.buffer.writeUInt32LE(0, OutHeader.SIZE + 4);
-    this.channel.reply(this.buffer, OutHeader.SIZE + WriteOut.SIZE);
+    this.channel.send(this.buffer, OutHeader.SIZE + WriteOut.SIZE);
   }
 
   finish(): void {
@@ -83,6 +83,7 @@ export class Slot extends Exchange {
   /** Replies success with the `length` bytes built in the buffer (header included). */
   ok(length: number): void {
     this.buffer.writeInt32LE(0, OutHeader.error);
+    // At once: INIT's reply must have reached the kernel before a FUSE ring registers (EAGAIN).
     this.channel.reply(this.buffer, length);
     this.channel.release(this);
   }
