@@ -83,8 +83,11 @@ export class FuseChannel<S extends ChannelSlot> {
    * none here, and needs no second io_uring); null once reading ended, or without io_uring.
    */
   private batch: WriteBatch | null | undefined;
-  /** Replies queued and not yet submitted. */
+  /** Replies queued and not yet sent: the first waits aside (lone), the others in the batch. */
   private queued = 0;
+  private lone: Buffer | undefined;
+  private loneLength = 0;
+  private loneData: Uint8Array | undefined;
   /** Slots released while their reply waits in the batch: back to the pool once it has left. */
   private readonly leaving: S[] = [];
   /** Callbacks' own memory that replies in the batch gather from: kept alive until it has left. */
@@ -160,21 +163,12 @@ export class FuseChannel<S extends ChannelSlot> {
    * buffer must stay as it is until its slot is released (which then waits for the batch).
    */
   send(buffer: Buffer, length: number): void {
-    const batch = this.batch ?? this.newBatch();
-    if (!batch) return this.reply(buffer, length);
-    if (this.muted) return;
-    buffer.writeUInt32LE(length, OutHeader.len);
-    this.queue(native.writeBatchAdd(batch, buffer, length));
+    this.sendReply(buffer, length, undefined);
   }
 
   /** Sends a reply whose header is at the start of a slot's buffer and whose data is `data` (a read callback's own memory), as send(). */
   sendGather(buffer: Buffer, data: Uint8Array): void {
-    if (this.muted) return;
-    buffer.writeUInt32LE(OutHeader.SIZE + data.byteLength, OutHeader.len);
-    const batch = this.batch ?? this.newBatch();
-    if (!batch) return this.check(native.writeFdGather(this.fd, buffer, OutHeader.SIZE, data));
-    this.gathered.push(data);
-    this.queue(native.writeBatchAddGather(batch, buffer, OutHeader.SIZE, data));
+    this.sendReply(buffer, OutHeader.SIZE + data.byteLength, data);
   }
 
   /** Sends, with the batch, a reply of a slot's buffer with only a header carrying `errno`. */
@@ -189,6 +183,34 @@ export class FuseChannel<S extends ChannelSlot> {
     this.muted = true;
   }
 
+  /**
+   * Queues a reply. The first of a batch waits aside: a batch of one leaves in a plain write,
+   * which costs less than an io_uring_enter (queue depth 1: 29.8 against 31.7 us).
+   */
+  private sendReply(buffer: Buffer, length: number, data: Uint8Array | undefined): void {
+    if (this.muted) return;
+    buffer.writeUInt32LE(length, OutHeader.len);
+    if (this.queued === 0) {
+      if (this.batch === null) return this.write(buffer, length, data);
+      this.lone = buffer;
+      this.loneLength = length;
+      this.loneData = data;
+    } else {
+      const batch = this.batch ?? this.newBatch();
+      if (!batch) {
+        this.flush();
+        return this.write(buffer, length, data);
+      }
+      if (this.queued === 1) this.add(batch, this.lone!, this.loneLength, this.loneData);
+      this.add(batch, buffer, length, data);
+    }
+    this.queued++;
+    if (!this.taking && !this.flushPending) {
+      this.flushPending = true;
+      queueMicrotask(this.flush);
+    }
+  }
+
   /** The batch, or null where the kernel gives no io_uring (each reply is then written at once). */
   private newBatch(): WriteBatch | null {
     try {
@@ -198,25 +220,30 @@ export class FuseChannel<S extends ChannelSlot> {
     }
   }
 
-  private queue(failed: number): void {
-    this.queued++;
+  private add(batch: WriteBatch, buffer: Buffer, length: number, data: Uint8Array | undefined): void {
+    if (data) this.gathered.push(data);
+    const failed = data ? native.writeBatchAddGather(batch, buffer, OutHeader.SIZE, data) : native.writeBatchAdd(batch, buffer, length);
     if (failed) this.failed();
-    if (!this.taking && !this.flushPending) {
-      this.flushPending = true;
-      queueMicrotask(this.flush);
-    }
   }
 
-  /** Submits the queued replies; their slots go back to the pool. */
+  private write(buffer: Buffer, length: number, data: Uint8Array | undefined): void {
+    this.check(data ? native.writeFdGather(this.fd, buffer, OutHeader.SIZE, data) : native.writeFd(this.fd, buffer, length));
+  }
+
+  /** Sends the queued replies; their slots go back to the pool. */
   private readonly flush = (): void => {
     this.flushPending = false;
-    if (this.queued === 0) return;
+    const queued = this.queued;
     this.queued = 0;
-    const failed = native.writeBatchSubmit(this.batch!);
-    this.gathered.length = 0;
-    for (const slot of this.leaving) this.pool.push(slot);
-    this.leaving.length = 0;
-    if (failed) this.failed();
+    try {
+      if (queued === 1) this.write(this.lone!, this.loneLength, this.loneData);
+      else if (queued > 1 && native.writeBatchSubmit(this.batch!) > 0) this.failed();
+    } finally {
+      this.lone = this.loneData = undefined;
+      this.gathered.length = 0;
+      for (const slot of this.leaving) this.pool.push(slot);
+      this.leaving.length = 0;
+    }
   };
 
   private failed(): void {
@@ -316,7 +343,9 @@ export class FuseChannel<S extends ChannelSlot> {
       if (length >= InHeader.SIZE) {
         if (this.resentRead && this.pastResent(slot.buffer)) this.resentDone();
         bytes += this.handler(slot, length);
-        taken++;
+        // The first request's reply, if it is answered at once, leaves before the next read: at
+        // queue depth 1 that read finds nothing, and the client would wait for it.
+        if (taken++ === 0 && this.queued === 1) this.flush();
         continue;
       }
       this.pool.push(slot);
