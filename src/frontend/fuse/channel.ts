@@ -151,7 +151,7 @@ export class FuseChannel<S extends ChannelSlot> {
   reply(buffer: Buffer, length: number): void {
     if (this.muted) return;
     buffer.writeUInt32LE(length, OutHeader.len);
-    this.check(native.writeFd(this.fd, buffer, length));
+    this.write(buffer, length, undefined);
   }
 
   /** Replies at once with only a header carrying `errno` (0 for success). */
