@@ -1,10 +1,12 @@
 /**
  * Statistics on real devices (FUSE+loop here): what `bdus stats` counts, what survives hot swaps,
- * recoveries and daemon restarts, `bdus top` in a real terminal (tmux), and the Prometheus
- * endpoint read by the official Python client's parser.
+ * recoveries and daemon restarts, `bdus top` in a real terminal (tmux), the Prometheus
+ * endpoint read by the official Python client's parser, and a daemon that cannot serve it (its
+ * port taken) failing the command that started it at once.
  */
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import { stopDaemon } from '../src/index.js';
 import { BIN, DRIVERS, bdus, device, image, killDriver, must, mustRerun, readBlock, sh, sleep } from './helpers.js';
@@ -193,4 +195,20 @@ test('bdus daemon --metrics serves Prometheus metrics that the Prometheus client
   const bad = await bdus(['daemon', 'start', '--metrics', 'localhost:99999']);
   assert.equal(bad.code, 2);
   assert.match(bad.stderr, /invalid metrics address 'localhost:99999'/);
+});
+
+test('a daemon that ends before it listens (its metrics port taken): the command that started it fails at once, naming the log', async (t) => {
+  await stopDaemon();
+  t.after(() => stopDaemon());
+  const taken = createServer();
+  await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+  t.after(() => taken.close());
+  const { port } = taken.address() as AddressInfo;
+  const started = Date.now();
+  const r = await bdus(['daemon', 'start', '--metrics', `127.0.0.1:${port}`]);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /the bdus daemon ended \(exit status 1\) before it listened: cannot serve metrics at 127\.0\.0\.1:\d+: listen EADDRINUSE.* \(see \/run\/bdus\/log\/daemon\.log\)/);
+  assert.ok(Date.now() - started < 10_000, `it took ${Date.now() - started} ms`);
+  const status = await bdus(['daemon', 'status']);
+  assert.match(status.stdout + status.stderr, /not running/);
 });

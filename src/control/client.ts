@@ -4,15 +4,20 @@
  * to; starting twice at once is harmless (the daemon's lock lets one win, the other exits).
  */
 import { spawn } from 'node:child_process';
-import { closeSync, mkdirSync, openSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { BdusError } from '../driver/errors.js';
 import { RUN_DIR } from '../util/paths.js';
 import { sleep } from '../util/process.js';
-import { DAEMON_LOG_PATH, encode, LineReader, PROTOCOL_VERSION, SOCKET_PATH, type DaemonEvent, type Operation, type Reply, type Requests } from './protocol.js';
+import { DAEMON_LOG_PATH, encode, LineReader, LOCK_PATH, PROTOCOL_VERSION, SOCKET_PATH, type DaemonEvent, type Operation, type Reply, type Requests } from './protocol.js';
 
-const START_TIMEOUT_MS = 10_000;
+/**
+ * How long a daemon that runs but does not listen yet is waited for. Generous: a Node process
+ * starts in well under a second on an idle machine, but in tens of seconds on a loaded small one
+ * (the emulated test VM took over 10). One that ends without listening fails the wait at once.
+ */
+const START_TIMEOUT_MS = 60_000;
 const CLI = fileURLToPath(new URL('../cli/bin.js', import.meta.url));
 
 export interface OpenOptions {
@@ -128,6 +133,34 @@ function tryConnect(): Promise<Socket | undefined> {
   });
 }
 
+/** Whether a daemon holds its lock (it runs, or is starting). */
+async function lockHeld(): Promise<boolean> {
+  // Loaded only on this rare path: the management API does not otherwise need the addon.
+  const { native } = await import('../native.js');
+  let fd: number;
+  try {
+    fd = openSync(LOCK_PATH, 'r');
+  } catch {
+    return false;
+  }
+  try {
+    return !native.tryLock(fd);
+  } finally {
+    closeSync(fd); // releases the lock if this took it
+  }
+}
+
+/** The daemon log's last line (what a daemon that could not start said), as ": ..." or "". */
+function lastWords(): string {
+  try {
+    const tail = readFileSync(DAEMON_LOG_PATH, 'utf8').slice(-2000).trimEnd();
+    const line = tail.slice(tail.lastIndexOf('\n') + 1).replace(/^bdus: error: /, '');
+    return line ? `: ${line}` : '';
+  } catch {
+    return '';
+  }
+}
+
 /**
  * Starts a daemon in the background (`bdus daemon run ARGS`, its output to DAEMON_LOG_PATH) and
  * returns a connection to it, or to whichever daemon won a race to start.
@@ -135,8 +168,10 @@ function tryConnect(): Promise<Socket | undefined> {
 export async function startDaemon(args: readonly string[]): Promise<Socket> {
   mkdirSync(`${RUN_DIR}/log`, { recursive: true, mode: 0o700 });
   const log = openSync(DAEMON_LOG_PATH, 'a', 0o600);
+  let ended: string | undefined;
   try {
     const child = spawn(process.execPath, [CLI, 'daemon', 'run', ...args], { detached: true, stdio: ['ignore', log, log] });
+    child.once('exit', (code, signal) => (ended = signal ?? `exit status ${code}`));
     child.unref();
   } finally {
     closeSync(log);
@@ -146,6 +181,11 @@ export async function startDaemon(args: readonly string[]): Promise<Socket> {
     await sleep(wait);
     const socket = await tryConnect();
     if (socket) return socket;
+    // Ours ended without listening: only a daemon that won the race to start (and holds the
+    // lock) may still come.
+    if (ended !== undefined && !(await lockHeld())) {
+      throw new BdusError('EIO', `the bdus daemon ended (${ended}) before it listened${lastWords()} (see ${DAEMON_LOG_PATH})`);
+    }
   }
   throw new BdusError('ETIMEDOUT', `the bdus daemon did not start within ${START_TIMEOUT_MS / 1000} s (see ${DAEMON_LOG_PATH})`);
 }
