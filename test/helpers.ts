@@ -8,6 +8,7 @@ import { execFile, spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, readlinkSync, rmdirSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { TestContext } from 'node:test';
+import { waitUntilDestroyed } from '../src/control/manage.js';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const BIN = `${ROOT}dist/src/cli/bin.js`;
@@ -46,11 +47,13 @@ export function bdus(args: readonly string[], options: { timeoutMs?: number; env
  * destruction with the test. Resolves with the device's path.
  */
 export async function device(t: TestContext, args: readonly string[]): Promise<string> {
-  const r = await bdus(['run', ...args], { timeoutMs: 30_000 });
+  // Generous: in the emulated VM on a loaded host a start takes tens of seconds, and a run cut
+  // short leaves a device this test cannot clean up.
+  const r = await bdus(['run', ...args], { timeoutMs: 120_000 });
   if (r.code !== 0) throw new Error(`bdus run ${args.join(' ')} failed (${r.code}): ${r.stderr}`);
   const path = r.stdout.trim();
   t.after(async () => {
-    if (existsSync(path)) await bdus(['destroy', '--force', '--no-flush', path], { timeoutMs: 30_000 });
+    if (existsSync(path)) await bdus(['destroy', '--force', '--no-flush', path], { timeoutMs: 120_000 });
   });
   return path;
 }
@@ -133,6 +136,17 @@ export async function ext4ThenDestroy(t: TestContext, dev: string): Promise<void
 /** Waits (up to 10 s) until no bdus device has left anything behind. */
 export async function noLeftovers(): Promise<void> {
   for (let i = 0; i < 100 && (await leftovers()).length > 0; i++) await sleep(100);
+  assert.deepEqual(await leftovers(), []);
+}
+
+/**
+ * Waits for the daemon's word that the device with this id is gone (its path goes first, the
+ * rest after it: in the emulated VM, seconds after), then checks that nothing is left.
+ */
+export async function goneLeavingNothing(id: bigint, ms = 60_000): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`the daemon did not remove device ${id} within ${ms} ms`)), ms)));
+  await Promise.race([waitUntilDestroyed(id), late]).finally(() => clearTimeout(timer));
   assert.deepEqual(await leftovers(), []);
 }
 
@@ -226,8 +240,9 @@ export async function killDriver(dev: string): Promise<void> {
 
 /** `bdus rerun DEV ARGS...`, which must succeed. */
 export async function mustRerun(dev: string, args: readonly string[]): Promise<void> {
-  const r = await bdus(['rerun', dev, ...args], { timeoutMs: 120_000 });
-  assert.equal(r.code, 0, `bdus rerun failed: ${r.stderr}`);
+  // Minutes: a hand-over under fio in the emulated VM on a loaded host took over two.
+  const r = await bdus(['rerun', dev, ...args], { timeoutMs: 300_000 });
+  assert.equal(r.code, 0, `bdus rerun failed (${r.code}): ${r.stderr}`);
 }
 
 /**

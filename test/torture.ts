@@ -33,10 +33,15 @@ export interface TortureOptions {
   jobs?: number;
   /** Pause between replacements (default 2 s). */
   replaceEveryMs?: number;
+  /**
+   * Go on past `seconds` until this many replacements were made (default 0): on a slow machine
+   * (the emulated VM on a loaded host) each takes tens of seconds, and a test wants both kinds.
+   */
+  minReplacements?: number;
 }
 
 export async function torture(seconds: number, log: (line: string) => void = () => undefined, options: TortureOptions = {}): Promise<TortureReport> {
-  const { frontend, imageBytes = 1 << 30, jobs = 4, replaceEveryMs = 2000 } = options;
+  const { frontend, imageBytes = 1 << 30, jobs = 4, replaceEveryMs = 2000, minReplacements = 0 } = options;
   const name = `bdus-torture-${process.pid}`;
   const image = `/dev/shm/${name}.img`;
   const mountpoint = `/tmp/${name}`;
@@ -45,7 +50,7 @@ export async function torture(seconds: number, log: (line: string) => void = () 
   let dev = '';
   let mounted = false;
   try {
-    const run = await bdus(['run', 'loop', image, '--recoverable', '--disable-partition-scanning', ...(frontend ? ['--frontend', frontend] : [])], { timeoutMs: 30_000 });
+    const run = await bdus(['run', 'loop', image, '--recoverable', '--disable-partition-scanning', ...(frontend ? ['--frontend', frontend] : [])], { timeoutMs: 120_000 });
     if (run.code !== 0) throw new Error(`bdus run failed: ${run.stderr}`);
     dev = run.stdout.trim();
     const kernel = (await must('readlink', ['-f', dev])).trim().replace('/dev/', '');
@@ -58,13 +63,14 @@ export async function torture(seconds: number, log: (line: string) => void = () 
     const fio = background('fio', [
       '--name=torture', `--directory=${mountpoint}`, '--rw=randwrite', '--bs=4k', '--direct=1', '--ioengine=libaio',
       '--iodepth=8', `--numjobs=${jobs}`, '--size=48M', '--verify=crc32c', '--verify_backlog=256', '--verify_fatal=1',
-      '--verify_state_save=0', '--time_based', `--runtime=${seconds + 60}`, '--group_reporting', '--output-format=terse',
+      // Stopped when the replacements end; the runtime only bounds a run whose stop went astray.
+      '--verify_state_save=0', '--time_based', `--runtime=${seconds + 600}`, '--group_reporting', '--output-format=terse',
     ]);
     let replacements = 0;
     let kills = 0;
     try {
       const end = Date.now() + seconds * 1000;
-      while (Date.now() < end) {
+      while (Date.now() < end || replacements < minReplacements) {
         await sleep(replaceEveryMs);
         if (replacements % 2 === 1) {
           process.kill(Number(await info(dev, 'pid')), 'SIGKILL');
