@@ -4,7 +4,7 @@
  * from Debian's packages (data checksums on, fsync and synchronous commit on, its socket in the
  * mount, no TCP); SQLite is the sqlite3 shell on a WAL database with synchronous=FULL.
  */
-import { appendFileSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, chownSync, closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { background, must, sh } from './helpers.js';
 import { Ledger } from './ledger.js';
 
@@ -89,6 +89,11 @@ export function postgresql(mountpoint: string): Database {
           '',
         ].join('\n'),
       );
+      // PostgreSQL never fsyncs its configuration: were these lines still in the page cache when
+      // the run makes writes fail, their writeback would fail and the restart read zeros.
+      const conf = openSync(`${data}/postgresql.conf`, 'r');
+      fsyncSync(conf);
+      closeSync(conf);
       await db.start();
       await psql('postgres', 'CREATE DATABASE bench');
       await must(`${bin}/pgbench`, ['-i', '-q', '-s', '5', ...client, 'bench'], { timeoutMs: 180_000 });
