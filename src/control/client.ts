@@ -4,7 +4,7 @@
  * to; starting twice at once is harmless (the daemon's lock lets one win, the other exits).
  */
 import { spawn } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, statSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { BdusError } from '../driver/errors.js';
@@ -133,21 +133,21 @@ function tryConnect(): Promise<Socket | undefined> {
   });
 }
 
-/** Whether a daemon holds its lock (it runs, or is starting). */
-async function lockHeld(): Promise<boolean> {
-  // Loaded only on this rare path: the management API does not otherwise need the addon.
-  const { native } = await import('../native.js');
-  let fd: number;
+/**
+ * Whether a daemon holds its lock (it runs, or is starting). Read from /proc/locks rather than
+ * tried: taking the lock even for a moment could make a daemon starting right then give up.
+ */
+function lockHeld(): boolean {
+  let inode: number;
   try {
-    fd = openSync(LOCK_PATH, 'r');
+    inode = statSync(LOCK_PATH).ino;
   } catch {
     return false;
   }
-  try {
-    return !native.tryLock(fd);
-  } finally {
-    closeSync(fd); // releases the lock if this took it
-  }
+  // "1: FLOCK  ADVISORY  WRITE 1234 00:1a:5678 0 EOF": the file is MAJOR:MINOR:INODE.
+  return readFileSync('/proc/locks', 'utf8')
+    .split('\n')
+    .some((line) => line.includes(' FLOCK ') && line.split(/\s+/).some((field) => field.endsWith(`:${inode}`)));
 }
 
 /** The daemon log's last line (what a daemon that could not start said), as ": ..." or "". */
@@ -183,7 +183,7 @@ export async function startDaemon(args: readonly string[]): Promise<Socket> {
     if (socket) return socket;
     // Ours ended without listening: only a daemon that won the race to start (and holds the
     // lock) may still come.
-    if (ended !== undefined && !(await lockHeld())) {
+    if (ended !== undefined && !lockHeld()) {
       throw new BdusError('EIO', `the bdus daemon ended (${ended}) before it listened${lastWords()} (see ${DAEMON_LOG_PATH})`);
     }
   }
