@@ -9,6 +9,7 @@ import { existsSync, readdirSync, readFileSync, readlinkSync, rmdirSync, rmSync,
 import { fileURLToPath } from 'node:url';
 import type { TestContext } from 'node:test';
 import { waitUntilDestroyed } from '../src/control/manage.js';
+import { withTimeout } from '../src/util/process.js';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const BIN = `${ROOT}dist/src/cli/bin.js`;
@@ -144,9 +145,7 @@ export async function noLeftovers(): Promise<void> {
  * rest after it: in the emulated VM, seconds after), then checks that nothing is left.
  */
 export async function goneLeavingNothing(id: bigint, ms = 60_000): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`the daemon did not remove device ${id} within ${ms} ms`)), ms)));
-  await Promise.race([waitUntilDestroyed(id), late]).finally(() => clearTimeout(timer));
+  await withTimeout(waitUntilDestroyed(id), ms, () => new Error(`the daemon did not remove device ${id} within ${ms} ms`));
   assert.deepEqual(await leftovers(), []);
 }
 

@@ -4,7 +4,7 @@
  * to; starting twice at once is harmless (the daemon's lock lets one win, the other exits).
  */
 import { spawn } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, fstatSync, mkdirSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { BdusError } from '../driver/errors.js';
@@ -152,12 +152,18 @@ function lockHeld(): boolean {
 
 /** The daemon log's last line (what a daemon that could not start said), as ": ..." or "". */
 function lastWords(): string {
+  let fd: number | undefined;
   try {
-    const tail = readFileSync(DAEMON_LOG_PATH, 'utf8').slice(-2000).trimEnd();
+    fd = openSync(DAEMON_LOG_PATH, 'r');
+    const buffer = Buffer.alloc(2000);
+    const bytes = readSync(fd, buffer, 0, buffer.length, Math.max(0, fstatSync(fd).size - buffer.length));
+    const tail = buffer.toString('utf8', 0, bytes).trimEnd();
     const line = tail.slice(tail.lastIndexOf('\n') + 1).replace(/^bdus: error: /, '');
     return line ? `: ${line}` : '';
   } catch {
     return '';
+  } finally {
+    if (fd !== undefined) closeSync(fd);
   }
 }
 
