@@ -167,15 +167,17 @@ static void handle_closed(uv_handle_t *handle)
     }
 }
 
-// What both ways of closing do: answers queued this turn still go, then the ring ends.
-static void close_ring(struct command_ring *c)
+// What every way of closing does: answers queued this turn still go, then the ring ends, or (left
+// to its thread) is only no longer read: its descriptor and mappings stay until the process ends.
+static void close_ring(struct command_ring *c, int leave)
 {
     c->closed = 1;
     if (c->ring.unsubmitted)
         ring_enter(&c->ring, 0);
     uv_poll_stop(&c->poll);
     uv_prepare_stop(&c->prepare);
-    ring_exit(&c->ring);
+    if (!leave)
+        ring_exit(&c->ring);
     close(c->eventfd);
     c->eventfd = -1;
     uv_close((uv_handle_t *)&c->poll, handle_closed);
@@ -184,15 +186,15 @@ static void close_ring(struct command_ring *c)
 
 // The thread's environment ends with the ring open (Worker.terminate(): a lane killed). Node
 // aborts the process if an event loop closes with handles open, and an open ring would keep
-// its device's kernel end (ublk's character device) held: closed here, and the environment
-// waits for the handles (the hook is removed in handle_closed). JavaScript runs no more, so
-// its references are left to the environment's end.
+// its device's kernel end held: closed here (or, left to its thread, no longer read: the thread
+// ends right after), and the environment waits for the handles (the hook is removed in
+// handle_closed). JavaScript runs no more, so its references are left to the environment's end.
 static void teardown(napi_async_cleanup_hook_handle handle, void *data)
 {
     struct command_ring *c = data;
     c->cleanup = handle;
     c->tearing_down = 1;
-    close_ring(c);
+    close_ring(c, c->left_to_thread);
 }
 
 static void submit(uv_prepare_t *prepare)
@@ -310,12 +312,22 @@ struct io_uring_sqe *command_ring_sqe(struct command_ring *c)
     return sqe;
 }
 
-void command_ring_close(napi_env env, struct command_ring *c)
+static void stop_ring(napi_env env, struct command_ring *c, int leave)
 {
     if (c->closed)
         return;
     napi_remove_async_cleanup_hook(c->cleanup);
     napi_delete_reference(env, c->callback);
     napi_async_destroy(env, c->context);
-    close_ring(c);
+    close_ring(c, leave);
+}
+
+void command_ring_close(napi_env env, struct command_ring *c)
+{
+    stop_ring(env, c, 0);
+}
+
+void command_ring_leave(napi_env env, struct command_ring *c)
+{
+    stop_ring(env, c, 1);
 }

@@ -60,6 +60,10 @@ struct command_ring {
     // Set while the ring runs: a worker thread (a lane) ended unasked closes it (ring.c).
     napi_async_cleanup_hook_handle cleanup;
     int tearing_down;
+    // A ring whose commands must end with its thread, not before (ublk's queues, ublk.c): closing
+    // it only stops reading it; the descriptor stays open and the kernel cancels the commands
+    // when the thread exits. Also what the thread's end (teardown) does with it.
+    int left_to_thread;
 };
 
 // The ring (`entries`, `flags`) and its eventfd; nothing runs yet. After a batch the thread waits
@@ -74,5 +78,8 @@ struct io_uring_sqe *command_ring_sqe(struct command_ring *c);
 // Submits what is queued, stops watching, ends the ring; `freed` runs once the handles closed.
 // If the thread's environment ends first (Worker.terminate()), the ring is closed then.
 void command_ring_close(napi_env env, struct command_ring *c);
+// Stops reading the ring for good but leaves it open, its commands pending, to its thread's end
+// (`left_to_thread`); answers queued this turn still go.
+void command_ring_leave(napi_env env, struct command_ring *c);
 
 #endif

@@ -18,8 +18,9 @@
 //   ublkCopy(queue, tag, memory, toKernel)  a device with UBLK_F_USER_COPY: copies a request's
 //                                           data between `memory` and the request (pwrite for a
 //                                           read's answer, pread for a write's data).
-//   ublkQueueClose(queue)                   ends the ring: the kernel cancels its commands (a
-//                                           device with user recovery then quiesces).
+//   ublkQueueClose(queue, leave)            ends the ring: the kernel cancels its commands (a
+//                                           device with user recovery then quiesces); or, left,
+//                                           stops reading it and lets the thread's exit end it.
 //
 // Each tag's buffer is page-aligned anonymous memory handed to the kernel with every fetch: the
 // kernel copies a write's data into it before the request is delivered and a read's data out of
@@ -248,6 +249,7 @@ static napi_value js_ublk_queue(napi_env env, napi_callback_info info)
         queue_free_early(q);
         return throw_errno(env, -err, "ublk queue setup");
     }
+    q->commands.left_to_thread = 1; // a lane's thread that ends leaves its queues (js_ublk_queue_close)
 
     // The queue's request descriptors, which the kernel fills before it delivers a request.
     size_t stride = ((UBLK_MAX_QUEUE_DEPTH * sizeof(struct ublksrv_io_desc)) + page - 1) / page * page;
@@ -346,21 +348,37 @@ static napi_value js_ublk_copy(napi_env env, napi_callback_info info)
     return result;
 }
 
-// The descriptors' mapping and the ring hold the character device open: both go now, so that
-// the kernel can quiesce the device for the next driver (START_USER_RECOVERY wants it closed).
-// Answers queued this turn still go (a request answered is not given to the next server). The
-// buffers stay mapped until collected: a callback may still hold a view of them.
+// Ends a queue: answers queued this turn still go (a request answered is not given to the next
+// server); the buffers stay mapped until collected (a callback may still hold a view of them).
+//
+// Closed (`leave` false, once the device is stopped): the ring ends and the kernel cancels its
+// commands. Left (`leave` true, a driver handing the device over or giving it up): the ring is
+// no longer read but stays open, its commands pending, until its thread exits, when the kernel
+// cancels them and requeues for the next server what the queue held. Closing it instead, with
+// its thread living on, is unsafe on Linux 6.12: the kernel hands a request to the queue as task
+// work on that thread, which runs whenever the thread returns to user space, also after the
+// close cancelled the queue's commands; such a request reaches no one and is never requeued,
+// and the device's quiesce waits for it for ever holding the device's mutex, and with it the
+// next driver's START_USER_RECOVERY and every later command on the device (it hung the VM's
+// tests now and then; docs/frontends.md, "Handing a queue over"). A thread that exits has the
+// work run as it exits, where ublk requeues the request.
 static napi_value js_ublk_queue_close(napi_env env, napi_callback_info info)
 {
-    size_t argc = 1;
-    napi_value argv[1];
+    size_t argc = 2;
+    napi_value argv[2];
+    bool leave = false;
     CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
     struct queue *q = queue_of(env, argv[0]);
     if (!q || q->commands.closed)
         return NULL;
+    if (argc > 1)
+        CHECK(napi_get_value_bool(env, argv[1], &leave));
     munmap(q->descriptors, q->descriptors_len);
     q->descriptors = NULL;
-    command_ring_close(env, &q->commands);
+    if (leave)
+        command_ring_leave(env, &q->commands);
+    else
+        command_ring_close(env, &q->commands);
     return NULL;
 }
 

@@ -103,8 +103,12 @@ interface NativeAddon {
    * buffers, 1: the second).
    */
   ublkCommit(queue: UblkQueueHandle['queue'], tag: number, result: number, half: number): void;
-  /** Ends the queue's ring and unmaps its descriptors (the buffers stay until collected). */
-  ublkQueueClose(queue: UblkQueueHandle['queue']): void;
+  /**
+   * Ends the queue's ring and unmaps its descriptors (the buffers stay until collected); with
+   * `leave`, only stops reading the ring: its commands stay until this thread exits, when the
+   * kernel cancels them (native/ublk.c says why a handed-over queue must not be closed).
+   */
+  ublkQueueClose(queue: UblkQueueHandle['queue'], leave?: boolean): void;
   /**
    * Registers `depth` ring entries on each FUSE queue in `queueIds` of the connection on `fd`
    * (FUSE over io_uring), on the event loop thread; entries i * depth to (i + 1) * depth - 1

@@ -109,11 +109,15 @@ class Lane {
   }
 
   /** Asks the lane to stop (see Lanes.stop); resolves with its terminate's failure, or ''. */
-  stop(timeoutMs: number): Promise<string> {
+  async stop(timeoutMs: number): Promise<string> {
     const done = new Promise<string>((resolve) => (this.stopped = resolve));
     this.order({ type: 'stop' });
     const timer = setTimeout(() => void this.worker.terminate(), timeoutMs);
-    return done.finally(() => clearTimeout(timer));
+    const message = await done.finally(() => clearTimeout(timer));
+    // Its thread ends now, not whenever its event loop empties: a ublk lane's queues go back to
+    // the kernel only as the thread exits (ublk/lane.ts).
+    await this.worker.terminate();
+    return message;
   }
 
   /** Asks the lane to take a new size (see Lanes.resize); resolves with its failure, or ''. */

@@ -257,13 +257,27 @@ export class UblkQueue {
   }
 
   /**
-   * Ends the ring (answers of requests still running are dropped: the kernel gives those
-   * requests to the next driver, or fails them if the device is stopping).
+   * Ends the ring, once the device is stopped: answers of requests still running are dropped
+   * (the kernel fails those requests).
    */
   close(): void {
+    this.end(false);
+  }
+
+  /**
+   * Leaves the queue to the next driver: the ring is no longer read, and when this thread exits
+   * the kernel cancels its commands and requeues what it held (answers of requests still running
+   * are dropped: the next driver gets those requests). Never closed while the thread lives on:
+   * on Linux 6.12 that can leave a request with no server for good (native/ublk.c).
+   */
+  leave(): void {
+    this.end(true);
+  }
+
+  private end(leave: boolean): void {
     if (this.closed) return;
     this.closed = true;
     this.taking = false;
-    native.ublkQueueClose(this.handle.queue);
+    native.ublkQueueClose(this.handle.queue, leave);
   }
 }

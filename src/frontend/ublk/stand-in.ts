@@ -36,13 +36,10 @@ async function main(): Promise<void> {
   const log = (message: string) => process.stderr.write(`ublk stand-in ${device}: ${message}\n`);
   const table = InflightTable.open(id, queues! * QUEUE_DEPTH);
   const aborted = () => process.exit(0);
-  let served: UblkQueues | undefined;
-  process.on('SIGTERM', () => {
-    served?.close();
-    process.exit(0);
-  });
+  // The queues end with the process (UblkQueue.leave says why they are not closed first).
+  process.on('SIGTERM', () => process.exit(0));
   await recover(device!, (info) => {
-    served = new UblkQueues(device!, { maxReadWriteSize: maxReadWriteSize!, userCopy: usesUserCopy(info), requests: failAll, table, log, aborted }, allQueues(queues!));
+    const served = new UblkQueues(device!, { maxReadWriteSize: maxReadWriteSize!, userCopy: usesUserCopy(info), requests: failAll, table, log, aborted }, allQueues(queues!));
     served.open();
   }, log);
   process.send?.('serving');

@@ -72,11 +72,15 @@ export class UblkQueues {
   }
 
   /**
-   * Closes the queues and, if it opened it, the character device (a process's lanes close
-   * theirs first): once every queue of the device is closed, the kernel quiesces it.
+   * Closes the queues (the device is stopped) or leaves them to the next driver (`leave`: the
+   * kernel takes them back when their thread exits, and quiesces the device once it has every
+   * queue back), and, if it opened it, the character device (a process's lanes end theirs first).
    */
-  close(): void {
-    for (const q of this.queues) q.close();
+  close(leave = false): void {
+    for (const q of this.queues) {
+      if (leave) q.leave();
+      else q.close();
+    }
     this.queues.length = 0;
     if (this.cdev >= 0 && this.ownsCdev) closeSync(this.cdev);
     this.cdev = -1;
@@ -136,8 +140,11 @@ export function usesUserCopy(info: Pick<DeviceInfo, 'flags'>): boolean {
 export async function recover(device: number, serve: (info: DeviceInfo) => void | Promise<void>, log: (message: string) => void): Promise<void> {
   const info = await deviceInfo(device);
   if (!info) throw new BdusError('ENODEV', `ublk device ${device} is gone`);
-  // The kernel warns if a recovery starts while the old server's thread still runs.
+  // The previous server's queues come back to the kernel as its threads exit (UblkQueue.leave),
+  // and the kernel warns if a recovery starts while one still runs.
+  let running = false;
   if (info.serverPid > 0 && info.serverPid !== process.pid && !(await processGone(info.serverPid, RECOVERY_WAIT_MS))) {
+    running = true;
     log(`the previous server of ublk device ${device} (pid ${info.serverPid}) is still running; recovering anyway`);
   }
   const deadline = Date.now() + RECOVERY_WAIT_MS;
@@ -146,7 +153,10 @@ export async function recover(device: number, serve: (info: DeviceInfo) => void 
       await control(Command.START_USER_RECOVERY, device);
       break;
     } catch (error) {
-      if ((error as BdusError).code !== 'EBUSY' || Date.now() > deadline) throw error;
+      if ((error as BdusError).code !== 'EBUSY' || Date.now() > deadline) {
+        if (!running) throw error;
+        throw new BdusError('EBUSY', `${(error as Error).message}: its previous server (pid ${info.serverPid}) has not exited, and a ublk device passes to its next server only once the previous one has (docs/frontends.md)`);
+      }
       await sleep(10);
     }
   }
@@ -265,14 +275,19 @@ export class UblkFrontend implements Frontend {
     this.queues?.stopTaking();
   }
 
+  /**
+   * The queues are left, not closed (UblkQueue.leave): the next driver recovers the device once
+   * this process has exited, which it does after a hand-over or an abort (a program that embeds
+   * bdus must exit too: docs/frontends.md).
+   */
   async release(): Promise<void> {
     await this.queues?.drained();
-    this.queues?.close();
+    this.queues?.close(true);
   }
 
   async abandon(): Promise<void> {
     this.options.requests.abortAll();
-    this.queues?.close();
+    this.queues?.close(true);
   }
 
   /** Older kernels than 6.16 cannot change a ublk device's size while it runs. */
