@@ -84,7 +84,11 @@ const REATTACH_MAX_WAIT_MS = 1000;
 
 /** A running device and its driver instance, as seen by the process that runs the driver. */
 export class Device<State = unknown> {
-  /** Settles when the device is gone: resolves after destroy(), rejects with the reason of an abort. */
+  /**
+   * Settles when the device is gone from this process: resolves after destroy() or a hand-over
+   * to a replacement driver, rejects with the reason of an abort. After a hand-over or an abort
+   * of a ublk device the process should exit: the next driver takes the device over only then.
+   */
   readonly closed: Promise<void>;
   private readonly outcome = new Outcome();
   private ending: Promise<void> | undefined;
