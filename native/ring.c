@@ -4,6 +4,8 @@
 
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -167,8 +169,55 @@ static void handle_closed(uv_handle_t *handle)
     }
 }
 
+// Rings left to their thread's end (command_ring_leave), until command_rings_close_left closes
+// them from another thread once their thread has exited, or the process ends. A thread's exit
+// alone does not end them: the kernel cancels a ring's commands when the ring's descriptor is
+// released, and the descriptor belongs to the process.
+struct left_ring {
+    struct ring ring;
+    pid_t thread;
+    struct left_ring *next;
+};
+static pthread_mutex_t left_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct left_ring *left_rings;
+
+static void leave_ring(struct ring *r)
+{
+    struct left_ring *l = malloc(sizeof(*l));
+    if (!l)
+        return; // the descriptor then stays open until the process ends
+    l->ring = *r;
+    l->thread = (pid_t)syscall(SYS_gettid);
+    pthread_mutex_lock(&left_lock);
+    l->next = left_rings;
+    left_rings = l;
+    pthread_mutex_unlock(&left_lock);
+}
+
+int command_rings_close_left(void)
+{
+    pid_t self = (pid_t)syscall(SYS_gettid);
+    int waiting = 0;
+    pthread_mutex_lock(&left_lock);
+    for (struct left_ring **at = &left_rings; *at;) {
+        struct left_ring *l = *at;
+        // A thread of this process that is gone: ESRCH (an exited thread leaves no zombie).
+        if (l->thread != self && syscall(SYS_tgkill, getpid(), l->thread, 0) < 0 && errno == ESRCH) {
+            ring_exit(&l->ring);
+            *at = l->next;
+            free(l);
+            continue;
+        }
+        if (l->thread != self)
+            waiting++;
+        at = &l->next;
+    }
+    pthread_mutex_unlock(&left_lock);
+    return waiting;
+}
+
 // What every way of closing does: answers queued this turn still go, then the ring ends, or (left
-// to its thread) is only no longer read: its descriptor and mappings stay until the process ends.
+// to its thread) is only no longer read, its descriptor kept on the list above.
 static void close_ring(struct command_ring *c, int leave)
 {
     c->closed = 1;
@@ -176,8 +225,13 @@ static void close_ring(struct command_ring *c, int leave)
         ring_enter(&c->ring, 0);
     uv_poll_stop(&c->poll);
     uv_prepare_stop(&c->prepare);
-    if (!leave)
+    if (leave) {
+        leave_ring(&c->ring);
+        memset(&c->ring, 0, sizeof(c->ring));
+        c->ring.fd = -1;
+    } else {
         ring_exit(&c->ring);
+    }
     close(c->eventfd);
     c->eventfd = -1;
     uv_close((uv_handle_t *)&c->poll, handle_closed);

@@ -60,9 +60,8 @@ struct command_ring {
     // Set while the ring runs: a worker thread (a lane) ended unasked closes it (ring.c).
     napi_async_cleanup_hook_handle cleanup;
     int tearing_down;
-    // A ring whose commands must end with its thread, not before (ublk's queues, ublk.c): closing
-    // it only stops reading it; the descriptor stays open and the kernel cancels the commands
-    // when the thread exits. Also what the thread's end (teardown) does with it.
+    // A ring whose commands must not end before its thread (ublk's queues, ublk.c): what the
+    // thread's end (teardown) does is leave it (command_ring_leave), not close it.
     int left_to_thread;
 };
 
@@ -81,5 +80,8 @@ void command_ring_close(napi_env env, struct command_ring *c);
 // Stops reading the ring for good but leaves it open, its commands pending, to its thread's end
 // (`left_to_thread`); answers queued this turn still go.
 void command_ring_leave(napi_env env, struct command_ring *c);
+// Closes the rings left by threads of this process that have exited since (any thread may call
+// it); returns how many rings left by other threads still wait for theirs.
+int command_rings_close_left(void);
 
 #endif

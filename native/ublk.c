@@ -20,7 +20,8 @@
 //                                           read's answer, pread for a write's data).
 //   ublkQueueClose(queue, leave)            ends the ring: the kernel cancels its commands (a
 //                                           device with user recovery then quiesces); or, left,
-//                                           stops reading it and lets the thread's exit end it.
+//                                           stops reading it and keeps it for ublkCloseLeft.
+//   ublkCloseLeft()                         closes the left rings whose thread has exited.
 //
 // Each tag's buffer is page-aligned anonymous memory handed to the kernel with every fetch: the
 // kernel copies a write's data into it before the request is delivered and a read's data out of
@@ -353,15 +354,16 @@ static napi_value js_ublk_copy(napi_env env, napi_callback_info info)
 //
 // Closed (`leave` false, once the device is stopped): the ring ends and the kernel cancels its
 // commands. Left (`leave` true, a driver handing the device over or giving it up): the ring is
-// no longer read but stays open, its commands pending, until its thread exits, when the kernel
-// cancels them and requeues for the next server what the queue held. Closing it instead, with
+// no longer read but stays open, its commands pending, until its thread has exited (then
+// ublkCloseLeft closes it) or the process ends; the kernel then cancels them and requeues for
+// the next server what the queue held. Closing it instead, with
 // its thread living on, is unsafe on Linux 6.12: the kernel hands a request to the queue as task
 // work on that thread, which runs whenever the thread returns to user space, also after the
 // close cancelled the queue's commands; such a request reaches no one and is never requeued,
 // and the device's quiesce waits for it for ever holding the device's mutex, and with it the
 // next driver's START_USER_RECOVERY and every later command on the device (it hung the VM's
-// tests now and then; docs/frontends.md, "Handing a queue over"). A thread that exits has the
-// work run as it exits, where ublk requeues the request.
+// tests now and then; docs/frontends.md, "Handing a queue over"). Once the thread is gone, the
+// work runs on a kernel worker, where ublk requeues the request.
 static napi_value js_ublk_queue_close(napi_env env, napi_callback_info info)
 {
     size_t argc = 2;
@@ -382,6 +384,17 @@ static napi_value js_ublk_queue_close(napi_env env, napi_callback_info info)
     return NULL;
 }
 
+// Closes the rings of queues left by threads that have exited since (a lane's, once its thread
+// is gone): the kernel then cancels their commands and requeues what they held, with no thread of
+// theirs alive to run a late request's task work. The count of those whose thread still runs.
+static napi_value js_ublk_close_left(napi_env env, napi_callback_info info)
+{
+    (void)info;
+    napi_value result;
+    CHECK(napi_create_int32(env, command_rings_close_left(), &result));
+    return result;
+}
+
 void ublk_register(napi_env env, napi_value exports)
 {
     napi_property_descriptor props[] = {
@@ -390,6 +403,7 @@ void ublk_register(napi_env env, napi_value exports)
         {"ublkCommit", NULL, js_ublk_commit, NULL, NULL, NULL, napi_default, NULL},
         {"ublkCopy", NULL, js_ublk_copy, NULL, NULL, NULL, napi_default, NULL},
         {"ublkQueueClose", NULL, js_ublk_queue_close, NULL, NULL, NULL, napi_default, NULL},
+        {"ublkCloseLeft", NULL, js_ublk_close_left, NULL, NULL, NULL, napi_default, NULL},
     };
     napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
 }

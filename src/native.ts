@@ -105,10 +105,16 @@ interface NativeAddon {
   ublkCommit(queue: UblkQueueHandle['queue'], tag: number, result: number, half: number): void;
   /**
    * Ends the queue's ring and unmaps its descriptors (the buffers stay until collected); with
-   * `leave`, only stops reading the ring: its commands stay until this thread exits, when the
-   * kernel cancels them (native/ublk.c says why a handed-over queue must not be closed).
+   * `leave`, only stops reading the ring: its commands stay until this thread has exited and
+   * ublkCloseLeft closes it, or the process ends (native/ublk.c says why a handed-over queue
+   * must not be closed while its thread lives).
    */
   ublkQueueClose(queue: UblkQueueHandle['queue'], leave?: boolean): void;
+  /**
+   * Closes the rings of queues left (ublkQueueClose with `leave`) by threads that have exited
+   * since; returns how many rings left by other threads still wait for theirs.
+   */
+  ublkCloseLeft(): number;
   /**
    * Registers `depth` ring entries on each FUSE queue in `queueIds` of the connection on `fd`
    * (FUSE over io_uring), on the event loop thread; entries i * depth to (i + 1) * depth - 1

@@ -115,7 +115,7 @@ class Lane {
     const timer = setTimeout(() => void this.worker.terminate(), timeoutMs);
     const message = await done.finally(() => clearTimeout(timer));
     // Its thread ends now, not whenever its event loop empties: a ublk lane's queues go back to
-    // the kernel only as the thread exits (ublk/lane.ts).
+    // the kernel only once the thread is gone (ublk/lane.ts).
     await this.worker.terminate();
     return message;
   }

@@ -265,10 +265,11 @@ export class UblkQueue {
   }
 
   /**
-   * Leaves the queue to the next driver: the ring is no longer read, and when this thread exits
-   * the kernel cancels its commands and requeues what it held (answers of requests still running
-   * are dropped: the next driver gets those requests). Never closed while the thread lives on:
-   * on Linux 6.12 that can leave a request with no server for good (native/ublk.c).
+   * Leaves the queue to the next driver: the ring is no longer read, and is closed once this
+   * thread has exited (ublkCloseLeft, or the process's end), when the kernel cancels its
+   * commands and requeues what it held (answers of requests still running are dropped: the next
+   * driver gets those requests). Never closed while the thread lives on: on Linux 6.12 that can
+   * leave a request with no server for good (native/ublk.c).
    */
   leave(): void {
     this.end(true);

@@ -22,6 +22,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BdusError } from '../../driver/errors.js';
 import { PAGE_SIZE } from '../../driver/attributes.js';
+import { native } from '../../native.js';
 import { queuesOfLane, type Frontend, type FrontendOptions, type KernelDevice } from '../frontend.js';
 import { Command, control, deviceInfo, encodeDeviceInfo, encodeParams, Feature, kernelFeatures, ublkNumberOf, type DeviceInfo } from './control.js';
 import { InflightTable } from './inflight-table.js';
@@ -283,11 +284,14 @@ export class UblkFrontend implements Frontend {
   async release(): Promise<void> {
     await this.queues?.drained();
     this.queues?.close(true);
+    // The lanes' threads have ended: their queues go back to the kernel now.
+    native.ublkCloseLeft();
   }
 
   async abandon(): Promise<void> {
     this.options.requests.abortAll();
     this.queues?.close(true);
+    native.ublkCloseLeft();
   }
 
   /** Older kernels than 6.16 cannot change a ublk device's size while it runs. */
@@ -307,6 +311,9 @@ export class UblkFrontend implements Frontend {
     if (this.stopping) return;
     this.stopping = true;
     if (this.device >= 0) {
+      // The queues the lanes left as their threads ended are closed first: STOP_DEV waits for
+      // every request in flight, and the kernel takes back what a left queue held only then.
+      for (let i = 0; native.ublkCloseLeft() > 0 && i < 100; i++) await sleep(50);
       // STOP_DEV removes the disk (requests in flight are served meanwhile; the rest fail with
       // EIO) and ends the queues' fetches; DEL_DEV then waits for the queues to be closed.
       await control(Command.STOP_DEV, this.device).catch((error: Error) => this.options.log(error.message));
