@@ -73,9 +73,10 @@ export class UblkQueues {
   }
 
   /**
-   * Closes the queues (the device is stopped) or leaves them to the next driver (`leave`: the
-   * kernel takes them back when their thread exits, and quiesces the device once it has every
-   * queue back), and, if it opened it, the character device (a process's lanes end theirs first).
+   * Closes the queues (the device is stopped) or leaves them to the next driver (`leave`: their
+   * rings are closed once their thread is gone, and the kernel quiesces the device once it has
+   * every queue back), and, if it opened it, the character device (a process's lanes end theirs
+   * first).
    */
   close(leave = false): void {
     for (const q of this.queues) {
@@ -141,8 +142,8 @@ export function usesUserCopy(info: Pick<DeviceInfo, 'flags'>): boolean {
 export async function recover(device: number, serve: (info: DeviceInfo) => void | Promise<void>, log: (message: string) => void): Promise<void> {
   const info = await deviceInfo(device);
   if (!info) throw new BdusError('ENODEV', `ublk device ${device} is gone`);
-  // The previous server's queues come back to the kernel as its threads exit (UblkQueue.leave),
-  // and the kernel warns if a recovery starts while one still runs.
+  // The previous server's queues come back to the kernel once its threads are gone
+  // (UblkQueue.leave), and the kernel warns if a recovery starts while one still runs.
   let running = false;
   if (info.serverPid > 0 && info.serverPid !== process.pid && !(await processGone(info.serverPid, RECOVERY_WAIT_MS))) {
     running = true;
