@@ -77,8 +77,9 @@ struct io_uring_sqe *command_ring_sqe(struct command_ring *c);
 // Submits what is queued, stops watching, ends the ring; `freed` runs once the handles closed.
 // If the thread's environment ends first (Worker.terminate()), the ring is closed then.
 void command_ring_close(napi_env env, struct command_ring *c);
-// Stops reading the ring for good but leaves it open, its commands pending, to its thread's end
-// (`left_to_thread`); answers queued this turn still go.
+// Stops reading the ring for good but leaves it open, its commands pending, until
+// command_rings_close_left finds its thread gone (or the process ends); answers queued this turn
+// still go.
 void command_ring_leave(napi_env env, struct command_ring *c);
 // Closes the rings left by threads of this process that have exited since (any thread may call
 // it); returns how many rings left by other threads still wait for theirs.

@@ -8,7 +8,7 @@
  * Unlike FUSE's clones, a lane's queues leave the kernel what they took: when a queue's ring is
  * closed, the kernel cancels its commands and requeues what they held unanswered for the next
  * server (USER_RECOVERY_REISSUE), so lanes go with `recoverable` here. A lane leaves its queues
- * (UblkQueue.leave) and its thread is ended right after (Lane.stop); the main thread closes
+ * (UblkQueue.close) and its thread is ended right after (Lane.stop); the main thread closes
  * their rings once the thread is gone (ublk.ts): never while the thread lives on. The kernel
  * quiesces the device once every queue is back; until then the other queues serve on.
  */
@@ -35,7 +35,7 @@ export const ublkLanes: LaneKind = {
         queues.stopTaking();
       },
       // The worker drained its request layer first: every answer has been queued. The queues
-      // are left (UblkQueue.leave) until the thread has ended, which follows.
+      // are left (UblkQueue.close) until the thread has ended, which follows.
       close: () => {
         stopping = true;
         queues.close(true);

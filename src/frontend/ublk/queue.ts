@@ -257,25 +257,14 @@ export class UblkQueue {
   }
 
   /**
-   * Ends the ring, once the device is stopped: answers of requests still running are dropped
-   * (the kernel fails those requests).
+   * Ends the queue; answers of requests still running are dropped. Once the device is stopped,
+   * the ring is closed (the kernel fails those requests). With `leave` (a hand-over, an abort),
+   * the queue is left to the next driver: the ring is no longer read, and is closed once this
+   * thread has exited (ublkCloseLeft, or the process's end), when the kernel cancels its commands
+   * and requeues what it held for the next driver. Never closed while the thread lives on: on
+   * Linux 6.12 that can leave a request with no server for good (native/ublk.c).
    */
-  close(): void {
-    this.end(false);
-  }
-
-  /**
-   * Leaves the queue to the next driver: the ring is no longer read, and is closed once this
-   * thread has exited (ublkCloseLeft, or the process's end), when the kernel cancels its
-   * commands and requeues what it held (answers of requests still running are dropped: the next
-   * driver gets those requests). Never closed while the thread lives on: on Linux 6.12 that can
-   * leave a request with no server for good (native/ublk.c).
-   */
-  leave(): void {
-    this.end(true);
-  }
-
-  private end(leave: boolean): void {
+  close(leave = false): void {
     if (this.closed) return;
     this.closed = true;
     this.taking = false;

@@ -36,7 +36,7 @@ async function main(): Promise<void> {
   const log = (message: string) => process.stderr.write(`ublk stand-in ${device}: ${message}\n`);
   const table = InflightTable.open(id, queues! * QUEUE_DEPTH);
   const aborted = () => process.exit(0);
-  // The queues end with the process (UblkQueue.leave says why they are not closed first).
+  // The queues end with the process (UblkQueue.close says why they are not closed first).
   process.on('SIGTERM', () => process.exit(0));
   await recover(device!, (info) => {
     const served = new UblkQueues(device!, { maxReadWriteSize: maxReadWriteSize!, userCopy: usesUserCopy(info), requests: failAll, table, log, aborted }, allQueues(queues!));

@@ -79,10 +79,7 @@ export class UblkQueues {
    * first).
    */
   close(leave = false): void {
-    for (const q of this.queues) {
-      if (leave) q.leave();
-      else q.close();
-    }
+    for (const q of this.queues) q.close(leave);
     this.queues.length = 0;
     if (this.cdev >= 0 && this.ownsCdev) closeSync(this.cdev);
     this.cdev = -1;
@@ -143,7 +140,7 @@ export async function recover(device: number, serve: (info: DeviceInfo) => void 
   const info = await deviceInfo(device);
   if (!info) throw new BdusError('ENODEV', `ublk device ${device} is gone`);
   // The previous server's queues come back to the kernel once its threads are gone
-  // (UblkQueue.leave), and the kernel warns if a recovery starts while one still runs.
+  // (UblkQueue.close), and the kernel warns if a recovery starts while one still runs.
   let running = false;
   if (info.serverPid > 0 && info.serverPid !== process.pid && !(await processGone(info.serverPid, RECOVERY_WAIT_MS))) {
     running = true;
@@ -278,19 +275,22 @@ export class UblkFrontend implements Frontend {
   }
 
   /**
-   * The queues are left, not closed (UblkQueue.leave): the next driver recovers the device once
+   * The queues are left, not closed (UblkQueue.close): the next driver recovers the device once
    * this process has exited, which it does after a hand-over or an abort (a program that embeds
    * bdus must exit too: docs/frontends.md).
    */
   async release(): Promise<void> {
     await this.queues?.drained();
-    this.queues?.close(true);
-    // The lanes' threads have ended: their queues go back to the kernel now.
-    native.ublkCloseLeft();
+    this.leaveQueues();
   }
 
   async abandon(): Promise<void> {
     this.options.requests.abortAll();
+    this.leaveQueues();
+  }
+
+  /** Leaves this thread's queues; the lanes' threads have ended, so their queues go back to the kernel now. */
+  private leaveQueues(): void {
     this.queues?.close(true);
     native.ublkCloseLeft();
   }
