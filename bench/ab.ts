@@ -13,12 +13,11 @@
  * A checkout is a built tree (npm ci; npx tsc -p .); --after defaults to this one. Each side
  * starts its own daemon and stops it after its turn (two builds may speak different control protocols).
  */
-import { spawn } from 'node:child_process';
-import { rmSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { execute as sh } from '../src/util/exec.js';
 import { ALL_JOBS, precondition, fio, UNIT } from './fio.js';
+import { driverTarget } from './target.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -38,7 +37,12 @@ const results: Record<string, Record<'before' | 'after', number[]>> = {};
 for (let rep = 0; rep < reps; rep++) {
   for (const side of rep % 2 === 0 ? (['before', 'after'] as const) : (['after', 'before'] as const)) {
     const bin = `${sides[side]}dist/src/cli/bin.js`;
-    const { target, end } = await driverTarget(bin);
+    const { target, end: destroy } = await driverTarget(bin, driver, values.frontend!, `/tmp/bdus-ab-${process.pid}.sock`);
+    // Each side's own CLI and daemon: two builds may speak different control protocols.
+    const end = async () => {
+      await destroy();
+      if (values.frontend !== 'export') await sh(process.execPath, [bin, 'daemon', 'stop']);
+    };
     try {
       await precondition(target, '1G');
       for (const job of JOBS) {
@@ -50,40 +54,6 @@ for (let rep = 0; rep < reps; rep++) {
       await end();
     }
   }
-}
-
-/** A device (or export) of `driver` made by the checkout whose CLI is `bin`: fio's arguments for it, and how to end it. */
-async function driverTarget(bin: string): Promise<{ target: string[]; end: () => Promise<unknown> }> {
-  if (values.frontend !== 'export') {
-    const device = (await sh(process.execPath, [bin, 'run', ...driver, '--frontend', values.frontend])).trim();
-    return {
-      target: [`--filename=${device}`, '--ioengine=libaio'],
-      // Each side's own CLI and daemon: two builds may speak different control protocols.
-      end: async () => {
-        await sh(process.execPath, [bin, 'destroy', '--force', '--no-flush', device]);
-        await sh(process.execPath, [bin, 'daemon', 'stop']);
-      },
-    };
-  }
-  const socket = `/tmp/bdus-ab-${process.pid}.sock`;
-  const child = spawn(process.execPath, [bin, 'export', ...driver, '--listen', `unix:${socket}`], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const exited = new Promise((resolve) => child.on('exit', resolve));
-  const uri = await new Promise<string>((resolve, reject) => {
-    let out = '';
-    child.stdout.on('data', (d) => {
-      out += d;
-      if (out.includes('\n')) resolve(out.split('\n')[0]!);
-    });
-    void exited.then(() => reject(new Error('bdus export ended before it listened')));
-  });
-  return {
-    target: ['--ioengine=nbd', `--uri=${uri}`],
-    end: async () => {
-      child.kill('SIGTERM');
-      await exited;
-      rmSync(socket, { force: true });
-    },
-  };
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
