@@ -18,6 +18,7 @@ import { execute } from '../../util/exec.js';
 import { RUN_DIR } from '../../util/paths.js';
 import { withTimeout } from '../../util/process.js';
 import { bufferSizeFor, FuseChannel } from './channel.js';
+import { CompletionCpu } from './completion-cpu.js';
 import { FuseDispatch } from './dispatch.js';
 import type { ImageFile } from './image-file.js';
 import { FUSE_ROOT_ID, INIT2_OVER_IO_URING, InitFlag, InitIn, InitOut, KERNEL_MINOR_VERSION, KERNEL_VERSION, OutHeader, S_IFREG } from './protocol.js';
@@ -77,6 +78,8 @@ export class FuseLoopFrontend implements Frontend {
   private loopPath: string | undefined;
   /** Shared with the lanes' readers (reader-gate.ts): this thread's reader spins only while they are all parked. */
   private readonly gate: ReaderGate;
+  /** Steers the loop device's completions by queue depth (completion-cpu.ts). */
+  private readonly completion: CompletionCpu;
   /** The lanes' ends of the connection (startLanes). */
   private readonly clones: number[] = [];
   private initialized!: () => void;
@@ -94,6 +97,7 @@ export class FuseLoopFrontend implements Frontend {
     this.ended = new Promise((resolve) => (this.resolveEnded = resolve));
     this.dispatch = new FuseDispatch(this.requests, () => this.image, this.restarts, (slot) => this.init(slot));
     this.gate = new ReaderGate(options.attributes.lanes - 1);
+    this.completion = new CompletionCpu(options.log);
   }
 
   get kernelFd(): number {
@@ -125,6 +129,7 @@ export class FuseLoopFrontend implements Frontend {
     if (readOnly) args.push('--read-only');
     this.loopPath = (await execute('losetup', [...args, this.mountpoint])).trim();
     const name = this.loopPath.replace('/dev/', '');
+    this.completion.attach(this.loopPath);
     if (readFileSync(`/sys/block/${name}/loop/dio`, 'utf8').trim() !== '1') {
       this.options.log(`warning: ${this.loopPath} runs without direct I/O; data is cached twice`);
     }
@@ -137,6 +142,7 @@ export class FuseLoopFrontend implements Frontend {
     this.mounted = true;
     this.loopPath = kernel.path;
     this.read();
+    this.completion.attach(kernel.path);
     const resent = this.channel!.resend();
     // The lanes join once this thread has read every re-sent request: only it keeps their
     // restart counts (the restart table), and a request a lane takes is always a fresh one.
@@ -172,12 +178,14 @@ export class FuseLoopFrontend implements Frontend {
 
   async detach(): Promise<void> {
     this.leaving = true;
+    this.completion.detach();
     this.channel?.stop();
     this.ring?.close();
   }
 
   async abandon(): Promise<void> {
     this.leaving = true;
+    this.completion.detach();
     this.channel?.mute();
     // Waiting requests now end at once; their answers (EIO) are not sent: the next reader gets them.
     this.requests.abortAll();
@@ -229,7 +237,8 @@ export class FuseLoopFrontend implements Frontend {
       return new Slot(Buffer.allocUnsafeSlow(bufferSizeFor(MAX_WRITE)), c, this.expiryReply, this.restarts);
     };
     const lanes = this.options.attributes.lanes > 1;
-    const channel = new FuseChannel<Slot>(this.fd, newSlot, this.dispatch.handle, SPIN_MICROSECONDS, lanes ? { gate: this.gate, lane: false } : undefined);
+    const readers = lanes ? { gate: this.gate, lane: false } : undefined;
+    const channel = new FuseChannel<Slot>(this.fd, newSlot, this.dispatch.handle, SPIN_MICROSECONDS, readers, this.completion);
     this.channel = channel;
     void channel.ended.then((error) => {
       if (this.leaving && !this.stopping) return;
@@ -249,6 +258,7 @@ export class FuseLoopFrontend implements Frontend {
     // -l detaches the mount even while the loop device still holds the image (a client has the
     // device open); loop then lets go when that client closes it (autoclear).
     const errors: unknown[] = [];
+    this.completion.detach();
     if (this.mounted) await execute('umount', ['-f', '-l', this.mountpoint]).catch((e) => errors.push(e));
     if (this.loopPath) await execute('losetup', ['-d', this.loopPath]).catch((e) => errors.push(e));
     this.channel?.stop();
