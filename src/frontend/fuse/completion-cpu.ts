@@ -9,14 +9,15 @@
  * thread, which is spinning for the next request then (8-13% of all samples in ksoftirqd in the
  * QD1 profiles, docs/performance.md). With the queue's `rq_affinity` at 2 (QUEUE_FLAG_SAME_FORCE)
  * the kernel sends the completion to the CPU that submitted the request instead, by IPI, where
- * the client sleeps waiting for it: 4k QD1 latency 11-15% lower in six alternating rounds. From
+ * the client sleeps waiting for it: 4k QD1 latency 8-16% lower in alternating rounds. From
  * queue depth 2 on, an IPI per request costs more than a softirq that completes many at once
  * (15-30% fewer IOPS at QD2-QD16): hence only at queue depth 1.
  *
- * Queue depth 1 is read from the main reader's wake-ups: at QD1 97-99% of them take one small
- * request, at QD2 20-27% (measured with the ram example). The setting changes (a sysfs write, a
- * few microseconds, which does not wait for requests in flight) when a window of WINDOW
- * wake-ups says so, so a change of load is followed within a few milliseconds.
+ * Queue depth 1 is read from the main /dev/fuse reader's wake-ups: of a window of 64, 61-64
+ * take one small request at QD1, 5-8 at QD2, 0-4 at QD16 (the ram example, instrumented). The
+ * setting changes (a sysfs write, which does not wait for requests in flight) when a window
+ * says so, so a change of load is followed within a few milliseconds. Not FUSE's ring: its
+ * thread takes requests one by one as it spins, whatever the depth (docs/performance.md).
  *
  * The frontend owns its loop device, and so this setting: a driver starts with it at the
  * kernel's default (1) and puts it back when it lets the device go.
