@@ -1,14 +1,15 @@
 /**
  * Where a FUSE+loop device's requests are completed (src/frontend/fuse/completion-cpu.ts): on
  * the submitting CPU (the loop queue's rq_affinity at 2) while a client runs at queue depth 1,
- * back at the kernel's default (1) once it runs deeper (over /dev/fuse: not over FUSE's ring,
- * whose batches say nothing of the queue depth); fio verify passes either way.
+ * back at the kernel's default (1) once it runs deeper, whoever serves the requests (over
+ * /dev/fuse by one thread; over FUSE's ring by two lanes); fio verify passes either way.
  */
 import assert from 'node:assert/strict';
 import { readFileSync, realpathSync } from 'node:fs';
 import { basename } from 'node:path';
 import { test, type TestContext } from 'node:test';
-import { background, device, must, sleep } from './helpers.js';
+import { fuseRingQueues } from '../src/frontend/fuse/ring.js';
+import { background, device, fuseUringAvailable, must, setUring, sleep } from './helpers.js';
 
 function affinityOf(dev: string): () => string {
   const path = `/sys/block/${basename(realpathSync(dev))}/queue/rq_affinity`;
@@ -50,4 +51,9 @@ async function steers(t: TestContext, dev: string): Promise<void> {
 
 test('/dev/fuse: completions on the submitting CPU at queue depth 1 only; fio verify passes', async (t) => {
   await steers(t, await device(t, ['ram', '--size', '256M']));
+});
+
+test('FUSE over io_uring with two lanes: the same', { skip: (!fuseUringAvailable || fuseRingQueues() < 2) && 'needs FUSE over io_uring and two CPUs' }, async (t) => {
+  setUring(t, true);
+  await steers(t, await device(t, ['ram', '--size', '256M', '--fuse-io-uring', '--lanes', '2']));
 });

@@ -9,19 +9,10 @@
  * on (as a user would) and put it back as it was.
  */
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { test, type TestContext } from 'node:test';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { test } from 'node:test';
 import { fuseRingQueues } from '../src/frontend/fuse/ring.js';
-import { background, bdus, BIN, device, DRIVERS, ext4ThenDestroy, fioVerify, image, info, laneMarks, lanesSeen, mounted, must, noLeftovers, openFiles, sleep } from './helpers.js';
-
-const PARAMETER = '/sys/module/fuse/parameters/enable_uring';
-const available = existsSync(PARAMETER);
-
-function setUring(t: TestContext, on: boolean): void {
-  const before = readFileSync(PARAMETER, 'utf8').trim();
-  writeFileSync(PARAMETER, on ? 'Y' : 'N');
-  t.after(() => writeFileSync(PARAMETER, before));
-}
+import { background, bdus, BIN, device, DRIVERS, ext4ThenDestroy, fioVerify, image, info, laneMarks, lanesSeen, mounted, must, noLeftovers, openFiles, setUring, sleep, fuseUringAvailable as available } from './helpers.js';
 
 function rings(pid: number): number {
   return openFiles(pid).filter((target) => target === 'anon_inode:[io_uring]').length;

@@ -294,3 +294,14 @@ export function openFiles(pid: number): string[] {
     }
   });
 }
+
+const ENABLE_URING = '/sys/module/fuse/parameters/enable_uring';
+/** This kernel has FUSE over io_uring (6.14+). */
+export const fuseUringAvailable = existsSync(ENABLE_URING);
+
+/** Switches the kernel's enable_uring (as a user would: it is the machine's) and back after the test. */
+export function setUring(t: TestContext, on: boolean): void {
+  const before = readFileSync(ENABLE_URING, 'utf8').trim();
+  writeFileSync(ENABLE_URING, on ? 'Y' : 'N');
+  t.after(() => writeFileSync(ENABLE_URING, before));
+}

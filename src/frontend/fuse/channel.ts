@@ -27,7 +27,6 @@
 import { constants } from 'node:os';
 import { errnoName, native, type Watcher, type WriteBatch } from '../../native.js';
 import { InHeader, Opcode, OutHeader } from './protocol.js';
-import type { CompletionCpu } from './completion-cpu.js';
 import type { ReaderGate } from './reader-gate.js';
 import { isResent } from './restart-table.js';
 
@@ -134,8 +133,6 @@ export class FuseChannel<S extends ChannelSlot> {
      * reader is parked).
      */
     private readonly readers?: { readonly gate: ReaderGate; readonly lane: boolean },
-    /** The main reader's: told of every wake-up, to steer the loop device's completions (completion-cpu.ts). */
-    private readonly completion?: CompletionCpu,
   ) {}
 
   /** Starts reading; the connection must be mounted (an unattached /dev/fuse file polls as an error). */
@@ -315,12 +312,10 @@ export class FuseChannel<S extends ChannelSlot> {
 
   private readonly readable = (status: number): void => {
     const taken = this.take(status);
-    if (!this.readers) return this.completion?.woke(taken, this.takenBytes, true);
+    if (!this.readers) return;
     const { gate } = this.readers;
     if (!this.readers.lane) {
-      const alone = gate.alone();
-      this.completion?.woke(taken, this.takenBytes, alone);
-      const spin = alone ? this.spinMicroseconds : 0;
+      const spin = gate.alone() ? this.spinMicroseconds : 0;
       if (spin !== this.spinning && this.watcher) native.watchSpin(this.watcher, (this.spinning = spin));
       return;
     }

@@ -13,72 +13,96 @@
  * queue depth 2 on, an IPI per request costs more than a softirq that completes many at once
  * (15-30% fewer IOPS at QD2-QD16): hence only at queue depth 1.
  *
- * Queue depth 1 is read from the main /dev/fuse reader's wake-ups: of a window of 64, 61-64
- * take one small request at QD1, 5-8 at QD2, 0-4 at QD16 (the ram example, instrumented). The
- * setting changes (a sysfs write, which does not wait for requests in flight) when a window
- * says so, so a change of load is followed within a few milliseconds. Not FUSE's ring: its
- * thread takes requests one by one as it spins, whatever the depth (docs/performance.md).
+ * The queue depth is the loop device's own count of requests in flight (sysfs `inflight`),
+ * sampled on a timer: whoever serves them (/dev/fuse or FUSE's ring, one thread or lanes) and
+ * however the serving thread batches them, a client at queue depth 1 never has two in flight.
+ * (How the readers' wake-ups batch says too little: a ring's spinning thread takes requests one
+ * by one at any depth.) Steering starts after ENTER samples in a row with at most one request in
+ * flight, half of them busy; it stops at the first sample with two or more, so a deeper client is
+ * served at the default within one tick. The setting is a sysfs write, which does not wait for
+ * the requests in flight.
  *
  * The frontend owns its loop device, and so this setting: a driver starts with it at the
  * kernel's default (1) and puts it back when it lets the device go.
  */
-import { writeFileSync } from 'node:fs';
+import { closeSync, openSync, readSync, writeFileSync } from 'node:fs';
 
-/** Wake-ups per decision. */
-const WINDOW = 64;
-/** Lonely wake-ups of a window that make it queue depth 1, and that keep it so. */
-const ENTER = 56;
-const STAY = 32;
-/** A request moving this much data or more is never lonely (1 MiB reads come one per wake-up). */
-const LONELY_BYTES = 64 << 10;
+/** Between samples of the requests in flight. */
+const TICK_MS = 25;
+/** Samples in a row with at most one request in flight before steering (200 ms at queue depth 1). */
+const ENTER = 8;
 
 export class CompletionCpu {
-  private path: string | undefined;
-  private wakes = 0;
-  private lonely = 0;
+  private affinity: string | undefined;
+  private inflight: number | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly sample = Buffer.alloc(64);
+  /** Samples in a row with at most one request in flight, and of them those with one. */
+  private shallow = 0;
+  private busy = 0;
   private submitting = false;
 
   constructor(private readonly log: (line: string) => void) {}
 
   /** The loop device is `loopPath` (/dev/loopN): its setting is put at the kernel's default. */
   attach(loopPath: string): void {
-    this.path = `/sys/block/${loopPath.replace('/dev/', '')}/queue/rq_affinity`;
+    this.stopSampling();
+    const block = `/sys/block/${loopPath.replace('/dev/', '')}`;
+    this.affinity = `${block}/queue/rq_affinity`;
     this.set(false, true);
+    if (!this.affinity) return;
+    try {
+      this.inflight = openSync(`${block}/inflight`, 'r');
+    } catch (error) {
+      this.log(`warning: cannot read ${block}/inflight (${(error as Error).message}); completions stay where the kernel puts them`);
+      return;
+    }
+    this.shallow = this.busy = 0;
+    this.timer = setInterval(this.tick, TICK_MS).unref();
   }
 
   /** Leaves the setting at the kernel's default and stops changing it (the device is let go). */
   detach(): void {
-    if (this.path) this.set(false);
-    this.path = undefined;
+    this.stopSampling();
+    if (this.affinity) this.set(false);
+    this.affinity = undefined;
   }
 
-  /**
-   * A reader's wake-up took `taken` requests moving `bytes` of data; `alone`: no other reader
-   * (a lane's) is taking requests (lanes share a queue depth between them).
-   */
-  woke(taken: number, bytes: number, alone: boolean): void {
-    if (taken === 0 || !this.path) return;
-    if (!alone) {
-      if (this.submitting) this.set(false);
-      this.wakes = this.lonely = 0;
-      return;
+  private readonly tick = (): void => {
+    let inflight: number;
+    try {
+      // "%8u %8u\n": reads and writes in flight; read again from offset 0 each time.
+      const text = this.sample.toString('latin1', 0, readSync(this.inflight!, this.sample, 0, this.sample.length, 0));
+      const [reads, writes] = text.trim().split(/\s+/, 2).map(Number);
+      inflight = reads! + writes!;
+    } catch {
+      return this.stopSampling(); // the device is going away: detach() follows
     }
-    if (taken === 1 && bytes < LONELY_BYTES) this.lonely++;
-    if (++this.wakes < WINDOW) return;
-    const submitting = this.lonely >= (this.submitting ? STAY : ENTER);
-    this.wakes = this.lonely = 0;
-    if (submitting !== this.submitting) this.set(submitting);
+    if (inflight > 1) {
+      this.shallow = this.busy = 0;
+      return this.set(false);
+    }
+    this.shallow++;
+    this.busy += inflight;
+    if (this.shallow >= ENTER && this.busy >= ENTER / 2) this.set(true);
+  };
+
+  private stopSampling(): void {
+    if (this.timer) clearInterval(this.timer);
+    if (this.inflight !== undefined) closeSync(this.inflight);
+    this.timer = this.inflight = undefined;
   }
 
   private set(submitting: boolean, force = false): void {
     if (submitting === this.submitting && !force) return;
     this.submitting = submitting;
     try {
-      writeFileSync(this.path!, submitting ? '2' : '1');
+      writeFileSync(this.affinity!, submitting ? '2' : '1');
     } catch (error) {
       // The device is going away, or this kernel has no such setting: nothing to steer.
-      this.log(`warning: cannot set ${this.path} (${(error as Error).message}); completions stay where the kernel puts them`);
-      this.path = undefined;
+      this.log(`warning: cannot set ${this.affinity} (${(error as Error).message}); completions stay where the kernel puts them`);
+      this.stopSampling();
+      this.affinity = undefined;
     }
   }
 }

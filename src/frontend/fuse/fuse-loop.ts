@@ -237,8 +237,7 @@ export class FuseLoopFrontend implements Frontend {
       return new Slot(Buffer.allocUnsafeSlow(bufferSizeFor(MAX_WRITE)), c, this.expiryReply, this.restarts);
     };
     const lanes = this.options.attributes.lanes > 1;
-    const readers = lanes ? { gate: this.gate, lane: false } : undefined;
-    const channel = new FuseChannel<Slot>(this.fd, newSlot, this.dispatch.handle, SPIN_MICROSECONDS, readers, this.completion);
+    const channel = new FuseChannel<Slot>(this.fd, newSlot, this.dispatch.handle, SPIN_MICROSECONDS, lanes ? { gate: this.gate, lane: false } : undefined);
     this.channel = channel;
     void channel.ended.then((error) => {
       if (this.leaving && !this.stopping) return;
