@@ -18,12 +18,12 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { ENABLE_URING } from '../src/frontend/fuse/ring.js';
 import { execute as sh } from '../src/util/exec.js';
 import { ALL_JOBS, fio, precondition, UNIT } from './fio.js';
 import { driverTarget } from './target.js';
 
 const BIN = fileURLToPath(new URL('../src/cli/bin.js', import.meta.url));
-const URING_PARAMETER = '/sys/module/fuse/parameters/enable_uring';
 
 const { values } = parseArgs({
   options: {
@@ -41,9 +41,9 @@ if (!(seconds > 0)) throw new Error('--seconds must be a positive number');
 const driver = values.driver!.split(' ').filter((word) => word !== '');
 
 let uringBefore: string | undefined;
-if (driver.includes('--fuse-io-uring') && existsSync(URING_PARAMETER)) {
-  uringBefore = readFileSync(URING_PARAMETER, 'utf8').trim();
-  writeFileSync(URING_PARAMETER, 'Y');
+if (driver.includes('--fuse-io-uring') && existsSync(ENABLE_URING)) {
+  uringBefore = readFileSync(ENABLE_URING, 'utf8').trim();
+  writeFileSync(ENABLE_URING, 'Y');
 }
 const dir = mkdtempSync(join(tmpdir(), 'bdus-profile-'));
 const { target, end } = await driverTarget(BIN, driver, values.frontend!, join(dir, 'export.sock'));
@@ -62,7 +62,7 @@ try {
 } finally {
   await end();
   rmSync(dir, { recursive: true, force: true });
-  if (uringBefore !== undefined) writeFileSync(URING_PARAMETER, uringBefore);
+  if (uringBefore !== undefined) writeFileSync(ENABLE_URING, uringBefore);
 }
 
 /** perf report's table without its comment lines. */

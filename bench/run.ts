@@ -28,6 +28,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node
 import { cpus, totalmem } from 'node:os';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
+import { ENABLE_URING } from '../src/frontend/fuse/ring.js';
 import { execute as sh } from '../src/util/exec.js';
 import { ALL_JOBS, precondition, fio as runFio, stop, UNIT, type Measured, type Metric } from './fio.js';
 import { lanesLines, lanesRuns, type LanesRow } from './lanes.js';
@@ -69,17 +70,16 @@ function blockTarget(device: string): string[] {
   return [`--filename=${device}`, '--ioengine=libaio'];
 }
 
-const URING_PARAMETER = '/sys/module/fuse/parameters/enable_uring';
 /** enable_uring as it was before this run switched it on (undefined: untouched, or no such kernel). */
 let uringBefore: string | undefined;
 
 /** Whether this kernel has FUSE over io_uring; if so, its parameter is switched on for the run (restoreUring puts it back). */
 function enableUring(): boolean {
-  if (!existsSync(URING_PARAMETER)) return false;
-  const before = readFileSync(URING_PARAMETER, 'utf8').trim();
+  if (!existsSync(ENABLE_URING)) return false;
+  const before = readFileSync(ENABLE_URING, 'utf8').trim();
   if (before !== 'Y') {
     uringBefore ??= before;
-    writeFileSync(URING_PARAMETER, 'Y');
+    writeFileSync(ENABLE_URING, 'Y');
   }
   return true;
 }
@@ -94,7 +94,7 @@ function uringDevice(lanes: number): () => Promise<System | undefined> {
 }
 
 function restoreUring(): void {
-  if (uringBefore !== undefined) writeFileSync(URING_PARAMETER, uringBefore);
+  if (uringBefore !== undefined) writeFileSync(ENABLE_URING, uringBefore);
 }
 
 async function bdusDevice(name: string, args: string[]): Promise<System> {

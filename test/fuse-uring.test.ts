@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { fuseRingQueues } from '../src/frontend/fuse/ring.js';
-import { background, bdus, BIN, device, DRIVERS, ext4ThenDestroy, fioVerify, image, info, laneMarks, lanesSeen, mounted, must, noLeftovers, openFiles, setUring, sleep, fuseUringAvailable as available } from './helpers.js';
+import { background, bdus, BIN, device, DRIVERS, ext4ThenDestroy, fioVerify, fuseUringAvailable as available, image, info, laneMarks, lanesSeen, mounted, must, noLeftovers, openFiles, setUring, sleep } from './helpers.js';
 
 function rings(pid: number): number {
   return openFiles(pid).filter((target) => target === 'anon_inode:[io_uring]').length;

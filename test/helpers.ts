@@ -9,6 +9,7 @@ import { existsSync, readdirSync, readFileSync, readlinkSync, rmdirSync, rmSync,
 import { fileURLToPath } from 'node:url';
 import type { TestContext } from 'node:test';
 import { waitUntilDestroyed } from '../src/control/manage.js';
+import { ENABLE_URING } from '../src/frontend/fuse/ring.js';
 import { withTimeout } from '../src/util/process.js';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -295,7 +296,6 @@ export function openFiles(pid: number): string[] {
   });
 }
 
-const ENABLE_URING = '/sys/module/fuse/parameters/enable_uring';
 /** This kernel has FUSE over io_uring (6.14+). */
 export const fuseUringAvailable = existsSync(ENABLE_URING);
 

@@ -38,10 +38,13 @@ const OP_HEADER_MAX = 64;
 /** Entries per queue: as many requests as one CPU's queue keeps in flight to us. */
 const DEPTH = 32;
 
+/** The kernel's switch for FUSE over io_uring (Y or N; root's to set, never bdus's: docs/frontends.md). */
+export const ENABLE_URING = '/sys/module/fuse/parameters/enable_uring';
+
 /** Whether root has allowed FUSE over io_uring on this kernel (the module parameter exists and is Y). */
 export function fuseUringEnabled(): boolean {
   try {
-    return readFileSync('/sys/module/fuse/parameters/enable_uring', 'utf8').trim() === 'Y';
+    return readFileSync(ENABLE_URING, 'utf8').trim() === 'Y';
   } catch {
     return false;
   }
