@@ -108,3 +108,8 @@ test('help and version', async () => {
   const version = await bdus(['version']);
   assert.match(version.stdout, /^bdus CLI \d+\.\d+\.\d+\nbdus library \d+\.\d+\.\d+\nbdus daemon /);
 });
+
+test('a reader that goes away early (bdus help | true) ends the command quietly, not with a stack trace', async () => {
+  const r = await sh('bash', ['-c', `node ${BIN} help | true; echo "status \${PIPESTATUS[0]}" >&2`]);
+  assert.match(r.stderr, /^status 0\n$/, r.stderr);
+});

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { DAEMON_LOG_PATH } from '../src/control/protocol.js';
+import { isAlive, processStart } from '../src/util/process.js';
 import { background, bdus, device, DRIVERS, image, info, leftovers, mustRerun, readBlock, sleep } from './helpers.js';
 
 const DRIVER = `${DRIVERS}/recoverable.js`;
@@ -53,6 +54,8 @@ test('a hand-over stuck in the old driver\'s flush ends in bounded time: a recov
 test('a slow flush in a hand-over has a deadline (requestTimeout): a device that is not recoverable is destroyed, and says why', async (t) => {
   const img = image(t);
   const dev = await device(t, [DRIVER, img, 'slow-flush=60000', '--request-timeout', '2s']);
+  const pid = Number(await info(dev, 'pid'));
+  const start = processStart(pid)!;
   await sleep(1200); // armed
   const started = Date.now();
   const r = await bdus(['rerun', dev, DRIVER, img], { timeoutMs: 60_000 });
@@ -61,6 +64,9 @@ test('a slow flush in a hand-over has a deadline (requestTimeout): a device that
   assert.ok(Date.now() - started < 8000, `${Date.now() - started} ms`);
   for (let i = 0; i < 50 && existsSync(dev); i++) await sleep(100);
   assert.equal(existsSync(dev), false);
+  // Its flush's 60 s timer must not keep the old driver's process alive once it has handed over.
+  for (let i = 0; i < 50 && isAlive(pid, start); i++) await sleep(100);
+  assert.equal(isAlive(pid, start), false, `the old driver (pid ${pid}) has exited`);
 });
 
 test('a driver that stops reading requests, its event loop running, is killed too: a recoverable device gives the waiting read to the next driver', async (t) => {
