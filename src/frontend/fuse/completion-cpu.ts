@@ -31,6 +31,14 @@ import { closeSync, openSync, readSync, writeFileSync } from 'node:fs';
 const TICK_MS = 25;
 /** Samples in a row with at most one request in flight before steering (200 ms at queue depth 1). */
 const ENTER = 8;
+/**
+ * An idle device (IDLE samples in a row with nothing in flight: 2 s) is sampled every IDLE_TICK_MS
+ * only, so that a driver with nothing to do wakes 4 times a second, not 40; the first sample that
+ * finds a request goes back to TICK_MS (so steering for a client that starts on an idle device
+ * may begin up to 250 ms later).
+ */
+const IDLE = 80;
+const IDLE_TICK_MS = 250;
 
 export class CompletionCpu {
   private affinity: string | undefined;
@@ -40,6 +48,8 @@ export class CompletionCpu {
   /** Samples in a row with at most one request in flight, and of them those with one. */
   private shallow = 0;
   private busy = 0;
+  /** Samples in a row with nothing in flight; from IDLE on, the timer ticks at IDLE_TICK_MS. */
+  private idle = 0;
   private submitting = false;
 
   constructor(private readonly log: (line: string) => void) {}
@@ -57,8 +67,8 @@ export class CompletionCpu {
       this.log(`warning: cannot read ${block}/inflight (${(error as Error).message}); completions stay where the kernel puts them`);
       return;
     }
-    this.shallow = this.busy = 0;
-    this.timer = setInterval(this.tick, TICK_MS).unref();
+    this.shallow = this.busy = this.idle = 0;
+    this.every(TICK_MS);
   }
 
   /** Leaves the setting at the kernel's default and stops changing it (the device is let go). */
@@ -71,12 +81,15 @@ export class CompletionCpu {
   private readonly tick = (): void => {
     let inflight: number;
     try {
-      // "%8u %8u\n": reads and writes in flight; read again from offset 0 each time.
-      const text = this.sample.toString('latin1', 0, readSync(this.inflight!, this.sample, 0, this.sample.length, 0));
-      const [reads, writes] = text.trim().split(/\s+/, 2).map(Number);
-      inflight = reads! + writes!;
+      inflight = sumOfNumbers(this.sample, readSync(this.inflight!, this.sample, 0, this.sample.length, 0));
     } catch {
       return this.stopSampling(); // the device is going away: detach() follows
+    }
+    if (inflight > 0) {
+      if (this.idle >= IDLE) this.every(TICK_MS);
+      this.idle = 0;
+    } else if (++this.idle === IDLE) {
+      this.every(IDLE_TICK_MS);
     }
     if (inflight > 1) {
       this.shallow = this.busy = 0;
@@ -86,6 +99,11 @@ export class CompletionCpu {
     this.busy += inflight;
     if (this.shallow >= ENTER && this.busy >= ENTER / 2) this.set(true);
   };
+
+  private every(ms: number): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = setInterval(this.tick, ms).unref();
+  }
 
   private stopSampling(): void {
     if (this.timer) clearInterval(this.timer);
@@ -105,4 +123,20 @@ export class CompletionCpu {
       this.affinity = undefined;
     }
   }
+}
+
+/** The sum of the decimal numbers in `text`'s first `length` bytes ("%8u %8u\n": reads and writes in flight). */
+function sumOfNumbers(text: Buffer, length: number): number {
+  let sum = 0;
+  let number = 0;
+  for (let i = 0; i < length; i++) {
+    const digit = text[i]! - 0x30;
+    if (digit >= 0 && digit <= 9) {
+      number = number * 10 + digit;
+    } else {
+      sum += number;
+      number = 0;
+    }
+  }
+  return sum + number;
 }
