@@ -109,7 +109,10 @@ test('help and version', async () => {
   assert.match(version.stdout, /^bdus CLI \d+\.\d+\.\d+\nbdus library \d+\.\d+\.\d+\nbdus daemon /);
 });
 
-test('a reader that goes away early (bdus help | true) ends the command quietly, not with a stack trace', async () => {
+test('output that cannot be written: a reader gone early (bdus help | true) ends quietly; a full disk is one error line and status 1', async () => {
   const r = await sh('bash', ['-c', `node ${BIN} help | true; echo "status \${PIPESTATUS[0]}" >&2`]);
   assert.match(r.stderr, /^status 0\n$/, r.stderr);
+  const full = await sh('bash', ['-c', `node ${BIN} list > /dev/full`]);
+  assert.equal(full.code, 1);
+  oneErrorLine(full.stderr, /^bdus: error: cannot write to stdout: ENOSPC/);
 });

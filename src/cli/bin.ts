@@ -4,11 +4,15 @@
 // once, on first use: set it before anything else runs.
 if (process.argv[2] !== 'daemon') process.env.UV_THREADPOOL_SIZE ??= '16';
 const { main } = await import('./main.js');
-// A reader that went away (`bdus list | head -1`) ends what there is to say, nothing more: not a
-// stack trace, and not a driver's abort.
-for (const stream of [process.stdout, process.stderr]) {
+// A reader that went away (`bdus list | head -1`) ends what there is to say: no stack trace. Other
+// output errors (stdout on a full disk) are said once and make the exit status 1; neither aborts a
+// driver that serves a device.
+let outputFailed = false;
+for (const [name, stream] of [['stdout', process.stdout], ['stderr', process.stderr]] as const) {
   stream.on('error', (error: NodeJS.ErrnoException) => {
-    if (error.code !== 'EPIPE') throw error;
+    if (error.code === 'EPIPE' || outputFailed) return;
+    outputFailed = true;
+    if (name === 'stdout') process.stderr.write(`bdus: error: cannot write to stdout: ${error.message}\n`);
   });
 }
 // Exit rather than wait for the event loop to drain: a driver's own timers and sockets (a
@@ -17,4 +21,4 @@ for (const stream of [process.stdout, process.stderr]) {
 // out first.
 const code = await main(process.argv.slice(2));
 await Promise.all([process.stdout, process.stderr].map((stream) => new Promise((resolve) => stream.write('', resolve))));
-process.exit(code);
+process.exit(outputFailed && code === 0 ? 1 : code);
