@@ -17,7 +17,10 @@
 //                                           `callback(count)` for each batch of completions
 //                                           (entry, result) in `completions`; after a batch, the
 //                                           thread waits `spinMicroseconds` for the next, spinning
-//                                           (the ring's task work is then deferred: ring.h).
+//                                           (the kernel then leaves the ring's task work to
+//                                           the thread's next entry: ring.h).
+//   fuseRingSpin(ring, on)                  stops spinning after a batch (`on` false), or spins
+//                                           again for the spinMicroseconds it was set up with.
 //   fuseRingCommit(ring, entry)             queues the entry's COMMIT_AND_FETCH (the answer is
 //                                           in its header and payload), sent with the turn's
 //                                           others.
@@ -208,6 +211,19 @@ static napi_value js_fuse_ring_commit(napi_env env, napi_callback_info info)
     return NULL;
 }
 
+static napi_value js_fuse_ring_spin(napi_env env, napi_callback_info info)
+{
+    size_t argc = 2;
+    napi_value argv[2];
+    bool on = false;
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    struct fuse_ring *r = ring_of(env, argv[0]);
+    CHECK(napi_get_value_bool(env, argv[1], &on));
+    if (r)
+        command_ring_spin(&r->commands, on);
+    return NULL;
+}
+
 static napi_value js_fuse_ring_close(napi_env env, napi_callback_info info)
 {
     size_t argc = 1;
@@ -224,6 +240,7 @@ void fuse_uring_register(napi_env env, napi_value exports)
     napi_property_descriptor props[] = {
         {"fuseRing", NULL, js_fuse_ring, NULL, NULL, NULL, napi_default, NULL},
         {"fuseRingCommit", NULL, js_fuse_ring_commit, NULL, NULL, NULL, napi_default, NULL},
+        {"fuseRingSpin", NULL, js_fuse_ring_spin, NULL, NULL, NULL, napi_default, NULL},
         {"fuseRingClose", NULL, js_fuse_ring_close, NULL, NULL, NULL, napi_default, NULL},
     };
     napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);

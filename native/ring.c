@@ -104,8 +104,8 @@ struct io_uring_sqe *ring_sqe(struct ring *r)
 /** Submits what is queued; with `wait`, also waits for that many completions. */
 int ring_enter(struct ring *r, unsigned wait)
 {
-    // GETEVENTS runs deferred work even when nothing is waited for (wait 0).
-    unsigned flags = wait || (r->flags & IORING_SETUP_DEFER_TASKRUN) ? IORING_ENTER_GETEVENTS : 0;
+    // GETEVENTS runs the work that waits for this thread even when nothing is waited for (wait 0).
+    unsigned flags = wait || (r->flags & IORING_SETUP_TASKRUN_FLAG) ? IORING_ENTER_GETEVENTS : 0;
     for (;;) {
         int n = (int)syscall(__NR_io_uring_enter, r->fd, r->unsubmitted, wait, flags, NULL, 0);
         if (n >= 0) {
@@ -120,23 +120,26 @@ int ring_enter(struct ring *r, unsigned wait)
 
 /* Command rings --------------------------------------------------------------------------- */
 
-// Deferred task work (ring.h), for a ring whose thread spins: the kernel runs a completion's work
-// on this thread when the thread enters the ring, instead of interrupting it (which made a spin
-// cost more than it saved). It needs a single submitting thread, which a command ring is: the
-// thread that serves it. A ring that does not spin keeps the kernel's default: deferred work
-// only adds an io_uring_enter to each wake-up there (docs/performance.md).
-#define DEFERRED (IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG)
+// Cooperative task work (ring.h), for a ring whose thread may spin: the kernel runs a
+// completion's work on this thread when the thread next enters the kernel, instead of
+// interrupting it (which made a spin cost more than it saved), and flags it in the ring. Before
+// 2026-12-05 such a ring deferred its task work (IORING_SETUP_DEFER_TASKRUN): as fast for a
+// spinning ring, but each wake-up of a ring that is not spinning then needs its own
+// io_uring_enter, which cost the ring's lanes up to 18% of their IOPS at queue depth 32
+// (docs/performance.md, "Ring lanes at queue depth 1"). A ring that never spins keeps the
+// kernel's default.
+#define MAY_SPIN (IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG)
 
 int command_ring_init(struct command_ring *c, unsigned entries, unsigned flags, unsigned capacity, int64_t spin_us)
 {
     c->ring.fd = -1;
     c->eventfd = -1;
     c->capacity = capacity;
-    c->spin_ns = spin_us > 0 ? spin_us * 1000 : 0;
+    c->spin_ns = c->spin_setup_ns = spin_us > 0 ? spin_us * 1000 : 0;
     c->completions = calloc(capacity * 2, sizeof(int32_t));
     if (!c->completions)
         return -ENOMEM;
-    int err = ring_init(&c->ring, entries, flags | (c->spin_ns ? DEFERRED : 0));
+    int err = ring_init(&c->ring, entries, flags | (c->spin_ns ? MAY_SPIN : 0));
     if (err < 0)
         return err;
     c->eventfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -145,6 +148,11 @@ int command_ring_init(struct command_ring *c, unsigned entries, unsigned flags, 
     if (syscall(__NR_io_uring_register, c->ring.fd, IORING_REGISTER_EVENTFD, &c->eventfd, 1) < 0)
         return -errno;
     return 0;
+}
+
+void command_ring_spin(struct command_ring *c, bool on)
+{
+    c->spin_ns = on ? c->spin_setup_ns : 0;
 }
 
 void command_ring_free_early(struct command_ring *c)
@@ -258,10 +266,10 @@ static void submit(uv_prepare_t *prepare)
         ring_enter(&c->ring, 0);
 }
 
-// Whether deferred work waits for this thread to enter the ring (ring.h).
+// Whether work waits for this thread to enter the ring (ring.h).
 static int work_waits(struct ring *r)
 {
-    return (r->flags & IORING_SETUP_DEFER_TASKRUN) &&
+    return (r->flags & IORING_SETUP_TASKRUN_FLAG) &&
            (atomic_load_explicit((_Atomic unsigned *)r->sq_flags, memory_order_acquire) & IORING_SQ_TASKRUN);
 }
 

@@ -8,15 +8,17 @@
 // per batch. Commands queued during a loop turn are submitted together by one io_uring_enter,
 // from a uv_prepare handle that runs just before the loop waits.
 //
-// A command ring that spins for the next completion after a batch (a client at queue depth 1
-// sends its next request within microseconds) is set up with IORING_SETUP_DEFER_TASKRUN, so the
-// kernel never interrupts its thread: the work a completion needs on this thread (a FUSE request
-// copied into its entry) waits, flagged in the ring and signalled on the eventfd, until the
-// thread next enters the ring, which the spin sees without a system call.
+// A command ring that may spin for the next completion after a batch (a client at queue depth 1
+// sends its next request within microseconds) is set up with IORING_SETUP_COOP_TASKRUN and
+// IORING_SETUP_TASKRUN_FLAG, so the kernel never interrupts its running thread: the work a
+// completion needs on this thread (a FUSE request copied into its entry) waits, flagged in the
+// ring, until the thread next enters the kernel, and the spin enters the ring when it sees the
+// flag, without a system call before. A sleeping thread is woken for it as for any ring.
 #ifndef BDUS_RING_H
 #define BDUS_RING_H
 #include <linux/io_uring.h>
 #include <node_api.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -39,7 +41,7 @@ int ring_init(struct ring *r, unsigned entries, unsigned flags);
 void ring_exit(struct ring *r);
 // The next free submission entry, zeroed and already queued, or NULL if the ring is full.
 struct io_uring_sqe *ring_sqe(struct ring *r);
-// Submits what is queued (and runs deferred work); with `wait`, also waits for that many completions.
+// Submits what is queued (and runs the work that waits for this thread); with `wait`, also waits for that many completions.
 int ring_enter(struct ring *r, unsigned wait);
 
 struct command_ring {
@@ -52,6 +54,7 @@ struct command_ring {
     int handles;
     int closed;
     int64_t spin_ns; // after a batch, how long to wait for the next completion, spinning (0: never)
+    int64_t spin_setup_ns; // the spin the ring was set up for (command_ring_spin turns it on and off)
     napi_env env;
     napi_ref callback;
     napi_async_context context;
@@ -70,6 +73,8 @@ struct command_ring {
 // 0, or a negative errno; on failure, command_ring_free_early undoes what was done.
 int command_ring_init(struct command_ring *c, unsigned entries, unsigned flags, unsigned capacity, int64_t spin_us);
 void command_ring_free_early(struct command_ring *c);
+// Stops spinning (`on` false) or spins again as set up; a ring set up with no spin never spins.
+void command_ring_spin(struct command_ring *c, bool on);
 // Starts watching: `callback(count)` for each batch of `count` completions.
 napi_status command_ring_start(napi_env env, struct command_ring *c, napi_value callback, const char *name);
 // A submission entry for a command, submitted with the turn's others.

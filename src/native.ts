@@ -125,6 +125,8 @@ interface NativeAddon {
   fuseRing(fd: number, queueIds: readonly number[], depth: number, payloadSize: number, spinMicroseconds: number, callback: (count: number) => void): FuseRingHandle;
   /** Queues the entry's COMMIT_AND_FETCH (its answer in its header and payload), submitted with the loop turn's others. */
   fuseRingCommit(ring: FuseRingHandle['ring'], entry: number): void;
+  /** Stops spinning after a batch (`on` false), or spins again for the spinMicroseconds the ring was set up with. */
+  fuseRingSpin(ring: FuseRingHandle['ring'], on: boolean): void;
   /** Ends the ring (the buffers stay until collected). */
   fuseRingClose(ring: FuseRingHandle['ring']): void;
   /**

@@ -22,6 +22,9 @@
  * served at the default within one tick. The setting is a sysfs write, which does not wait for
  * the requests in flight.
  *
+ * The same reading tells the threads of FUSE's ring's lanes when to run as one ring does
+ * (`depthOne`; RingLane in ring.ts).
+ *
  * The frontend owns its loop device, and so this setting: a driver starts with it at the
  * kernel's default (1) and puts it back when it lets the device go.
  */
@@ -51,6 +54,11 @@ export class CompletionCpu {
   /** Samples in a row with nothing in flight; from IDLE on, the timer ticks at IDLE_TICK_MS. */
   private idle = 0;
   private submitting = false;
+  /**
+   * 1 while a client runs at queue depth 1 (completions go to the submitting CPU then), else 0:
+   * shared with the threads of the ring's lanes, which serve differently then (RingLane, ring.ts).
+   */
+  readonly depthOne = new Int32Array(new SharedArrayBuffer(4));
 
   constructor(private readonly log: (line: string) => void) {}
 
@@ -116,7 +124,9 @@ export class CompletionCpu {
     this.submitting = submitting;
     try {
       writeFileSync(this.affinity!, submitting ? '2' : '1');
+      Atomics.store(this.depthOne, 0, submitting ? 1 : 0);
     } catch (error) {
+      Atomics.store(this.depthOne, 0, 0);
       // The device is going away, or this kernel has no such setting: nothing to steer.
       this.log(`warning: cannot set ${this.affinity} (${(error as Error).message}); completions stay where the kernel puts them`);
       this.stopSampling();

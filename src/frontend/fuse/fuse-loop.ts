@@ -9,7 +9,6 @@
  */
 import { closeSync, promises as fsp, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { constants } from 'node:os';
-import { pinLane } from '../../lane/pin.js';
 import { queuesOfLane, type Frontend, type FrontendOptions, type KernelDevice } from '../frontend.js';
 import type { RequestLayer } from '../../request/request-layer.js';
 import type { RestartTable } from './restart-table.js';
@@ -39,9 +38,10 @@ const MAX_BACKGROUND = 256;
  * spins. The ring spins alike (FuseRing: 4k QD1 45.5 -> 31.0 us). With lanes no reader spins:
  * the spinning main thread took the core a lane needed (the ram example, 2 lanes on 2 vCPUs: 4k
  * QD32 0.62-0.68x of one lane with the spin, 0.71-0.86x without; 1M write 1.01x with, 1.96x
- * without).
+ * without), but for the ring's lanes at queue depth 1, where one lane takes every request
+ * (RingLane, ring.ts).
  */
-const SPIN_MICROSECONDS = 20;
+export const SPIN_MICROSECONDS = 20;
 
 /** What a lane (lane.ts) takes from the frontend: the connection's clones (fds of this process), and the image's look. */
 export interface FuseLaneShare {
@@ -53,6 +53,8 @@ export interface FuseLaneShare {
   readonly ringQueues: number;
   /** The ReaderGate's memory: the lanes' readers of /dev/fuse count themselves there while parked. */
   readonly gate: SharedArrayBuffer;
+  /** CompletionCpu.depthOne's memory: 1 while a client runs at queue depth 1 (the ring's lanes follow it: RingLane). */
+  readonly depthOne: SharedArrayBuffer;
 }
 
 export interface FuseLoopOptions extends FrontendOptions {
@@ -162,7 +164,7 @@ export class FuseLoopFrontend implements Frontend {
     const { lanes } = this.options.attributes;
     if (lanes <= 1) return;
     for (let lane = 1; lane < lanes; lane++) this.clones.push(native.fuseClone(this.fd));
-    const share: FuseLaneShare = { image: this.image, clones: this.clones, lanes, ringQueues: this.ring ? fuseRingQueues() : 0, gate: this.gate.buffer };
+    const share: FuseLaneShare = { image: this.image, clones: this.clones, lanes, ringQueues: this.ring ? fuseRingQueues() : 0, gate: this.gate.buffer, depthOne: this.completion.depthOne.buffer as SharedArrayBuffer };
     await this.options.startLanes(share);
   }
 
@@ -297,8 +299,8 @@ export class FuseLoopFrontend implements Frontend {
     const { lanes } = this.options.attributes;
     if (ring) {
       const queues = queuesOfLane(fuseRingQueues(), lanes, 0);
-      if (lanes > 1) pinLane(queues, this.options.log); // queue q is CPU q's
-      this.ring = new FuseRing(this.fd, this.channel!, MAX_WRITE, this.dispatch.handle, this.options.log, queues, lanes > 1 ? 0 : SPIN_MICROSECONDS);
+      const lane = lanes > 1 ? { cpus: queues, depthOne: this.completion.depthOne } : undefined; // queue q is CPU q's
+      this.ring = new FuseRing(this.fd, this.channel!, MAX_WRITE, this.dispatch.handle, this.options.log, queues, SPIN_MICROSECONDS, lane);
     } else if (this.options.attributes.fuseIoUring) {
       this.options.log('warning: this kernel offers no FUSE over io_uring; serving /dev/fuse');
     }

@@ -16,15 +16,15 @@
  * share of the connection's queues (queuesOfLane): the kernel sends a request to the queue of the
  * CPU it starts on and completes an entry on the thread that registered it, so a lane takes its
  * CPUs' requests and no other lane is woken for them; the lane's thread is pinned to those CPUs
- * (src/lane/pin.ts). Its clone is still read, for what the kernel sends outside the ring (forgets,
- * interrupts).
+ * (src/lane/pin.ts), except while a client runs at queue depth 1, when it unpins and spins
+ * (RingLane in ring.ts). Its clone is still read, for what the kernel sends outside the ring
+ * (forgets, interrupts).
  */
 import { constants } from 'node:os';
-import { pinLane } from '../../lane/pin.js';
 import { queuesOfLane, type LaneKind, type LaneServer } from '../frontend.js';
 import { bufferSizeFor, FuseChannel } from './channel.js';
 import { FuseDispatch } from './dispatch.js';
-import { MAX_WRITE, type FuseLaneShare } from './fuse-loop.js';
+import { MAX_WRITE, SPIN_MICROSECONDS, type FuseLaneShare } from './fuse-loop.js';
 import { OutHeader } from './protocol.js';
 import { ReaderGate } from './reader-gate.js';
 import { FuseRing } from './ring.js';
@@ -53,8 +53,8 @@ export const fuseLanes: LaneKind = {
     let ring: FuseRing | undefined;
     if (s.ringQueues > 0) {
       const queues = queuesOfLane(s.ringQueues, s.lanes, lane);
-      pinLane(queues, log); // queue q is CPU q's
-      ring = new FuseRing(fd, channel, MAX_WRITE, dispatch.handle, log, queues, 0);
+      const ringLane = { cpus: queues, depthOne: new Int32Array(s.depthOne) }; // queue q is CPU q's
+      ring = new FuseRing(fd, channel, MAX_WRITE, dispatch.handle, log, queues, SPIN_MICROSECONDS, ringLane);
     }
     return {
       stop: () => {

@@ -21,6 +21,7 @@
  */
 import { constants } from 'node:os';
 import { readFileSync } from 'node:fs';
+import { pinLane } from '../../lane/pin.js';
 import { native, type FuseRingHandle } from '../../native.js';
 import type { FuseChannel } from './channel.js';
 import { InHeader, OutHeader, WriteOut } from './protocol.js';
@@ -138,6 +139,26 @@ export class RingSlot extends Slot {
 }
 
 /**
+ * A lane's ring, one of several: the CPUs its thread is pinned to (its queues': queue q is CPU
+ * q's), and the device's flag that is 1 while a client runs at queue depth 1 (CompletionCpu).
+ *
+ * Pinned and not spinning, each lane serves its own CPUs' requests where they start, and two
+ * spinning lanes would take the cores fio needs. But at queue depth 1 every request goes to the
+ * queue of the one CPU the client runs on, so its lane, pinned there, shares that CPU with the
+ * client and is woken for every request (1.46x / 1.39x the loop device's 4k QD1 latency in
+ * the run of 2026-12-05). There the lane unpins and spins, as one ring does: the scheduler runs
+ * it on the other CPU and the client's next request is caught spinning (1.24x-1.34x the IOPS at
+ * QD1, deep jobs even: docs/performance.md, "Ring lanes at queue depth 1"). Its ring is set up
+ * to spin from the start (the kernel then leaves its work to the thread instead of interrupting
+ * it, which a spinning ring needs and which cannot be changed later: native/ring.h), and spins
+ * only while the flag says so.
+ */
+export interface RingLane {
+  readonly cpus: readonly number[];
+  readonly depthOne: Int32Array;
+}
+
+/**
  * Ring entries on some of the connection's queues (all of them, or a lane's: the kernel sends a
  * request to the queue of the CPU it starts on, and answers reach the thread that registered the
  * entry), served on this thread.
@@ -150,6 +171,9 @@ export class FuseRing {
   /** Set by stopTaking(): what arrives from then on stays with its entry until the connection ends. */
   private taking = true;
   private failed = 0;
+  /** A lane's ring: whether it runs as at queue depth 1 now, unpinned (RingLane). */
+  private atDepthOne = false;
+  private readonly everyCpu: readonly number[];
 
   constructor(
     fd: number,
@@ -160,9 +184,14 @@ export class FuseRing {
     queueIds: readonly number[],
     /** After a batch, how long to wait for the next request, spinning, before the event loop sleeps (0: never). */
     spinMicroseconds: number,
+    /** A lane's ring: pinned to its CPUs, and spinning only at queue depth 1. */
+    private readonly lane?: RingLane,
   ) {
     const entries = queueIds.length * DEPTH;
+    if (lane) pinLane(lane.cpus, log);
     this.handle = native.fuseRing(fd, queueIds, DEPTH, payloadSize, spinMicroseconds, (count) => this.arrived(count));
+    if (lane) native.fuseRingSpin(this.handle.ring, false);
+    this.everyCpu = lane ? Array.from({ length: fuseRingQueues() }, (_, cpu) => cpu) : [];
     const c = this.handle.completions;
     this.completions = new Int32Array(c.buffer, c.byteOffset, entries * 2);
     for (let i = 0; i < entries; i++) {
@@ -185,6 +214,13 @@ export class FuseRing {
     this.taking = false;
   }
 
+  /** A lane's ring at queue depth 1 runs unpinned and spins; pinned and still otherwise (RingLane). */
+  private followDepth(): void {
+    this.atDepthOne = !this.atDepthOne;
+    pinLane(this.atDepthOne ? this.everyCpu : this.lane!.cpus, this.log);
+    native.fuseRingSpin(this.handle.ring, this.atDepthOne);
+  }
+
   /** Ends the ring: entries that wait are cancelled; answers of this turn still go. */
   close(): void {
     if (this.closed) return;
@@ -193,6 +229,7 @@ export class FuseRing {
   }
 
   private arrived(count: number): void {
+    if (this.lane && (Atomics.load(this.lane.depthOne, 0) === 1) !== this.atDepthOne) this.followDepth();
     const c = this.completions;
     for (let i = 0; i < count && !this.closed && this.taking; i++) {
       const index = c[2 * i]!;
