@@ -53,10 +53,10 @@ export class CompletionCpu {
   private busy = 0;
   /** Samples in a row with nothing in flight; from IDLE on, the timer ticks at IDLE_TICK_MS. */
   private idle = 0;
-  private submitting = false;
   /**
    * 1 while a client runs at queue depth 1 (completions go to the submitting CPU then), else 0:
-   * shared with the threads of the ring's lanes, which serve differently then (RingLane, ring.ts).
+   * this object's own state, and shared with the threads of the ring's lanes, which serve
+   * differently then (RingLane, ring.ts).
    */
   readonly depthOne = new Int32Array(new SharedArrayBuffer(4));
 
@@ -120,11 +120,10 @@ export class CompletionCpu {
   }
 
   private set(submitting: boolean, force = false): void {
-    if (submitting === this.submitting && !force) return;
-    this.submitting = submitting;
+    if (submitting === (this.depthOne[0] === 1) && !force) return;
+    Atomics.store(this.depthOne, 0, submitting ? 1 : 0);
     try {
       writeFileSync(this.affinity!, submitting ? '2' : '1');
-      Atomics.store(this.depthOne, 0, submitting ? 1 : 0);
     } catch (error) {
       Atomics.store(this.depthOne, 0, 0);
       // The device is going away, or this kernel has no such setting: nothing to steer.
