@@ -29,7 +29,7 @@
 //   pinThread(cpus)                                       sched_setaffinity of the calling thread, sync
 //   pageSize                                              sysconf(_SC_PAGESIZE)
 //   ublkControl, ublkQueue, ublkCommit, ublkQueueClose     ublk through io_uring: see ublk.c
-//   fuseRing, fuseRingCommit, fuseRingClose               FUSE over io_uring: see fuse_uring.c
+//   fuseRing, fuseRingCommit, fuseRingWait, ...           FUSE over io_uring: see fuse_uring.c
 
 #define _GNU_SOURCE
 #include <errno.h>

@@ -24,6 +24,9 @@
 //   fuseRingCommit(ring, entry)             queues the entry's COMMIT_AND_FETCH (the answer is
 //                                           in its header and payload), sent with the turn's
 //                                           others.
+//   fuseRingWait(ring)                      sends the queued commits and, if the ring spins now,
+//                                           waits for the next request, spinning (answers that
+//                                           promises gave after the batch's callback).
 //   fuseRingClose(ring)                     ends the ring (the kernel cancels the entries that
 //                                           wait; the buffers stay until collected).
 
@@ -224,6 +227,17 @@ static napi_value js_fuse_ring_spin(napi_env env, napi_callback_info info)
     return NULL;
 }
 
+static napi_value js_fuse_ring_wait(napi_env env, napi_callback_info info)
+{
+    size_t argc = 1;
+    napi_value argv[1];
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    struct fuse_ring *r = ring_of(env, argv[0]);
+    if (r && !r->commands.closed)
+        command_ring_wait(&r->commands);
+    return NULL;
+}
+
 static napi_value js_fuse_ring_close(napi_env env, napi_callback_info info)
 {
     size_t argc = 1;
@@ -241,6 +255,7 @@ void fuse_uring_register(napi_env env, napi_value exports)
         {"fuseRing", NULL, js_fuse_ring, NULL, NULL, NULL, napi_default, NULL},
         {"fuseRingCommit", NULL, js_fuse_ring_commit, NULL, NULL, NULL, napi_default, NULL},
         {"fuseRingSpin", NULL, js_fuse_ring_spin, NULL, NULL, NULL, napi_default, NULL},
+        {"fuseRingWait", NULL, js_fuse_ring_wait, NULL, NULL, NULL, napi_default, NULL},
         {"fuseRingClose", NULL, js_fuse_ring_close, NULL, NULL, NULL, napi_default, NULL},
     };
     napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);

@@ -3,7 +3,7 @@
 #define BDUS_FUSE_URING_H
 #include <node_api.h>
 
-// Adds fuseRing, fuseRingCommit and fuseRingClose to the addon's exports.
+// Adds fuseRing, fuseRingCommit, fuseRingSpin, fuseRingWait and fuseRingClose to the addon's exports.
 void fuse_uring_register(napi_env env, napi_value exports);
 
 #endif

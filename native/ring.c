@@ -295,6 +295,17 @@ static int spin(struct command_ring *c)
     return 0;
 }
 
+void command_ring_wait(struct command_ring *c)
+{
+    // The work a completion needs on this thread is run now: it posts the completion, which
+    // signals the eventfd the event loop watches.
+    if (c->spin_ns <= 0 || c->closed)
+        return;
+    c->waited = 1;
+    if (spin(c) && work_waits(&c->ring))
+        ring_enter(&c->ring, 0);
+}
+
 // Batches handled in a row (spinning between them, if the ring spins) before the event loop gets
 // its turn again.
 #define ROUNDS 4
@@ -332,10 +343,14 @@ static void ready(uv_poll_t *poll, int status, int events)
         napi_get_reference_value(env, c->callback, &callback);
         napi_get_global(env, &global);
         napi_create_uint32(env, n, &arg);
+        c->waited = 0;
         // make_callback: the promises the callback settles run before the loop waits.
         napi_make_callback(env, c->context, global, callback, 1, &arg, NULL);
         napi_close_handle_scope(env, scope);
-        if (c->spin_ns > 0 && !c->closed && !spin(c))
+        if (c->closed)
+            return;
+        // Promises the callback settled may have waited already (command_ring_wait).
+        if (c->waited ? !completions_wait(&c->ring) && !work_waits(&c->ring) : c->spin_ns <= 0 || !spin(c))
             return;
     }
 }

@@ -55,6 +55,7 @@ struct command_ring {
     int closed;
     int64_t spin_ns; // after a batch, how long to wait for the next completion, spinning (0: never)
     int64_t spin_setup_ns; // the spin the ring was set up for (command_ring_spin turns it on and off)
+    int waited; // command_ring_wait ran during the callback: no second spin after it
     napi_env env;
     napi_ref callback;
     napi_async_context context;
@@ -75,6 +76,9 @@ int command_ring_init(struct command_ring *c, unsigned entries, unsigned flags, 
 void command_ring_free_early(struct command_ring *c);
 // Stops spinning (`on` false) or spins again as set up; a ring set up with no spin never spins.
 void command_ring_spin(struct command_ring *c, bool on);
+// If the ring spins now: submits what is queued and waits for the next completion, spinning, as
+// after a batch (the event loop then finds it without sleeping).
+void command_ring_wait(struct command_ring *c);
 // Starts watching: `callback(count)` for each batch of `count` completions.
 napi_status command_ring_start(napi_env env, struct command_ring *c, napi_value callback, const char *name);
 // A submission entry for a command, submitted with the turn's others.

@@ -127,6 +127,12 @@ interface NativeAddon {
   fuseRingCommit(ring: FuseRingHandle['ring'], entry: number): void;
   /** Stops spinning after a batch (`on` false), or spins again for the spinMicroseconds the ring was set up with. */
   fuseRingSpin(ring: FuseRingHandle['ring'], on: boolean): void;
+  /**
+   * Sends the commits queued this turn and waits for the next request, spinning, for the
+   * spinMicroseconds the ring was set up with (if it spins now): a request caught is handled
+   * by the event loop without sleeping.
+   */
+  fuseRingWait(ring: FuseRingHandle['ring']): void;
   /** Ends the ring (the buffers stay until collected). */
   fuseRingClose(ring: FuseRingHandle['ring']): void;
   /**

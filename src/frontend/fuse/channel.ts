@@ -111,6 +111,8 @@ export class FuseChannel<S extends ChannelSlot> {
   private peekFound = false;
   /** The watcher's spin now (a main reader with lanes spins only while it reads alone). */
   private spinning = 0;
+  /** Requests read and not yet released: their callbacks still run. */
+  private inFlight = 0;
   /** Set by resend() until every re-sent request has been read. */
   private resentRead: (() => void) | undefined;
   /** Resolves when reading has stopped: undefined after unmount/abort (ENODEV) or stop(), else the error. */
@@ -143,6 +145,7 @@ export class FuseChannel<S extends ChannelSlot> {
 
   /** Gives a slot back once its request is answered (or dropped). */
   release(slot: S): void {
+    this.inFlight--;
     if (this.queued > 0) this.leaving.push(slot);
     else this.pool.push(slot);
   }
@@ -209,8 +212,25 @@ export class FuseChannel<S extends ChannelSlot> {
     this.queued++;
     if (!this.taking && !this.flushPending) {
       this.flushPending = true;
-      queueMicrotask(this.flush);
+      queueMicrotask(this.flushLater);
     }
+  }
+
+  /**
+   * Replies that promises settled leave once that turn's promises have. If that answered the
+   * last request in flight, the thread waits for the next one here, spinning, as the watcher
+   * does after requests answered at once: a client at queue depth 1 sends it within microseconds.
+   */
+  private readonly flushLater = (): void => {
+    this.flush();
+    const spin = this.inFlight === 0 && !this.stopped ? this.mayWait() : 0;
+    if (spin > 0) native.waitReadable(this.fd, spin);
+  };
+
+  /** How long this reader may spin for the next request (ReaderGate: a main reader only while every lane's is parked). */
+  private mayWait(): number {
+    if (!this.readers) return this.spinMicroseconds;
+    return !this.readers.lane && this.readers.gate.alone() ? this.spinMicroseconds : 0;
   }
 
   /** The batch, or null where the kernel gives no io_uring (each reply is then written at once). */
@@ -312,13 +332,12 @@ export class FuseChannel<S extends ChannelSlot> {
 
   private readonly readable = (status: number): void => {
     const taken = this.take(status);
-    if (!this.readers) return;
-    const { gate } = this.readers;
-    if (!this.readers.lane) {
-      const spin = gate.alone() ? this.spinMicroseconds : 0;
-      if (spin !== this.spinning && this.watcher) native.watchSpin(this.watcher, (this.spinning = spin));
-      return;
-    }
+    // No spin after requests left in flight: their callbacks wait for the event loop (a file's
+    // completions, a socket), which a spin for the next request would only hold up; flushLater
+    // spins once they are answered.
+    const spin = this.inFlight > 0 ? 0 : this.mayWait();
+    if (spin !== this.spinning && this.watcher) native.watchSpin(this.watcher, (this.spinning = spin));
+    if (!this.readers?.lane) return;
     this.lonelyWakes = taken <= 1 && this.takenBytes < LONELY_BYTES ? this.lonelyWakes + 1 : 0;
     if (this.lonelyWakes >= PARK_AFTER && this.watcher) this.park();
   };
@@ -344,6 +363,7 @@ export class FuseChannel<S extends ChannelSlot> {
       const length = native.readFd(this.fd, slot.buffer);
       if (length >= InHeader.SIZE) {
         if (this.resentRead && this.pastResent(slot.buffer)) this.resentDone();
+        this.inFlight++;
         bytes += this.handler(slot, length);
         // The first request's reply, if it is answered at once, leaves before the next read: at
         // queue depth 1 that read finds nothing, and the client would wait for it.

@@ -174,6 +174,13 @@ export class FuseRing {
   /** A lane's ring: whether it runs as at queue depth 1 now, unpinned (RingLane). */
   private atDepthOne = false;
   private readonly everyCpu: readonly number[];
+  /** Requests handed to the handler and not yet committed: their callbacks still run. */
+  private inFlight = 0;
+  /** Whether the native ring spins after a batch now. */
+  private spinning: boolean;
+  private inArrived = false;
+  private waitQueued = false;
+  private readonly spinSetUp: boolean;
 
   constructor(
     fd: number,
@@ -187,8 +194,10 @@ export class FuseRing {
     /** A lane's ring: pinned to its CPUs, and spinning only at queue depth 1. */
     private readonly lane?: RingLane,
   ) {
+    this.spinning = spinMicroseconds > 0 && !lane;
     const entries = queueIds.length * DEPTH;
     if (lane) pinLane(lane.cpus, log);
+    this.spinSetUp = spinMicroseconds > 0;
     this.handle = native.fuseRing(fd, queueIds, DEPTH, payloadSize, spinMicroseconds, (count) => this.arrived(count));
     if (lane) native.fuseRingSpin(this.handle.ring, false);
     this.everyCpu = lane ? Array.from({ length: fuseRingQueues() }, (_, cpu) => cpu) : [];
@@ -202,8 +211,31 @@ export class FuseRing {
   }
 
   commit(index: number): void {
-    if (!this.closed) native.fuseRingCommit(this.handle.ring, index);
+    if (this.closed) return;
+    native.fuseRingCommit(this.handle.ring, index);
+    if (--this.inFlight === 0 && !this.inArrived && !this.waitQueued && this.spinWanted()) {
+      this.waitQueued = true;
+      queueMicrotask(this.waitNext);
+    }
   }
+
+  /** Whether this ring spins for the next request when idle: one ring always, a lane's at queue depth 1. */
+  private spinWanted(): boolean {
+    return this.lane ? this.atDepthOne : this.spinSetUp;
+  }
+
+  /**
+   * No spin after a batch that left requests in flight: their callbacks wait for the event loop
+   * (a file's completions, a socket), which the spin would only hold up. Once promises answered
+   * the last of them, the answers leave and the thread waits for the next request here,
+   * spinning, as after a batch answered at once.
+   */
+  private readonly waitNext = (): void => {
+    this.waitQueued = false;
+    if (this.closed || this.inFlight !== 0 || !this.spinWanted()) return;
+    if (!this.spinning) native.fuseRingSpin(this.handle.ring, (this.spinning = true));
+    native.fuseRingWait(this.handle.ring);
+  };
 
   /**
    * Hands no more requests to the handler (a lane stopping before a destruction): the kernel
@@ -218,7 +250,6 @@ export class FuseRing {
   private followDepth(): void {
     this.atDepthOne = !this.atDepthOne;
     pinLane(this.atDepthOne ? this.everyCpu : this.lane!.cpus, this.log);
-    native.fuseRingSpin(this.handle.ring, this.atDepthOne);
   }
 
   /** Ends the ring: entries that wait are cancelled; answers of this turn still go. */
@@ -231,16 +262,25 @@ export class FuseRing {
   private arrived(count: number): void {
     if (this.lane && (Atomics.load(this.lane.depthOne, 0) === 1) !== this.atDepthOne) this.followDepth();
     const c = this.completions;
-    for (let i = 0; i < count && !this.closed && this.taking; i++) {
-      const index = c[2 * i]!;
-      const result = c[2 * i + 1]!;
-      if (result < 0) {
-        // The connection ended (ENOTCONN), or the kernel refused the entry (io_uring off).
-        if (this.failed++ === 0) this.log(`FUSE io_uring entry ${index} ended: errno ${-result}`);
-        continue;
+    this.inArrived = true;
+    try {
+      for (let i = 0; i < count && !this.closed && this.taking; i++) {
+        const index = c[2 * i]!;
+        const result = c[2 * i + 1]!;
+        if (result < 0) {
+          // The connection ended (ENOTCONN), or the kernel refused the entry (io_uring off).
+          if (this.failed++ === 0) this.log(`FUSE io_uring entry ${index} ended: errno ${-result}`);
+          continue;
+        }
+        const slot = this.slots[index]!;
+        this.inFlight++;
+        this.handler(slot, slot.load());
       }
-      const slot = this.slots[index]!;
-      this.handler(slot, slot.load());
+    } finally {
+      this.inArrived = false;
     }
+    // Read by the native ring right after this returns: whether it spins for the next batch.
+    const spin = this.inFlight === 0 && this.spinWanted();
+    if (spin !== this.spinning && !this.closed) native.fuseRingSpin(this.handle.ring, (this.spinning = spin));
   }
 }
