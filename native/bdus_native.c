@@ -30,6 +30,8 @@
 //   pageSize                                              sysconf(_SC_PAGESIZE)
 //   ublkControl, ublkQueue, ublkCommit, ublkQueueClose     ublk through io_uring: see ublk.c
 //   fuseRing, fuseRingCommit, fuseRingWait, ...           FUSE over io_uring: see fuse_uring.c
+//   writeBatch...                                         writes to one file in one system call: see write_batch.c
+//   fileIo, fileIoQueue, fileIoClose                      file reads and writes through io_uring: see file_io.c
 
 #define _GNU_SOURCE
 #include <errno.h>
@@ -57,6 +59,7 @@
 #include "nbd_netlink.h"
 #include "fuse_uring.h"
 #include "write_batch.h"
+#include "file_io.h"
 #include "ublk.h"
 
 napi_value throw_errno(napi_env env, int err, const char *syscall)
@@ -825,6 +828,7 @@ static napi_value init(napi_env env, napi_value exports)
     ublk_register(env, exports);
     fuse_uring_register(env, exports);
     write_batch_register(env, exports);
+    file_io_register(env, exports);
     return exports;
 }
 

@@ -336,6 +336,8 @@ static void ready(uv_poll_t *poll, int status, int events)
         atomic_store_explicit((_Atomic unsigned *)c->ring.cq_head, head, memory_order_release);
         if (n == 0)
             return;
+        if (c->reaped)
+            c->reaped(c, n);
         napi_handle_scope scope;
         napi_value callback, global, arg;
         if (napi_open_handle_scope(env, &scope) != napi_ok)

@@ -61,6 +61,8 @@ struct command_ring {
     napi_async_context context;
     // Called once the ring is closed and its handles are gone: frees what embeds it.
     void (*freed)(struct command_ring *c);
+    // If set, told how many completions a batch reaped, before JavaScript sees them.
+    void (*reaped)(struct command_ring *c, unsigned count);
     // Set while the ring runs: a worker thread (a lane) ended unasked closes it (ring.c).
     napi_async_cleanup_hook_handle cleanup;
     int tearing_down;

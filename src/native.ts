@@ -151,6 +151,26 @@ interface NativeAddon {
   writeBatchErrors(batch: WriteBatch): number[];
   /** Submits what is queued (how many failed) and ends the batch's ring; adding after this throws. */
   writeBatchClose(batch: WriteBatch): number;
+  /**
+   * File reads, writes and fdatasyncs through io_uring (native/file_io.c): up to `entries` in
+   * flight; `callback(count)` for each batch of completions, as (tag, result) int32 pairs in
+   * `completions`. Throws if the kernel gives no io_uring.
+   */
+  fileIo(entries: number, callback: (count: number) => void): FileIoHandle;
+  /**
+   * Queues an operation, submitted with the loop turn's others: `op` 0 reads into
+   * data[start, start + length) from `position`, 1 writes from it, 2 is fdatasync (data null).
+   * 0, or -EBUSY (entries all in flight) or -EINVAL. The memory must stay until the completion.
+   */
+  fileIoQueue(io: FileIoHandle['io'], op: 0 | 1 | 2, fd: number, data: Uint8Array | null, start: number, length: number, position: number, tag: number): number;
+  /** Ends the ring; operations still in flight are cancelled and never complete. */
+  fileIoClose(io: FileIoHandle['io']): void;
+}
+
+export interface FileIoHandle {
+  readonly io: { readonly __fileIo: unique symbol };
+  /** (tag, result) int32 pairs of the last batch. */
+  readonly completions: Buffer;
 }
 
 export interface WriteBatch {
@@ -223,12 +243,14 @@ export function blockDiscard(fd: number, offset: number, length: number): Promis
 
 function onPool(syscall: string, fd: number, mode: number, offset: number, length: number, discard: boolean): Promise<void> {
   return new Promise((resolve, reject) => {
-    native.fallocate(fd, mode, offset, length, (errno) => {
-      if (errno === 0) return resolve();
-      const code = errnoName(errno);
-      reject(Object.assign(new Error(`${syscall}: ${code}`), { code, errno: -errno, syscall }));
-    }, discard);
+    native.fallocate(fd, mode, offset, length, (errno) => (errno === 0 ? resolve() : reject(errnoError(errno, syscall))), discard);
   });
+}
+
+/** An Error as Node's fs makes them: `code` (the errno's name), a negative `errno`, `syscall`. */
+export function errnoError(errno: number, syscall: string): NodeJS.ErrnoException {
+  const code = errnoName(errno);
+  return Object.assign(new Error(`${syscall}: ${code}`), { code, errno: -Math.abs(errno), syscall });
 }
 
 const errnoNames = new Map(Object.entries(constants.errno).map(([name, n]) => [n, name]));

@@ -8,20 +8,9 @@
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { test, type TestContext } from 'node:test';
-import { background, device, ext4ThenDestroy, info, must, sh } from './helpers.js';
+import { background, device, ext4ThenDestroy, info, must, syscalls } from './helpers.js';
 
 const DISABLED = '/proc/sys/kernel/io_uring_disabled';
-
-/** The calls of each system call the driver process made in `seconds`, as strace counts them. */
-async function syscalls(pid: number, seconds: number): Promise<Map<string, number>> {
-  const r = await sh('timeout', ['-s', 'INT', String(seconds), 'strace', '-f', '-c', '-p', String(pid), '-e', 'trace=read,write,writev,io_uring_enter']);
-  const calls = new Map<string, number>();
-  for (const line of r.stderr.split('\n')) {
-    const m = /^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$/.exec(line);
-    if (m && m[2] !== 'total') calls.set(m[2]!, Number(m[1]));
-  }
-  return calls;
-}
 
 function fio(t: TestContext, dev: string, args: readonly string[]): ReturnType<typeof background> {
   const job = background('fio', ['--name=load', `--filename=${dev}`, '--ioengine=libaio', '--direct=1', '--size=64M', '--time_based', '--runtime=60', ...args]);
@@ -39,7 +28,7 @@ async function verify(dev: string, bs: string, iodepth: number): Promise<void> {
 test('replies of a batch leave in one io_uring_enter, not in a write each', async (t) => {
   const dev = await device(t, ['ram', '--size', '256M']);
   const load = fio(t, dev, ['--rw=randread', '--bs=4k', '--iodepth=32']);
-  const calls = await syscalls(Number(await info(dev, 'pid')), 3);
+  const calls = await syscalls(Number(await info(dev, 'pid')), 3, ['read', 'write', 'writev', 'io_uring_enter']);
   load.stop();
   await load.done;
   const reads = calls.get('read') ?? 0;
@@ -60,7 +49,7 @@ test('without io_uring (kernel.io_uring_disabled = 2) each reply is written at o
   await verify(dev, '4k', 32);
   await verify(dev, '1M', 8);
   const load = fio(t, dev, ['--rw=randwrite', '--bs=4k', '--iodepth=32']);
-  const calls = await syscalls(Number(await info(dev, 'pid')), 2);
+  const calls = await syscalls(Number(await info(dev, 'pid')), 2, ['read', 'write', 'writev', 'io_uring_enter']);
   load.stop();
   await load.done;
   const writes = (calls.get('write') ?? 0) + (calls.get('writev') ?? 0);

@@ -305,3 +305,14 @@ export function setUring(t: TestContext, on: boolean): void {
   writeFileSync(ENABLE_URING, on ? 'Y' : 'N');
   t.after(() => writeFileSync(ENABLE_URING, before));
 }
+
+/** The calls of each of `names` (system calls) that process `pid` and its threads made in `seconds`, as strace counts them. */
+export async function syscalls(pid: number, seconds: number, names: readonly string[]): Promise<Map<string, number>> {
+  const r = await sh('timeout', ['-s', 'INT', String(seconds), 'strace', '-f', '-c', '-p', String(pid), '-e', `trace=${names.join(',')}`]);
+  const calls = new Map<string, number>();
+  for (const line of r.stderr.split('\n')) {
+    const m = /^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$/.exec(line);
+    if (m && m[2] !== 'total') calls.set(m[2]!, Number(m[1]));
+  }
+  return calls;
+}

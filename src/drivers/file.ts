@@ -14,18 +14,18 @@
  * aligned for any disk. --read-only opens PATH read-only and offers no write callback: the
  * device is read-only (for a base image below the cow filter, say).
  *
+ * Reads, writes and flushes go through io_uring, or at once for a file in memory (file-io.ts).
+ *
  * Recoverable: every byte lives in PATH and each operation is idempotent. Flush is fdatasync.
  */
-import { closeSync, constants, fdatasync, fstatSync, ftruncate, openSync, read, write } from 'node:fs';
+import { closeSync, constants, fstatSync, ftruncate, openSync } from 'node:fs';
 import { promisify } from 'node:util';
 import type { Driver, Extent } from '../driver/driver.js';
 import { DriverError } from '../driver/errors.js';
 import type { DriverOptions, DriverOptionValues } from '../driver/module.js';
 import { fallocate, native } from '../native.js';
+import { FileIo } from './file-io.js';
 
-const readAsync = promisify(read);
-const writeAsync = promisify(write);
-const fdatasyncAsync = promisify(fdatasync);
 const ftruncateAsync = promisify(ftruncate);
 
 const FALLOC_FL_KEEP_SIZE = 0x01;
@@ -51,6 +51,8 @@ export interface FileOptions {
 
 interface FileState {
   fd: number;
+  /** Reads, writes and fdatasyncs, through io_uring where the kernel offers it. */
+  io: FileIo;
   /** --direct: aligned buffers for the transfers in progress. */
   bounce: Buffer[];
 }
@@ -70,23 +72,13 @@ export function file(path: string, options: FileOptions = {}): Driver<FileState>
   const concurrency = options.concurrency ?? 16;
   const blockSize = options.direct ? 4096 : 512;
 
-  async function transfer(fd: number, buffer: Buffer, offset: number, writing: boolean): Promise<void> {
-    for (let done = 0; done < buffer.length; ) {
-      const n = writing
-        ? (await writeAsync(fd, buffer, done, buffer.length - done, offset + done)).bytesWritten
-        : (await readAsync(fd, buffer, done, buffer.length - done, offset + done)).bytesRead;
-      if (n === 0) throw new DriverError('EIO', `${path} is shorter than the device`);
-      done += n;
-    }
-  }
-
   /** A transfer through an aligned buffer (O_DIRECT wants aligned memory; the request's may not be). */
   async function direct(state: FileState, buffer: Buffer, offset: number, writing: boolean): Promise<void> {
     const bounce = state.bounce.pop()!;
     try {
       const view = bounce.subarray(0, buffer.length);
       if (writing) buffer.copy(view);
-      await transfer(state.fd, view, offset, writing);
+      await (writing ? state.io.write(state.fd, view, offset) : state.io.read(state.fd, view, offset));
       if (!writing) view.copy(buffer);
     } finally {
       state.bounce.push(bounce);
@@ -106,19 +98,20 @@ export function file(path: string, options: FileOptions = {}): Driver<FileState>
         const pool = native.mapAnonymous(each * ctx.attributes.maxConcurrentCallbacks);
         for (let i = 0; i < ctx.attributes.maxConcurrentCallbacks; i++) bounce.push(pool.subarray(i * each, (i + 1) * each));
       }
-      ctx.state = { fd, bounce };
+      ctx.state = { fd, io: new FileIo(path), bounce };
     },
 
     terminate(ctx) {
+      ctx.state.io.close();
       closeSync(ctx.state.fd);
     },
 
     read(buffer, offset, ctx) {
-      return options.direct ? direct(ctx.state, buffer, offset, false) : transfer(ctx.state.fd, buffer, offset, false);
+      return options.direct ? direct(ctx.state, buffer, offset, false) : ctx.state.io.read(ctx.state.fd, buffer, offset);
     },
 
-    async flush(ctx) {
-      await fdatasyncAsync(ctx.state.fd);
+    flush(ctx) {
+      return ctx.state.io.datasync(ctx.state.fd);
     },
 
     extents(offset, length, ctx) {
@@ -131,7 +124,7 @@ export function file(path: string, options: FileOptions = {}): Driver<FileState>
     ...driver,
 
     write(data, offset, ctx) {
-      return options.direct ? direct(ctx.state, data, offset, true) : transfer(ctx.state.fd, data, offset, true);
+      return options.direct ? direct(ctx.state, data, offset, true) : ctx.state.io.write(ctx.state.fd, data, offset);
     },
 
     async writeZeros(offset, length, mayUnmap, ctx) {
