@@ -2,8 +2,8 @@
  * The lanes runs of `npm run bench` (bench/run.ts): jobs by lanes (the threads serving one
  * device), for three drivers. `pattern` computes every byte it reads in JavaScript (its thread
  * is the bound: what lanes are for); `file` on a file in /dev/shm leaves the work to the kernel
- * (copies, the loop worker, libuv's pool), with the kernel's loop device on the same file beside
- * it; `ram` answers from memory the lanes share (the headline driver, the lanes' own cost), and
+ * (its copies, made at once in the driver's thread: src/drivers/file-io.ts), with the kernel's
+ * loop device on the same file beside it; `ram` answers from memory the lanes share (the headline driver, the lanes' own cost), and
  * `ram (io_uring)` the same over FUSE's ring, where each lane serves its own CPUs' queues;
  * `ram (NBD export)` is `bdus export ram`, a lane per connection. Two fio jobs (threads, on
  * whichever CPUs the scheduler gives them; two NBD connections) beside one: jobs by lanes.
@@ -143,11 +143,11 @@ export function lanesLines(rows: LanesRow[], cores: number): string[] {
   const lines = [
     `Jobs by lanes (threads serving one device, \`--lanes N\`) on this ${cores}-vCPU machine, FUSE+loop over /dev/fuse unless said;`,
     'median of the repetitions, lane counts alternating. `pattern` computes every byte it reads (its thread is the bound);',
-    '`file` on a file in /dev/shm leaves the work to the kernel, beside the kernel loop device on the same file; `ram` answers',
-    'from memory its lanes share (the loop column is the same /dev/shm file\'s); `ram (io_uring)` is `ram` over FUSE\'s ring, each',
-    'lane serving (and pinned to) its own CPUs\' queues; `ram (NBD export)` is `bdus export ram` to fio\'s nbd engine, a connection per',
-    'fio job and each connection served by one lane. "2 jobs" is two fio threads. "2 / 1" is the gain of the second lane (for',
-    'latency, below 1 is better).',
+    '`file` on a file in /dev/shm leaves the work to the kernel (its copies, in the driver\'s thread), beside the kernel loop device',
+    'on the same file; `ram` answers from memory its lanes share (the loop column is the same /dev/shm file\'s); `ram (io_uring)` is',
+    '`ram` over FUSE\'s ring, each lane serving (and pinned to) its own CPUs\' queues; `ram (NBD export)` is `bdus export ram`',
+    'to fio\'s nbd engine, a connection per fio job and each connection served by one lane. "2 jobs" is two fio threads. "2 / 1"',
+    'is the gain of the second lane (for latency, below 1 is better).',
     '',
     `| driver | job | ${LANES.map((n) => `${n} lane${n > 1 ? 's' : ''}`).join(' | ')} | 2 / 1 | kernel loop |`,
     `|---|---|${LANES.map(() => '---:').join('|')}|---:|---:|`,
