@@ -176,11 +176,12 @@ export class FuseRing {
   private readonly everyCpu: readonly number[];
   /** Requests handed to the handler and not yet committed: their callbacks still run. */
   private inFlight = 0;
-  /** Whether the native ring spins after a batch now. */
+  /** Whether the ring was set up to spin, and whether the native ring spins after a batch now. */
+  private readonly spinSetUp: boolean;
   private spinning: boolean;
+  /** Set while arrived() runs (its commits are followed by the native ring's own spin), and while a waitNext is queued. */
   private inArrived = false;
   private waitQueued = false;
-  private readonly spinSetUp: boolean;
 
   constructor(
     fd: number,
@@ -194,10 +195,10 @@ export class FuseRing {
     /** A lane's ring: pinned to its CPUs, and spinning only at queue depth 1. */
     private readonly lane?: RingLane,
   ) {
-    this.spinning = spinMicroseconds > 0 && !lane;
+    this.spinSetUp = spinMicroseconds > 0;
+    this.spinning = this.spinSetUp && !lane;
     const entries = queueIds.length * DEPTH;
     if (lane) pinLane(lane.cpus, log);
-    this.spinSetUp = spinMicroseconds > 0;
     this.handle = native.fuseRing(fd, queueIds, DEPTH, payloadSize, spinMicroseconds, (count) => this.arrived(count));
     if (lane) native.fuseRingSpin(this.handle.ring, false);
     this.everyCpu = lane ? Array.from({ length: fuseRingQueues() }, (_, cpu) => cpu) : [];
