@@ -4,6 +4,7 @@
 // truth), geometry filters give the inner driver its own size, and each filter's rule holds.
 // test/filters-devices.test.ts runs them on real devices with real tools.
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { isReadOnly, requestCallbacks } from '../src/driver/callbacks.js';
@@ -92,6 +93,24 @@ test('chunked: passes checkDriver, and a new driver instance reads what the last
     assert.deepEqual(await again.read(MiB - 4096, 8192), Buffer.alloc(8192, 3));
     await again.close();
     assert.throws(() => chunked(dir, { chunk: 1 << 20 }), /holds 65536-byte chunks/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('chunked: concurrent transfers over more chunks than it keeps open land where they should (a chunk in use is never closed)', async () => {
+  const dir = scratch('chunks');
+  try {
+    // 4 KiB chunks: each 1 MiB transfer goes through 256 of them, far more than the 64 kept open.
+    const d = await testDriver(chunked(dir, { chunk: 4096 }), { attributes: { size: 64 * MiB, maxConcurrentCallbacks: 16 } });
+    for (let round = 0; round < 5; round++) {
+      const data = Array.from({ length: 16 }, () => randomBytes(MiB));
+      await Promise.all(data.map((b, i) => d.write(i * 4 * MiB, b)));
+      const back = await Promise.all(data.map((_, i) => d.read(i * 4 * MiB, MiB)));
+      back.forEach((b, i) => assert.ok(b.equals(data[i]!), `round ${round}: transfer ${i} read back as written`));
+      await d.flush();
+    }
+    await d.close();
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

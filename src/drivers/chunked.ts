@@ -50,9 +50,23 @@ interface Layout {
 
 interface Chunks {
   /** Open chunk files by index, least recently used first. */
-  open: Map<number, number>;
+  open: Map<number, OpenChunk>;
   /** Chunks written since the last flush. */
   dirty: Set<number>;
+}
+
+/**
+ * An open chunk file and the transfers that use it. One in use is never closed under them: a
+ * transfer waiting in the thread pool names the descriptor by number, and a number closed and
+ * given to the next chunk opened would take it to the wrong file (seen before 2026-12-05 with
+ * 4 KiB chunks: 16 concurrent 1 MiB transfers opened more than OPEN_CHUNKS chunks meanwhile).
+ */
+interface OpenChunk {
+  fd: number;
+  /** Transfers (and fdatasyncs) using the descriptor now. */
+  users: number;
+  /** Forgotten (its file deleted) while in use: closed by its last user. */
+  closing: boolean;
 }
 
 export function chunked(dir: string, options: ChunkedOptions = {}): Driver<Chunks> {
@@ -73,36 +87,63 @@ export function chunked(dir: string, options: ChunkedOptions = {}): Driver<Chunk
     renameSync(`${metaPath}.new`, metaPath);
   }
 
-  /** The chunk's descriptor, or -1 if it does not exist and `create` is false. */
-  function fd(state: Chunks, index: number, create: boolean): number {
+  /**
+   * The chunk's open file, held for one more user until release(); undefined if it does not
+   * exist and `create` is false. Beyond OPEN_CHUNKS open files, the least recently used one that
+   * nobody uses is closed (synced first if dirty, so flush never loses track of it).
+   */
+  function hold(state: Chunks, index: number, create: boolean): OpenChunk | undefined {
     let found = state.open.get(index);
     if (found !== undefined) {
       state.open.delete(index);
       state.open.set(index, found);
+      found.users++;
       return found;
     }
+    let fd: number;
     try {
-      found = openSync(path(index), constants.O_RDWR | (create ? constants.O_CREAT : 0), 0o600);
+      fd = openSync(path(index), constants.O_RDWR | (create ? constants.O_CREAT : 0), 0o600);
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT' && !create) return -1;
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT' && !create) return undefined;
       throw error;
     }
-    if (create) ftruncateSync(found, chunk);
+    if (create) ftruncateSync(fd, chunk);
+    found = { fd, users: 1, closing: false };
     state.open.set(index, found);
     if (state.open.size > OPEN_CHUNKS) {
-      const [oldest, oldFd] = state.open.entries().next().value!;
-      // A dirty chunk is synced before it is closed, so flush never loses track of it.
-      if (state.dirty.delete(oldest)) fsyncSync(oldFd);
-      closeSync(oldFd);
-      state.open.delete(oldest);
+      for (const [oldest, open] of state.open) {
+        if (open.users > 0) continue;
+        if (state.dirty.delete(oldest)) fsyncSync(open.fd);
+        closeSync(open.fd);
+        state.open.delete(oldest);
+        break;
+      }
     }
     return found;
   }
 
+  function release(open: OpenChunk): void {
+    if (--open.users === 0 && open.closing) closeSync(open.fd);
+  }
+
+  /** `fn` with the chunk's descriptor, held meanwhile; `missing` instead if the chunk does not exist and `create` is false. */
+  async function using(state: Chunks, index: number, create: boolean, fn: (fd: number) => Promise<void>, missing?: () => void): Promise<void> {
+    const open = hold(state, index, create);
+    if (!open) return missing?.();
+    try {
+      await fn(open.fd);
+    } finally {
+      release(open);
+    }
+  }
+
   function forget(state: Chunks, index: number): void {
     const open = state.open.get(index);
-    if (open !== undefined) closeSync(open);
-    state.open.delete(index);
+    if (open !== undefined) {
+      state.open.delete(index);
+      if (open.users > 0) open.closing = true;
+      else closeSync(open.fd);
+    }
     state.dirty.delete(index);
     try {
       unlinkSync(path(index));
@@ -124,10 +165,10 @@ export function chunked(dir: string, options: ChunkedOptions = {}): Driver<Chunk
   async function zero(offset: number, size: number, ctx: Context<Chunks>): Promise<void> {
     await pieces(offset, size, async (index, at, _done, length) => {
       if (length === chunk) return forget(ctx.state, index);
-      const file = fd(ctx.state, index, false);
-      if (file < 0) return;
-      await fallocate(file, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, at, length);
-      ctx.state.dirty.add(index);
+      await using(ctx.state, index, false, async (file) => {
+        await fallocate(file, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, at, length);
+        ctx.state.dirty.add(index);
+      });
     });
   }
 
@@ -145,36 +186,44 @@ export function chunked(dir: string, options: ChunkedOptions = {}): Driver<Chunk
     },
 
     terminate(ctx) {
-      for (const [index, file] of ctx.state.open) {
+      for (const [index, { fd: file }] of ctx.state.open) {
         if (ctx.state.dirty.has(index)) fsyncSync(file);
         closeSync(file);
       }
     },
 
     read(buffer, offset, ctx) {
-      return pieces(offset, buffer.length, async (index, at, done, length) => {
-        const file = fd(ctx.state, index, false);
-        if (file < 0) return void buffer.fill(0, done, done + length);
-        for (let got = 0; got < length; ) {
-          const n = (await readAsync(file, buffer, done + got, length - got, at + got)).bytesRead;
-          if (n === 0) throw new DriverError('EIO', `${path(index)} is shorter than a chunk`);
-          got += n;
-        }
-      });
+      return pieces(offset, buffer.length, (index, at, done, length) =>
+        using(ctx.state, index, false, async (file) => {
+          for (let got = 0; got < length; ) {
+            const n = (await readAsync(file, buffer, done + got, length - got, at + got)).bytesRead;
+            if (n === 0) throw new DriverError('EIO', `${path(index)} is shorter than a chunk`);
+            got += n;
+          }
+        }, () => buffer.fill(0, done, done + length)),
+      );
     },
 
     write(data, offset, ctx) {
-      return pieces(offset, data.length, async (index, at, done, length) => {
-        const file = fd(ctx.state, index, true);
-        for (let put = 0; put < length; ) put += (await writeAsync(file, data, done + put, length - put, at + put)).bytesWritten;
-        ctx.state.dirty.add(index);
-      });
+      return pieces(offset, data.length, (index, at, done, length) =>
+        using(ctx.state, index, true, async (file) => {
+          for (let put = 0; put < length; ) put += (await writeAsync(file, data, done + put, length - put, at + put)).bytesWritten;
+          ctx.state.dirty.add(index);
+        }),
+      );
     },
 
     async flush(ctx) {
       const dirty = [...ctx.state.dirty];
       ctx.state.dirty.clear();
-      await Promise.all(dirty.map((index) => ctx.state.open.get(index)).filter((f) => f !== undefined).map((f) => fdatasyncAsync(f)));
+      // Held while they sync, so that none is closed (and its number reused) meanwhile.
+      const held = dirty.map((index) => ctx.state.open.get(index)).filter((open) => open !== undefined);
+      for (const open of held) open.users++;
+      try {
+        await Promise.all(held.map((open) => fdatasyncAsync(open.fd)));
+      } finally {
+        held.forEach(release);
+      }
       const directory = openSync(dir, constants.O_RDONLY);
       try {
         fsyncSync(directory);
