@@ -17,7 +17,9 @@
 //                                        data[start, start + length), 1 write from it, 2
 //                                        fdatasync (data null). The memory must stay until the
 //                                        operation's completion.
-//   fileIoClose(io)                   -> ends the ring (operations still in flight are cancelled)
+//   fileIoClose(io)                   -> ends the ring; the kernel cancels operations still in
+//                                        flight in its own time, so their memory must stay (the
+//                                        caller keeps it: FileIo.close)
 //
 // The event loop is kept alive only while operations are in flight, as fs's are.
 

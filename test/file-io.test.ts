@@ -2,16 +2,18 @@
  * The file driver's transfers through io_uring (src/drivers/file-io.ts, native/file_io.c): many
  * at once, of every size, land where they should, beyond the ring's entries too (those wait in
  * Node's thread pool); the end of the file, a bad descriptor and fdatasync answer as fs would; a
- * file in memory (tmpfs) is read and written at once;
- * without io_uring (kernel.io_uring_disabled = 2) the same through fs. On a device: fio verify
+ * file in memory (tmpfs) is read and written at once; an operation still in flight when the ring
+ * closes never settles (its memory is the kernel's until it ends); without io_uring (kernel.io_uring_disabled = 2) the same through fs. On a device: fio verify
  * passes, and strace shows the driver reading and writing through io_uring_enter, not pread64 and
  * pwrite64 in libuv's threads for each request.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { closeSync, openSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { setTimeout as delay } from 'node:timers/promises';
 import { test, type TestContext } from 'node:test';
 import { FileIo, inMemory } from '../src/drivers/file-io.js';
+import { native } from '../src/native.js';
 import { background, device, info, must, syscalls } from './helpers.js';
 
 const DISABLED = '/proc/sys/kernel/io_uring_disabled';
@@ -101,6 +103,27 @@ test('without io_uring (kernel.io_uring_disabled = 2) the same through fs', asyn
   assert.equal(io.ring, false);
   await roundTrip(io, fd);
   await edges(io, fd, path);
+});
+
+test('an operation still in flight when its ring closes never settles: the kernel may still write into its memory, which must not be reused', async (t) => {
+  // A read of a socket with nothing to read stays in flight, as a read of a disk that never answers would.
+  const [quiet, other] = native.socketPair();
+  t.after(() => {
+    closeSync(quiet);
+    closeSync(other);
+  });
+  const io = new FileIo(`/proc/self/fd/${quiet}`);
+  if (!io.ring) return t.skip('no io_uring here');
+  let settled = '';
+  io.read(quiet, Buffer.alloc(4096), 0)!.then(
+    () => (settled = 'resolved'),
+    (e: Error) => (settled = `rejected: ${e.message}`),
+  );
+  await delay(50);
+  io.close();
+  writeSync(other, Buffer.alloc(4096, 1));
+  await delay(100);
+  assert.equal(settled, '', 'a read in flight when its ring closed settled: its request\'s buffer could be reused while the kernel still holds it');
 });
 
 test('the file driver reads and writes through io_uring: fio verify passes, strace shows no pread64 or pwrite64 per request', async (t) => {

@@ -37,6 +37,8 @@ const SYSCALLS = ['read', 'write', 'fdatasync'] as const;
 const EAGAIN = 11;
 const EINTR = 4;
 const ECANCELED = 125;
+/** The memory of operations in flight when their ring closed: the kernel may still write into it (FileIo.close). */
+const abandoned = new Set<Uint8Array>();
 /** statfs f_type of the filesystems whose files live in memory: tmpfs (/dev/shm), ramfs. */
 const MEMORY_FILESYSTEMS = new Set([0x01021994, 0x858458f6]);
 
@@ -88,14 +90,18 @@ export class FileIo {
   }
 
   /**
-   * Ends the ring. Call it once nothing is in flight (a driver's terminate: its callbacks have
-   * all settled); anything still in flight is cancelled and rejects with ECANCELED.
+   * Ends the ring. Meant for once nothing is in flight (a driver's terminate: its callbacks have
+   * all settled). An operation still in flight then (a disk that never answered, whose request
+   * the request layer gave up on) is left to the kernel: closing the ring cancels it only in
+   * time, and until then a read may still land in its memory. So its promise never settles,
+   * which keeps its request's buffer out of reuse (a callback that never ends), and its memory
+   * stays referenced for the life of the process.
    */
   close(): void {
     if (!this.handle) return;
     native.fileIoClose(this.handle.io);
     this.handle = null;
-    for (let tag = 0; tag < ENTRIES; tag++) if (this.rejects[tag]) this.settle(tag, errnoError(ECANCELED, SYSCALLS[this.ops[tag]!]!));
+    for (const data of this.datas) if (data) abandoned.add(data);
   }
 
   private handle: FileIoHandle | null;
