@@ -3,9 +3,10 @@
  * at once, of every size, land where they should, beyond the ring's entries too (those wait in
  * Node's thread pool); the end of the file, a bad descriptor and fdatasync answer as fs would; a
  * file in memory (tmpfs) is read and written at once; an operation still in flight when the ring
- * closes never settles (its memory is the kernel's until it ends); without io_uring (kernel.io_uring_disabled = 2) the same through fs. On a device: fio verify
- * passes, and strace shows the driver reading and writing through io_uring_enter, not pread64 and
- * pwrite64 in libuv's threads for each request.
+ * closes never settles (its memory is the kernel's until it ends); without io_uring
+ * (kernel.io_uring_disabled = 2) the same through fs. On a device: fio verify passes, and strace
+ * shows the driver reading and writing through io_uring_enter, not pread64 and pwrite64 in
+ * libuv's threads for each request.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
