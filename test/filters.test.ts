@@ -81,22 +81,31 @@ test('memory, null and pattern pass checkDriver, and memory reports holes', asyn
   await p.close();
 });
 
-test('chunked: passes checkDriver, and a new driver instance reads what the last one wrote', async () => {
-  const dir = scratch('chunks');
-  try {
-    const d = await testDriver(chunked(dir, { chunk: 64 << 10 }), { attributes: { size: 4 * MiB, maxConcurrentCallbacks: 16 } });
-    await checkDriver(d);
-    await d.write(MiB - 4096, Buffer.alloc(8192, 3)); // across two chunks
-    await d.close();
-    const again = await testDriver(chunked(dir));
-    assert.equal(again.ctx.attributes.size, 4 * MiB, 'the size comes from the directory');
-    assert.deepEqual(await again.read(MiB - 4096, 8192), Buffer.alloc(8192, 3));
-    await again.close();
-    assert.throws(() => chunked(dir, { chunk: 1 << 20 }), /holds 65536-byte chunks/);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+// Both ways a chunk file is read and written: through io_uring (a directory on ext4) and at
+// once (a directory in memory).
+for (const [where, dir, ring] of [
+  ['on disk', scratch('chunks'), true],
+  ['in memory', `/dev/shm/bdus-test-${process.pid}-chunks`, false],
+] as const) {
+  test(`chunked ${where}: passes checkDriver, a new driver instance reads what the last one wrote, a short chunk is an EIO`, async () => {
+    try {
+      const d = await testDriver(chunked(dir, { chunk: 64 << 10 }), { attributes: { size: 4 * MiB, maxConcurrentCallbacks: 16 } });
+      assert.equal(d.ctx.state.io.ring, ring);
+      await checkDriver(d);
+      await d.write(MiB - 4096, Buffer.alloc(8192, 3)); // across two chunks
+      await d.close();
+      const again = await testDriver(chunked(dir));
+      assert.equal(again.ctx.attributes.size, 4 * MiB, 'the size comes from the directory');
+      assert.deepEqual(await again.read(MiB - 4096, 8192), Buffer.alloc(8192, 3));
+      truncateSync(`${dir}/chunk-${'f'.padStart(10, '0')}`, 4096); // chunk 15: the bytes from 960 KiB
+      await assert.rejects(again.read(MiB - 8192, 8192), /failed with EIO/);
+      await again.close();
+      assert.throws(() => chunked(dir, { chunk: 1 << 20 }), /holds 65536-byte chunks/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+}
 
 test('chunked: concurrent transfers over more chunks than it keeps open land where they should (a chunk in use is never closed)', async () => {
   const dir = scratch('chunks');
@@ -110,6 +119,26 @@ test('chunked: concurrent transfers over more chunks than it keeps open land whe
       back.forEach((b, i) => assert.ok(b.equals(data[i]!), `round ${round}: transfer ${i} read back as written`));
       await d.flush();
     }
+    await d.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('chunked: a flush syncs every chunk written since the last, those closed since too', async () => {
+  const dir = scratch('chunks');
+  try {
+    const d = await testDriver(chunked(dir, { chunk: 4096 }), { attributes: { size: 8 * MiB } });
+    await d.write(0, randomBytes(1100 * 4096)); // 1100 chunks: more than the 1024 kept open
+    const synced: number[] = [];
+    const io = d.ctx.state.io;
+    const datasync = io.datasync.bind(io);
+    io.datasync = (fd) => (synced.push(fd), datasync(fd));
+    await d.flush();
+    assert.equal(synced.length, 1100);
+    synced.length = 0;
+    await d.flush();
+    assert.equal(synced.length, 0, 'nothing written since');
     await d.close();
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -15,21 +15,23 @@
  * Recoverable: every byte is in DIR before its request is answered (written to the files, which
  * outlive the process), and each operation is idempotent.
  */
-import { closeSync, constants, existsSync, fdatasync, fsyncSync, ftruncateSync, mkdirSync, openSync, read, readFileSync, renameSync, unlinkSync, write, writeFileSync } from 'node:fs';
-import { promisify } from 'node:util';
+import { closeSync, constants, existsSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import type { Context, Driver } from '../driver/driver.js';
 import { DriverError } from '../driver/errors.js';
 import type { DriverFactory, DriverOptions } from '../driver/module.js';
 import { fallocate } from '../native.js';
 import { parseSize } from '../util/units.js';
+import { FileIo } from './file-io.js';
 
-const readAsync = promisify(read);
-const writeAsync = promisify(write);
-const fdatasyncAsync = promisify(fdatasync);
 const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
-/** Chunk files kept open at once; more are closed, least recently used first. */
-const OPEN_CHUNKS = 64;
+/**
+ * Chunk files kept open at once; more are closed, least recently used first. Opening one costs a
+ * path lookup on the request's way, so the hot chunks should fit: 1024 hold 4 GiB of the
+ * default 4 MiB chunks, far within a process's descriptors (Node raises its soft limit to the
+ * hard one, 20000 here, often more).
+ */
+const OPEN_CHUNKS = 1024;
 const META = 'bdus-chunked.json';
 
 export const usage = 'DIR';
@@ -49,17 +51,20 @@ interface Layout {
 }
 
 interface Chunks {
+  /** The chunk files' reads, writes and fdatasyncs (io_uring; at once in a directory in memory). */
+  io: FileIo;
   /** Open chunk files by index, least recently used first. */
   open: Map<number, OpenChunk>;
-  /** Chunks written since the last flush. */
+  /** Chunks written since the last flush, open or closed since. */
   dirty: Set<number>;
 }
 
 /**
  * An open chunk file and the transfers that use it. One in use is never closed under them: a
- * transfer waiting in the thread pool names the descriptor by number, and a number closed and
- * given to the next chunk opened would take it to the wrong file (seen before 2026-12-05 with
- * 4 KiB chunks: 16 concurrent 1 MiB transfers opened more than OPEN_CHUNKS chunks meanwhile).
+ * transfer queued on the ring (or waiting in the thread pool) names the descriptor by number,
+ * and a number closed and given to the next chunk opened would take it to the wrong file (seen
+ * before 2026-12-05 with 4 KiB chunks: 16 concurrent 1 MiB transfers opened more than
+ * OPEN_CHUNKS chunks meanwhile).
  */
 interface OpenChunk {
   fd: number;
@@ -90,7 +95,8 @@ export function chunked(dir: string, options: ChunkedOptions = {}): Driver<Chunk
   /**
    * The chunk's open file, held for one more user until release(); undefined if it does not
    * exist and `create` is false. Beyond OPEN_CHUNKS open files, the least recently used one that
-   * nobody uses is closed (synced first if dirty, so flush never loses track of it).
+   * nobody uses is closed; if it is dirty, the next flush opens it again to sync it (an fsync
+   * here would stall every request behind a disk's write-back).
    */
   function hold(state: Chunks, index: number, create: boolean): OpenChunk | undefined {
     let found = state.open.get(index);
@@ -113,7 +119,6 @@ export function chunked(dir: string, options: ChunkedOptions = {}): Driver<Chunk
     if (state.open.size > OPEN_CHUNKS) {
       for (const [oldest, open] of state.open) {
         if (open.users > 0) continue;
-        if (state.dirty.delete(oldest)) fsyncSync(open.fd);
         closeSync(open.fd);
         state.open.delete(oldest);
         break;
@@ -126,10 +131,10 @@ export function chunked(dir: string, options: ChunkedOptions = {}): Driver<Chunk
     if (--open.users === 0 && open.closing) closeSync(open.fd);
   }
 
-  /** `fn` with the chunk's descriptor, held meanwhile; `missing` instead if the chunk does not exist and `create` is false. */
-  async function using(state: Chunks, index: number, create: boolean, fn: (fd: number) => Promise<void>, missing?: () => void): Promise<void> {
-    const open = hold(state, index, create);
-    if (!open) return missing?.();
+  /** `fn` with the chunk's descriptor, held meanwhile; nothing if the chunk does not exist. */
+  async function using(state: Chunks, index: number, fn: (fd: number) => Promise<void>): Promise<void> {
+    const open = hold(state, index, false);
+    if (!open) return;
     try {
       await fn(open.fd);
     } finally {
@@ -152,6 +157,44 @@ export function chunked(dir: string, options: ChunkedOptions = {}): Driver<Chunk
     }
   }
 
+  /**
+   * One piece of a read or write, within one chunk, with the chunk held until it ends; made at
+   * once (no promise) where FileIo makes it at once. A write marks its chunk dirty once done,
+   * not before: a flush meanwhile would sync it too early and forget it.
+   */
+  function transfer(state: Chunks, index: number, writing: boolean, view: Buffer, at: number): Promise<void> | void {
+    const open = hold(state, index, writing);
+    if (!open) return void view.fill(0); // a chunk never written (reads only: writes create it)
+    let pending: Promise<void> | void;
+    try {
+      pending = writing ? state.io.write(open.fd, view, at) : state.io.read(open.fd, view, at);
+    } catch (error) {
+      release(open);
+      throw error;
+    }
+    if (!pending) {
+      if (writing) state.dirty.add(index);
+      return release(open);
+    }
+    return pending.then(
+      () => {
+        if (writing) state.dirty.add(index);
+        release(open);
+      },
+      (error: unknown) => {
+        release(open);
+        throw error;
+      },
+    );
+  }
+
+  /** A read or write: one transfer where it lies within one chunk (almost always), else piece by piece. */
+  function transfers(state: Chunks, writing: boolean, buffer: Buffer, offset: number): Promise<void> | void {
+    const at = offset % chunk;
+    if (at + buffer.length <= chunk) return transfer(state, (offset - at) / chunk, writing, buffer, at);
+    return pieces(offset, buffer.length, (index, at, done, length) => transfer(state, index, writing, buffer.subarray(done, done + length), at));
+  }
+
   /** Calls `fn` for each piece of [offset, offset + size) within one chunk. */
   async function pieces(offset: number, size: number, fn: (index: number, at: number, done: number, length: number) => Promise<void> | void): Promise<void> {
     for (let done = 0; done < size; ) {
@@ -165,7 +208,7 @@ export function chunked(dir: string, options: ChunkedOptions = {}): Driver<Chunk
   async function zero(offset: number, size: number, ctx: Context<Chunks>): Promise<void> {
     await pieces(offset, size, async (index, at, _done, length) => {
       if (length === chunk) return forget(ctx.state, index);
-      await using(ctx.state, index, false, async (file) => {
+      await using(ctx.state, index, async (file) => {
         await fallocate(file, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, at, length);
         ctx.state.dirty.add(index);
       });
@@ -182,47 +225,46 @@ export function chunked(dir: string, options: ChunkedOptions = {}): Driver<Chunk
       } else if (ctx.attributes.size !== layout.size) {
         throw new DriverError('EINVAL', `chunked: ${dir} is a ${layout.size}-byte device, not ${ctx.attributes.size} (bdus resize changes it)`);
       }
-      ctx.state = { open: new Map(), dirty: new Set() };
+      ctx.state = { io: new FileIo(dir, `${dir}: a chunk file is shorter than a chunk`), open: new Map(), dirty: new Set() };
     },
 
     terminate(ctx) {
+      ctx.state.io.close();
       for (const [index, { fd: file }] of ctx.state.open) {
-        if (ctx.state.dirty.has(index)) fsyncSync(file);
+        if (ctx.state.dirty.delete(index)) fsyncSync(file);
         closeSync(file);
+      }
+      // Chunks closed since they were written: through a descriptor of their own (fsync syncs the file, not the descriptor).
+      for (const index of ctx.state.dirty) {
+        const file = openSync(path(index), constants.O_RDONLY);
+        try {
+          fsyncSync(file);
+        } finally {
+          closeSync(file);
+        }
       }
     },
 
-    read(buffer, offset, ctx) {
-      return pieces(offset, buffer.length, (index, at, done, length) =>
-        using(ctx.state, index, false, async (file) => {
-          for (let got = 0; got < length; ) {
-            const n = (await readAsync(file, buffer, done + got, length - got, at + got)).bytesRead;
-            if (n === 0) throw new DriverError('EIO', `${path(index)} is shorter than a chunk`);
-            got += n;
-          }
-        }, () => buffer.fill(0, done, done + length)),
-      );
-    },
-
-    write(data, offset, ctx) {
-      return pieces(offset, data.length, (index, at, done, length) =>
-        using(ctx.state, index, true, async (file) => {
-          for (let put = 0; put < length; ) put += (await writeAsync(file, data, done + put, length - put, at + put)).bytesWritten;
-          ctx.state.dirty.add(index);
-        }),
-      );
-    },
+    read: (buffer, offset, ctx) => transfers(ctx.state, false, buffer, offset),
+    write: (data, offset, ctx) => transfers(ctx.state, true, data, offset),
 
     async flush(ctx) {
       const dirty = [...ctx.state.dirty];
       ctx.state.dirty.clear();
-      // Held while they sync, so that none is closed (and its number reused) meanwhile.
-      const held = dirty.map((index) => ctx.state.open.get(index)).filter((open) => open !== undefined);
-      for (const open of held) open.users++;
-      try {
-        await Promise.all(held.map((open) => fdatasyncAsync(open.fd)));
-      } finally {
-        held.forEach(release);
+      // OPEN_CHUNKS at a time, each held while it syncs (opened again if it was closed since it
+      // was written: fsync syncs the file, whichever descriptor), so that none is closed, and
+      // its number reused, meanwhile.
+      for (let first = 0; first < dirty.length; first += OPEN_CHUNKS) {
+        const held: OpenChunk[] = [];
+        try {
+          for (const index of dirty.slice(first, first + OPEN_CHUNKS)) {
+            const open = hold(ctx.state, index, false);
+            if (open) held.push(open);
+          }
+          await Promise.all(held.map((open) => ctx.state.io.datasync(open.fd)));
+        } finally {
+          held.forEach(release);
+        }
       }
       const directory = openSync(dir, constants.O_RDONLY);
       try {

@@ -43,13 +43,14 @@ const abandoned = new Set<Uint8Array>();
 const MEMORY_FILESYSTEMS = new Set([0x01021994, 0x858458f6]);
 
 /**
- * Whether the file at `path` is a regular file in memory (tmpfs, ramfs): a FileIo makes its
- * transfers at once, with no ring. Not a block device's node: /dev is devtmpfs, which statfs
- * reports as tmpfs.
+ * Whether the file at `path` is a regular file in memory (tmpfs, ramfs), or a directory whose
+ * files are: a FileIo makes its transfers at once, with no ring. Not a block device's node: /dev
+ * is devtmpfs, which statfs reports as tmpfs.
  */
 export function inMemory(path: string): boolean {
   try {
-    return statSync(path).isFile() && MEMORY_FILESYSTEMS.has(statfsSync(path).type);
+    const stat = statSync(path);
+    return (stat.isFile() || stat.isDirectory()) && MEMORY_FILESYSTEMS.has(statfsSync(path).type);
   } catch {
     return false;
   }
@@ -59,8 +60,11 @@ export class FileIo {
   /** Whether the file lives in memory (tmpfs, ramfs): its transfers are made at once. */
   readonly inMemory: boolean;
 
-  /** `name` is the file's path: which filesystem it is on, and which file in errors. */
-  constructor(private readonly name: string) {
+  /**
+   * `name` is the file's path, or the directory's whose files it serves: which filesystem they
+   * are on. `short` is the EIO's message for a transfer that reaches the end of its file.
+   */
+  constructor(name: string, private readonly short = `${name} is shorter than the device`) {
     this.inMemory = inMemory(name);
     // A file in memory needs no ring (its rare fdatasync goes to the thread pool).
     this.handle = this.inMemory ? null : this.openRing();
@@ -154,7 +158,7 @@ export class FileIo {
         continue;
       }
       if (result === 0 && data.length > 0) {
-        this.settle(tag, new DriverError('EIO', `${this.name} is shorter than the device`));
+        this.settle(tag, new DriverError('EIO', this.short));
         continue;
       }
       this.done[tag]! += result;
@@ -195,7 +199,7 @@ export class FileIo {
   private now(op: number, fd: number, data: Uint8Array, position: number): void {
     for (let done = 0; done < data.length; ) {
       const n = op === WRITE ? writeSync(fd, data, done, data.length - done, position + done) : readSync(fd, data, done, data.length - done, position + done);
-      if (n === 0) throw new DriverError('EIO', `${this.name} is shorter than the device`);
+      if (n === 0) throw new DriverError('EIO', this.short);
       done += n;
     }
   }
@@ -207,7 +211,7 @@ export class FileIo {
       const n = op === WRITE
         ? (await writeAsync(fd, data, done, data.length - done, position + done)).bytesWritten
         : (await readAsync(fd, data, done, data.length - done, position + done)).bytesRead;
-      if (n === 0) throw new DriverError('EIO', `${this.name} is shorter than the device`);
+      if (n === 0) throw new DriverError('EIO', this.short);
       done += n;
     }
   }
