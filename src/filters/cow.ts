@@ -23,8 +23,7 @@
  * data (the map may reach the disk before the block). Journaling filesystems never rely on
  * unflushed blocks, but a raw user of the device should flush.
  */
-import { closeSync, fdatasync, read, write } from 'node:fs';
-import { promisify } from 'node:util';
+import { closeSync } from 'node:fs';
 import type { Context, Driver, Extent } from '../driver/driver.js';
 import { DriverError } from '../driver/errors.js';
 import type { Filter } from '../filter/filter.js';
@@ -34,10 +33,7 @@ import type { Parameters } from '../filter/parameters.js';
 import { fallocate } from '../native.js';
 import { MAP_HEADER, openOverlay, Where, type Overlay } from './cow-overlay.js';
 import { readInto } from '../driver/read-data.js';
-
-const readAsync = promisify(read);
-const writeAsync = promisify(write);
-const fdatasyncAsync = promisify(fdatasync);
+import { FileIo } from '../drivers/file-io.js';
 
 export const description = 'copy-on-write: writes go to an overlay file, the driver below is only read (recoverable)';
 
@@ -62,23 +58,20 @@ export default function cow(options: CowOptions): Filter {
   return <State>(next: Driver<State>): Driver<State> => {
     if (!next.read) throw new DriverError('EINVAL', 'filter cow: the driver below cannot be read');
     let o: Overlay | undefined;
+    /** The overlay's transfers and fdatasyncs, as the file driver makes them (io_uring, or at once in memory). */
+    let io: FileIo | undefined;
 
     const turns = new BlockTurns();
     const turn = (b: number, fn: () => Promise<void>) => turns.run(b, fn);
 
+    /** The block's byte in the map; its turn (BlockTurns) keeps two of one block from crossing. */
     async function setWhere(b: number, value: Where): Promise<void> {
       o!.where[b] = value;
-      await writeAsync(o!.map, o!.where, b, 1, MAP_HEADER + b);
+      await io!.write(o!.map, o!.where.subarray(b, b + 1), MAP_HEADER + b);
     }
 
-    async function transfer(fd: number, buffer: Buffer, offset: number, writing: boolean): Promise<void> {
-      for (let done = 0; done < buffer.length; ) {
-        const n = writing
-          ? (await writeAsync(fd, buffer, done, buffer.length - done, offset + done)).bytesWritten
-          : (await readAsync(fd, buffer, done, buffer.length - done, offset + done)).bytesRead;
-        if (n === 0) throw new DriverError('EIO', 'cow: the overlay is shorter than the device');
-        done += n;
-      }
+    function transfer(fd: number, buffer: Buffer, offset: number, writing: boolean): Promise<void> | void {
+      return writing ? io!.write(fd, buffer, offset) : io!.read(fd, buffer, offset);
     }
 
     /** Writes `data` at `offset` within block `b`, copying the block up first if it is not in the overlay. */
@@ -127,6 +120,7 @@ export default function cow(options: CowOptions): Filter {
           await next.initialize?.(ctx);
           try {
             o = openOverlay(options.overlay, ctx.attributes.size, block);
+            io = new FileIo(options.overlay, 'cow: the overlay is shorter than the device');
           } catch (error) {
             await next.terminate?.(ctx);
             throw error;
@@ -134,9 +128,10 @@ export default function cow(options: CowOptions): Filter {
         },
         async terminate(ctx) {
           try {
-            await fdatasyncAsync(o!.data);
-            await fdatasyncAsync(o!.map);
+            await io!.datasync(o!.data);
+            await io!.datasync(o!.map);
           } finally {
+            io!.close();
             closeSync(o!.map);
             closeSync(o!.data);
             await next.terminate?.(ctx);
@@ -167,8 +162,8 @@ export default function cow(options: CowOptions): Filter {
         writeZeros: (offset, size, _mayUnmap, ctx) => zero(offset, size, ctx),
         discard: (offset, size, ctx) => zero(offset, size, ctx),
         async flush() {
-          await fdatasyncAsync(o!.data);
-          await fdatasyncAsync(o!.map);
+          await io!.datasync(o!.data);
+          await io!.datasync(o!.map);
         },
         extents(offset, size) {
           const extents: Extent[] = [];
