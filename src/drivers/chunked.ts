@@ -236,7 +236,13 @@ export function chunked(dir: string, options: ChunkedOptions = {}): Driver<Chunk
       }
       // Chunks closed since they were written: through a descriptor of their own (fsync syncs the file, not the descriptor).
       for (const index of ctx.state.dirty) {
-        const file = openSync(path(index), constants.O_RDONLY);
+        let file: number;
+        try {
+          file = openSync(path(index), constants.O_RDONLY);
+        } catch (error) {
+          if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue; // deleted by hand since: nothing to sync
+          throw error;
+        }
         try {
           fsyncSync(file);
         } finally {
