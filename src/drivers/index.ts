@@ -10,6 +10,8 @@ export { memory } from './memory.js';
 export { nbd, type NbdDriverOptions } from './nbd.js';
 export { nullDriver } from './null.js';
 export { pattern, patternAt } from './pattern.js';
+// What file, chunked and cow read and write their files with, for drivers of your own that keep data in files.
+export { FileIo } from './file-io.js';
 // s3 is `bdus/drivers/s3`: it loads the AWS SDK, which every importer of this module need not.
 
 export { DRIVER_NAMES, driverModuleUrl, type DriverName } from './catalog.js';
