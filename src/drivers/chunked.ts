@@ -10,7 +10,7 @@
  * changes it). Chunk
  * N is DIR/chunk-N (N in hex, zero-padded), `chunk` bytes long, sparse. A chunk that does not
  * exist reads as zeros; discard and write-zeroes delete the chunks they cover whole and punch
- * holes in the others. Flush fsyncs the chunks written since the last one, then DIR.
+ * holes in the others. Flush (and terminate) fsyncs the chunks written since the last one, then DIR.
  *
  * Recoverable: every byte is in DIR before its request is answered (written to the files, which
  * outlive the process), and each operation is idempotent.
@@ -205,6 +205,33 @@ export function chunked(dir: string, options: ChunkedOptions = {}): Driver<Chunk
     }
   }
 
+  /** Syncs the chunks written since the last sync, then the directory (new chunks' names). */
+  async function sync(state: Chunks): Promise<void> {
+    const dirty = [...state.dirty];
+    state.dirty.clear();
+    // OPEN_CHUNKS at a time, each held while it syncs (opened again if it was closed since it
+    // was written: fsync syncs the file, whichever descriptor), so that none is closed, and
+    // its number reused, meanwhile. One deleted since (discarded, or by hand) is skipped.
+    for (let first = 0; first < dirty.length; first += OPEN_CHUNKS) {
+      const held: OpenChunk[] = [];
+      try {
+        for (const index of dirty.slice(first, first + OPEN_CHUNKS)) {
+          const open = hold(state, index, false);
+          if (open) held.push(open);
+        }
+        await Promise.all(held.map((open) => state.io.datasync(open.fd)));
+      } finally {
+        held.forEach(release);
+      }
+    }
+    const directory = openSync(dir, constants.O_RDONLY);
+    try {
+      fsyncSync(directory);
+    } finally {
+      closeSync(directory);
+    }
+  }
+
   async function zero(offset: number, size: number, ctx: Context<Chunks>): Promise<void> {
     await pieces(offset, size, async (index, at, _done, length) => {
       if (length === chunk) return forget(ctx.state, index);
@@ -228,57 +255,20 @@ export function chunked(dir: string, options: ChunkedOptions = {}): Driver<Chunk
       ctx.state = { io: new FileIo(dir, `${dir}: a chunk file is shorter than a chunk`), open: new Map(), dirty: new Set() };
     },
 
-    terminate(ctx) {
-      ctx.state.io.close();
-      for (const [index, { fd: file }] of ctx.state.open) {
-        if (ctx.state.dirty.delete(index)) fsyncSync(file);
-        closeSync(file);
-      }
-      // Chunks closed since they were written: through a descriptor of their own (fsync syncs the file, not the descriptor).
-      for (const index of ctx.state.dirty) {
-        let file: number;
-        try {
-          file = openSync(path(index), constants.O_RDONLY);
-        } catch (error) {
-          if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue; // deleted by hand since: nothing to sync
-          throw error;
-        }
-        try {
-          fsyncSync(file);
-        } finally {
-          closeSync(file);
-        }
+    // What a flush does, then the ring and the files closed (the ring first: a transfer still in
+    // flight, abandoned, keeps its memory; FileIo.close).
+    async terminate(ctx) {
+      try {
+        await sync(ctx.state);
+      } finally {
+        ctx.state.io.close();
+        for (const { fd } of ctx.state.open.values()) closeSync(fd);
       }
     },
 
     read: (buffer, offset, ctx) => transfers(ctx.state, false, buffer, offset),
     write: (data, offset, ctx) => transfers(ctx.state, true, data, offset),
-
-    async flush(ctx) {
-      const dirty = [...ctx.state.dirty];
-      ctx.state.dirty.clear();
-      // OPEN_CHUNKS at a time, each held while it syncs (opened again if it was closed since it
-      // was written: fsync syncs the file, whichever descriptor), so that none is closed, and
-      // its number reused, meanwhile.
-      for (let first = 0; first < dirty.length; first += OPEN_CHUNKS) {
-        const held: OpenChunk[] = [];
-        try {
-          for (const index of dirty.slice(first, first + OPEN_CHUNKS)) {
-            const open = hold(ctx.state, index, false);
-            if (open) held.push(open);
-          }
-          await Promise.all(held.map((open) => ctx.state.io.datasync(open.fd)));
-        } finally {
-          held.forEach(release);
-        }
-      }
-      const directory = openSync(dir, constants.O_RDONLY);
-      try {
-        fsyncSync(directory);
-      } finally {
-        closeSync(directory);
-      }
-    },
+    flush: (ctx) => sync(ctx.state),
 
     writeZeros: (offset, size, _mayUnmap, ctx) => zero(offset, size, ctx),
     discard: (offset, size, ctx) => zero(offset, size, ctx),
